@@ -1,0 +1,300 @@
+//! Typed configuration: defaults compiled in, a file, then the environment, validated once.
+//!
+//! Owns how settings are found and what makes them valid. It never opens a connection or a file
+//! other than the one config file it is given, and never writes anything.
+
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::providers::Platform;
+
+/// The defaults, with a comment on every key. Compiled in so the binary needs no file to start.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Environment variables with the `MEETINGD_` prefix that are not configuration keys.
+const NON_CONFIG_ENV: &[&str] = &["config", "log", "log_format"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub worker: WorkerConfig,
+    pub fallback: FallbackConfig,
+    pub jitsi: JitsiConfig,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: SecretString,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+    pub keepalive_idle_secs: u64,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(self.url.expose_secret()))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("keepalive_idle_secs", &self.keepalive_idle_secs)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub listen: bool,
+    pub sweep_interval_ms: u64,
+    pub poll_interval_ms: u64,
+    pub lease_secs: u64,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub shutdown_grace_ms: u64,
+    pub listen_ping_interval_ms: u64,
+}
+
+impl WorkerConfig {
+    /// How long the dispatcher waits without a wake-up before looking for due jobs itself.
+    pub fn idle_wait(&self) -> Duration {
+        Duration::from_millis(if self.listen { self.sweep_interval_ms } else { self.poll_interval_ms })
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+
+    pub fn retry_policy(&self) -> crate::retry::RetryPolicy {
+        crate::retry::RetryPolicy {
+            base: Duration::from_millis(self.retry_base_ms),
+            max: Duration::from_millis(self.retry_max_ms),
+            max_attempts: self.max_attempts,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    pub platform: Fallback,
+}
+
+/// What a booking gets when its service's platform cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Fallback {
+    /// Use this platform (one that needs no account).
+    Platform(Platform),
+    /// Fail the meeting with a clear error.
+    None,
+}
+
+impl TryFrom<String> for Fallback {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "none" => Ok(Fallback::None),
+            "jitsi" => Ok(Fallback::Platform(Platform::Jitsi)),
+            other => Err(format!(
+                "fallback.platform must be \"jitsi\" or \"none\" (a fallback cannot need an account), not {other:?}"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JitsiConfig {
+    pub base_url: url::Url,
+}
+
+impl Config {
+    /// The layered sources, without validation: defaults, the file, `DATABASE_URL`, `MEETINGD_*`.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            figment = figment.merge(Serialized::default("database.url", url));
+        }
+        figment.merge(Env::prefixed("MEETINGD_").split("__").ignore(NON_CONFIG_ENV))
+    }
+
+    /// Loads and validates the configuration the daemon runs with.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    /// The compiled-in defaults alone (tests and the demo start from these).
+    pub fn defaults() -> Config {
+        Self::from_figment(Figment::from(Toml::string(DEFAULT_TOML))).expect("default.toml is valid")
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every problem at once, so `meetingd check` can list them all in one run.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.database.url.expose_secret().parse::<tokio_postgres::Config>() {
+            problems.push(format!("database.url is not a PostgreSQL connection string: {e}"));
+        }
+        let w = &self.worker;
+        if w.concurrency == 0 || w.concurrency > 1024 {
+            problems.push(format!("worker.concurrency must be between 1 and 1024, not {}", w.concurrency));
+        }
+        if w.max_attempts == 0 {
+            problems.push("worker.max_attempts must be at least 1".into());
+        }
+        if w.lease_secs < 5 {
+            problems.push(format!("worker.lease_secs must be at least 5, not {}", w.lease_secs));
+        }
+        for (key, value) in [
+            ("worker.sweep_interval_ms", w.sweep_interval_ms),
+            ("worker.poll_interval_ms", w.poll_interval_ms),
+            ("worker.listen_ping_interval_ms", w.listen_ping_interval_ms),
+            ("worker.retry_base_ms", w.retry_base_ms),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key} must be greater than 0"));
+            }
+        }
+        if w.retry_max_ms < w.retry_base_ms {
+            problems.push("worker.retry_max_ms must not be below worker.retry_base_ms".into());
+        }
+        if !matches!(self.jitsi.base_url.scheme(), "https" | "http") || self.jitsi.base_url.host().is_none() {
+            problems.push(format!("jitsi.base_url must be an http(s) URL with a host, not {}", self.jitsi.base_url));
+        }
+        problems
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    pub fn pool_size(&self) -> usize {
+        if self.database.pool_size == 0 { self.worker.concurrency + 2 } else { self.database.pool_size }
+    }
+}
+
+/// A connection string with any password replaced, for logs and reports.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        // key=value form: drop the password pair.
+        Err(_) => url
+            .split_whitespace()
+            .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::defaults();
+        assert_eq!(c.worker.concurrency, 16);
+        assert_eq!(c.fallback.platform, Fallback::Platform(Platform::Jitsi));
+        assert_eq!(c.jitsi.base_url.as_str(), "https://meet.jit.si/");
+    }
+
+    #[test]
+    fn env_overrides_file_and_database_url() {
+        Jail::expect_with(|jail| {
+            jail.create_file("m.toml", "[worker]\nconcurrency = 3\nlisten = false\n")?;
+            jail.set_env("DATABASE_URL", "postgres://a@h/db1");
+            jail.set_env("MEETINGD_WORKER__CONCURRENCY", "7");
+            jail.set_env("MEETINGD_LOG", "debug");
+            let c = Config::load(Some(Path::new("m.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.worker.concurrency, 7);
+            assert!(!c.worker.listen);
+            assert_eq!(c.database.url.expose_secret(), "postgres://a@h/db1");
+            jail.set_env("MEETINGD_DATABASE__URL", "postgres://b@h/db2");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.database.url.expose_secret(), "postgres://b@h/db2");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        Jail::expect_with(|jail| {
+            jail.create_file("m.toml", "[worker]\nconcurency = 3\n")?;
+            let err = Config::load(Some(Path::new("m.toml"))).unwrap_err().to_string();
+            assert!(err.contains("concurency"), "{err}");
+            jail.create_file("m2.toml", "")?;
+            jail.set_env("MEETINGD_WORKR__CONCURRENCY", "3");
+            let err = Config::load(Some(Path::new("m2.toml"))).unwrap_err().to_string();
+            assert!(err.contains("workr"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn all_problems_reported_together() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MEETINGD_WORKER__CONCURRENCY", "0");
+            jail.set_env("MEETINGD_WORKER__MAX_ATTEMPTS", "0");
+            jail.set_env("MEETINGD_JITSI__BASE_URL", "ftp://x");
+            let ConfigError::Invalid(problems) = Config::load(None).unwrap_err() else { panic!("expected Invalid") };
+            assert_eq!(problems.len(), 3, "{problems:?}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn fallback_accepts_only_accountless_platforms() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MEETINGD_FALLBACK__PLATFORM", "none");
+            assert_eq!(Config::load(None).unwrap().fallback.platform, Fallback::None);
+            jail.set_env("MEETINGD_FALLBACK__PLATFORM", "zoom");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("cannot need an account"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn database_url_is_redacted_in_debug() {
+        Jail::expect_with(|jail| {
+            jail.set_env("DATABASE_URL", "postgres://u:hunter2@h/db");
+            let c = Config::load(None).unwrap();
+            let shown = format!("{c:?}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("***"));
+            assert_eq!(redact_url("host=h password=hunter2 user=u"), "host=h password=*** user=u");
+            Ok(())
+        });
+    }
+}

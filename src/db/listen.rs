@@ -1,0 +1,138 @@
+//! The LISTEN connection: wakes the dispatcher when the trigger NOTIFYs.
+//!
+//! Owns one dedicated connection (a pooled one cannot receive notifications), driven with
+//! `poll_message`, pinged, with TCP keepalives, reconnected with back-off. A NOTIFY is only a
+//! wake-up: every (re)connect also wakes the dispatcher for a full rescan, so a notification lost
+//! while disconnected loses nothing. The connection never opens a transaction, so it never holds
+//! back the server's notification queue.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use super::DbError;
+use crate::config::DatabaseConfig;
+
+/// The channel the trigger notifies on; the payload is the job id.
+pub const CHANNEL: &str = "meetingd";
+
+/// Shared view of the listener, for readiness and status.
+#[derive(Debug, Default)]
+pub struct ListenerState {
+    connected: AtomicBool,
+}
+
+impl ListenerState {
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Listener {
+    pub db: DatabaseConfig,
+    pub ping_interval: Duration,
+    pub wake: Arc<Notify>,
+    pub state: Arc<ListenerState>,
+}
+
+impl Listener {
+    /// Runs until `shutdown`: connect, LISTEN, wake for a rescan, forward notifications, ping;
+    /// on any failure reconnect with capped exponential back-off.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let session = self.session(&shutdown);
+            let result = tokio::select! {
+                r = session => r,
+                () = shutdown.cancelled() => Ok(()),
+            };
+            self.state.connected.store(false, Ordering::Relaxed);
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match result {
+                Ok(()) => backoff = Duration::from_millis(200),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "LISTEN connection lost; jobs are still found by the sweep meanwhile"
+                ),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// One connected session; returns when the connection fails.
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), DbError> {
+        let (client, mut connection) = super::pg_config(&self.db)?.connect(NoTls).await.map_err(DbError::Connect)?;
+        let wake = self.wake.clone();
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        let mut driver = tokio::spawn(async move {
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) if n.channel() == CHANNEL => {
+                        if n.payload().parse::<i64>().is_err() {
+                            tracing::warn!(
+                                payload = %truncate(n.payload(), 64),
+                                sender_pid = n.process_id(),
+                                "ignoring a NOTIFY on channel 'meetingd' whose payload is not a job id; looking for due jobs anyway"
+                            );
+                        }
+                        wake.notify_one();
+                    }
+                    Ok(AsyncMessage::Notice(notice)) => {
+                        tracing::debug!(message = notice.message(), "notice on LISTEN connection");
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(DbError::Query(e)),
+                }
+            }
+            Ok(())
+        });
+        let result = async {
+            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+            self.state.connected.store(true, Ordering::Relaxed);
+            tracing::info!("listening for booking changes on channel '{CHANNEL}'");
+            // Anything committed while we were not listening is found by this rescan.
+            self.wake.notify_one();
+            let mut ping = tokio::time::interval(self.ping_interval);
+            ping.tick().await;
+            loop {
+                tokio::select! {
+                    _ = ping.tick() => {
+                        match tokio::time::timeout(self.ping_interval.max(Duration::from_secs(1)), client.simple_query("")).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => return Err(DbError::Query(e)),
+                            Err(_) => return Err(DbError::Schema("LISTEN connection did not answer a ping".into())),
+                        }
+                    }
+                    () = shutdown.cancelled() => return Ok(()),
+                    ended = &mut driver => return match ended {
+                        Ok(Err(e)) => Err(e),
+                        _ => Err(DbError::Schema("LISTEN connection closed by the server".into())),
+                    },
+                }
+            }
+        }
+        .await;
+        driver.abort();
+        result
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).collect();
+    if s.chars().count() > max {
+        out.push('…');
+    }
+    out.escape_debug().to_string()
+}

@@ -1,0 +1,266 @@
+//! The meeting platforms behind one trait.
+//!
+//! Owns the `MeetingProvider` contract, the platform names, the error classes the worker branches
+//! on, and the choice of platform for a booking (including the fallback). Each platform's wire
+//! format stays inside its own module; nothing here touches the database.
+
+pub mod jitsi;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::config::{Config, Fallback};
+
+/// Platform names as stored in `services.meeting_platform` and `bookings.meeting_platform`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Platform {
+    GoogleMeet,
+    Zoom,
+    Teams,
+    Jitsi,
+}
+
+impl Platform {
+    pub const ALL: [Platform; 4] = [Platform::GoogleMeet, Platform::Zoom, Platform::Teams, Platform::Jitsi];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::GoogleMeet => "google_meet",
+            Platform::Zoom => "zoom",
+            Platform::Teams => "teams",
+            Platform::Jitsi => "jitsi",
+        }
+    }
+
+    /// How providers and customers call it.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Platform::GoogleMeet => "Google Meet",
+            Platform::Zoom => "Zoom",
+            Platform::Teams => "Microsoft Teams",
+            Platform::Jitsi => "Jitsi Meet",
+        }
+    }
+
+    /// Whether the provider must connect an account (an integration row) to use it.
+    pub fn needs_account(self) -> bool {
+        !matches!(self, Platform::Jitsi)
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Platform {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Platform::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| format!("unknown meeting platform {s:?}"))
+    }
+}
+
+/// What a provider needs to create or update a booking's meeting.
+#[derive(Debug, Clone)]
+pub struct MeetingRequest {
+    pub booking_id: Uuid,
+    /// Counts the meetings created for this booking; part of any platform-side idempotency key, so
+    /// a re-confirmation after a cancel gets a new identity while a retry reuses the same one.
+    pub generation: i32,
+    /// The service's provider (whose account the meeting is created in).
+    pub provider_user_id: Uuid,
+    pub title: String,
+    pub description: Option<String>,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub settings: serde_json::Value,
+}
+
+/// A meeting as it exists at the platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meeting {
+    /// The platform's id for it (`bookings.meeting_id`).
+    pub external_id: String,
+    /// The link participants open (`bookings.meeting_link`).
+    pub join_url: String,
+}
+
+/// Why a platform call failed, in the classes the worker acts on.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// Worth retrying soon: a 5xx, a timeout, a connection reset.
+    #[error("temporary platform error: {0}")]
+    Transient(String),
+    /// The platform asked us to slow down; `retry_after` when it said how long.
+    #[error("rate limited by the platform")]
+    RateLimited { retry_after: Option<Duration> },
+    /// The platform is still preparing the meeting; ask again later.
+    #[error("the platform is still preparing the meeting")]
+    Pending,
+    /// The access token was refused even after a refresh.
+    #[error("the platform refused the access token")]
+    Unauthorized,
+    /// The provider revoked meetingd's access; they must reconnect. Never retried.
+    #[error("access to the provider's account was revoked")]
+    Revoked,
+    /// Retrying cannot help; the message says what to fix.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl ProviderError {
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::RateLimited { retry_after } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ProviderError::Transient(_) | ProviderError::RateLimited { .. } | ProviderError::Pending)
+    }
+
+    /// Bounded label for logs and metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            ProviderError::Transient(_) => "transient",
+            ProviderError::RateLimited { .. } => "rate_limited",
+            ProviderError::Pending => "pending",
+            ProviderError::Unauthorized => "unauthorized",
+            ProviderError::Revoked => "revoked",
+            ProviderError::Permanent(_) => "permanent",
+        }
+    }
+}
+
+/// One meeting platform. Implementations must make `create` safe to repeat for the same
+/// `(booking_id, generation)`: after a crash the worker calls it again without knowing whether the
+/// first call reached the platform.
+#[async_trait::async_trait]
+pub trait MeetingProvider: Send + Sync {
+    fn platform(&self) -> Platform;
+    async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError>;
+    /// Moves an existing meeting to the request's times; the link should stay the same.
+    async fn update(&self, existing: &Meeting, req: &MeetingRequest) -> Result<Meeting, ProviderError>;
+    /// Removes the meeting; a meeting that is already gone counts as deleted.
+    async fn delete(&self, existing: &Meeting, provider_user_id: Uuid) -> Result<(), ProviderError>;
+}
+
+/// The platforms this daemon can use, by name.
+#[derive(Clone, Default)]
+pub struct Providers {
+    map: HashMap<Platform, Arc<dyn MeetingProvider>>,
+}
+
+impl Providers {
+    /// The real providers for a configuration.
+    pub fn from_config(config: &Config) -> Providers {
+        Providers::default().with(Arc::new(jitsi::Jitsi::new(config.jitsi.base_url.clone())))
+    }
+
+    /// Adds or replaces the provider for its platform (tests swap in scripted providers).
+    pub fn with(mut self, provider: Arc<dyn MeetingProvider>) -> Providers {
+        self.map.insert(provider.platform(), provider);
+        self
+    }
+
+    pub fn get(&self, platform: Platform) -> Option<&Arc<dyn MeetingProvider>> {
+        self.map.get(&platform)
+    }
+}
+
+/// The platform a booking's meeting goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    pub platform: Platform,
+    /// The service asked for another platform (or none) and got the fallback.
+    pub fallback: bool,
+}
+
+/// Picks the platform for a booking of an online service.
+///
+/// `requested` is `services.meeting_platform`; `connected` says whether the provider has an active
+/// integration for it; `available` says whether this daemon has a provider for a platform. Errors are
+/// sentences a provider can act on.
+pub fn choose_platform(
+    requested: Option<&str>,
+    connected: bool,
+    available: impl Fn(Platform) -> bool,
+    fallback: Fallback,
+) -> Result<Choice, String> {
+    let requested = match requested.map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(name) => Some(name.parse::<Platform>().map_err(|e| {
+            format!("The service's meeting platform is not one meetingd knows ({e}); choose google_meet, zoom, teams or jitsi.")
+        })?),
+    };
+    if let Some(p) = requested {
+        if (!p.needs_account() || connected) && available(p) {
+            return Ok(Choice { platform: p, fallback: false });
+        }
+    }
+    match fallback {
+        Fallback::Platform(p) if available(p) => Ok(Choice { platform: p, fallback: true }),
+        _ => Err(match requested {
+            Some(p) if p.needs_account() && !connected => format!(
+                "The provider has not connected {}; connect it under Integrations or choose another meeting platform for the service.",
+                p.display_name()
+            ),
+            Some(p) => format!(
+                "{} meetings are not available on this server; choose another meeting platform for the service.",
+                p.display_name()
+            ),
+            None => "The online service has no meeting platform; choose one for the service.".to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JITSI: Fallback = Fallback::Platform(Platform::Jitsi);
+
+    #[test]
+    fn platform_names_round_trip() {
+        for p in Platform::ALL {
+            assert_eq!(p.as_str().parse::<Platform>().unwrap(), p);
+        }
+        assert!("skype".parse::<Platform>().is_err());
+    }
+
+    #[test]
+    fn connected_platform_is_used() {
+        let c = choose_platform(Some("google_meet"), true, |_| true, JITSI).unwrap();
+        assert_eq!(c, Choice { platform: Platform::GoogleMeet, fallback: false });
+        let c = choose_platform(Some("jitsi"), false, |_| true, Fallback::None).unwrap();
+        assert_eq!(c, Choice { platform: Platform::Jitsi, fallback: false });
+    }
+
+    #[test]
+    fn unconnected_or_unavailable_platform_falls_back() {
+        let c = choose_platform(Some("zoom"), false, |_| true, JITSI).unwrap();
+        assert_eq!(c, Choice { platform: Platform::Jitsi, fallback: true });
+        let c = choose_platform(Some("teams"), true, |p| p == Platform::Jitsi, JITSI).unwrap();
+        assert_eq!(c, Choice { platform: Platform::Jitsi, fallback: true });
+        let c = choose_platform(None, false, |_| true, JITSI).unwrap();
+        assert_eq!(c, Choice { platform: Platform::Jitsi, fallback: true });
+    }
+
+    #[test]
+    fn no_fallback_gives_actionable_errors() {
+        let e = choose_platform(Some("google_meet"), false, |_| true, Fallback::None).unwrap_err();
+        assert!(e.contains("has not connected Google Meet"), "{e}");
+        let e = choose_platform(Some("zoom"), true, |p| p == Platform::Jitsi, Fallback::None).unwrap_err();
+        assert!(e.contains("not available on this server"), "{e}");
+        let e = choose_platform(Some("skype"), true, |_| true, JITSI).unwrap_err();
+        assert!(e.contains("\"skype\""), "{e}");
+    }
+}

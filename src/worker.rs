@@ -1,0 +1,520 @@
+//! Reconcile loop: claim due jobs, make each booking's meeting match the booking, record the result.
+//!
+//! A job never replays an event; it reads the booking as it is now and compares it with the
+//! meeting meetingd recorded (see [`plan`]). Owns the dispatcher (claims with bounded concurrency,
+//! woken by the listener, by finished work and by a timer) and the mapping from platform errors to
+//! retries and failures. It must not hold a database transaction across a platform call.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::config::{Fallback, WorkerConfig};
+use crate::db::jobs::{self, AuditEntry, Event, MeetingRecord, Outcome, Snapshot, WriteBack};
+use crate::db::{DbError, Pool};
+use crate::providers::{Choice, Meeting, MeetingRequest, Platform, ProviderError, Providers, choose_platform};
+use crate::retry::jitter_unit;
+
+/// What a job must do, decided from the snapshot alone.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// No platform call: record this outcome.
+    Record(Outcome),
+    /// Retrying cannot help; the sentence tells the provider what to fix.
+    Fail(String),
+    Create {
+        choice: Choice,
+        req: MeetingRequest,
+    },
+    /// The meeting is right; make sure the booking shows it.
+    Keep {
+        record: MeetingRecord,
+        req: MeetingRequest,
+    },
+    /// The booking moved: move the meeting (same link).
+    Update {
+        record: MeetingRecord,
+        req: MeetingRequest,
+    },
+    Delete {
+        record: MeetingRecord,
+    },
+    /// The service switched platforms: remove the old meeting, then create on the new platform.
+    Replace {
+        old: MeetingRecord,
+        choice: Choice,
+        req: MeetingRequest,
+    },
+}
+
+/// Decides what reconciling a booking takes.
+///
+/// A confirmed booking of an online service (without a manual link) must have exactly one live
+/// meeting at the booking's times; a completed booking keeps what it has; anything else (pending,
+/// cancelled, rejected, deleted, no longer online, manual link) must have none.
+pub fn plan(s: &Snapshot, available: impl Fn(Platform) -> bool, fallback: Fallback) -> Plan {
+    let live = s.meeting.as_ref().filter(|m| m.live).cloned();
+    let Some(b) = &s.booking else {
+        return remove(live);
+    };
+    if b.status == "completed" {
+        return Plan::Record(Outcome::Unchanged);
+    }
+    let wanted = b.is_online && b.status == "confirmed" && b.meeting_status.as_deref() != Some("manual");
+    if !wanted {
+        return remove(live);
+    }
+    if b.end <= b.start {
+        return Plan::Fail(format!(
+            "The booking ends ({}) before it starts ({}); correct its times to get a meeting link.",
+            b.end.to_rfc3339(),
+            b.start.to_rfc3339()
+        ));
+    }
+    let last_generation = s.meeting.as_ref().map_or(0, |m| m.generation);
+    let request = |generation| MeetingRequest {
+        booking_id: b.booking_id,
+        generation,
+        provider_user_id: b.provider_id,
+        title: b.title.clone(),
+        description: b.description.clone(),
+        start: b.start,
+        end: b.end,
+        settings: b.meeting_settings.clone(),
+    };
+    let choose = || choose_platform(b.meeting_platform.as_deref(), b.connected, &available, fallback);
+    match live {
+        Some(record) => {
+            if record.requested_platform != b.meeting_platform {
+                // The service now asks for another platform. Replace the meeting only when that
+                // platform can really be used; otherwise keep the working link.
+                if let Ok(choice) = choose() {
+                    if choice.platform.as_str() != record.platform {
+                        return Plan::Replace { old: record, choice, req: request(last_generation + 1) };
+                    }
+                }
+            }
+            let req = request(record.generation);
+            if record.start == b.start && record.end == b.end {
+                Plan::Keep { record, req }
+            } else {
+                Plan::Update { record, req }
+            }
+        }
+        None => match choose() {
+            Ok(choice) => Plan::Create { choice, req: request(last_generation + 1) },
+            Err(reason) => Plan::Fail(reason),
+        },
+    }
+}
+
+fn remove(live: Option<MeetingRecord>) -> Plan {
+    match live {
+        Some(record) => Plan::Delete { record },
+        None => Plan::Record(Outcome::Unlinked { deleted: false }),
+    }
+}
+
+/// Everything a worker needs; cheap to share between tasks.
+pub struct Worker {
+    pool: Pool,
+    providers: Providers,
+    config: WorkerConfig,
+    fallback: Fallback,
+    instance: Uuid,
+    actor: String,
+    wake: Arc<Notify>,
+}
+
+/// Result of recording one job, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Processed {
+    Recorded(WriteBack),
+    /// The write-back failed (database trouble); the lease will expire and the job run again.
+    NotRecorded,
+}
+
+impl Worker {
+    pub fn new(
+        pool: Pool,
+        providers: Providers,
+        config: WorkerConfig,
+        fallback: Fallback,
+        wake: Arc<Notify>,
+    ) -> Worker {
+        let instance = Uuid::new_v4();
+        Worker { pool, providers, config, fallback, actor: format!("daemon:{instance}"), instance, wake }
+    }
+
+    pub fn instance(&self) -> Uuid {
+        self.instance
+    }
+
+    /// Claims what is due now (up to `worker.concurrency`), reconciles it all, and returns how many
+    /// jobs it processed. Tests drive the worker with this instead of sleeping.
+    pub async fn run_once(&self) -> Result<usize, DbError> {
+        let snapshots = self.claim(self.config.concurrency).await?;
+        let n = snapshots.len();
+        futures_util::future::join_all(snapshots.into_iter().map(|s| self.process(s))).await;
+        Ok(n)
+    }
+
+    async fn claim(&self, limit: usize) -> Result<Vec<Snapshot>, DbError> {
+        let client = self.pool.get().await?;
+        let claims = jobs::claim(&**client, self.instance, limit, self.config.lease()).await?;
+        jobs::snapshots(&**client, claims).await
+    }
+
+    /// The dispatcher: runs until `shutdown`, then lets in-flight jobs finish for at most
+    /// `worker.shutdown_grace_ms` and abandons the rest to lease expiry.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let concurrency = self.config.concurrency;
+        // Under load, claim in batches rather than one job per finished job.
+        let batch = (concurrency / 4).max(1);
+        let mut inflight: JoinSet<()> = JoinSet::new();
+        let mut db_backoff = Duration::from_millis(100);
+        loop {
+            while let Some(done) = inflight.try_join_next() {
+                log_task_end(done);
+            }
+            let free = concurrency - inflight.len();
+            let mut wait = self.config.idle_wait();
+            if !shutdown.is_cancelled() && (free >= batch || inflight.is_empty()) && free > 0 {
+                match self.claim(free).await {
+                    Ok(snapshots) => {
+                        db_backoff = Duration::from_millis(100);
+                        let full = snapshots.len() == free;
+                        for s in snapshots {
+                            let me = self.clone();
+                            inflight.spawn(async move {
+                                me.process(s).await;
+                            });
+                        }
+                        if full {
+                            continue;
+                        }
+                        if let Ok(client) = self.pool.get().await {
+                            if let Ok(Some(due)) = jobs::next_due_in(&**client).await {
+                                wait = wait.min(due.max(Duration::from_millis(5)));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = db_backoff.as_millis() as u64, "cannot claim jobs");
+                        wait = db_backoff.min(wait);
+                        db_backoff = (db_backoff * 2).min(self.config.idle_wait());
+                    }
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => log_task_end(done),
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        let in_flight = inflight.len();
+        let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(done) = inflight.join_next().await {
+                log_task_end(done);
+            }
+        })
+        .await;
+        match drained {
+            Ok(()) => tracing::info!(in_flight, "worker stopped; in-flight jobs finished"),
+            Err(_) => {
+                tracing::warn!(
+                    in_flight,
+                    abandoned = inflight.len(),
+                    grace_ms = grace.as_millis() as u64,
+                    "worker stopped before all in-flight jobs finished; their leases expire and another run picks them up"
+                );
+                inflight.abort_all();
+            }
+        }
+    }
+
+    /// Reconciles one claimed job and records the outcome. Never panics the daemon: a panic is
+    /// recorded as that job's (retryable) error.
+    pub async fn process(&self, s: Snapshot) -> Processed {
+        let span = tracing::info_span!("job", booking_id = %s.claim.booking_id, attempt = s.claim.attempt);
+        async {
+            let (outcome, audit, event) = match AssertUnwindSafe(self.reconcile(&s)).catch_unwind().await {
+                Ok(result) => result,
+                Err(panic) => {
+                    let what = panic_message(&panic);
+                    tracing::error!(panic = %what, "internal error while reconciling; recorded on the job");
+                    let error = format!("internal error in meetingd: {what}");
+                    (self.after_error(&s, ProviderError::Transient(error.clone()), "reconcile", None), Vec::new(), None)
+                }
+            };
+            let mut client = match self.pool.get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record the job's outcome; it runs again when its lease expires");
+                    return Processed::NotRecorded;
+                }
+            };
+            match jobs::write_back(&mut client, &self.actor, &s, &outcome, &audit, event.as_ref()).await {
+                Ok(WriteBack::LeaseLost) => {
+                    tracing::warn!(
+                        "lease on the job expired before its outcome was recorded; another claim owns it now"
+                    );
+                    Processed::Recorded(WriteBack::LeaseLost)
+                }
+                Ok(w) => Processed::Recorded(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record the job's outcome; it runs again when its lease expires");
+                    Processed::NotRecorded
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn reconcile(&self, s: &Snapshot) -> (Outcome, Vec<AuditEntry>, Option<Event>) {
+        let available = |p: Platform| self.providers.get(p).is_some();
+        let mut audit = Vec::new();
+        match plan(s, available, self.fallback) {
+            Plan::Record(outcome) => (outcome, audit, None),
+            Plan::Fail(reason) => {
+                tracing::warn!(outcome = "failed", reason = %reason, "booking cannot get a meeting");
+                audit.push(entry("meeting.create", None, "failed", None, Some(reason.clone())));
+                let event = Event { kind: "meeting_failed", platform: None, message: reason.clone() };
+                (Outcome::Failed { error: reason }, audit, Some(event))
+            }
+            Plan::Keep { record, req } => {
+                (linked(&record.platform, &record.requested_platform, record.meeting, &req), audit, None)
+            }
+            Plan::Create { choice, req } => {
+                let outcome = self.create(s, choice, &req, &mut audit).await;
+                let event = match &outcome {
+                    Outcome::Linked { platform, .. } => Some(Event {
+                        kind: "meeting_ready",
+                        platform: Some(platform.clone()),
+                        message: ready_message(choice, s),
+                    }),
+                    Outcome::Failed { error } => Some(failed_event(choice.platform, error)),
+                    _ => None,
+                };
+                (outcome, audit, event)
+            }
+            Plan::Update { record, req } => {
+                let outcome = match self.provider_for(&record.platform) {
+                    Err(reason) => Outcome::Failed { error: reason },
+                    Ok((platform, provider)) => {
+                        let started = Instant::now();
+                        let result = provider.update(&record.meeting, &req).await;
+                        self.note(&mut audit, "meeting.update", platform, started, &result, s);
+                        match result {
+                            Ok(meeting) => linked(platform.as_str(), &record.requested_platform, meeting, &req),
+                            Err(e) => self.after_error(s, e, "update", Some(platform)),
+                        }
+                    }
+                };
+                let event = failed(&outcome, &record.platform);
+                (outcome, audit, event)
+            }
+            Plan::Delete { record } => {
+                let outcome = self.delete(s, &record, &mut audit).await;
+                (outcome, audit, None)
+            }
+            Plan::Replace { old, choice, req } => {
+                let outcome = match self.delete(s, &old, &mut audit).await {
+                    Outcome::Unlinked { .. } => self.create(s, choice, &req, &mut audit).await,
+                    other => other,
+                };
+                let event = match &outcome {
+                    Outcome::Failed { error } => Some(failed_event(choice.platform, error)),
+                    _ => None,
+                };
+                (outcome, audit, event)
+            }
+        }
+    }
+
+    async fn create(&self, s: &Snapshot, choice: Choice, req: &MeetingRequest, audit: &mut Vec<AuditEntry>) -> Outcome {
+        let Some(provider) = self.providers.get(choice.platform) else {
+            return Outcome::Failed {
+                error: format!("{} meetings are not available on this server.", choice.platform.display_name()),
+            };
+        };
+        let started = Instant::now();
+        let result = provider.create(req).await;
+        self.note(audit, "meeting.create", choice.platform, started, &result, s);
+        if choice.fallback {
+            if let Some(last) = audit.last_mut() {
+                last.detail = Some(format!(
+                    "{}; fallback to {} because the service asks for {}",
+                    last.detail.as_deref().unwrap_or(""),
+                    choice.platform,
+                    s.requested().as_deref().unwrap_or("no platform")
+                ));
+            }
+        }
+        match result {
+            Ok(meeting) => linked(choice.platform.as_str(), &s.requested(), meeting, req),
+            Err(e) => self.after_error(s, e, "create", Some(choice.platform)),
+        }
+    }
+
+    async fn delete(&self, s: &Snapshot, record: &MeetingRecord, audit: &mut Vec<AuditEntry>) -> Outcome {
+        let (platform, provider) = match self.provider_for(&record.platform) {
+            Ok(found) => found,
+            Err(reason) => return Outcome::Failed { error: reason },
+        };
+        let owner = s.booking.as_ref().map_or(Uuid::nil(), |b| b.provider_id);
+        let started = Instant::now();
+        let result = provider.delete(&record.meeting, owner).await;
+        self.note(audit, "meeting.delete", platform, started, &result, s);
+        match result {
+            Ok(()) => Outcome::Unlinked { deleted: true },
+            Err(e) => self.after_error(s, e, "delete", Some(platform)),
+        }
+    }
+
+    fn provider_for(&self, name: &str) -> Result<(Platform, &Arc<dyn crate::providers::MeetingProvider>), String> {
+        let platform: Platform = name.parse()?;
+        self.providers
+            .get(platform)
+            .map(|p| (platform, p))
+            .ok_or_else(|| format!("{} meetings are not available on this server.", platform.display_name()))
+    }
+
+    /// Retry with back-off while attempts remain and the error is worth it; otherwise fail.
+    fn after_error(&self, s: &Snapshot, error: ProviderError, operation: &str, platform: Option<Platform>) -> Outcome {
+        let name = platform.map_or("the platform", |p| p.display_name());
+        if error.is_retryable() {
+            let policy = self.config.retry_policy();
+            if let Some(delay) = policy.next_delay(s.claim.attempt as u32, error.retry_after(), jitter_unit()) {
+                return Outcome::Retry { error: format!("{operation} on {name}: {error}"), delay };
+            }
+            return Outcome::Failed {
+                error: format!(
+                    "Could not {operation} the {name} meeting after {} attempts (last error: {error}). It is tried again when the booking changes.",
+                    s.claim.attempt
+                ),
+            };
+        }
+        Outcome::Failed { error: format!("Could not {operation} the {name} meeting: {error}.") }
+    }
+
+    /// Audit entry and one log line for a platform call.
+    fn note<T>(
+        &self,
+        audit: &mut Vec<AuditEntry>,
+        action: &'static str,
+        platform: Platform,
+        started: Instant,
+        result: &Result<T, ProviderError>,
+        s: &Snapshot,
+    ) where
+        T: MeetingId,
+    {
+        let duration_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
+        let (outcome, detail) = match result {
+            Ok(v) => ("ok", v.meeting_id().map(|id| format!("meeting {id}"))),
+            Err(e) if e.is_retryable() && s.claim.attempt < self.config.max_attempts as i32 => {
+                ("retry", Some(e.to_string()))
+            }
+            Err(e) => ("failed", Some(e.to_string())),
+        };
+        if outcome == "ok" {
+            tracing::info!(platform = %platform, operation = action, outcome, duration_ms, "meeting operation");
+        } else {
+            tracing::warn!(platform = %platform, operation = action, outcome, duration_ms, error = detail.as_deref().unwrap_or(""), "meeting operation");
+        }
+        audit.push(entry(action, Some(platform.as_str().to_string()), outcome, Some(duration_ms), detail));
+    }
+}
+
+/// What an audit line says about a successful call.
+trait MeetingId {
+    fn meeting_id(&self) -> Option<&str>;
+}
+impl MeetingId for Meeting {
+    fn meeting_id(&self) -> Option<&str> {
+        Some(&self.external_id)
+    }
+}
+impl MeetingId for () {
+    fn meeting_id(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl Snapshot {
+    fn requested(&self) -> Option<String> {
+        self.booking.as_ref().and_then(|b| b.meeting_platform.clone())
+    }
+}
+
+fn linked(platform: &str, requested: &Option<String>, meeting: Meeting, req: &MeetingRequest) -> Outcome {
+    Outcome::Linked {
+        platform: platform.to_string(),
+        requested_platform: requested.clone(),
+        meeting,
+        start: req.start,
+        end: req.end,
+        generation: req.generation,
+        settings: req.settings.clone(),
+    }
+}
+
+fn entry(
+    action: &'static str,
+    platform: Option<String>,
+    outcome: &'static str,
+    duration_ms: Option<i32>,
+    detail: Option<String>,
+) -> AuditEntry {
+    AuditEntry { action, platform, outcome, duration_ms, detail }
+}
+
+fn ready_message(choice: Choice, s: &Snapshot) -> String {
+    match (choice.fallback, s.requested()) {
+        (true, Some(requested)) => format!(
+            "The meeting is ready on {} because {requested} is not connected; connect it under Integrations to use it for future bookings.",
+            choice.platform.display_name()
+        ),
+        _ => format!("The meeting is ready on {}.", choice.platform.display_name()),
+    }
+}
+
+fn failed_event(platform: Platform, error: &str) -> Event {
+    Event { kind: "meeting_failed", platform: Some(platform.as_str().to_string()), message: error.to_string() }
+}
+
+fn failed(outcome: &Outcome, platform: &str) -> Option<Event> {
+    match outcome {
+        Outcome::Failed { error } => {
+            Some(Event { kind: "meeting_failed", platform: Some(platform.to_string()), message: error.clone() })
+        }
+        _ => None,
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
+}
+
+fn log_task_end(result: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = result {
+        if e.is_panic() {
+            tracing::error!("a job task panicked outside reconcile; its lease expires and it runs again");
+        }
+    }
+}
