@@ -64,10 +64,20 @@ pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError
     Ok(pg)
 }
 
+/// How long a worker statement waits for a row lock the app holds (a booking row in a long
+/// transaction) before giving up; the job then runs again after its lease expires instead of
+/// occupying a worker slot indefinitely.
+const WORKER_LOCK_TIMEOUT: &str = "-c lock_timeout=10s";
+
 /// The pool the worker (and the admin commands) run queries on.
 pub fn pool(cfg: &DatabaseConfig, size: usize) -> Result<Pool, DbError> {
-    let manager =
-        Manager::from_config(pg_config(cfg)?, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let mut pg = pg_config(cfg)?;
+    let options = match pg.get_options() {
+        Some(existing) => format!("{existing} {WORKER_LOCK_TIMEOUT}"),
+        None => WORKER_LOCK_TIMEOUT.to_string(),
+    };
+    pg.options(options);
+    let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)

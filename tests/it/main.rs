@@ -1,1 +1,8 @@
-fn main() {}
+//! Integration tests against real PostgreSQL (see helpers/cluster.rs for which server).
+
+mod cli;
+mod daemon;
+mod helpers;
+mod migrations;
+mod trigger;
+mod worker;

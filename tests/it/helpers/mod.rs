@@ -1,0 +1,4 @@
+pub mod cluster;
+pub mod db;
+pub mod market;
+pub mod scripted;

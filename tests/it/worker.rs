@@ -1,0 +1,330 @@
+//! Reconcile logic, driven step by step with `Worker::run_once` and a scripted platform.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meetingd::config::{Config, Fallback};
+use meetingd::db::jobs::WriteBack;
+use meetingd::providers::{Platform, Providers};
+use meetingd::worker::{Processed, Worker};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::helpers::db::TestDb;
+use crate::helpers::market::{self, audit, events, job, make_due, meeting};
+use crate::helpers::scripted::{Failure, Scripted};
+
+struct Setup {
+    db: TestDb,
+    c: tokio_postgres::Client,
+    m: market::Market,
+    platform: Arc<Scripted>,
+    worker: Worker,
+}
+
+async fn setup_with(adjust: impl FnOnce(&mut Config)) -> Setup {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let m = market::seed(&c).await;
+    let platform = Scripted::new(Platform::Jitsi);
+    let mut config = db.config();
+    adjust(&mut config);
+    let worker = worker_for(&config, Providers::default().with(platform.clone()));
+    Setup { db, c, m, platform, worker }
+}
+
+async fn setup() -> Setup {
+    setup_with(|_| {}).await
+}
+
+fn worker_for(config: &Config, providers: Providers) -> Worker {
+    let pool = meetingd::db::pool(&config.database, 4).unwrap();
+    Worker::new(pool, providers, config.worker.clone(), config.fallback.platform, Arc::new(Notify::new()))
+}
+
+#[tokio::test]
+async fn confirm_links_reschedule_moves_cancel_deletes() {
+    let s = setup().await;
+    let b = market::book(&s.c, s.m.online, s.m.customer, "pending").await;
+    market::set_status(&s.c, b, "confirmed").await;
+    assert_eq!(s.worker.run_once().await.unwrap(), 1);
+
+    let linked = meeting(&s.c, b).await;
+    assert_eq!(linked.status.as_deref(), Some("ready"));
+    assert_eq!(linked.platform.as_deref(), Some("jitsi"));
+    let link = linked.link.clone().unwrap();
+    assert_eq!(s.platform.creates(), [(b, 1)]);
+    assert_eq!(job(&s.c, b).await.unwrap().state, "done");
+    assert_eq!(events(&s.c, b).await[0].0, "meeting_ready");
+    assert_eq!(s.worker.run_once().await.unwrap(), 0, "nothing left to do");
+
+    market::reschedule_hours(&s.c, b, 3).await;
+    s.worker.run_once().await.unwrap();
+    assert_eq!(s.platform.updates(), 1);
+    assert_eq!(meeting(&s.c, b).await.link.as_deref(), Some(link.as_str()), "same link after reschedule");
+    let times_match = market::count(
+        &s.c,
+        &format!(
+            "SELECT count(*) FROM bookings b JOIN meetingd.meetings m ON m.booking_id = b.id
+              WHERE b.id = '{b}' AND m.start_time = b.start_time AND m.end_time = b.end_time AND m.state = 'live'"
+        ),
+    )
+    .await;
+    assert_eq!(times_match, 1);
+
+    market::set_status(&s.c, b, "cancelled").await;
+    s.worker.run_once().await.unwrap();
+    let gone = meeting(&s.c, b).await;
+    assert_eq!((gone.status.as_deref(), gone.link, gone.meeting_id), (Some("deleted"), None, None));
+    assert!(s.platform.live_per_booking().is_empty());
+    assert_eq!(s.platform.deletes(), 1);
+    assert_eq!(
+        audit(&s.c, b).await,
+        [
+            ("meeting.create".into(), "ok".into()),
+            ("meeting.update".into(), "ok".into()),
+            ("meeting.delete".into(), "ok".into())
+        ]
+    );
+
+    // Re-confirming after a cancel makes a new meeting with a new generation.
+    market::set_status(&s.c, b, "confirmed").await;
+    s.worker.run_once().await.unwrap();
+    assert_eq!(s.platform.creates(), [(b, 1), (b, 2)]);
+    assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
+    assert_ne!(meeting(&s.c, b).await.link.unwrap(), link);
+}
+
+#[tokio::test]
+async fn confirm_then_cancel_before_the_worker_runs_makes_no_meeting() {
+    let s = setup().await;
+    let b = market::book(&s.c, s.m.online, s.m.customer, "pending").await;
+    market::set_status(&s.c, b, "confirmed").await;
+    market::set_status(&s.c, b, "cancelled").await;
+    s.worker.run_once().await.unwrap();
+    assert!(s.platform.creates().is_empty());
+    assert_eq!(
+        meeting(&s.c, b).await,
+        market::MeetingState { status: None, link: None, meeting_id: None, platform: None, error: None }
+    );
+    assert_eq!(job(&s.c, b).await.unwrap().state, "done");
+}
+
+#[tokio::test]
+async fn cancel_while_the_platform_creates_ends_with_no_meeting() {
+    let s = setup().await;
+    let b = market::book(&s.c, s.m.online, s.m.customer, "pending").await;
+    market::set_status(&s.c, b, "confirmed").await;
+    let gate = s.platform.gate();
+    let worker = &s.worker;
+    let run = worker.run_once();
+    let cancel = async {
+        gate.entered.notified().await;
+        // The app cancels while the platform call is in flight (no transaction is open on our side).
+        market::set_status(&s.c, b, "cancelled").await;
+        gate.release.notify_one();
+    };
+    let (processed, ()) = tokio::join!(run, cancel);
+    assert_eq!(processed.unwrap(), 1);
+    // The meeting that was created is recorded, but the booking is not shown a link.
+    assert_eq!(meeting(&s.c, b).await.link, None);
+    assert_eq!(job(&s.c, b).await.unwrap().state, "pending", "stale result: the job runs again");
+    s.worker.run_once().await.unwrap();
+    assert!(s.platform.live_per_booking().is_empty(), "the raced meeting was deleted");
+    assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("deleted"));
+    assert_eq!(job(&s.c, b).await.unwrap().state, "done");
+}
+
+#[tokio::test]
+async fn transient_errors_retry_with_backoff_then_succeed() {
+    let s = setup().await;
+    s.platform.fail_next([Failure::Transient, Failure::RateLimited(Some(Duration::from_secs(30)))]);
+    let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
+
+    s.worker.run_once().await.unwrap();
+    let j = job(&s.c, b).await.unwrap();
+    assert_eq!((j.state.as_str(), j.attempts, j.due_later), ("pending", 1, true));
+    assert!(j.last_error.unwrap().contains("503"));
+    assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("pending"));
+    assert_eq!(s.worker.run_once().await.unwrap(), 0, "not due before its back-off");
+
+    make_due(&s.c).await;
+    s.worker.run_once().await.unwrap();
+    let j = job(&s.c, b).await.unwrap();
+    assert_eq!((j.attempts, j.due_later), (2, true));
+    // Retry-After is a floor, capped by worker.retry_max_ms (100 ms in tests).
+    let wait_ms: f64 =
+        s.c.query_one(
+            "SELECT EXTRACT(EPOCH FROM run_at - updated_at)::float8 * 1000 FROM meetingd.jobs WHERE booking_id = $1",
+            &[&b],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!((90.0..=110.0).contains(&wait_ms), "Retry-After capped at retry_max_ms: {wait_ms}");
+
+    make_due(&s.c).await;
+    s.worker.run_once().await.unwrap();
+    assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
+    assert_eq!(s.platform.creates().len(), 1);
+    let outcomes: Vec<String> = audit(&s.c, b).await.into_iter().map(|(_, o)| o).collect();
+    assert_eq!(outcomes, ["retry", "retry", "ok"]);
+}
+
+#[tokio::test]
+async fn out_of_attempts_marks_the_booking_failed_and_tells_the_provider() {
+    let s = setup_with(|c| c.worker.max_attempts = 3).await;
+    s.platform.fail_always(Failure::Transient);
+    let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
+    for _ in 0..3 {
+        make_due(&s.c).await;
+        assert_eq!(s.worker.run_once().await.unwrap(), 1);
+    }
+    make_due(&s.c).await;
+    assert_eq!(s.worker.run_once().await.unwrap(), 0, "a failed job is not claimed again");
+    let state = meeting(&s.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("failed"));
+    let error = state.error.unwrap();
+    assert!(error.contains("after 3 attempts") && error.contains("503"), "{error}");
+    assert_eq!(job(&s.c, b).await.unwrap().state, "failed");
+    let ev = events(&s.c, b).await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!((ev[0].0.as_str(), ev[0].1.as_str()), ("meeting_failed", error.as_str()));
+    let user: Uuid = s.c.query_one("SELECT user_id FROM meetingd.events", &[]).await.unwrap().get(0);
+    assert_eq!(user, s.m.provider, "the event is addressed to the provider");
+
+    // A later change of the booking gives it a fresh set of attempts.
+    s.platform.heal();
+    market::reschedule_hours(&s.c, b, 1).await;
+    s.worker.run_once().await.unwrap();
+    assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
+}
+
+#[tokio::test]
+async fn permanent_errors_fail_at_once() {
+    let s = setup().await;
+    s.platform.fail_next([Failure::Permanent("the calendar does not exist")]);
+    let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
+    s.worker.run_once().await.unwrap();
+    let state = meeting(&s.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("failed"));
+    assert!(state.error.unwrap().contains("the calendar does not exist"));
+    assert_eq!(job(&s.c, b).await.unwrap().attempts, 1);
+}
+
+#[tokio::test]
+async fn a_panicking_provider_fails_only_that_attempt() {
+    let s = setup().await;
+    s.platform.fail_next([Failure::Panic]);
+    let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
+    let b2 = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
+    assert_eq!(s.worker.run_once().await.unwrap(), 2);
+    let panicked = [job(&s.c, b).await.unwrap(), job(&s.c, b2).await.unwrap()];
+    let failed_one = panicked.iter().find(|j| j.state == "pending").expect("one job retried");
+    assert!(failed_one.last_error.as_deref().unwrap().contains("internal error"), "{failed_one:?}");
+    make_due(&s.c).await;
+    s.worker.run_once().await.unwrap();
+    assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
+    assert_eq!(meeting(&s.c, b2).await.status.as_deref(), Some("ready"));
+}
+
+#[tokio::test]
+async fn unconnected_platform_falls_back_to_jitsi_and_says_so() {
+    let s = setup().await;
+    let google = market::service(&s.c, s.m.provider, true, Some("google_meet")).await;
+    let b = market::book(&s.c, google, s.m.customer, "confirmed").await;
+    s.worker.run_once().await.unwrap();
+    let state = meeting(&s.c, b).await;
+    assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("jitsi")));
+    let (kind, message) = events(&s.c, b).await.remove(0);
+    assert_eq!(kind, "meeting_ready");
+    assert!(message.contains("google_meet is not connected"), "{message}");
+    let detail: String =
+        s.c.query_one("SELECT detail FROM meetingd.audit_log WHERE booking_id = $1", &[&b]).await.unwrap().get(0);
+    assert!(detail.contains("fallback to jitsi"), "{detail}");
+}
+
+#[tokio::test]
+async fn without_fallback_an_unconnected_platform_fails_with_an_actionable_error() {
+    let s = setup_with(|c| c.fallback.platform = Fallback::None).await;
+    let zoom = market::service(&s.c, s.m.provider, true, Some("zoom")).await;
+    let b = market::book(&s.c, zoom, s.m.customer, "confirmed").await;
+    s.worker.run_once().await.unwrap();
+    let state = meeting(&s.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("failed"));
+    assert!(state.error.as_deref().unwrap().contains("has not connected Zoom"), "{state:?}");
+    assert_eq!(events(&s.c, b).await[0].0, "meeting_failed");
+    assert!(s.platform.creates().is_empty());
+}
+
+#[tokio::test]
+async fn impossible_bookings_and_unknown_platforms_fail_clearly() {
+    let s = setup().await;
+    let b = market::book(&s.c, s.m.online, s.m.customer, "pending").await;
+    s.c.execute(
+        "UPDATE bookings SET end_time = start_time - interval '1 hour', status = 'confirmed' WHERE id = $1",
+        &[&b],
+    )
+    .await
+    .unwrap();
+    let skype = market::service(&s.c, s.m.provider, true, Some("skype")).await;
+    let b2 = market::book(&s.c, skype, s.m.customer, "confirmed").await;
+    s.worker.run_once().await.unwrap();
+    let e1 = meeting(&s.c, b).await.error.unwrap();
+    assert!(e1.contains("ends") && e1.contains("before it starts"), "{e1}");
+    let e2 = meeting(&s.c, b2).await.error.unwrap();
+    assert!(e2.contains("\"skype\""), "{e2}");
+    assert!(s.platform.creates().is_empty());
+}
+
+#[tokio::test]
+async fn manual_links_are_left_alone() {
+    let s = setup().await;
+    let b = market::book(&s.c, s.m.online, s.m.customer, "pending").await;
+    s.c.execute(
+        "UPDATE bookings SET meeting_status = 'manual', meeting_link = 'https://example.com/room', status = 'confirmed' WHERE id = $1",
+        &[&b],
+    )
+    .await
+    .unwrap();
+    s.worker.run_once().await.unwrap();
+    market::set_status(&s.c, b, "cancelled").await;
+    s.worker.run_once().await.unwrap();
+    assert!(s.platform.creates().is_empty());
+    let state = meeting(&s.c, b).await;
+    assert_eq!((state.status.as_deref(), state.link.as_deref()), (Some("manual"), Some("https://example.com/room")));
+}
+
+#[tokio::test]
+async fn deleted_booking_and_move_to_in_person_remove_the_meeting() {
+    let s = setup().await;
+    let b1 = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
+    let b2 = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
+    s.worker.run_once().await.unwrap();
+    assert_eq!(s.platform.live_per_booking().len(), 2);
+    s.c.execute("DELETE FROM bookings WHERE id = $1", &[&b1]).await.unwrap();
+    s.c.execute("UPDATE bookings SET service_id = $2 WHERE id = $1", &[&b2, &s.m.in_person]).await.unwrap();
+    s.worker.run_once().await.unwrap();
+    assert!(s.platform.live_per_booking().is_empty());
+    assert_eq!(meeting(&s.c, b2).await.status.as_deref(), Some("deleted"));
+}
+
+#[tokio::test]
+async fn only_the_lease_holder_records_an_outcome() {
+    let s = setup().await;
+    let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
+    let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
+    let client = pool.get().await.unwrap();
+    let first = meetingd::db::jobs::claim(&**client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let snapshot = meetingd::db::jobs::snapshots(&**client, first).await.unwrap().remove(0);
+    // The lease runs out and another daemon claims the job.
+    s.c.execute("UPDATE meetingd.jobs SET lease_until = now() - interval '1 second'", &[]).await.unwrap();
+    assert_eq!(s.worker.run_once().await.unwrap(), 1);
+    // The first holder finishes late: its result is refused.
+    assert_eq!(s.worker.process(snapshot).await, Processed::Recorded(WriteBack::LeaseLost));
+    assert_eq!(s.platform.creates().len(), 2, "both holders called the platform");
+    assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
+    let recorded = market::count(&s.c, "SELECT count(*) FROM meetingd.audit_log WHERE outcome = 'ok'").await;
+    assert_eq!(recorded, 1, "only the lease holder's write-back committed");
+}
