@@ -95,11 +95,10 @@ pub fn plan(s: &Snapshot, available: impl Fn(Platform) -> bool, fallback: Fallba
             if record.requested_platform != b.meeting_platform {
                 // The service now asks for another platform. Replace the meeting only when that
                 // platform can really be used; otherwise keep the working link.
-                if let Ok(choice) = choose() {
-                    if choice.platform.as_str() != record.platform {
+                if let Ok(choice) = choose()
+                    && choice.platform.as_str() != record.platform {
                         return Plan::Replace { old: record, choice, req: request(last_generation + 1) };
                     }
-                }
             }
             let req = request(record.generation);
             if record.start == b.start && record.end == b.end {
@@ -200,11 +199,10 @@ impl Worker {
                         if full {
                             continue;
                         }
-                        if let Ok(client) = self.pool.get().await {
-                            if let Ok(Some(due)) = jobs::next_due_in(&**client).await {
+                        if let Ok(client) = self.pool.get().await
+                            && let Ok(Some(due)) = jobs::next_due_in(&**client).await {
                                 wait = wait.min(due.max(Duration::from_millis(5)));
                             }
-                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in_ms = db_backoff.as_millis() as u64, "cannot claim jobs");
@@ -351,8 +349,8 @@ impl Worker {
         let started = Instant::now();
         let result = provider.create(req).await;
         self.note(audit, "meeting.create", choice.platform, started, &result, s);
-        if choice.fallback {
-            if let Some(last) = audit.last_mut() {
+        if choice.fallback
+            && let Some(last) = audit.last_mut() {
                 last.detail = Some(format!(
                     "{}; fallback to {} because the service asks for {}",
                     last.detail.as_deref().unwrap_or(""),
@@ -360,7 +358,6 @@ impl Worker {
                     s.requested().as_deref().unwrap_or("no platform")
                 ));
             }
-        }
         match result {
             Ok(meeting) => linked(choice.platform.as_str(), &s.requested(), meeting, req),
             Err(e) => self.after_error(s, e, "create", Some(choice.platform)),
@@ -512,9 +509,8 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 fn log_task_end(result: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = result {
-        if e.is_panic() {
+    if let Err(e) = result
+        && e.is_panic() {
             tracing::error!("a job task panicked outside reconcile; its lease expires and it runs again");
         }
-    }
 }

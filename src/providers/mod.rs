@@ -201,11 +201,10 @@ pub fn choose_platform(
             format!("The service's meeting platform is not one meetingd knows ({e}); choose google_meet, zoom, teams or jitsi.")
         })?),
     };
-    if let Some(p) = requested {
-        if (!p.needs_account() || connected) && available(p) {
+    if let Some(p) = requested
+        && (!p.needs_account() || connected) && available(p) {
             return Ok(Choice { platform: p, fallback: false });
         }
-    }
     match fallback {
         Fallback::Platform(p) if available(p) => Ok(Choice { platform: p, fallback: true }),
         _ => Err(match requested {
