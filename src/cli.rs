@@ -102,6 +102,30 @@ pub async fn check(file: Option<PathBuf>) -> bool {
     for problem in problems {
         report(false, "config", problem);
     }
+    match config.encryption.keyring() {
+        Ok(keyring) => report(
+            true,
+            "encryption",
+            format!(
+                "key {} (+{} old key(s) for decryption)",
+                keyring.current_key_id(),
+                config.encryption.old_keys.len()
+            ),
+        ),
+        Err(e) => report(false, "encryption", e),
+    }
+    report(
+        true,
+        "platforms",
+        format!(
+            "jitsi{}; fallback {}",
+            if config.google.is_configured() { ", google_meet" } else { " (google_meet not configured)" },
+            match config.fallback.platform {
+                crate::config::Fallback::Platform(p) => p.as_str(),
+                crate::config::Fallback::None => "none",
+            }
+        ),
+    );
     let shown = redact_url(config.database.url.expose_secret());
     let client = match crate::db::connect(&config.database).await {
         Ok(client) => {

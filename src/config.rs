@@ -3,7 +3,7 @@
 //! Owns how settings are found and what makes them valid. It never opens a connection or a file
 //! other than the one config file it is given, and never writes anything.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::crypto::Keyring;
 use crate::providers::Platform;
 
 /// The defaults, with a comment on every key. Compiled in so the binary needs no file to start.
@@ -34,6 +35,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub fallback: FallbackConfig,
     pub jitsi: JitsiConfig,
+    pub encryption: EncryptionConfig,
+    pub google: GoogleConfig,
 }
 
 #[derive(Clone, Deserialize)]
@@ -125,6 +128,92 @@ pub struct JitsiConfig {
     pub base_url: url::Url,
 }
 
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    pub key: SecretString,
+    pub key_file: PathBuf,
+    pub old_keys: Vec<SecretString>,
+}
+
+impl std::fmt::Debug for EncryptionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptionConfig")
+            .field("key", &if self.key.expose_secret().is_empty() { "" } else { "***" })
+            .field("key_file", &self.key_file)
+            .field("old_keys", &format!("{} key(s)", self.old_keys.len()))
+            .finish()
+    }
+}
+
+impl EncryptionConfig {
+    /// The keyring, reading `key_file` when set. A missing key is an error: tokens are never
+    /// stored or read in plaintext.
+    pub fn keyring(&self) -> Result<Keyring, String> {
+        let key = secret_or_file(&self.key, &self.key_file, "encryption.key")?.ok_or_else(|| {
+            "no encryption key: set encryption.key_file (or encryption.key, MEETINGD_ENCRYPTION__KEY); \
+             generate one with `meetingd keys generate`"
+                .to_string()
+        })?;
+        Keyring::new(&key, &self.old_keys).map_err(|e| format!("encryption: {e}"))
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoogleConfig {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub client_secret_file: PathBuf,
+    pub token_url: url::Url,
+    pub api_base_url: url::Url,
+    pub calendar_id: String,
+    pub invite_customer: bool,
+    pub send_updates: String,
+    pub request_timeout_ms: u64,
+    pub conference_wait_ms: u64,
+}
+
+impl std::fmt::Debug for GoogleConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GoogleConfig")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &if self.client_secret.expose_secret().is_empty() { "" } else { "***" })
+            .field("client_secret_file", &self.client_secret_file)
+            .field("token_url", &self.token_url.as_str())
+            .field("api_base_url", &self.api_base_url.as_str())
+            .field("calendar_id", &self.calendar_id)
+            .field("invite_customer", &self.invite_customer)
+            .field("send_updates", &self.send_updates)
+            .finish()
+    }
+}
+
+impl GoogleConfig {
+    /// The OAuth client secret, `None` when Google is not configured.
+    pub fn client_secret(&self) -> Result<Option<SecretString>, String> {
+        secret_or_file(&self.client_secret, &self.client_secret_file, "google.client_secret")
+    }
+
+    pub fn is_configured(&self) -> bool {
+        !self.client_id.trim().is_empty() && matches!(self.client_secret(), Ok(Some(_)))
+    }
+}
+
+/// A secret given inline or as a file; empty means unset.
+fn secret_or_file(inline: &SecretString, file: &Path, key: &str) -> Result<Option<SecretString>, String> {
+    if !file.as_os_str().is_empty() {
+        let text = std::fs::read_to_string(file).map_err(|e| format!("{key}_file {}: {e}", file.display()))?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(format!("{key}_file {} is empty", file.display()));
+        }
+        return Ok(Some(SecretString::from(text.to_string())));
+    }
+    let inline = inline.expose_secret().trim();
+    Ok((!inline.is_empty()).then(|| SecretString::from(inline.to_string())))
+}
+
 impl Config {
     /// The layered sources, without validation: defaults, the file, `DATABASE_URL`, `MEETINGD_*`.
     pub fn figment(file: Option<&Path>) -> Figment {
@@ -185,6 +274,32 @@ impl Config {
         }
         if !matches!(self.jitsi.base_url.scheme(), "https" | "http") || self.jitsi.base_url.host().is_none() {
             problems.push(format!("jitsi.base_url must be an http(s) URL with a host, not {}", self.jitsi.base_url));
+        }
+        // A missing or malformed key is reported by `check` and refused by `run`; other commands
+        // (migrate, demo) do not need one.
+        for k in &self.encryption.old_keys {
+            if let Err(e) = Keyring::new(k, &[]) {
+                problems.push(format!("encryption.old_keys: {e}"));
+            }
+        }
+        let g = &self.google;
+        if let Err(e) = g.client_secret() {
+            problems.push(e);
+        }
+        if !matches!(g.send_updates.as_str(), "all" | "externalOnly" | "none") {
+            problems.push(format!(
+                "google.send_updates must be \"all\", \"externalOnly\" or \"none\", not {:?}",
+                g.send_updates
+            ));
+        }
+        if !g.api_base_url.as_str().ends_with('/') {
+            problems.push(format!("google.api_base_url must end with a slash: {}", g.api_base_url));
+        }
+        if g.calendar_id.trim().is_empty() {
+            problems.push("google.calendar_id must not be empty".into());
+        }
+        if g.request_timeout_ms == 0 {
+            problems.push("google.request_timeout_ms must be greater than 0".into());
         }
         problems
     }

@@ -42,6 +42,11 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     println!("scratch database {dbname} created");
 
     config.database.url = SecretString::from(with_dbname(&server_url, &dbname));
+    if config.encryption.keyring().is_err() {
+        // The demo stores no platform tokens; the daemon still insists on a key.
+        config.encryption.key = crate::crypto::Keyring::generate_key();
+        println!("using a throwaway encryption key (none configured)");
+    }
     config.worker.concurrency = config.worker.concurrency.min(4);
     let result = story(&config).await;
 
@@ -205,7 +210,7 @@ async fn wait_until(db: &Client, booking: Uuid, done: impl Fn(&BookingState) -> 
 
 async fn wait_for_schema(
     db: &Client,
-    daemon: &tokio::task::JoinHandle<Result<(), crate::db::DbError>>,
+    daemon: &tokio::task::JoinHandle<Result<(), crate::RunError>>,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !crate::db::migrate::status(db).await?.is_current() {

@@ -21,6 +21,7 @@ use crate::db::jobs::{self, AuditEntry, Event, MeetingRecord, Outcome, Snapshot,
 use crate::db::{DbError, Pool};
 use crate::providers::{Choice, Meeting, MeetingRequest, Platform, ProviderError, Providers, choose_platform};
 use crate::retry::jitter_unit;
+use crate::settings::{self, TitleContext};
 
 /// What a job must do, decided from the snapshot alone.
 #[derive(Debug, Clone)]
@@ -78,13 +79,24 @@ pub fn plan(s: &Snapshot, available: impl Fn(Platform) -> bool, fallback: Fallba
             b.start.to_rfc3339()
         ));
     }
+    let settings = match settings::parse(&b.meeting_settings) {
+        Ok(settings) => settings,
+        Err(reason) => return Plan::Fail(reason),
+    };
+    let title = settings.title(&TitleContext {
+        service: &b.title,
+        customer: b.customer_name.as_deref().unwrap_or("customer"),
+        provider: b.provider_name.as_deref().unwrap_or("provider"),
+    });
+    let description = settings.description.clone().or_else(|| b.description.clone());
     let last_generation = s.meeting.as_ref().map_or(0, |m| m.generation);
     let request = |generation| MeetingRequest {
         booking_id: b.booking_id,
         generation,
         provider_user_id: b.provider_id,
-        title: b.title.clone(),
-        description: b.description.clone(),
+        title: title.clone(),
+        description: description.clone(),
+        customer_email: b.customer_email.clone(),
         start: b.start,
         end: b.end,
         settings: b.meeting_settings.clone(),
@@ -96,9 +108,10 @@ pub fn plan(s: &Snapshot, available: impl Fn(Platform) -> bool, fallback: Fallba
                 // The service now asks for another platform. Replace the meeting only when that
                 // platform can really be used; otherwise keep the working link.
                 if let Ok(choice) = choose()
-                    && choice.platform.as_str() != record.platform {
-                        return Plan::Replace { old: record, choice, req: request(last_generation + 1) };
-                    }
+                    && choice.platform.as_str() != record.platform
+                {
+                    return Plan::Replace { old: record, choice, req: request(last_generation + 1) };
+                }
             }
             let req = request(record.generation);
             if record.start == b.start && record.end == b.end {
@@ -147,9 +160,9 @@ impl Worker {
         config: WorkerConfig,
         fallback: Fallback,
         wake: Arc<Notify>,
+        instance: Uuid,
     ) -> Worker {
-        let instance = Uuid::new_v4();
-        Worker { pool, providers, config, fallback, actor: format!("daemon:{instance}"), instance, wake }
+        Worker { pool, providers, config, fallback, actor: actor(instance), instance, wake }
     }
 
     pub fn instance(&self) -> Uuid {
@@ -200,9 +213,10 @@ impl Worker {
                             continue;
                         }
                         if let Ok(client) = self.pool.get().await
-                            && let Ok(Some(due)) = jobs::next_due_in(&**client).await {
-                                wait = wait.min(due.max(Duration::from_millis(5)));
-                            }
+                            && let Ok(Some(due)) = jobs::next_due_in(&**client).await
+                        {
+                            wait = wait.min(due.max(Duration::from_millis(5)));
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in_ms = db_backoff.as_millis() as u64, "cannot claim jobs");
@@ -294,16 +308,7 @@ impl Worker {
                 (linked(&record.platform, &record.requested_platform, record.meeting, &req), audit, None)
             }
             Plan::Create { choice, req } => {
-                let outcome = self.create(s, choice, &req, &mut audit).await;
-                let event = match &outcome {
-                    Outcome::Linked { platform, .. } => Some(Event {
-                        kind: "meeting_ready",
-                        platform: Some(platform.clone()),
-                        message: ready_message(choice, s),
-                    }),
-                    Outcome::Failed { error } => Some(failed_event(choice.platform, error)),
-                    _ => None,
-                };
+                let (outcome, event) = self.create(s, choice, &req, &mut audit).await;
                 (outcome, audit, event)
             }
             Plan::Update { record, req } => {
@@ -315,6 +320,13 @@ impl Worker {
                         self.note(&mut audit, "meeting.update", platform, started, &result, s);
                         match result {
                             Ok(meeting) => linked(platform.as_str(), &record.requested_platform, meeting, &req),
+                            // Deleted at the platform by someone else: make a new one.
+                            Err(ProviderError::NotFound) => {
+                                let again = MeetingRequest { generation: record.generation + 1, ..req };
+                                let choice = Choice { platform, fallback: false };
+                                let (outcome, event) = self.create(s, choice, &again, &mut audit).await;
+                                return (outcome, audit, event);
+                            }
                             Err(e) => self.after_error(s, e, "update", Some(platform)),
                         }
                     }
@@ -326,41 +338,78 @@ impl Worker {
                 let outcome = self.delete(s, &record, &mut audit).await;
                 (outcome, audit, None)
             }
-            Plan::Replace { old, choice, req } => {
-                let outcome = match self.delete(s, &old, &mut audit).await {
-                    Outcome::Unlinked { .. } => self.create(s, choice, &req, &mut audit).await,
-                    other => other,
-                };
-                let event = match &outcome {
-                    Outcome::Failed { error } => Some(failed_event(choice.platform, error)),
-                    _ => None,
-                };
-                (outcome, audit, event)
-            }
+            Plan::Replace { old, choice, req } => match self.delete(s, &old, &mut audit).await {
+                Outcome::Unlinked { .. } => {
+                    let (outcome, event) = self.create(s, choice, &req, &mut audit).await;
+                    (outcome, audit, event)
+                }
+                other => {
+                    let event = failed(&other, &old.platform);
+                    (other, audit, event)
+                }
+            },
         }
     }
 
-    async fn create(&self, s: &Snapshot, choice: Choice, req: &MeetingRequest, audit: &mut Vec<AuditEntry>) -> Outcome {
-        let Some(provider) = self.providers.get(choice.platform) else {
-            return Outcome::Failed {
-                error: format!("{} meetings are not available on this server.", choice.platform.display_name()),
+    /// Creates the meeting on `choice`; when the provider's account there cannot be used
+    /// (revoked, undecryptable), on the fallback platform instead. Returns the event for the app.
+    async fn create(
+        &self,
+        s: &Snapshot,
+        mut choice: Choice,
+        req: &MeetingRequest,
+        audit: &mut Vec<AuditEntry>,
+    ) -> (Outcome, Option<Event>) {
+        let mut fell_back_because: Option<String> = None;
+        loop {
+            let Some(provider) = self.providers.get(choice.platform) else {
+                let error = format!("{} meetings are not available on this server.", choice.platform.display_name());
+                return (Outcome::Failed { error: error.clone() }, Some(failed_event(choice.platform, &error)));
             };
-        };
-        let started = Instant::now();
-        let result = provider.create(req).await;
-        self.note(audit, "meeting.create", choice.platform, started, &result, s);
-        if choice.fallback
-            && let Some(last) = audit.last_mut() {
+            let started = Instant::now();
+            let result = provider.create(req).await;
+            self.note(audit, "meeting.create", choice.platform, started, &result, s);
+            if choice.fallback
+                && let Some(last) = audit.last_mut()
+            {
+                let why = fell_back_because.clone().unwrap_or_else(|| {
+                    format!("the service asks for {}", s.requested().as_deref().unwrap_or("no platform"))
+                });
                 last.detail = Some(format!(
-                    "{}; fallback to {} because the service asks for {}",
+                    "{}; fallback to {} because {why}",
                     last.detail.as_deref().unwrap_or(""),
-                    choice.platform,
-                    s.requested().as_deref().unwrap_or("no platform")
+                    choice.platform
                 ));
             }
-        match result {
-            Ok(meeting) => linked(choice.platform.as_str(), &s.requested(), meeting, req),
-            Err(e) => self.after_error(s, e, "create", Some(choice.platform)),
+            match result {
+                Ok(meeting) => {
+                    let event = Event {
+                        kind: "meeting_ready",
+                        platform: Some(choice.platform.as_str().to_string()),
+                        message: ready_message(choice, s, fell_back_because.as_deref()),
+                    };
+                    return (linked(choice.platform.as_str(), &s.requested(), meeting, req), Some(event));
+                }
+                Err(e) if e.needs_fallback() && !choice.fallback => match self.fallback {
+                    Fallback::Platform(p) if self.providers.get(p).is_some() => {
+                        fell_back_because = Some(format!("{}: {e}", choice.platform.display_name()));
+                        choice = Choice { platform: p, fallback: true };
+                    }
+                    _ => {
+                        let error = format!(
+                            "Could not create the {} meeting: {e}. Reconnect {} under Integrations.",
+                            choice.platform.display_name(),
+                            choice.platform.display_name()
+                        );
+                        return (Outcome::Failed { error: error.clone() }, Some(failed_event(choice.platform, &error)));
+                    }
+                },
+                Err(e) => {
+                    let outcome = self.after_error(s, e, "create", Some(choice.platform));
+                    let event = failed(&outcome, choice.platform.as_str());
+                    return (outcome, event);
+                }
+            }
         }
     }
 
@@ -375,6 +424,11 @@ impl Worker {
         self.note(audit, "meeting.delete", platform, started, &result, s);
         match result {
             Ok(()) => Outcome::Unlinked { deleted: true },
+            // The account is gone: nothing meetingd can delete there any more.
+            Err(e) if e.needs_fallback() => {
+                tracing::warn!(platform = %platform, error = %e, "meeting left in the disconnected account; recorded as deleted");
+                Outcome::Unlinked { deleted: true }
+            }
             Err(e) => self.after_error(s, e, "delete", Some(platform)),
         }
     }
@@ -434,6 +488,11 @@ impl Worker {
     }
 }
 
+/// The audit actor of a daemon instance.
+pub fn actor(instance: Uuid) -> String {
+    format!("daemon:{instance}")
+}
+
 /// What an audit line says about a successful call.
 trait MeetingId {
     fn meeting_id(&self) -> Option<&str>;
@@ -477,7 +536,10 @@ fn entry(
     AuditEntry { action, platform, outcome, duration_ms, detail }
 }
 
-fn ready_message(choice: Choice, s: &Snapshot) -> String {
+fn ready_message(choice: Choice, s: &Snapshot, account_problem: Option<&str>) -> String {
+    if let (true, Some(problem)) = (choice.fallback, account_problem) {
+        return format!("The meeting is ready on {} because {problem}.", choice.platform.display_name());
+    }
     match (choice.fallback, s.requested()) {
         (true, Some(requested)) => format!(
             "The meeting is ready on {} because {requested} is not connected; connect it under Integrations to use it for future bookings.",
@@ -510,7 +572,8 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 fn log_task_end(result: Result<(), tokio::task::JoinError>) {
     if let Err(e) = result
-        && e.is_panic() {
-            tracing::error!("a job task panicked outside reconcile; its lease expires and it runs again");
-        }
+        && e.is_panic()
+    {
+        tracing::error!("a job task panicked outside reconcile; its lease expires and it runs again");
+    }
 }

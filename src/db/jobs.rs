@@ -98,6 +98,9 @@ pub struct BookingView {
     pub meeting_settings: serde_json::Value,
     /// The provider has an active integration for `meeting_platform`.
     pub connected: bool,
+    pub customer_name: Option<String>,
+    pub customer_email: Option<String>,
+    pub provider_name: Option<String>,
 }
 
 /// The meeting meetingd recorded for a booking.
@@ -138,10 +141,13 @@ pub async fn snapshots(client: &impl GenericClient, claims: Vec<Claim>) -> Resul
                              WHERE i.user_id = s.provider_id AND i.platform = s.meeting_platform
                                AND i.is_active IS TRUE),
                     m.platform, m.requested_platform, m.external_id, m.join_url, m.start_time,
-                    m.end_time, m.generation, m.state = 'live'
+                    m.end_time, m.generation, m.state = 'live',
+                    cu.full_name, cu.email, pu.full_name
                FROM unnest($1::uuid[]) AS k(id)
                LEFT JOIN bookings b ON b.id = k.id
                LEFT JOIN services s ON s.id = b.service_id
+               LEFT JOIN users cu ON cu.id = b.customer_id
+               LEFT JOIN users pu ON pu.id = s.provider_id
                LEFT JOIN meetingd.meetings m ON m.booking_id = k.id",
             &[&ids],
         )
@@ -171,6 +177,9 @@ pub async fn snapshots(client: &impl GenericClient, claims: Vec<Claim>) -> Resul
                     meeting_platform: r.get(12),
                     meeting_settings: r.get(13),
                     connected: r.get(14),
+                    customer_name: r.get(23),
+                    customer_email: r.get(24),
+                    provider_name: r.get(25),
                 })
             });
             let meeting = row.as_ref().and_then(|r| {
@@ -374,14 +383,26 @@ pub async fn write_back(
         insert_audit(&*tx, actor, Some(claim.booking_id), provider_id, Some(claim.attempt), entry).await?;
     }
     if let (true, Some(event)) = (current, event) {
-        tx.execute(
-            "INSERT INTO meetingd.events (kind, user_id, booking_id, platform, message) VALUES ($1, $2, $3, $4, $5)",
-            &[&event.kind, &provider_id, &claim.booking_id, &event.platform, &event.message],
-        )
-        .await?;
+        insert_event(&*tx, event, provider_id, Some(claim.booking_id)).await?;
     }
     tx.commit().await?;
     Ok(if current { WriteBack::Done } else { WriteBack::Stale })
+}
+
+/// Records a notification for the app (a trigger also sends it on channel `meetingd_events`).
+pub async fn insert_event(
+    client: &impl GenericClient,
+    event: &Event,
+    user_id: Option<Uuid>,
+    booking_id: Option<Uuid>,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "INSERT INTO meetingd.events (kind, user_id, booking_id, platform, message) VALUES ($1, $2, $3, $4, $5)",
+            &[&event.kind, &user_id, &booking_id, &event.platform, &event.message],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Appends one audit row.

@@ -4,6 +4,7 @@
 //! and the error type of the data layer. The SQL itself lives in the submodules: `migrate` (schema),
 //! `listen` (the LISTEN connection), `jobs` (the queue and the write-back).
 
+pub mod integrations;
 pub mod jobs;
 pub mod listen;
 pub mod migrate;

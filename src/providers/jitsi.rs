@@ -67,6 +67,7 @@ mod tests {
             provider_user_id: Uuid::new_v4(),
             title: "t".into(),
             description: None,
+            customer_email: None,
             start: Utc::now(),
             end: Utc::now(),
             settings: serde_json::json!({}),

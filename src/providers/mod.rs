@@ -4,6 +4,7 @@
 //! on, and the choice of platform for a booking (including the fallback). Each platform's wire
 //! format stays inside its own module; nothing here touches the database.
 
+pub mod google;
 pub mod jitsi;
 
 use std::collections::HashMap;
@@ -16,6 +17,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::config::{Config, Fallback};
+use crate::crypto::Keyring;
+use crate::db::Pool;
+use crate::oauth::OAuthClient;
+use crate::tokens::TokenStore;
 
 /// Platform names as stored in `services.meeting_platform` and `bookings.meeting_platform`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,6 +83,8 @@ pub struct MeetingRequest {
     pub provider_user_id: Uuid,
     pub title: String,
     pub description: Option<String>,
+    /// Invited as an attendee where the platform and configuration do that.
+    pub customer_email: Option<String>,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     pub settings: serde_json::Value,
@@ -107,9 +114,16 @@ pub enum ProviderError {
     /// The access token was refused even after a refresh.
     #[error("the platform refused the access token")]
     Unauthorized,
-    /// The provider revoked meetingd's access; they must reconnect. Never retried.
+    /// The provider revoked meetingd's access (or never connected); they must reconnect. Never
+    /// retried on this platform: the booking falls back.
     #[error("access to the provider's account was revoked")]
     Revoked,
+    /// The stored account cannot be used (its tokens do not decrypt); the booking falls back.
+    #[error("{0}")]
+    AccountUnusable(String),
+    /// The meeting no longer exists at the platform (deleted there by someone else).
+    #[error("the meeting no longer exists at the platform")]
+    NotFound,
     /// Retrying cannot help; the message says what to fix.
     #[error("{0}")]
     Permanent(String),
@@ -124,7 +138,18 @@ impl ProviderError {
     }
 
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ProviderError::Transient(_) | ProviderError::RateLimited { .. } | ProviderError::Pending)
+        matches!(
+            self,
+            ProviderError::Transient(_)
+                | ProviderError::RateLimited { .. }
+                | ProviderError::Pending
+                | ProviderError::Unauthorized
+        )
+    }
+
+    /// The provider's account on this platform cannot be used: use the fallback platform instead.
+    pub fn needs_fallback(&self) -> bool {
+        matches!(self, ProviderError::Revoked | ProviderError::AccountUnusable(_))
     }
 
     /// Bounded label for logs and metrics.
@@ -135,6 +160,8 @@ impl ProviderError {
             ProviderError::Pending => "pending",
             ProviderError::Unauthorized => "unauthorized",
             ProviderError::Revoked => "revoked",
+            ProviderError::AccountUnusable(_) => "account_unusable",
+            ProviderError::NotFound => "not_found",
             ProviderError::Permanent(_) => "permanent",
         }
     }
@@ -153,6 +180,24 @@ pub trait MeetingProvider: Send + Sync {
     async fn delete(&self, existing: &Meeting, provider_user_id: Uuid) -> Result<(), ProviderError>;
 }
 
+/// A `Retry-After` header: delay-seconds or an HTTP date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = DateTime::parse_from_rfc2822(value).ok()?;
+    Some((at.with_timezone(&Utc) - Utc::now()).to_std().unwrap_or_default())
+}
+
+/// What providers that act on a provider's account need from the daemon.
+pub struct ProviderDeps {
+    pub pool: Pool,
+    pub keyring: Arc<Keyring>,
+    /// Audit actor for token operations (`daemon:<instance>`).
+    pub actor: String,
+}
+
 /// The platforms this daemon can use, by name.
 #[derive(Clone, Default)]
 pub struct Providers {
@@ -160,9 +205,26 @@ pub struct Providers {
 }
 
 impl Providers {
-    /// The real providers for a configuration.
+    /// The platforms that need no account (Jitsi).
     pub fn from_config(config: &Config) -> Providers {
         Providers::default().with(Arc::new(jitsi::Jitsi::new(config.jitsi.base_url.clone())))
+    }
+
+    /// Every platform the configuration enables: Jitsi, and Google Meet when its OAuth client is set.
+    pub fn real(config: &Config, deps: &ProviderDeps) -> Result<Providers, String> {
+        let mut providers = Providers::from_config(config);
+        let google = &config.google;
+        if let Some(secret) = google.client_secret()?.filter(|_| !google.client_id.trim().is_empty()) {
+            let timeout = Duration::from_millis(google.request_timeout_ms);
+            let oauth = OAuthClient::new(&google.client_id, secret, google.token_url.clone(), timeout);
+            let tokens = Arc::new(TokenStore::new(deps.pool.clone(), deps.keyring.clone(), deps.actor.clone()));
+            providers = providers.with(Arc::new(google::GoogleMeet::new(google.clone(), oauth, tokens)));
+        } else {
+            tracing::info!(
+                "Google Meet is not configured (google.client_id / client secret); services asking for it get the fallback"
+            );
+        }
+        Ok(providers)
     }
 
     /// Adds or replaces the provider for its platform (tests swap in scripted providers).
@@ -202,9 +264,11 @@ pub fn choose_platform(
         })?),
     };
     if let Some(p) = requested
-        && (!p.needs_account() || connected) && available(p) {
-            return Ok(Choice { platform: p, fallback: false });
-        }
+        && (!p.needs_account() || connected)
+        && available(p)
+    {
+        return Ok(Choice { platform: p, fallback: false });
+    }
     match fallback {
         Fallback::Platform(p) if available(p) => Ok(Choice { platform: p, fallback: true }),
         _ => Err(match requested {
@@ -226,6 +290,16 @@ mod tests {
     use super::*;
 
     const JITSI: Fallback = Fallback::Platform(Platform::Jitsi);
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        let soon = (Utc::now() + chrono::Duration::seconds(90)).to_rfc2822();
+        let d = parse_retry_after(&soon).unwrap();
+        assert!(d > Duration::from_secs(80) && d <= Duration::from_secs(90), "{d:?}");
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO), "a past date means now");
+        assert_eq!(parse_retry_after("soon"), None);
+    }
 
     #[test]
     fn platform_names_round_trip() {

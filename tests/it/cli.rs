@@ -7,9 +7,12 @@ use crate::helpers::cluster::admin_url;
 use crate::helpers::db::{TestDb, eventually};
 use crate::helpers::market;
 
+/// A valid key for the commands that need one (32 zero bytes, base64).
+const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
 fn meetingd(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_meetingd"));
-    cmd.args(args).env_remove("DATABASE_URL").env("MEETINGD_LOG", "warn");
+    cmd.args(args).env_remove("DATABASE_URL").env("MEETINGD_LOG", "warn").env("MEETINGD_ENCRYPTION__KEY", KEY);
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -91,6 +94,7 @@ async fn run_links_bookings_and_stops_cleanly_on_sigterm() {
     let child = Command::new(env!("CARGO_BIN_EXE_meetingd"))
         .args(["--log-format", "json", "run"])
         .env("MEETINGD_DATABASE__URL", &db.url)
+        .env("MEETINGD_ENCRYPTION__KEY", KEY)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -4,9 +4,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meetingd::RunError;
 use meetingd::config::Config;
-use meetingd::db::DbError;
 use meetingd::providers::{Platform, Providers};
+use secrecy::ExposeSecret;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -19,13 +20,13 @@ const WAIT: Duration = Duration::from_secs(30);
 
 struct Daemon {
     shutdown: CancellationToken,
-    task: JoinHandle<Result<(), DbError>>,
+    task: JoinHandle<Result<(), RunError>>,
 }
 
 impl Daemon {
     fn start(config: Config, providers: Providers) -> Daemon {
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(meetingd::run_with(config, providers, shutdown.clone()));
+        let task = tokio::spawn(meetingd::run_with(config, move |_| Ok(providers), shutdown.clone()));
         Daemon { shutdown, task }
     }
 
@@ -183,6 +184,7 @@ fn spawn_daemon(db: &TestDb) -> Child {
         .env("MEETINGD_WORKER__CONCURRENCY", "8")
         .env("MEETINGD_WORKER__SWEEP_INTERVAL_MS", "500")
         .env("MEETINGD_LOG", "warn")
+        .env("MEETINGD_ENCRYPTION__KEY", meetingd::crypto::Keyring::generate_key().expose_secret())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

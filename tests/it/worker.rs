@@ -39,7 +39,14 @@ async fn setup() -> Setup {
 
 fn worker_for(config: &Config, providers: Providers) -> Worker {
     let pool = meetingd::db::pool(&config.database, 4).unwrap();
-    Worker::new(pool, providers, config.worker.clone(), config.fallback.platform, Arc::new(Notify::new()))
+    Worker::new(
+        pool,
+        providers,
+        config.worker.clone(),
+        config.fallback.platform,
+        Arc::new(Notify::new()),
+        Uuid::new_v4(),
+    )
 }
 
 #[tokio::test]

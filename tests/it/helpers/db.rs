@@ -67,6 +67,7 @@ impl TestDb {
         c.worker.lease_secs = 5;
         c.worker.shutdown_grace_ms = 3000;
         c.worker.listen_ping_interval_ms = 1000;
+        c.encryption.key = meetingd::crypto::Keyring::generate_key();
         c
     }
 }

@@ -1,0 +1,186 @@
+//! Statements on `user_meeting_integrations`, the providers' connected accounts.
+//!
+//! Token columns hold ciphertext only: this module takes and returns the stored strings and never
+//! sees a plaintext token (encryption happens in `tokens.rs` / `crypto.rs`).
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use super::DbError;
+
+/// One integration row as stored.
+#[derive(Clone)]
+pub struct IntegrationRow {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub platform: String,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub is_active: bool,
+    pub email: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for IntegrationRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntegrationRow")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("platform", &self.platform)
+            .field("expires_at", &self.expires_at)
+            .field("is_active", &self.is_active)
+            .finish_non_exhaustive()
+    }
+}
+
+const COLUMNS: &str = "id, user_id, platform, access_token, refresh_token, expires_at, \
+                       COALESCE(is_active, false), platform_user_email, created_at";
+
+fn from_row(r: &tokio_postgres::Row) -> IntegrationRow {
+    IntegrationRow {
+        id: r.get(0),
+        user_id: r.get(1),
+        platform: r.get(2),
+        access_token: r.get(3),
+        refresh_token: r.get(4),
+        expires_at: r.get(5),
+        is_active: r.get(6),
+        email: r.get(7),
+        created_at: r.get(8),
+    }
+}
+
+/// The row for a provider and platform; `lock` takes `FOR UPDATE` (inside a transaction).
+pub async fn load(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    platform: &str,
+    lock: bool,
+) -> Result<Option<IntegrationRow>, DbError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM user_meeting_integrations WHERE user_id = $1 AND platform = $2{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    Ok(client.query_opt(&sql, &[&user_id, &platform]).await?.as_ref().map(from_row))
+}
+
+/// Stores refreshed tokens (ciphertext) and their expiry.
+pub async fn save_tokens(
+    client: &impl GenericClient,
+    id: Uuid,
+    access_token: &str,
+    refresh_token: Option<&str>,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "UPDATE user_meeting_integrations
+                SET access_token = $2, refresh_token = COALESCE($3, refresh_token), expires_at = $4, updated_at = now()
+              WHERE id = $1",
+            &[&id, &access_token, &refresh_token, &expires_at],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Marks the integration as needing a reconnect.
+pub async fn deactivate(client: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
+    client
+        .execute("UPDATE user_meeting_integrations SET is_active = false, updated_at = now() WHERE id = $1", &[&id])
+        .await?;
+    Ok(())
+}
+
+/// Locks (creating if needed) the row for `(user_id, platform)` and returns its id, so tokens can
+/// be encrypted for that id before they are written. Call inside a transaction.
+pub async fn lock_or_create(client: &impl GenericClient, user_id: Uuid, platform: &str) -> Result<Uuid, DbError> {
+    client
+        .execute(
+            "INSERT INTO user_meeting_integrations (user_id, platform, access_token, is_active)
+             VALUES ($1, $2, '', false) ON CONFLICT (user_id, platform) DO NOTHING",
+            &[&user_id, &platform],
+        )
+        .await?;
+    Ok(client
+        .query_one(
+            "SELECT id FROM user_meeting_integrations WHERE user_id = $1 AND platform = $2 FOR UPDATE",
+            &[&user_id, &platform],
+        )
+        .await?
+        .get(0))
+}
+
+/// What a new connection stores.
+pub struct Connected<'a> {
+    pub access_token: &'a str,
+    pub refresh_token: Option<&'a str>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub scopes: &'a [String],
+    pub platform_user_id: Option<&'a str>,
+    pub email: Option<&'a str>,
+}
+
+/// Writes a (re)connection: new ciphertexts, active again.
+pub async fn connect(client: &impl GenericClient, id: Uuid, c: &Connected<'_>) -> Result<(), DbError> {
+    client
+        .execute(
+            "UPDATE user_meeting_integrations
+                SET access_token = $2, refresh_token = $3, expires_at = $4, scope = $5,
+                    platform_user_id = COALESCE($6, platform_user_id), platform_user_email = COALESCE($7, platform_user_email),
+                    is_active = true, updated_at = now()
+              WHERE id = $1",
+            &[&id, &c.access_token, &c.refresh_token, &c.expires_at, &c.scopes, &c.platform_user_id, &c.email],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Every integration, for listings (the token columns are read but callers must not show them).
+pub async fn list(client: &impl GenericClient) -> Result<Vec<IntegrationRow>, DbError> {
+    Ok(client
+        .query(&format!("SELECT {COLUMNS} FROM user_meeting_integrations ORDER BY user_id, platform"), &[])
+        .await?
+        .iter()
+        .map(from_row)
+        .collect())
+}
+
+/// A page of rows after `after` (by id), for key rotation.
+pub async fn page(client: &impl GenericClient, after: Uuid, limit: i64) -> Result<Vec<IntegrationRow>, DbError> {
+    Ok(client
+        .query(
+            &format!("SELECT {COLUMNS} FROM user_meeting_integrations WHERE id > $1 ORDER BY id LIMIT $2"),
+            &[&after, &limit],
+        )
+        .await?
+        .iter()
+        .map(from_row)
+        .collect())
+}
+
+/// Locks one row by id (key rotation), `None` if it disappeared.
+pub async fn lock_by_id(client: &impl GenericClient, id: Uuid) -> Result<Option<IntegrationRow>, DbError> {
+    Ok(client
+        .query_opt(&format!("SELECT {COLUMNS} FROM user_meeting_integrations WHERE id = $1 FOR UPDATE"), &[&id])
+        .await?
+        .as_ref()
+        .map(from_row))
+}
+
+/// Replaces both token ciphertexts (key rotation).
+pub async fn rewrite_tokens(
+    client: &impl GenericClient,
+    id: Uuid,
+    access_token: &str,
+    refresh_token: Option<&str>,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "UPDATE user_meeting_integrations SET access_token = $2, refresh_token = $3 WHERE id = $1",
+            &[&id, &access_token, &refresh_token],
+        )
+        .await?;
+    Ok(())
+}

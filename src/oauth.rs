@@ -1,0 +1,90 @@
+//! OAuth 2.0 token-endpoint calls (the `oauth2` crate) for every platform.
+//!
+//! Owns the refresh grant and how its failures are classified. It never touches the database and
+//! never logs a token: callers get tokens as `SecretString` and errors without response bodies.
+
+use std::time::Duration;
+
+use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::{AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, TokenResponse, TokenUrl};
+use secrecy::{ExposeSecret, SecretString};
+
+/// One platform's OAuth client.
+#[derive(Clone)]
+pub struct OAuthClient {
+    client_id: String,
+    client_secret: SecretString,
+    token_url: url::Url,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthClient")
+            .field("client_id", &self.client_id)
+            .field("token_url", &self.token_url.as_str())
+            .finish()
+    }
+}
+
+/// Fresh tokens from the token endpoint.
+pub struct Refreshed {
+    pub access_token: SecretString,
+    /// Present when the platform rotates refresh tokens (the old one is then dead).
+    pub refresh_token: Option<SecretString>,
+    pub expires_in: Option<Duration>,
+    pub scopes: Option<Vec<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    /// `invalid_grant`: the user revoked access or the refresh token expired. Never retried.
+    #[error("the platform rejected the refresh token (invalid_grant): the provider must reconnect")]
+    Revoked,
+    /// The platform refused our client (wrong id/secret, disabled client): an operator must act.
+    #[error("the platform refused meetingd's OAuth client ({0}): check the client id and secret")]
+    Client(String),
+    /// Network trouble or a server error at the token endpoint.
+    #[error("token endpoint unavailable: {0}")]
+    Transient(String),
+}
+
+impl OAuthClient {
+    pub fn new(client_id: &str, client_secret: SecretString, token_url: url::Url, timeout: Duration) -> OAuthClient {
+        let http = reqwest::Client::builder()
+            // A token endpoint never redirects; following one could leak the client secret.
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .build()
+            .expect("a reqwest client with rustls builds");
+        OAuthClient { client_id: client_id.to_string(), client_secret, token_url, http }
+    }
+
+    /// The refresh grant (RFC 6749 §6).
+    pub async fn refresh(&self, refresh_token: &SecretString) -> Result<Refreshed, OAuthError> {
+        let client = BasicClient::new(ClientId::new(self.client_id.clone()))
+            .set_client_secret(ClientSecret::new(self.client_secret.expose_secret().to_string()))
+            .set_auth_type(AuthType::RequestBody)
+            .set_token_uri(TokenUrl::from_url(self.token_url.clone()));
+        let token = RefreshToken::new(refresh_token.expose_secret().to_string());
+        let response = client.exchange_refresh_token(&token).request_async(&self.http).await.map_err(|e| match e {
+            RequestTokenError::ServerResponse(r) => match r.error() {
+                BasicErrorResponseType::InvalidGrant => OAuthError::Revoked,
+                BasicErrorResponseType::InvalidClient | BasicErrorResponseType::UnauthorizedClient => {
+                    OAuthError::Client(r.error().to_string())
+                }
+                other => OAuthError::Transient(format!("token endpoint answered {other}")),
+            },
+            RequestTokenError::Request(e) => OAuthError::Transient(e.to_string()),
+            // The body is not quoted: it could hold a token.
+            RequestTokenError::Parse(_, _) => OAuthError::Transient("unreadable token endpoint response".into()),
+            RequestTokenError::Other(m) => OAuthError::Transient(m),
+        })?;
+        Ok(Refreshed {
+            access_token: SecretString::from(response.access_token().secret().to_string()),
+            refresh_token: response.refresh_token().map(|t| SecretString::from(t.secret().to_string())),
+            expires_in: response.expires_in(),
+            scopes: response.scopes().map(|s| s.iter().map(|s| s.to_string()).collect()),
+        })
+    }
+}

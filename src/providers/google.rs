@@ -1,0 +1,502 @@
+//! Google Meet, through Google Calendar events (`google-calendar3`).
+//!
+//! A meeting is a Calendar event on the provider's calendar with a Meet conference. Exactly once:
+//! the event id derives from the booking id and the meeting generation, so a repeated insert
+//! answers 409 `duplicate` and the existing event is adopted; the conference `requestId` derives
+//! from the same pair. Google's wire format and error JSON stay in this module.
+
+// google-calendar3's error type is large; it only passes through here on the way to `classify`.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use google_calendar3::api::{
+    ConferenceData, ConferenceSolutionKey, CreateConferenceRequest, Event, EventAttendee, EventDateTime,
+    EventExtendedProperties,
+};
+use google_calendar3::common::{self, GetToken};
+use google_calendar3::hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use google_calendar3::hyper_util::client::legacy::connect::HttpConnector;
+use google_calendar3::hyper_util::rt::TokioExecutor;
+use google_calendar3::{CalendarHub, hyper_util};
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
+
+use super::{Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after};
+use crate::config::GoogleConfig;
+use crate::oauth::OAuthClient;
+use crate::tokens::{TokenError, TokenStore};
+
+type Connector = HttpsConnector<HttpConnector>;
+
+pub struct GoogleMeet {
+    client: common::Client<Connector>,
+    config: GoogleConfig,
+    oauth: OAuthClient,
+    tokens: Arc<TokenStore>,
+}
+
+/// The access token handed to google-calendar3, kept as a secret until the request is built.
+#[derive(Clone)]
+struct Bearer(SecretString);
+
+/// google-apis-common's (private) `GetTokenOutput`.
+type TokenFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Option<String>, Box<dyn std::error::Error + Send + Sync>>> + Send + 'a>,
+>;
+
+impl GetToken for Bearer {
+    fn get_token<'a>(&'a self, _scopes: &'a [&str]) -> TokenFuture<'a> {
+        Box::pin(async move { Ok(Some(self.0.expose_secret().to_string())) })
+    }
+}
+
+/// Captures the status and `Retry-After` of a failed call (google-calendar3 keeps only the body).
+#[derive(Default)]
+struct Capture {
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+}
+
+impl common::Delegate for Capture {
+    fn http_failure(&mut self, response: &common::Response, _body: Option<&serde_json::Value>) -> common::Retry {
+        self.status = Some(response.status().as_u16());
+        self.retry_after =
+            response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+        common::Retry::Abort
+    }
+}
+
+/// A failed Calendar call, classified.
+#[derive(Debug)]
+enum CallError {
+    Unauthorized,
+    NotFound,
+    Duplicate,
+    Other(ProviderError),
+}
+
+/// The event id for a booking's nth meeting: Google allows `[a-v0-9]{5,1024}`; a deleted id stays
+/// reserved forever, hence the generation.
+pub fn event_id(booking: Uuid, generation: i32) -> String {
+    format!("meetingd{}g{generation}", booking.simple())
+}
+
+fn request_id(booking: Uuid, generation: i32, round: u32) -> String {
+    format!("{}-{generation}-{round}", booking.simple())
+}
+
+impl GoogleMeet {
+    pub fn new(config: GoogleConfig, oauth: OAuthClient, tokens: Arc<TokenStore>) -> GoogleMeet {
+        let connector = HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        GoogleMeet { client, config, oauth, tokens }
+    }
+
+    fn hub(&self, token: &SecretString) -> CalendarHub<Connector> {
+        let mut hub = CalendarHub::new(self.client.clone(), Bearer(token.clone()));
+        hub.base_url(self.config.api_base_url.to_string());
+        hub
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms)
+    }
+
+    async fn token(&self, user: Uuid, refused: Option<&SecretString>) -> Result<SecretString, ProviderError> {
+        self.tokens.access_token(user, Platform::GoogleMeet, &self.oauth, refused).await.map_err(|e| match e {
+            TokenError::NotConnected(_) | TokenError::Revoked(_) => ProviderError::Revoked,
+            TokenError::Unreadable(_, _) => ProviderError::AccountUnusable(e.to_string()),
+            TokenError::OAuth(crate::oauth::OAuthError::Client(m)) => {
+                ProviderError::Permanent(format!("Google refused meetingd's OAuth client ({m}); an administrator must check google.client_id and the client secret"))
+            }
+            TokenError::OAuth(e) => ProviderError::Transient(e.to_string()),
+            TokenError::Db(e) => ProviderError::Transient(e.to_string()),
+        })
+    }
+
+    /// Runs `call` with a valid token; a 401 forces one refresh and one more try.
+    async fn authorized<T, F, Fut>(&self, user: Uuid, call: F) -> Result<T, CallError>
+    where
+        F: Fn(SecretString) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CallError>>,
+    {
+        let token = self.token(user, None).await.map_err(CallError::Other)?;
+        match call(token.clone()).await {
+            Err(CallError::Unauthorized) => {
+                let fresh = self.token(user, Some(&token)).await.map_err(CallError::Other)?;
+                match call(fresh).await {
+                    Err(CallError::Unauthorized) => Err(CallError::Other(ProviderError::Unauthorized)),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn insert(&self, token: SecretString, event: Event) -> Result<Event, CallError> {
+        let hub = self.hub(&token);
+        let mut capture = Capture::default();
+        let call = hub
+            .events()
+            .insert(event, &self.config.calendar_id)
+            .conference_data_version(1)
+            .send_updates(&self.config.send_updates)
+            .delegate(&mut capture)
+            .doit();
+        let result = tokio::time::timeout(self.timeout(), call).await;
+        finish(result, capture)
+    }
+
+    async fn get(&self, token: SecretString, id: &str) -> Result<Event, CallError> {
+        let hub = self.hub(&token);
+        let mut capture = Capture::default();
+        let call = hub.events().get(&self.config.calendar_id, id).delegate(&mut capture).doit();
+        let result = tokio::time::timeout(self.timeout(), call).await;
+        finish(result, capture)
+    }
+
+    async fn patch(&self, token: SecretString, id: &str, event: Event) -> Result<Event, CallError> {
+        let hub = self.hub(&token);
+        let mut capture = Capture::default();
+        let call = hub
+            .events()
+            .patch(event, &self.config.calendar_id, id)
+            .conference_data_version(1)
+            .send_updates(&self.config.send_updates)
+            .delegate(&mut capture)
+            .doit();
+        let result = tokio::time::timeout(self.timeout(), call).await;
+        finish(result, capture)
+    }
+
+    async fn remove(&self, token: SecretString, id: &str) -> Result<(), CallError> {
+        let hub = self.hub(&token);
+        let mut capture = Capture::default();
+        let call = hub
+            .events()
+            .delete(&self.config.calendar_id, id)
+            .send_updates(&self.config.send_updates)
+            .delegate(&mut capture)
+            .doit();
+        let result = tokio::time::timeout(self.timeout(), call).await;
+        finish(result.map(|r| r.map(|response| (response, ()))), capture)
+    }
+
+    fn new_event(&self, req: &MeetingRequest) -> Event {
+        let id = event_id(req.booking_id, req.generation);
+        Event {
+            id: Some(id),
+            summary: Some(req.title.clone()),
+            description: req.description.clone(),
+            start: Some(EventDateTime {
+                date_time: Some(req.start),
+                time_zone: Some("UTC".into()),
+                ..Default::default()
+            }),
+            end: Some(EventDateTime { date_time: Some(req.end), time_zone: Some("UTC".into()), ..Default::default() }),
+            attendees: match (&req.customer_email, self.config.invite_customer) {
+                (Some(email), true) => Some(vec![EventAttendee { email: Some(email.clone()), ..Default::default() }]),
+                _ => None,
+            },
+            extended_properties: Some(EventExtendedProperties {
+                private: Some([("booking_id".to_string(), req.booking_id.to_string())].into()),
+                shared: None,
+            }),
+            conference_data: Some(conference_request(req.booking_id, req.generation, 0)),
+            ..Default::default()
+        }
+    }
+
+    /// Waits (within `google.conference_wait_ms`) for the Meet conference of `event`.
+    async fn ready_link(&self, user: Uuid, req: &MeetingRequest, mut event: Event) -> Result<Meeting, ProviderError> {
+        let id = event.id.clone().unwrap_or_else(|| event_id(req.booking_id, req.generation));
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.conference_wait_ms);
+        let mut pause = Duration::from_millis(100);
+        let mut round = 0;
+        loop {
+            match conference_state(&event) {
+                Conference::Ready(link) => return Ok(Meeting { external_id: id, join_url: link }),
+                Conference::Failed if round < 3 => {
+                    // Google could not make the conference: ask again with a new requestId.
+                    round += 1;
+                    let patch = Event {
+                        conference_data: Some(conference_request(req.booking_id, req.generation, round)),
+                        ..Default::default()
+                    };
+                    event =
+                        self.authorized(user, |t| self.patch(t, &id, patch.clone())).await.map_err(into_provider)?;
+                    continue;
+                }
+                Conference::Failed => {
+                    return Err(ProviderError::Transient("Google could not create the Meet conference".into()));
+                }
+                Conference::Pending => {}
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(ProviderError::Pending);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+            event = self.authorized(user, |t| self.get(t, &id)).await.map_err(into_provider)?;
+        }
+    }
+}
+
+fn conference_request(booking: Uuid, generation: i32, round: u32) -> ConferenceData {
+    ConferenceData {
+        create_request: Some(CreateConferenceRequest {
+            request_id: Some(request_id(booking, generation, round)),
+            conference_solution_key: Some(ConferenceSolutionKey { type_: Some("hangoutsMeet".into()) }),
+            status: None,
+        }),
+        ..Default::default()
+    }
+}
+
+enum Conference {
+    Ready(String),
+    Pending,
+    Failed,
+}
+
+fn conference_state(event: &Event) -> Conference {
+    let data = event.conference_data.as_ref();
+    let video = data
+        .and_then(|d| d.entry_points.as_ref())
+        .and_then(|eps| eps.iter().find(|e| e.entry_point_type.as_deref() == Some("video")))
+        .and_then(|e| e.uri.clone());
+    if let Some(link) = video.or_else(|| event.hangout_link.clone()) {
+        return Conference::Ready(link);
+    }
+    let status = data
+        .and_then(|d| d.create_request.as_ref())
+        .and_then(|r| r.status.as_ref())
+        .and_then(|s| s.status_code.as_deref());
+    match status {
+        Some("failure") => Conference::Failed,
+        _ => Conference::Pending,
+    }
+}
+
+fn finish<T>(
+    result: Result<common::Result<(common::Response, T)>, tokio::time::error::Elapsed>,
+    capture: Capture,
+) -> Result<T, CallError> {
+    match result {
+        Err(_) => Err(CallError::Other(ProviderError::Transient("Google did not answer in time".into()))),
+        Ok(Ok((_, value))) => Ok(value),
+        Ok(Err(e)) => Err(classify(&e, &capture)),
+    }
+}
+
+/// Maps Google's answer to what the worker does, by `error.code` and `error.errors[].reason`.
+fn classify(error: &google_calendar3::Error, capture: &Capture) -> CallError {
+    use google_calendar3::Error as E;
+    let (status, body) = match error {
+        E::BadRequest(body) => (capture.status.or_else(|| code_of(body)), Some(body)),
+        E::Failure(response) => (Some(response.status().as_u16()), None),
+        E::HttpError(e) => {
+            return CallError::Other(ProviderError::Transient(format!("connection to Google failed: {e}")));
+        }
+        E::Io(e) => return CallError::Other(ProviderError::Transient(format!("reading Google's answer failed: {e}"))),
+        E::JsonDecodeError(_, e) => {
+            return CallError::Other(ProviderError::Transient(format!("Google's answer could not be read: {e}")));
+        }
+        other => return CallError::Other(ProviderError::Permanent(format!("Google Calendar call failed: {other}"))),
+    };
+    let reasons: Vec<&str> = body
+        .and_then(|b| b["error"]["errors"].as_array())
+        .map(|errors| errors.iter().filter_map(|e| e["reason"].as_str()).collect())
+        .unwrap_or_default();
+    let message = body.and_then(|b| b["error"]["message"].as_str()).unwrap_or("").to_string();
+    let has = |r: &str| reasons.contains(&r);
+    match status.unwrap_or(0) {
+        401 => CallError::Unauthorized,
+        404 | 410 => CallError::NotFound,
+        409 if has("duplicate") || reasons.is_empty() => CallError::Duplicate,
+        429 => CallError::Other(ProviderError::RateLimited { retry_after: capture.retry_after }),
+        403 if has("rateLimitExceeded") || has("userRateLimitExceeded") => {
+            CallError::Other(ProviderError::RateLimited { retry_after: capture.retry_after })
+        }
+        // The daily quota is spent: come back much later.
+        403 if has("quotaExceeded") || has("dailyLimitExceeded") => CallError::Other(ProviderError::RateLimited {
+            retry_after: Some(capture.retry_after.unwrap_or(Duration::from_secs(3600))),
+        }),
+        403 if has("forbiddenForNonOrganizer") => CallError::Other(ProviderError::Permanent(format!(
+            "Google refused to change the event because the provider's account is not its organizer ({message})"
+        ))),
+        403 => CallError::Other(ProviderError::Permanent(format!(
+            "Google refused the request ({}): the provider may need to reconnect Google and grant calendar access",
+            if message.is_empty() { "403" } else { &message }
+        ))),
+        400 => CallError::Other(ProviderError::Permanent(format!("Google rejected the event as invalid: {message}"))),
+        s if s >= 500 => CallError::Other(ProviderError::Transient(format!("Google answered HTTP {s}"))),
+        s => CallError::Other(ProviderError::Permanent(format!("Google answered HTTP {s}: {message}"))),
+    }
+}
+
+fn code_of(body: &serde_json::Value) -> Option<u16> {
+    body["error"]["code"].as_u64().and_then(|c| u16::try_from(c).ok())
+}
+
+fn into_provider(e: CallError) -> ProviderError {
+    match e {
+        CallError::Unauthorized => ProviderError::Unauthorized,
+        CallError::NotFound => ProviderError::NotFound,
+        CallError::Duplicate => ProviderError::Transient("Google reported a conflicting event".into()),
+        CallError::Other(p) => p,
+    }
+}
+
+#[async_trait::async_trait]
+impl MeetingProvider for GoogleMeet {
+    fn platform(&self) -> Platform {
+        Platform::GoogleMeet
+    }
+
+    async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
+        let user = req.provider_user_id;
+        let event = self.new_event(req);
+        let id = event.id.clone().unwrap_or_default();
+        let created = match self.authorized(user, |t| self.insert(t, event.clone())).await {
+            Ok(created) => created,
+            // Created by an earlier attempt whose answer was lost: adopt it.
+            Err(CallError::Duplicate) => {
+                let existing = self.authorized(user, |t| self.get(t, &id)).await.map_err(into_provider)?;
+                if existing.status.as_deref() == Some("cancelled") {
+                    return Err(ProviderError::Permanent(format!(
+                        "the Google Calendar event {id} was deleted in Google Calendar; meetingd will not reuse its id"
+                    )));
+                }
+                tracing::info!(booking_id = %req.booking_id, event_id = %id, "adopted the Google Calendar event an earlier attempt created");
+                existing
+            }
+            Err(e) => return Err(into_provider(e)),
+        };
+        self.ready_link(user, req, created).await
+    }
+
+    async fn update(&self, existing: &Meeting, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
+        let user = req.provider_user_id;
+        let patch = Event {
+            summary: Some(req.title.clone()),
+            description: req.description.clone(),
+            start: Some(EventDateTime {
+                date_time: Some(req.start),
+                time_zone: Some("UTC".into()),
+                ..Default::default()
+            }),
+            end: Some(EventDateTime { date_time: Some(req.end), time_zone: Some("UTC".into()), ..Default::default() }),
+            ..Default::default()
+        };
+        let updated = self
+            .authorized(user, |t| self.patch(t, &existing.external_id, patch.clone()))
+            .await
+            .map_err(into_provider)?;
+        match conference_state(&updated) {
+            Conference::Ready(link) => Ok(Meeting { external_id: existing.external_id.clone(), join_url: link }),
+            _ => Ok(existing.clone()),
+        }
+    }
+
+    async fn delete(&self, existing: &Meeting, provider: Uuid) -> Result<(), ProviderError> {
+        match self.authorized(provider, |t| self.remove(t, &existing.external_id)).await {
+            Ok(()) | Err(CallError::NotFound) => Ok(()),
+            Err(e) => Err(into_provider(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_use_googles_alphabet_and_differ_per_generation() {
+        let b = Uuid::new_v4();
+        let id = event_id(b, 1);
+        assert!(id.len() >= 5 && id.len() <= 1024);
+        assert!(id.chars().all(|c| matches!(c, 'a'..='v' | '0'..='9')), "{id}");
+        assert_ne!(id, event_id(b, 2));
+        assert_eq!(id, event_id(b, 1));
+    }
+
+    fn capture(status: u16) -> Capture {
+        Capture { status: Some(status), retry_after: Some(Duration::from_secs(7)) }
+    }
+
+    fn google_error(code: u16, reason: &str) -> google_calendar3::Error {
+        google_calendar3::Error::BadRequest(serde_json::json!({
+            "error": {"errors": [{"domain": "usageLimits", "reason": reason, "message": "m"}], "code": code, "message": "m"}
+        }))
+    }
+
+    #[test]
+    fn errors_are_classified_as_google_documents_them() {
+        let cases = [
+            (401, "authError", "unauthorized"),
+            (403, "rateLimitExceeded", "rate_limited"),
+            (403, "userRateLimitExceeded", "rate_limited"),
+            (429, "rateLimitExceeded", "rate_limited"),
+            (403, "quotaExceeded", "rate_limited"),
+            (403, "forbiddenForNonOrganizer", "permanent"),
+            (400, "invalid", "permanent"),
+            (500, "backendError", "transient"),
+            (503, "backendError", "transient"),
+            (404, "notFound", "not_found"),
+            (410, "deleted", "not_found"),
+            (409, "duplicate", "duplicate"),
+        ];
+        for (code, reason, want) in cases {
+            let got = match classify(&google_error(code, reason), &capture(code)) {
+                CallError::Unauthorized => "unauthorized",
+                CallError::NotFound => "not_found",
+                CallError::Duplicate => "duplicate",
+                CallError::Other(p) => p.class(),
+            };
+            assert_eq!(got, want, "{code} {reason}");
+        }
+        let CallError::Other(ProviderError::RateLimited { retry_after }) =
+            classify(&google_error(429, "x"), &capture(429))
+        else {
+            panic!()
+        };
+        assert_eq!(retry_after, Some(Duration::from_secs(7)));
+        let quota = Capture { status: Some(403), retry_after: None };
+        let CallError::Other(ProviderError::RateLimited { retry_after }) =
+            classify(&google_error(403, "quotaExceeded"), &quota)
+        else {
+            panic!()
+        };
+        assert_eq!(retry_after, Some(Duration::from_secs(3600)), "quota exhaustion waits long");
+    }
+
+    #[test]
+    fn link_prefers_the_video_entry_point() {
+        let mut e: Event = serde_json::from_value(serde_json::json!({
+            "hangoutLink": "https://meet.google.com/aaa-bbbb-ccc",
+            "conferenceData": {"entryPoints": [
+                {"entryPointType": "phone", "uri": "tel:+1-555"},
+                {"entryPointType": "video", "uri": "https://meet.google.com/xyz-abcd-efg"}
+            ]}
+        }))
+        .unwrap();
+        assert!(matches!(conference_state(&e), Conference::Ready(l) if l == "https://meet.google.com/xyz-abcd-efg"));
+        e.conference_data = None;
+        assert!(matches!(conference_state(&e), Conference::Ready(l) if l == "https://meet.google.com/aaa-bbbb-ccc"));
+        let pending: Event = serde_json::from_value(serde_json::json!({
+            "conferenceData": {"createRequest": {"requestId": "r", "status": {"statusCode": "pending"}}}
+        }))
+        .unwrap();
+        assert!(matches!(conference_state(&pending), Conference::Pending));
+        let failed: Event = serde_json::from_value(serde_json::json!({
+            "conferenceData": {"createRequest": {"requestId": "r", "status": {"statusCode": "failure"}}}
+        }))
+        .unwrap();
+        assert!(matches!(conference_state(&failed), Conference::Failed));
+    }
+}

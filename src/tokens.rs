@@ -1,0 +1,193 @@
+//! Access tokens for a provider's connected account: decrypt, refresh when due, save.
+//!
+//! A refresh happens under `SELECT … FOR UPDATE` on the integration row, re-reading the row after
+//! taking the lock, and saves the new ciphertext in the same transaction: two daemons (or two jobs)
+//! that need a refresh at once make one refresh, and a platform that rotates refresh tokens never
+//! sees the dead one again. This is the one place a transaction stays open across an HTTP call; the
+//! call is bounded by the OAuth client's timeout and the pool's `lock_timeout`.
+//!
+//! Plaintext tokens exist only as `SecretString` in memory; nothing here logs one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
+
+use crate::crypto::{Column, CryptoError, Keyring};
+use crate::db::jobs::{AuditEntry, Event, insert_audit, insert_event};
+use crate::db::{DbError, Pool, integrations};
+use crate::oauth::{OAuthClient, OAuthError};
+use crate::providers::Platform;
+
+/// Refresh an access token that expires within this margin.
+pub const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+/// Assumed lifetime when the token endpoint does not say (Google's is 3600 s).
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the provider has not connected {}", .0.display_name())]
+    NotConnected(Platform),
+    #[error("{name} access was revoked or has expired: the provider must reconnect {name}", name = .0.display_name())]
+    Revoked(Platform),
+    #[error("the stored {name} token cannot be used ({1}); the provider must reconnect {name}", name = .0.display_name())]
+    Unreadable(Platform, CryptoError),
+    #[error(transparent)]
+    OAuth(OAuthError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for TokenError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        TokenError::Db(DbError::Query(e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for TokenError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        TokenError::Db(DbError::Pool(e))
+    }
+}
+
+/// Tokens of every provider, for every platform that uses OAuth.
+pub struct TokenStore {
+    pool: Pool,
+    keyring: Arc<Keyring>,
+    actor: String,
+}
+
+impl TokenStore {
+    pub fn new(pool: Pool, keyring: Arc<Keyring>, actor: String) -> TokenStore {
+        TokenStore { pool, keyring, actor }
+    }
+
+    /// A usable access token for `user` on `platform`. `refused` is a token the platform just
+    /// answered 401 to: it forces a refresh unless another holder already replaced it.
+    pub async fn access_token(
+        &self,
+        user: Uuid,
+        platform: Platform,
+        oauth: &OAuthClient,
+        refused: Option<&SecretString>,
+    ) -> Result<SecretString, TokenError> {
+        let mut client = self.pool.get().await?;
+        let row = integrations::load(&**client, user, platform.as_str(), false)
+            .await?
+            .ok_or(TokenError::NotConnected(platform))?;
+        if !row.is_active {
+            return Err(TokenError::Revoked(platform));
+        }
+        let access = self.decrypt(&row.access_token, row.id, Column::AccessToken, platform)?;
+        if usable(&row, &access, refused) {
+            return Ok(access);
+        }
+
+        let tx = client.transaction().await?;
+        let row =
+            integrations::load(&*tx, user, platform.as_str(), true).await?.ok_or(TokenError::NotConnected(platform))?;
+        if !row.is_active {
+            return Err(TokenError::Revoked(platform));
+        }
+        let access = self.decrypt(&row.access_token, row.id, Column::AccessToken, platform)?;
+        if usable(&row, &access, refused) {
+            // Another daemon refreshed while this one waited for the lock.
+            tx.commit().await?;
+            return Ok(access);
+        }
+        let Some(stored_refresh) = row.refresh_token.as_deref().filter(|t| !t.is_empty()) else {
+            return Err(self.revoke(tx, &row, platform, "no refresh token stored").await);
+        };
+        let refresh = self.decrypt(stored_refresh, row.id, Column::RefreshToken, platform)?;
+        let started = std::time::Instant::now();
+        match oauth.refresh(&refresh).await {
+            Ok(fresh) => {
+                let lifetime = fresh.expires_in.unwrap_or(DEFAULT_LIFETIME);
+                let expires_at =
+                    Utc::now() + chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::hours(1));
+                let access_ct = self.keyring.encrypt(&fresh.access_token, row.id, Column::AccessToken);
+                let refresh_ct =
+                    fresh.refresh_token.as_ref().map(|t| self.keyring.encrypt(t, row.id, Column::RefreshToken));
+                integrations::save_tokens(&*tx, row.id, &access_ct, refresh_ct.as_deref(), Some(expires_at)).await?;
+                let rotated = if fresh.refresh_token.is_some() { "; refresh token rotated" } else { "" };
+                let entry = audit(
+                    "integration.refresh",
+                    platform,
+                    "ok",
+                    Some(format!("expires in {} s{rotated}", lifetime.as_secs())),
+                );
+                insert_audit(&*tx, &self.actor, None, Some(user), None, &with_duration(entry, started)).await?;
+                tx.commit().await?;
+                tracing::info!(user_id = %user, platform = %platform, duration_ms = started.elapsed().as_millis() as u64, "access token refreshed");
+                Ok(fresh.access_token)
+            }
+            Err(OAuthError::Revoked) => {
+                Err(self.revoke(tx, &row, platform, "the token endpoint answered invalid_grant").await)
+            }
+            Err(e) => {
+                drop(tx);
+                tracing::warn!(user_id = %user, platform = %platform, error = %e, "token refresh failed");
+                Err(TokenError::OAuth(e))
+            }
+        }
+    }
+
+    fn decrypt(&self, stored: &str, row: Uuid, column: Column, platform: Platform) -> Result<SecretString, TokenError> {
+        self.keyring.decrypt(stored, row, column).map_err(|e| {
+            tracing::error!(integration_id = %row, platform = %platform, error = %e, "stored token cannot be decrypted");
+            TokenError::Unreadable(platform, e)
+        })
+    }
+
+    /// Marks the integration as needing a reconnect and tells the provider, in the lock's transaction.
+    async fn revoke(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        row: &integrations::IntegrationRow,
+        platform: Platform,
+        why: &str,
+    ) -> TokenError {
+        let result = async {
+            integrations::deactivate(&*tx, row.id).await?;
+            let message = format!(
+                "{} access was revoked or has expired. Reconnect {} under Integrations; until then bookings get the fallback meeting platform.",
+                platform.display_name(),
+                platform.display_name()
+            );
+            let event = Event { kind: "integration_needs_reconnect", platform: Some(platform.as_str().into()), message };
+            insert_event(&*tx, &event, Some(row.user_id), None).await?;
+            insert_audit(&*tx, &self.actor, None, Some(row.user_id), None, &audit("integration.deactivate", platform, "ok", Some(why.into())))
+                .await?;
+            tx.commit().await?;
+            Ok::<_, TokenError>(())
+        }
+        .await;
+        tracing::warn!(
+            user_id = %row.user_id, platform = %platform, reason = why,
+            "provider {} must reconnect {}: integration marked inactive", row.user_id, platform.display_name()
+        );
+        match result {
+            Ok(()) => TokenError::Revoked(platform),
+            Err(e) => e,
+        }
+    }
+}
+
+/// Fresh enough, and not the token the platform just refused.
+fn usable(row: &integrations::IntegrationRow, access: &SecretString, refused: Option<&SecretString>) -> bool {
+    let fresh = row.expires_at.is_some_and(|at| at > Utc::now() + chrono::Duration::from_std(REFRESH_MARGIN).unwrap());
+    let refused_this = refused.is_some_and(|r| r.expose_secret() == access.expose_secret());
+    fresh && !refused_this
+}
+
+fn audit(action: &'static str, platform: Platform, outcome: &'static str, detail: Option<String>) -> AuditEntry {
+    AuditEntry { action, platform: Some(platform.as_str().into()), outcome, duration_ms: None, detail }
+}
+
+fn with_duration(mut entry: AuditEntry, started: std::time::Instant) -> AuditEntry {
+    entry.duration_ms = Some(started.elapsed().as_millis().min(i32::MAX as u128) as i32);
+    entry
+}
