@@ -6,11 +6,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::config::{Config, redact_url};
+use crate::crypto::Keyring;
+use crate::providers::Platform;
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -36,6 +40,64 @@ pub enum Command {
     Check,
     /// Run a self-contained demonstration against a scratch database on the local PostgreSQL.
     Demo(DemoArgs),
+    /// Token encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Providers' connected platform accounts.
+    #[command(subcommand)]
+    Integrations(IntegrationsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new random encryption key (base64, 32 bytes) for encryption.key / key_file.
+    Generate,
+    /// Re-encrypt every stored token with the current key (safe while daemons run).
+    Rotate {
+        /// Rows re-encrypted per batch.
+        #[arg(long, default_value_t = 100)]
+        batch: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IntegrationsCommand {
+    /// Store a provider's platform account (tokens are read from files or stdin, never argv).
+    Add {
+        /// The provider's users.id.
+        #[arg(long)]
+        user: Uuid,
+        #[arg(long, value_parser = parse_platform)]
+        platform: Platform,
+        /// File holding the access token, or - for standard input.
+        #[arg(long, value_name = "PATH|-")]
+        access_token_file: PathBuf,
+        /// File holding the refresh token, or - for standard input.
+        #[arg(long, value_name = "PATH|-")]
+        refresh_token_file: Option<PathBuf>,
+        /// When the access token expires (RFC 3339).
+        #[arg(long)]
+        expires_at: DateTime<Utc>,
+        /// The connected account's e-mail address.
+        #[arg(long)]
+        email: Option<String>,
+        /// Granted OAuth scopes (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
+    /// List integrations (never tokens).
+    List,
+    /// Mark an integration inactive and wipe its tokens.
+    Disable {
+        #[arg(long)]
+        user: Uuid,
+        #[arg(long, value_parser = parse_platform)]
+        platform: Platform,
+    },
+}
+
+fn parse_platform(s: &str) -> Result<Platform, String> {
+    s.parse()
 }
 
 #[derive(Debug, clap::Args)]
@@ -75,7 +137,118 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::demo::run(config, args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys(KeysCommand::Generate) => {
+            println!("{}", Keyring::generate_key().expose_secret());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(KeysCommand::Rotate { batch }) => {
+            let config = Config::load(cli.config.as_deref())?;
+            let keyring = config.encryption.keyring().map_err(anyhow::Error::msg)?;
+            let mut client = crate::db::connect(&config.database).await?;
+            let report = crate::admin::rotate_keys(&mut client, &keyring, batch.max(1)).await?;
+            println!(
+                "re-encrypted {} integration(s) with key {}; {} already current; {} failed",
+                report.rotated,
+                keyring.current_key_id(),
+                report.already_current,
+                report.failed.len()
+            );
+            for (id, reason) in &report.failed {
+                println!("  integration {id}: {reason}");
+            }
+            Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Integrations(command) => integrations(cli.config, command).await,
     }
+}
+
+async fn integrations(file: Option<PathBuf>, command: IntegrationsCommand) -> anyhow::Result<ExitCode> {
+    let config = Config::load(file.as_deref())?;
+    let mut client = crate::db::connect(&config.database).await?;
+    match command {
+        IntegrationsCommand::Add {
+            user,
+            platform,
+            access_token_file,
+            refresh_token_file,
+            expires_at,
+            email,
+            scopes,
+        } => {
+            let keyring = config.encryption.keyring().map_err(anyhow::Error::msg)?;
+            if access_token_file.as_os_str() == "-"
+                && refresh_token_file.as_deref().is_some_and(|p| p.as_os_str() == "-")
+            {
+                anyhow::bail!("only one of the tokens can come from standard input");
+            }
+            let new = crate::admin::NewIntegration {
+                user_id: user,
+                platform,
+                access_token: read_secret(&access_token_file)?,
+                refresh_token: refresh_token_file.as_deref().map(read_secret).transpose()?,
+                expires_at: Some(expires_at),
+                scopes,
+                platform_user_id: None,
+                email,
+            };
+            let id = crate::admin::store_integration(&mut client, &keyring, "admin", &new).await?;
+            println!(
+                "stored {platform} integration {id} for user {user} (tokens encrypted with key {})",
+                keyring.current_key_id()
+            );
+        }
+        IntegrationsCommand::List => {
+            let keyring = config.encryption.keyring().ok();
+            println!(
+                "{:<36}  {:<11}  {:<15}  {:<28}  {:<20}  key",
+                "user", "platform", "status", "account", "token expires"
+            );
+            for row in crate::db::integrations::list(&client).await? {
+                let key = match &keyring {
+                    None => "?",
+                    Some(k) if k.is_current(&row.access_token) => "current",
+                    Some(k) if k.decrypt(&row.access_token, row.id, crate::crypto::Column::AccessToken).is_ok() => {
+                        "old"
+                    }
+                    Some(_) if row.access_token.is_empty() => "-",
+                    Some(_) => "UNREADABLE",
+                };
+                println!(
+                    "{:<36}  {:<11}  {:<15}  {:<28}  {:<20}  {key}",
+                    row.user_id,
+                    row.platform,
+                    if row.is_active { "active" } else { "needs_reconnect" },
+                    row.email.as_deref().unwrap_or("-"),
+                    row.expires_at.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_else(|| "-".into()),
+                );
+            }
+        }
+        IntegrationsCommand::Disable { user, platform } => {
+            if crate::admin::disable_integration(&mut client, "admin", user, platform).await? {
+                println!("disabled {platform} for user {user}; its tokens were wiped");
+            } else {
+                println!("user {user} has no {platform} integration");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A token from a file, or from standard input for `-`; surrounding whitespace is dropped.
+fn read_secret(path: &std::path::Path) -> anyhow::Result<SecretString> {
+    use std::io::Read;
+    let mut text = String::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text)?;
+    } else {
+        text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    let token = text.trim();
+    if token.is_empty() {
+        anyhow::bail!("{} holds no token", path.display());
+    }
+    Ok(SecretString::from(token.to_string()))
 }
 
 /// Prints one line per check and every problem found; `true` when there is none.

@@ -4,6 +4,7 @@
 //! listens for booking changes and reconciles each booking's meeting until it is told to stop.
 //! `main.rs` only parses the command line; tests and the demo call the same [`run`].
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -2,6 +2,7 @@
 
 mod cli;
 mod daemon;
+mod google;
 mod helpers;
 mod migrations;
 mod trigger;

@@ -1,0 +1,402 @@
+//! An in-process fake of Google's OAuth token endpoint and Calendar events API.
+//!
+//! It answers with Google's documented JSON shapes and status codes: events.insert (with
+//! client-chosen ids, 409 `duplicate`, `conferenceDataVersion=1` required for a conference, pending
+//! conferences), events.get/patch/delete (404 `notFound`, 410 `deleted`), the usual error bodies
+//! (401 `authError`, 403/429 rate limits with `Retry-After`, 5xx `backendError`), and the token
+//! endpoint's `invalid_grant` / `invalid_client`. Failures are scripted per test.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+pub const CLIENT_ID: &str = "test-client.apps.googleusercontent.com";
+pub const CLIENT_SECRET: &str = "GOCSPX-test-secret";
+
+/// A scripted failure for the next Calendar call.
+#[derive(Debug, Clone)]
+pub struct Fail {
+    pub status: u16,
+    pub reason: &'static str,
+    pub retry_after: Option<String>,
+    /// Do the work, then answer with the failure (a lost response).
+    pub after_work: bool,
+    /// Answer only after this long (past meetingd's timeout, for timeout tests).
+    pub delay: Option<Duration>,
+}
+
+impl Fail {
+    pub fn status(status: u16, reason: &'static str) -> Fail {
+        Fail { status, reason, retry_after: None, after_work: false, delay: None }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub body: Value,
+    pub deleted: bool,
+    /// events.get calls left before a pending conference succeeds.
+    pending_gets: u32,
+}
+
+#[derive(Default)]
+pub struct Inner {
+    /// access token -> still valid
+    access: HashMap<String, bool>,
+    /// refresh token -> revoked
+    refresh: HashMap<String, bool>,
+    pub refresh_calls: usize,
+    pub events: HashMap<String, StoredEvent>,
+    pub inserts: usize,
+    pub calls: Vec<String>,
+    script: VecDeque<Fail>,
+    /// Random failures: (probability, failure), checked on every Calendar call.
+    chaos: Vec<(f64, Fail)>,
+    /// New conferences stay pending for this many gets.
+    pub pending_gets: u32,
+    counter: u64,
+    /// Makes every refresh slow, so concurrent refreshes overlap.
+    pub refresh_delay: Option<Duration>,
+}
+
+#[derive(Clone)]
+pub struct FakeGoogle {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<Inner>>,
+}
+
+fn google_error(status: u16, reason: &str, message: &str) -> Value {
+    json!({"error": {"errors": [{"domain": "global", "reason": reason, "message": message}], "code": status, "message": message}})
+}
+
+fn reply(status: u16, body: Value) -> Response {
+    (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
+}
+
+fn failure(f: &Fail) -> Response {
+    let message = match f.reason {
+        "rateLimitExceeded" | "userRateLimitExceeded" => "Rate Limit Exceeded",
+        "quotaExceeded" => "Calendar usage limits exceeded.",
+        "forbiddenForNonOrganizer" => "Shared properties can only be changed by the organizer of the event.",
+        "backendError" => "Backend Error",
+        _ => "Bad Request",
+    };
+    let mut response = reply(f.status, google_error(f.status, f.reason, message));
+    if let Some(ra) = &f.retry_after {
+        response.headers_mut().insert("retry-after", HeaderValue::from_str(ra).unwrap());
+    }
+    response
+}
+
+impl FakeGoogle {
+    pub async fn start() -> FakeGoogle {
+        let state = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new()
+            .route("/token", post(token))
+            .route("/calendar/v3/calendars/{cal}/events", post(insert))
+            .route("/calendar/v3/calendars/{cal}/events/{id}", get(get_event).patch(patch_event).delete(delete_event))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeGoogle { addr, state }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A configuration that points meetingd's Google provider here.
+    pub fn configure(&self, config: &mut meetingd::config::Config) {
+        config.google.client_id = CLIENT_ID.into();
+        config.google.client_secret = secrecy::SecretString::from(CLIENT_SECRET);
+        config.google.token_url = format!("{}/token", self.base()).parse().unwrap();
+        config.google.api_base_url = format!("{}/calendar/v3/", self.base()).parse().unwrap();
+        config.google.request_timeout_ms = 1500;
+        config.google.conference_wait_ms = 1000;
+    }
+
+    /// Issues a token pair as Google would at consent; returns (access, refresh).
+    pub fn issue(&self) -> (String, String) {
+        let mut s = self.state.lock().unwrap();
+        s.counter += 1;
+        let (access, refresh) =
+            (format!("ya29.a0-access-{}-secret", s.counter), format!("1//0g-refresh-{}-secret", s.counter));
+        s.access.insert(access.clone(), true);
+        s.refresh.insert(refresh.clone(), false);
+        (access, refresh)
+    }
+
+    pub fn revoke_refresh(&self, refresh: &str) {
+        self.state.lock().unwrap().refresh.insert(refresh.to_string(), true);
+    }
+
+    pub fn expire_access(&self, access: &str) {
+        self.state.lock().unwrap().access.insert(access.to_string(), false);
+    }
+
+    pub fn fail_next(&self, failures: impl IntoIterator<Item = Fail>) {
+        self.state.lock().unwrap().script.extend(failures);
+    }
+
+    pub fn chaos(&self, rules: Vec<(f64, Fail)>) {
+        self.state.lock().unwrap().chaos = rules;
+    }
+
+    pub fn set_pending_gets(&self, n: u32) {
+        self.state.lock().unwrap().pending_gets = n;
+    }
+
+    pub fn refresh_calls(&self) -> usize {
+        self.state.lock().unwrap().refresh_calls
+    }
+
+    pub fn live_events(&self) -> Vec<StoredEvent> {
+        self.state.lock().unwrap().events.values().filter(|e| !e.deleted).cloned().collect()
+    }
+
+    pub fn event(&self, id: &str) -> Option<StoredEvent> {
+        self.state.lock().unwrap().events.get(id).cloned()
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.state.lock().unwrap().calls.clone()
+    }
+}
+
+impl StoredEvent {
+    pub fn booking_id(&self) -> Option<String> {
+        self.body["extendedProperties"]["private"]["booking_id"].as_str().map(str::to_string)
+    }
+}
+
+type Shared = State<Arc<Mutex<Inner>>>;
+
+async fn token(State(state): Shared, Form(form): Form<HashMap<String, String>>) -> Response {
+    let delay = state.lock().unwrap().refresh_delay;
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    let mut s = state.lock().unwrap();
+    s.refresh_calls += 1;
+    if form.get("client_id").map(String::as_str) != Some(CLIENT_ID)
+        || form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
+    {
+        return reply(401, json!({"error": "invalid_client", "error_description": "The OAuth client was not found."}));
+    }
+    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
+        return reply(400, json!({"error": "unsupported_grant_type", "error_description": "Invalid grant_type"}));
+    }
+    let refresh = form.get("refresh_token").cloned().unwrap_or_default();
+    match s.refresh.get(&refresh) {
+        Some(false) => {}
+        _ => {
+            return reply(
+                400,
+                json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."}),
+            );
+        }
+    }
+    s.counter += 1;
+    let access = format!("ya29.a0-refreshed-{}-secret", s.counter);
+    s.access.insert(access.clone(), true);
+    reply(
+        200,
+        json!({"access_token": access, "expires_in": 3599, "scope": "https://www.googleapis.com/auth/calendar.events", "token_type": "Bearer"}),
+    )
+}
+
+/// Authorization and scripted failures shared by the Calendar endpoints. `Ok(Some(f))`: do the
+/// work, then answer with `f`.
+async fn gate(state: &Arc<Mutex<Inner>>, headers: &HeaderMap, call: String) -> Result<Option<Fail>, Response> {
+    let scripted = {
+        let mut s = state.lock().unwrap();
+        s.calls.push(call);
+        let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if !bearer.is_some_and(|t| s.access.get(t) == Some(&true)) {
+            let mut body = google_error(401, "authError", "Invalid Credentials");
+            body["error"]["message"] = json!(
+                "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential."
+            );
+            return Err(reply(401, body));
+        }
+        let mut next = s.script.pop_front();
+        if next.is_none() {
+            let roll: f64 = rand::random();
+            let mut acc = 0.0;
+            for (p, f) in &s.chaos {
+                acc += p;
+                if roll < acc {
+                    next = Some(f.clone());
+                    break;
+                }
+            }
+        }
+        next
+    };
+    match scripted {
+        None => Ok(None),
+        Some(f) => {
+            if let Some(d) = f.delay {
+                tokio::time::sleep(d).await;
+            }
+            if f.after_work { Ok(Some(f)) } else { Err(failure(&f)) }
+        }
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    (5..=1024).contains(&id.len()) && id.chars().all(|c| matches!(c, 'a'..='v' | '0'..='9'))
+}
+
+async fn insert(
+    State(state): Shared,
+    Path(cal): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    axum::Json(mut event): axum::Json<Value>,
+) -> Response {
+    let after = match gate(&state, &headers, format!("insert {cal}")).await {
+        Ok(after) => after,
+        Err(r) => return r,
+    };
+    let mut s = state.lock().unwrap();
+    let id = match event["id"].as_str() {
+        Some(id) if valid_id(id) => id.to_string(),
+        Some(_) => return reply(400, google_error(400, "invalid", "Invalid resource id value.")),
+        None => {
+            s.counter += 1;
+            format!("generated{}", s.counter)
+        }
+    };
+    if s.events.contains_key(&id) {
+        return reply(409, google_error(409, "duplicate", "The requested identifier already exists."));
+    }
+    s.counter += 1;
+    let n = s.counter;
+    let pending = s.pending_gets;
+    event["kind"] = json!("calendar#event");
+    event["status"] = json!("confirmed");
+    event["htmlLink"] = json!(format!("https://www.google.com/calendar/event?eid={id}"));
+    event["organizer"] = json!({"email": "provider@example.com", "self": true});
+    // Without conferenceDataVersion=1 Google silently ignores the create request.
+    let wants_conference = query.get("conferenceDataVersion").map(String::as_str) == Some("1")
+        && event["conferenceData"]["createRequest"].is_object();
+    if wants_conference {
+        let request_id = event["conferenceData"]["createRequest"]["requestId"].clone();
+        event["conferenceData"] = if pending > 0 {
+            json!({"createRequest": {"requestId": request_id, "conferenceSolutionKey": {"type": "hangoutsMeet"}, "status": {"statusCode": "pending"}}})
+        } else {
+            conference(n, request_id)
+        };
+        if pending == 0 {
+            event["hangoutLink"] = json!(meet_link(n));
+        }
+    } else {
+        event.as_object_mut().unwrap().remove("conferenceData");
+    }
+    s.inserts += 1;
+    s.events.insert(id.clone(), StoredEvent { body: event.clone(), deleted: false, pending_gets: pending });
+    match after {
+        Some(f) => failure(&f),
+        None => reply(200, event),
+    }
+}
+
+fn meet_link(n: u64) -> String {
+    format!("https://meet.google.com/abc-{:04}-xyz", n % 10_000)
+}
+
+fn conference(n: u64, request_id: Value) -> Value {
+    json!({
+        "createRequest": {"requestId": request_id, "conferenceSolutionKey": {"type": "hangoutsMeet"}, "status": {"statusCode": "success"}},
+        "entryPoints": [
+            {"entryPointType": "video", "uri": meet_link(n), "label": "meet.google.com/abc"},
+            {"entryPointType": "phone", "uri": "tel:+1-555-0100", "label": "+1 555-0100", "pin": "123456"}
+        ],
+        "conferenceSolution": {"key": {"type": "hangoutsMeet"}, "name": "Google Meet"},
+        "conferenceId": format!("abc-{n}")
+    })
+}
+
+async fn get_event(State(state): Shared, Path((cal, id)): Path<(String, String)>, headers: HeaderMap) -> Response {
+    if let Err(r) = gate(&state, &headers, format!("get {cal} {id}")).await {
+        return r;
+    }
+    let mut s = state.lock().unwrap();
+    s.counter += 1;
+    let n = s.counter;
+    let Some(stored) = s.events.get_mut(&id) else {
+        return reply(404, google_error(404, "notFound", "Not Found"));
+    };
+    if stored.deleted {
+        let mut body = stored.body.clone();
+        body["status"] = json!("cancelled");
+        return reply(200, body);
+    }
+    if stored.pending_gets > 0 {
+        stored.pending_gets -= 1;
+        if stored.pending_gets == 0 {
+            let request_id = stored.body["conferenceData"]["createRequest"]["requestId"].clone();
+            stored.body["conferenceData"] = conference(n, request_id);
+            stored.body["hangoutLink"] = json!(meet_link(n));
+        }
+    }
+    reply(200, stored.body.clone())
+}
+
+async fn patch_event(
+    State(state): Shared,
+    Path((cal, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    axum::Json(patch): axum::Json<Value>,
+) -> Response {
+    let after = match gate(&state, &headers, format!("patch {cal} {id}")).await {
+        Ok(after) => after,
+        Err(r) => return r,
+    };
+    let mut s = state.lock().unwrap();
+    let Some(stored) = s.events.get_mut(&id) else {
+        return reply(404, google_error(404, "notFound", "Not Found"));
+    };
+    if stored.deleted {
+        return reply(410, google_error(410, "deleted", "Resource has been deleted"));
+    }
+    for key in ["summary", "description", "start", "end"] {
+        if !patch[key].is_null() {
+            stored.body[key] = patch[key].clone();
+        }
+    }
+    let body = stored.body.clone();
+    match after {
+        Some(f) => failure(&f),
+        None => reply(200, body),
+    }
+}
+
+async fn delete_event(State(state): Shared, Path((cal, id)): Path<(String, String)>, headers: HeaderMap) -> Response {
+    let after = match gate(&state, &headers, format!("delete {cal} {id}")).await {
+        Ok(after) => after,
+        Err(r) => return r,
+    };
+    let mut s = state.lock().unwrap();
+    let Some(stored) = s.events.get_mut(&id) else {
+        return reply(404, google_error(404, "notFound", "Not Found"));
+    };
+    if stored.deleted {
+        return reply(410, google_error(410, "deleted", "Resource has been deleted"));
+    }
+    stored.deleted = true;
+    match after {
+        Some(f) => failure(&f),
+        None => StatusCode::NO_CONTENT.into_response(),
+    }
+}
