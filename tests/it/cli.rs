@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::helpers::cluster::admin_url;
 use crate::helpers::db::{TestDb, eventually};
 use crate::helpers::market;
+use uuid::Uuid;
 
 /// A valid key for the commands that need one (32 zero bytes, base64).
 const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
@@ -123,4 +124,116 @@ async fn demo_prints_a_real_jitsi_link_and_exits_zero() {
     assert!(t.contains("meeting link landed after") && t.contains("https://meet.jit.si/meetingd-"), "{t}");
     assert!(t.contains("link unchanged: yes") && t.contains("meeting status deleted"), "{t}");
     assert!(t.contains("dropped"), "{t}");
+}
+
+fn meetingd_stdin(args: &[&str], envs: &[(&str, &str)], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meetingd"));
+    cmd.args(args).env_remove("DATABASE_URL").env("MEETINGD_LOG", "warn").env("MEETINGD_ENCRYPTION__KEY", KEY);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn keys_generate_prints_a_usable_key_and_run_refuses_to_start_without_one() {
+    let out = meetingd(&["keys", "generate"], &[]);
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(meetingd::crypto::Keyring::new(&secrecy::SecretString::from(key.clone()), &[]).is_ok(), "{key}");
+    let other = String::from_utf8(meetingd(&["keys", "generate"], &[]).stdout).unwrap();
+    assert_ne!(key, other.trim());
+
+    let db = TestDb::migrated().await;
+    let out = meetingd(&["run"], &[("MEETINGD_DATABASE__URL", &db.url), ("MEETINGD_ENCRYPTION__KEY", "")]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no encryption key"), "{}", text(&out));
+    let out = meetingd(&["check"], &[("MEETINGD_DATABASE__URL", &db.url), ("MEETINGD_ENCRYPTION__KEY", "")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("FAIL encryption"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn integrations_add_list_disable_and_key_rotation() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let provider = market::user(&c, "provider").await;
+    let dir = std::env::temp_dir().join(format!("meetingd-tok-{}", &db.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let refresh_file = dir.join("refresh");
+    std::fs::write(&refresh_file, "1//0g-cli-refresh-secret\n").unwrap();
+    let user = provider.to_string();
+    let env = [("MEETINGD_DATABASE__URL", db.url.as_str())];
+
+    let out = meetingd_stdin(
+        &[
+            "integrations",
+            "add",
+            "--user",
+            &user,
+            "--platform",
+            "google_meet",
+            "--access-token-file",
+            "-",
+            "--refresh-token-file",
+            refresh_file.to_str().unwrap(),
+            "--expires-at",
+            "2030-01-01T00:00:00Z",
+            "--email",
+            "dana@example.com",
+        ],
+        &env,
+        "ya29.cli-access-secret\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let stored: String = c.query_one("SELECT access_token FROM user_meeting_integrations", &[]).await.unwrap().get(0);
+    assert!(!stored.contains("cli-access"), "stored encrypted");
+
+    let list = meetingd(&["integrations", "list"], &env);
+    let t = text(&list);
+    assert!(
+        t.contains(&user) && t.contains("google_meet") && t.contains("active") && t.contains("dana@example.com"),
+        "{t}"
+    );
+    assert!(t.contains("current") && !t.contains("secret"), "{t}");
+
+    // Rotate to a new key, keeping the old one for decryption; then the old key can go.
+    let new_key = String::from_utf8(meetingd(&["keys", "generate"], &[]).stdout).unwrap().trim().to_string();
+    let old_keys = format!("[\"{KEY}\"]");
+    let rotate = meetingd(
+        &["keys", "rotate"],
+        &[env[0], ("MEETINGD_ENCRYPTION__KEY", &new_key), ("MEETINGD_ENCRYPTION__OLD_KEYS", &old_keys)],
+    );
+    assert!(rotate.status.success(), "{}", text(&rotate));
+    assert!(text(&rotate).contains("re-encrypted 1 integration"), "{}", text(&rotate));
+    let list = meetingd(&["integrations", "list"], &[env[0], ("MEETINGD_ENCRYPTION__KEY", &new_key)]);
+    assert!(text(&list).contains("current"), "{}", text(&list));
+    let again = meetingd(&["keys", "rotate"], &[env[0], ("MEETINGD_ENCRYPTION__KEY", &new_key)]);
+    assert!(
+        text(&again).contains("re-encrypted 0 integration(s)") && text(&again).contains("1 already current"),
+        "{}",
+        text(&again)
+    );
+    let keyring = meetingd::crypto::Keyring::new(&secrecy::SecretString::from(new_key.clone()), &[]).unwrap();
+    let row: (Uuid, String) = {
+        let r = c.query_one("SELECT id, refresh_token FROM user_meeting_integrations", &[]).await.unwrap();
+        (r.get(0), r.get(1))
+    };
+    let refresh = keyring.decrypt(&row.1, row.0, meetingd::crypto::Column::RefreshToken).unwrap();
+    assert_eq!(secrecy::ExposeSecret::expose_secret(&refresh), "1//0g-cli-refresh-secret");
+
+    let out = meetingd(
+        &["integrations", "disable", "--user", &user, "--platform", "google_meet"],
+        &[env[0], ("MEETINGD_ENCRYPTION__KEY", &new_key)],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let r =
+        c.query_one("SELECT is_active, access_token, refresh_token FROM user_meeting_integrations", &[]).await.unwrap();
+    assert!(!r.get::<_, bool>(0));
+    assert_eq!((r.get::<_, String>(1), r.get::<_, Option<String>>(2)), (String::new(), None), "tokens wiped");
+    assert!(text(&meetingd(&["integrations", "list"], &env)).contains("needs_reconnect"));
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -427,3 +427,161 @@ async fn meeting_settings_shape_the_event_and_unknown_keys_fail() {
     assert!(failed.error.unwrap().contains("unknown keys (waiting_room)"));
     assert_eq!(audit(&g.c, b2).await, [("meeting.create".to_string(), "failed".to_string())]);
 }
+
+/// Log lines captured from everything the test runs (meetingd and its HTTP stacks), at TRACE.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_log_line_ever_contains_a_token_or_the_client_secret() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // Refresh, a 401 with a forced refresh, a revoked refresh token, and a decrypt failure.
+    let g = setup_with(60, |_| {}).await;
+    let b = g.book().await;
+    g.run().await;
+    assert_eq!(meeting(&g.c, b).await.status.as_deref(), Some("ready"));
+    let current: Vec<String> = g.google.state.lock().unwrap().events.keys().cloned().collect();
+    assert_eq!(current.len(), 1);
+    for token in g.google.issued_access_tokens() {
+        g.google.expire_access(&token);
+    }
+    market::reschedule_hours(&g.c, b, 1).await;
+    g.run().await;
+    g.google.revoke_refresh(&g.refresh);
+    for token in g.google.issued_access_tokens() {
+        g.google.expire_access(&token);
+    }
+    market::reschedule_hours(&g.c, b, 1).await;
+    g.run().await;
+    g.c.execute("UPDATE user_meeting_integrations SET is_active = true, access_token = 'corrupt'", &[]).await.unwrap();
+    let b2 = g.book().await;
+    g.run().await;
+    assert!(g.google.refresh_calls() >= 2);
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(text.lines().count() > 20, "the capture works: {text}");
+    assert!(text.contains("access token refreshed") && text.contains("must reconnect"), "{text}");
+    for secret in g.google.all_secrets().iter().chain([&meetingd_client_secret()]) {
+        assert!(!text.contains(secret.as_str()), "a log line contains a secret ({secret})");
+    }
+    assert!(!text.contains("-secret"), "{text}");
+    let _ = b2;
+}
+
+fn meetingd_client_secret() -> String {
+    crate::helpers::fake_google::CLIENT_SECRET.to_string()
+}
+
+fn spawn_google_daemon(db_url: &str, google: &FakeGoogle, key: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_meetingd"))
+        .arg("run")
+        .env_remove("DATABASE_URL")
+        .env("MEETINGD_DATABASE__URL", db_url)
+        .env("MEETINGD_ENCRYPTION__KEY", key)
+        .env("MEETINGD_GOOGLE__CLIENT_ID", crate::helpers::fake_google::CLIENT_ID)
+        .env("MEETINGD_GOOGLE__CLIENT_SECRET", crate::helpers::fake_google::CLIENT_SECRET)
+        .env("MEETINGD_GOOGLE__TOKEN_URL", format!("{}/token", google.base()))
+        .env("MEETINGD_GOOGLE__API_BASE_URL", format!("{}/calendar/v3/", google.base()))
+        .env("MEETINGD_GOOGLE__REQUEST_TIMEOUT_MS", "2000")
+        .env("MEETINGD_WORKER__CONCURRENCY", "16")
+        .env("MEETINGD_WORKER__MAX_ATTEMPTS", "30")
+        .env("MEETINGD_WORKER__RETRY_BASE_MS", "50")
+        .env("MEETINGD_WORKER__RETRY_MAX_MS", "1000")
+        .env("MEETINGD_WORKER__LEASE_SECS", "5")
+        .env("MEETINGD_WORKER__SWEEP_INTERVAL_MS", "500")
+        .env("MEETINGD_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start meetingd")
+}
+
+/// 1,000 bookings across 20 providers through injected 5xx, 429, lost responses and a SIGKILL of
+/// the daemon: 1,000 events, 1,000 links, no duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_bookings_through_chaos_and_a_kill_give_a_thousand_events() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let google = FakeGoogle::start().await;
+    let mut config = db.config();
+    google.configure(&mut config);
+    let key = secrecy::ExposeSecret::expose_secret(&config.encryption.key).to_string();
+    let customer = market::user(&c, "customer").await;
+    let mut all = Vec::new();
+    for p in 0..20 {
+        let provider = market::user(&c, "provider").await;
+        let service = market::service(&c, provider, true, Some("google_meet")).await;
+        let (access, refresh) = google.issue();
+        // Half the providers need a refresh first.
+        connect_google(&config, provider, &access, &refresh, if p % 2 == 0 { 3600 } else { 30 }).await;
+        all.extend(market::book_many(&c, service, customer, 50).await);
+    }
+    google.chaos(vec![
+        (0.05, Fail::status(503, "backendError")),
+        (0.03, Fail { retry_after: Some("1".into()), ..Fail::status(429, "rateLimitExceeded") }),
+        (0.02, Fail { after_work: true, ..Fail::status(502, "backendError") }),
+    ]);
+
+    let mut daemon = spawn_google_daemon(&db.url, &google, &key);
+    c.execute("UPDATE bookings SET status = 'confirmed'", &[]).await.unwrap();
+    let ready = || async { market::count(&c, "SELECT count(*) FROM bookings WHERE meeting_status = 'ready'").await };
+    crate::helpers::db::eventually("300 bookings linked", Duration::from_secs(120), || async {
+        (ready().await >= 300).then_some(())
+    })
+    .await;
+    daemon.kill().unwrap(); // SIGKILL, mid-run
+    daemon.wait().unwrap();
+    let at_kill = ready().await;
+    assert!(at_kill < 1000, "killed before the end ({at_kill})");
+
+    let mut daemon = spawn_google_daemon(&db.url, &google, &key);
+    crate::helpers::db::eventually("1000 bookings linked", Duration::from_secs(240), || async {
+        (ready().await == 1000).then_some(())
+    })
+    .await;
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+
+    let live = google.live_events();
+    assert_eq!(live.len(), 1000, "one event per booking at Google");
+    let mut per_booking = std::collections::HashMap::new();
+    for e in &live {
+        *per_booking.entry(e.booking_id().unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(per_booking.len(), 1000);
+    assert!(per_booking.values().all(|&n| n == 1), "duplicates at Google");
+    assert_eq!(
+        market::count(&c, "SELECT count(DISTINCT meeting_link) FROM bookings WHERE meeting_link IS NOT NULL").await,
+        1000
+    );
+    let wrong_id = market::count(
+        &c,
+        "SELECT count(*) FROM bookings WHERE meeting_id <> 'meetingd' || replace(id::text, '-', '') || 'g1'",
+    )
+    .await;
+    assert_eq!(wrong_id, 0, "every booking's meeting is its generation-1 event");
+    let creates =
+        market::count(&c, "SELECT count(*) FROM meetingd.audit_log WHERE action = 'meeting.create' AND outcome = 'ok'")
+            .await;
+    assert_eq!(creates, 1000, "exactly one recorded creation per booking");
+    assert!(google.refresh_calls() >= 10, "the providers with expiring tokens were refreshed");
+    assert_eq!(all.len(), 1000);
+}

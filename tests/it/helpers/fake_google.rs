@@ -155,6 +155,16 @@ impl FakeGoogle {
         self.state.lock().unwrap().pending_gets = n;
     }
 
+    pub fn issued_access_tokens(&self) -> Vec<String> {
+        self.state.lock().unwrap().access.keys().cloned().collect()
+    }
+
+    /// Every access and refresh token this fake ever issued.
+    pub fn all_secrets(&self) -> Vec<String> {
+        let s = self.state.lock().unwrap();
+        s.access.keys().chain(s.refresh.keys()).cloned().collect()
+    }
+
     pub fn refresh_calls(&self) -> usize {
         self.state.lock().unwrap().refresh_calls
     }
@@ -221,7 +231,7 @@ async fn gate(state: &Arc<Mutex<Inner>>, headers: &HeaderMap, call: String) -> R
         let mut s = state.lock().unwrap();
         s.calls.push(call);
         let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if !bearer.is_some_and(|t| s.access.get(t) == Some(&true)) {
+        if bearer.is_none_or(|t| s.access.get(t) != Some(&true)) {
             let mut body = google_error(401, "authError", "Invalid Credentials");
             body["error"]["message"] = json!(
                 "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential."
