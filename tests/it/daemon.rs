@@ -1,6 +1,6 @@
 //! The daemon as a whole: started late, racing another instance, killed, disconnected, stopped.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::helpers::db::{TestDb, eventually};
 use crate::helpers::market::{self, count, meeting};
+use crate::helpers::Running;
 use crate::helpers::scripted::Scripted;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -176,8 +177,8 @@ async fn poll_only_mode_works_without_listen() {
     daemon.stop().await;
 }
 
-fn spawn_daemon(db: &TestDb) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_meetingd"))
+fn spawn_daemon(db: &TestDb) -> Running {
+    let child = Command::new(env!("CARGO_BIN_EXE_meetingd"))
         .arg("run")
         .env("MEETINGD_DATABASE__URL", &db.url)
         .env("MEETINGD_WORKER__LEASE_SECS", "5")
@@ -188,7 +189,8 @@ fn spawn_daemon(db: &TestDb) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start meetingd")
+        .expect("start meetingd");
+    Running(child)
 }
 
 #[tokio::test]
@@ -217,16 +219,14 @@ async fn sigkill_mid_batch_then_restart_links_every_booking_once() {
         (ready_count(&observer).await == 195 && blocked > 0).then_some(())
     })
     .await;
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
+    first.kill(); // SIGKILL
     blocker.commit().await.unwrap();
 
     let mut second = spawn_daemon(&db);
     wait_ready(&c, 200).await;
     assert_exactly_one_live_meeting_each(&c, &ids).await;
     assert_eq!(count(&c, "SELECT count(*) FROM meetingd.jobs WHERE state <> 'done'").await, 0);
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
 }
 
 #[tokio::test]

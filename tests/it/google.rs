@@ -490,8 +490,8 @@ fn meetingd_client_secret() -> String {
     crate::helpers::fake_google::CLIENT_SECRET.to_string()
 }
 
-fn spawn_google_daemon(db_url: &str, google: &FakeGoogle, key: &str) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_meetingd"))
+fn spawn_google_daemon(db_url: &str, google: &FakeGoogle, key: &str) -> crate::helpers::Running {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_meetingd"))
         .arg("run")
         .env_remove("DATABASE_URL")
         .env("MEETINGD_DATABASE__URL", db_url)
@@ -511,7 +511,8 @@ fn spawn_google_daemon(db_url: &str, google: &FakeGoogle, key: &str) -> std::pro
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("start meetingd")
+        .expect("start meetingd");
+    crate::helpers::Running(child)
 }
 
 /// 1,000 bookings across 20 providers through injected 5xx, 429, lost responses and a SIGKILL of
@@ -547,8 +548,7 @@ async fn a_thousand_bookings_through_chaos_and_a_kill_give_a_thousand_events() {
         (ready().await >= 300).then_some(())
     })
     .await;
-    daemon.kill().unwrap(); // SIGKILL, mid-run
-    daemon.wait().unwrap();
+    daemon.kill(); // SIGKILL, mid-run
     let at_kill = ready().await;
     assert!(at_kill < 1000, "killed before the end ({at_kill})");
 
@@ -557,8 +557,7 @@ async fn a_thousand_bookings_through_chaos_and_a_kill_give_a_thousand_events() {
         (ready().await == 1000).then_some(())
     })
     .await;
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
+    daemon.kill();
 
     let live = google.live_events();
     assert_eq!(live.len(), 1000, "one event per booking at Google");
