@@ -24,19 +24,19 @@ pub struct NewIntegration {
     pub email: Option<String>,
 }
 
-/// Stores (or replaces) a provider's connection, encrypted, active; returns the row id.
+/// Stores (or replaces) a provider's connection, encrypted, active, in the caller's transaction
+/// (the caller commits); returns the row id.
 pub async fn store_integration(
-    client: &mut tokio_postgres::Client,
+    tx: &tokio_postgres::Transaction<'_>,
     keyring: &Keyring,
     actor: &str,
     new: &NewIntegration,
 ) -> Result<Uuid, DbError> {
-    let tx = client.transaction().await?;
-    let id = integrations::lock_or_create(&tx, new.user_id, new.platform.as_str()).await?;
+    let id = integrations::lock_or_create(tx, new.user_id, new.platform.as_str()).await?;
     let access = keyring.encrypt(&new.access_token, id, Column::AccessToken);
     let refresh = new.refresh_token.as_ref().map(|t| keyring.encrypt(t, id, Column::RefreshToken));
     integrations::connect(
-        &tx,
+        tx,
         id,
         &integrations::Connected {
             access_token: &access,
@@ -55,8 +55,7 @@ pub async fn store_integration(
         duration_ms: None,
         detail: new.email.as_ref().map(|e| format!("account {e}")),
     };
-    insert_audit(&tx, actor, None, Some(new.user_id), None, &entry).await?;
-    tx.commit().await?;
+    insert_audit(tx, actor, None, Some(new.user_id), None, &entry).await?;
     Ok(id)
 }
 

@@ -191,7 +191,9 @@ async fn integrations(file: Option<PathBuf>, command: IntegrationsCommand) -> an
                 platform_user_id: None,
                 email,
             };
-            let id = crate::admin::store_integration(&mut client, &keyring, "admin", &new).await?;
+            let tx = client.transaction().await?;
+            let id = crate::admin::store_integration(&tx, &keyring, "admin", &new).await?;
+            tx.commit().await?;
             println!(
                 "stored {platform} integration {id} for user {user} (tokens encrypted with key {})",
                 keyring.current_key_id()

@@ -37,6 +37,44 @@ pub struct Config {
     pub jitsi: JitsiConfig,
     pub encryption: EncryptionConfig,
     pub google: GoogleConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+    pub public_url: url::Url,
+    pub app_url: url::Url,
+    pub jwt_algorithm: String,
+    pub jwt_secret: SecretString,
+    pub jwt_secret_file: PathBuf,
+    pub jwt_public_key_file: PathBuf,
+    pub cookie_secure: bool,
+    pub body_limit_bytes: usize,
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url.as_str())
+            .field("app_url", &self.app_url.as_str())
+            .field("jwt_algorithm", &self.jwt_algorithm)
+            .field("jwt_secret", &if self.jwt_secret.expose_secret().is_empty() { "" } else { "***" })
+            .field("jwt_secret_file", &self.jwt_secret_file)
+            .field("jwt_public_key_file", &self.jwt_public_key_file)
+            .field("cookie_secure", &self.cookie_secure)
+            .field("body_limit_bytes", &self.body_limit_bytes)
+            .finish()
+    }
+}
+
+impl HttpConfig {
+    /// The HMAC secret for HS256, from the inline value or its file.
+    pub fn jwt_secret(&self) -> Result<Option<SecretString>, String> {
+        secret_or_file(&self.jwt_secret, &self.jwt_secret_file, "http.jwt_secret")
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -165,7 +203,9 @@ pub struct GoogleConfig {
     pub client_id: String,
     pub client_secret: SecretString,
     pub client_secret_file: PathBuf,
+    pub auth_url: url::Url,
     pub token_url: url::Url,
+    pub revoke_url: url::Url,
     pub api_base_url: url::Url,
     pub calendar_id: String,
     pub invite_customer: bool,
@@ -300,6 +340,22 @@ impl Config {
         }
         if g.request_timeout_ms == 0 {
             problems.push("google.request_timeout_ms must be greater than 0".into());
+        }
+        let h = &self.http;
+        if !h.listen.is_empty() && h.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "http.listen must be an address like 127.0.0.1:8080 (or \"\" to disable), not {:?}",
+                h.listen
+            ));
+        }
+        if !matches!(h.jwt_algorithm.as_str(), "HS256" | "RS256" | "ES256") {
+            problems.push(format!("http.jwt_algorithm must be HS256, RS256 or ES256, not {:?}", h.jwt_algorithm));
+        }
+        if let Err(e) = h.jwt_secret() {
+            problems.push(e);
+        }
+        if h.body_limit_bytes < 256 {
+            problems.push("http.body_limit_bytes must be at least 256".into());
         }
         problems
     }

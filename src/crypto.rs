@@ -29,6 +29,8 @@ const HEADER_LEN: usize = 1 + KEY_ID_LEN + NONCE_LEN;
 pub enum Column {
     AccessToken,
     RefreshToken,
+    /// A pending OAuth connection's PKCE verifier (`meetingd.oauth_states`).
+    PkceVerifier,
 }
 
 impl Column {
@@ -36,6 +38,7 @@ impl Column {
         match self {
             Column::AccessToken => "access_token",
             Column::RefreshToken => "refresh_token",
+            Column::PkceVerifier => "pkce_verifier",
         }
     }
 }

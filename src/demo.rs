@@ -48,6 +48,8 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         println!("using a throwaway encryption key (none configured)");
     }
     config.worker.concurrency = config.worker.concurrency.min(4);
+    // The demo drives the database directly; it needs no API port.
+    config.http.listen = String::new();
     let result = story(&config).await;
 
     if args.keep {

@@ -10,6 +10,8 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod demo;
+pub mod http;
+pub mod ics;
 pub mod oauth;
 pub mod providers;
 pub mod retry;
@@ -45,20 +47,34 @@ impl From<deadpool_postgres::PoolError> for RunError {
     }
 }
 
-/// Runs the daemon with every platform the configuration enables until `shutdown` is cancelled.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
-    let cfg = config.clone();
-    run_with(config, move |deps| Providers::real(&cfg, deps), shutdown).await
+/// What tests (and embedders) may supply instead of what the configuration describes.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Builds the providers (default: [`Providers::real`]).
+    #[allow(clippy::type_complexity)]
+    pub providers: Option<Box<dyn FnOnce(&ProviderDeps) -> Result<Providers, String> + Send>>,
+    /// An already-bound HTTP listener (default: bind `http.listen`, unless it is empty).
+    pub http_listener: Option<tokio::net::TcpListener>,
 }
 
-/// Runs the daemon with the providers `make_providers` builds (tests pass scripted ones).
-pub async fn run_with(
-    config: Config,
-    make_providers: impl FnOnce(&ProviderDeps) -> Result<Providers, String>,
-    shutdown: CancellationToken,
-) -> Result<(), RunError> {
+/// Runs the daemon as the configuration describes until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    run_with(config, RunOptions::default(), shutdown).await
+}
+
+/// Runs the daemon: migrations, the worker, the listener and the HTTP API.
+pub async fn run_with(config: Config, options: RunOptions, shutdown: CancellationToken) -> Result<(), RunError> {
     // Tokens are never stored or read in plaintext: no key, no daemon.
     let keyring = Arc::new(config.encryption.keyring().map_err(RunError::Config)?);
+    let listener = match options.http_listener {
+        Some(listener) => Some(listener),
+        None if config.http.listen.is_empty() => None,
+        None => Some(
+            tokio::net::TcpListener::bind(&config.http.listen)
+                .await
+                .map_err(|e| RunError::Config(format!("cannot listen on http.listen {}: {e}", config.http.listen)))?,
+        ),
+    };
 
     let mut client = db::connect(&config.database).await?;
     let applied = db::migrate::migrate(&mut client).await?;
@@ -72,8 +88,18 @@ pub async fn run_with(
     drop(pool.get().await?);
 
     let instance = Uuid::new_v4();
-    let deps = ProviderDeps { pool: pool.clone(), keyring, actor: worker::actor(instance) };
-    let providers = make_providers(&deps).map_err(RunError::Config)?;
+    let deps = ProviderDeps { pool: pool.clone(), keyring: keyring.clone(), actor: worker::actor(instance) };
+    let providers = match options.providers {
+        Some(make) => make(&deps),
+        None => Providers::real(&config, &deps),
+    }
+    .map_err(RunError::Config)?;
+    let api = match listener {
+        Some(listener) => {
+            Some((listener, http::AppState::new(pool.clone(), keyring.clone(), &config).map_err(RunError::Config)?))
+        }
+        None => None,
+    };
     let wake = Arc::new(Notify::new());
     let worker =
         Arc::new(Worker::new(pool, providers, config.worker.clone(), config.fallback.platform, wake.clone(), instance));
@@ -88,6 +114,14 @@ pub async fn run_with(
         tasks.spawn(listener.run(shutdown.clone()));
     } else {
         tracing::info!(poll_interval_ms = config.worker.poll_interval_ms, "LISTEN disabled: polling for due jobs");
+    }
+    if let Some((listener, state)) = api {
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = http::serve(listener, state, stop).await {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        });
     }
     tracing::info!(
         instance = %instance,

@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
-use oauth2::{AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, TokenResponse, TokenUrl};
+use oauth2::{
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, PkceCodeChallenge, PkceCodeVerifier,
+    RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
+};
 use secrecy::{ExposeSecret, SecretString};
 
 /// One platform's OAuth client.
@@ -49,7 +52,106 @@ pub enum OAuthError {
     Transient(String),
 }
 
+/// A consent-screen URL and the PKCE verifier to keep for the callback.
+pub struct Authorization {
+    pub url: url::Url,
+    pub pkce_verifier: SecretString,
+}
+
+fn classify<RE: std::error::Error + 'static>(
+    e: RequestTokenError<RE, oauth2::StandardErrorResponse<BasicErrorResponseType>>,
+) -> OAuthError {
+    match e {
+        RequestTokenError::ServerResponse(r) => match r.error() {
+            BasicErrorResponseType::InvalidGrant => OAuthError::Revoked,
+            BasicErrorResponseType::InvalidClient | BasicErrorResponseType::UnauthorizedClient => {
+                OAuthError::Client(r.error().to_string())
+            }
+            other => OAuthError::Transient(format!("token endpoint answered {other}")),
+        },
+        RequestTokenError::Request(e) => OAuthError::Transient(e.to_string()),
+        // The body is not quoted: it could hold a token.
+        RequestTokenError::Parse(_, _) => OAuthError::Transient("unreadable token endpoint response".into()),
+        RequestTokenError::Other(m) => OAuthError::Transient(m),
+    }
+}
+
+fn tokens(response: &oauth2::basic::BasicTokenResponse) -> Refreshed {
+    Refreshed {
+        access_token: SecretString::from(response.access_token().secret().to_string()),
+        refresh_token: response.refresh_token().map(|t| SecretString::from(t.secret().to_string())),
+        expires_in: response.expires_in(),
+        scopes: response.scopes().map(|s| s.iter().map(|s| s.to_string()).collect()),
+    }
+}
+
 impl OAuthClient {
+    /// The consent-screen URL (authorization-code flow with PKCE S256), asking for offline access
+    /// and a consent prompt so a refresh token is always issued.
+    pub fn authorize(
+        &self,
+        auth_url: &url::Url,
+        redirect_url: &url::Url,
+        scopes: &[&str],
+        state: &str,
+    ) -> Authorization {
+        let client = BasicClient::new(ClientId::new(self.client_id.clone()))
+            .set_auth_uri(AuthUrl::from_url(auth_url.clone()))
+            .set_redirect_uri(RedirectUrl::from_url(redirect_url.clone()));
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let state = state.to_string();
+        let mut request = client.authorize_url(move || CsrfToken::new(state));
+        for scope in scopes {
+            request = request.add_scope(Scope::new(scope.to_string()));
+        }
+        let (url, _) = request
+            .add_extra_param("access_type", "offline")
+            .add_extra_param("prompt", "consent")
+            .add_extra_param("include_granted_scopes", "true")
+            .set_pkce_challenge(challenge)
+            .url();
+        Authorization { url, pkce_verifier: SecretString::from(verifier.secret().to_string()) }
+    }
+
+    /// The authorization-code grant with the PKCE verifier (RFC 6749 §4.1.3, RFC 7636).
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        pkce_verifier: &SecretString,
+        redirect_url: &url::Url,
+    ) -> Result<Refreshed, OAuthError> {
+        let client = BasicClient::new(ClientId::new(self.client_id.clone()))
+            .set_client_secret(ClientSecret::new(self.client_secret.expose_secret().to_string()))
+            .set_auth_type(AuthType::RequestBody)
+            .set_token_uri(TokenUrl::from_url(self.token_url.clone()))
+            .set_redirect_uri(RedirectUrl::from_url(redirect_url.clone()));
+        let response = client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.expose_secret().to_string()))
+            .request_async(&self.http)
+            .await
+            .map_err(classify)?;
+        Ok(tokens(&response))
+    }
+
+    /// Revokes a token at the platform (RFC 7009 style `token=` form post). Best effort: the
+    /// caller wipes its copy whatever this answers.
+    pub async fn revoke(&self, revoke_url: &url::Url, token: &SecretString) -> Result<(), OAuthError> {
+        let response = self
+            .http
+            .post(revoke_url.clone())
+            .form(&[("token", token.expose_secret())])
+            .send()
+            .await
+            .map_err(|e| OAuthError::Transient(e.without_url().to_string()))?;
+        match response.status() {
+            s if s.is_success() => Ok(()),
+            // Already invalid: nothing left to revoke.
+            s if s.as_u16() == 400 => Ok(()),
+            s => Err(OAuthError::Transient(format!("revocation endpoint answered {s}"))),
+        }
+    }
+
     pub fn new(client_id: &str, client_secret: SecretString, token_url: url::Url, timeout: Duration) -> OAuthClient {
         let http = reqwest::Client::builder()
             // A token endpoint never redirects; following one could leak the client secret.
@@ -67,24 +169,7 @@ impl OAuthClient {
             .set_auth_type(AuthType::RequestBody)
             .set_token_uri(TokenUrl::from_url(self.token_url.clone()));
         let token = RefreshToken::new(refresh_token.expose_secret().to_string());
-        let response = client.exchange_refresh_token(&token).request_async(&self.http).await.map_err(|e| match e {
-            RequestTokenError::ServerResponse(r) => match r.error() {
-                BasicErrorResponseType::InvalidGrant => OAuthError::Revoked,
-                BasicErrorResponseType::InvalidClient | BasicErrorResponseType::UnauthorizedClient => {
-                    OAuthError::Client(r.error().to_string())
-                }
-                other => OAuthError::Transient(format!("token endpoint answered {other}")),
-            },
-            RequestTokenError::Request(e) => OAuthError::Transient(e.to_string()),
-            // The body is not quoted: it could hold a token.
-            RequestTokenError::Parse(_, _) => OAuthError::Transient("unreadable token endpoint response".into()),
-            RequestTokenError::Other(m) => OAuthError::Transient(m),
-        })?;
-        Ok(Refreshed {
-            access_token: SecretString::from(response.access_token().secret().to_string()),
-            refresh_token: response.refresh_token().map(|t| SecretString::from(t.secret().to_string())),
-            expires_in: response.expires_in(),
-            scopes: response.scopes().map(|s| s.iter().map(|s| s.to_string()).collect()),
-        })
+        let response = client.exchange_refresh_token(&token).request_async(&self.http).await.map_err(classify)?;
+        Ok(tokens(&response))
     }
 }

@@ -87,13 +87,28 @@ fn request_id(booking: Uuid, generation: i32, round: u32) -> String {
     format!("{}-{generation}-{round}", booking.simple())
 }
 
+fn http_client() -> common::Client<Connector> {
+    let connector = HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
+/// The connected account's e-mail address: the id of its primary calendar (needs no scope beyond
+/// `calendar.events`).
+pub async fn account_email(config: &GoogleConfig, token: &SecretString) -> Result<String, ProviderError> {
+    let mut hub = CalendarHub::new(http_client(), Bearer(token.clone()));
+    hub.base_url(config.api_base_url.to_string());
+    let mut capture = Capture::default();
+    let call = hub.calendars().get("primary").delegate(&mut capture).doit();
+    let result = tokio::time::timeout(Duration::from_millis(config.request_timeout_ms), call).await;
+    let calendar = finish(result, capture).map_err(into_provider)?;
+    calendar.id.ok_or_else(|| ProviderError::Transient("Google returned a calendar without an id".into()))
+}
+
 impl GoogleMeet {
     pub fn new(config: GoogleConfig, oauth: OAuthClient, tokens: Arc<TokenStore>) -> GoogleMeet {
-        let connector = HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        GoogleMeet { client, config, oauth, tokens }
+        GoogleMeet { client: http_client(), config, oauth, tokens }
     }
 
     fn hub(&self, token: &SecretString) -> CalendarHub<Connector> {

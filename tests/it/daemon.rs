@@ -12,9 +12,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::helpers::Running;
 use crate::helpers::db::{TestDb, eventually};
 use crate::helpers::market::{self, count, meeting};
-use crate::helpers::Running;
 use crate::helpers::scripted::Scripted;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -27,7 +27,8 @@ struct Daemon {
 impl Daemon {
     fn start(config: Config, providers: Providers) -> Daemon {
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(meetingd::run_with(config, move |_| Ok(providers), shutdown.clone()));
+        let options = meetingd::RunOptions { providers: Some(Box::new(move |_| Ok(providers))), http_listener: None };
+        let task = tokio::spawn(meetingd::run_with(config, options, shutdown.clone()));
         Daemon { shutdown, task }
     }
 
@@ -185,6 +186,7 @@ fn spawn_daemon(db: &TestDb) -> Running {
         .env("MEETINGD_WORKER__CONCURRENCY", "8")
         .env("MEETINGD_WORKER__SWEEP_INTERVAL_MS", "500")
         .env("MEETINGD_LOG", "warn")
+        .env("MEETINGD_HTTP__LISTEN", "")
         .env("MEETINGD_ENCRYPTION__KEY", meetingd::crypto::Keyring::generate_key().expose_secret())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -53,7 +53,9 @@ pub async fn connect_google(config: &Config, user: Uuid, access: &str, refresh: 
         email: Some("provider@example.com".into()),
     };
     let keyring = config.encryption.keyring().unwrap();
-    meetingd::admin::store_integration(&mut client, &keyring, "test", &new).await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    meetingd::admin::store_integration(&tx, &keyring, "test", &new).await.unwrap();
+    tx.commit().await.unwrap();
 }
 
 pub async fn setup_with(expires_in_secs: i64, adjust: impl FnOnce(&mut Config)) -> G {
@@ -508,6 +510,7 @@ fn spawn_google_daemon(db_url: &str, google: &FakeGoogle, key: &str) -> crate::h
         .env("MEETINGD_WORKER__LEASE_SECS", "5")
         .env("MEETINGD_WORKER__SWEEP_INTERVAL_MS", "500")
         .env("MEETINGD_LOG", "error")
+        .env("MEETINGD_HTTP__LISTEN", "")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -68,6 +68,7 @@ impl TestDb {
         c.worker.shutdown_grace_ms = 3000;
         c.worker.listen_ping_interval_ms = 1000;
         c.encryption.key = meetingd::crypto::Keyring::generate_key();
+        c.http.listen = String::new();
         c
     }
 }

@@ -1,0 +1,94 @@
+//! The caller's connected platform accounts: list and disconnect. Never a token.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::auth::Caller;
+use super::connect::path_platform;
+use super::error::{ApiError, ErrorBody};
+use crate::crypto::Column;
+use crate::db::integrations;
+
+#[derive(Serialize, ToSchema)]
+pub struct IntegrationView {
+    /// `google_meet`, `zoom`, `teams`.
+    pub platform: String,
+    /// The connected account's e-mail address, when known.
+    pub account_email: Option<String>,
+    /// `active`, or `needs_reconnect` after the platform revoked access.
+    pub status: String,
+    pub connected_since: Option<DateTime<Utc>>,
+}
+
+/// The caller's integrations.
+#[utoipa::path(
+    get, path = "/api/integrations", tag = "integrations",
+    responses((status = 200, body = [IntegrationView]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<IntegrationView>>, ApiError> {
+    caller.require_provider()?;
+    let client = state.pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT platform, platform_user_email, COALESCE(is_active, false) AND access_token <> '', created_at
+               FROM user_meeting_integrations WHERE user_id = $1 ORDER BY platform",
+            &[&caller.user_id],
+        )
+        .await?;
+    Ok(Json(
+        rows.iter()
+            .map(|r| IntegrationView {
+                platform: r.get(0),
+                account_email: r.get(1),
+                status: if r.get::<_, bool>(2) { "active" } else { "needs_reconnect" }.into(),
+                connected_since: r.get(3),
+            })
+            .collect(),
+    ))
+}
+
+/// Disconnects a platform: revokes the token at the platform (best effort) and wipes it here.
+#[utoipa::path(
+    delete, path = "/api/integrations/{platform}", tag = "integrations",
+    params(("platform" = String, Path, description = "`google_meet` (or `google-meet`)")),
+    responses((status = 204, description = "Disconnected"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(segment): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_provider()?;
+    let platform = path_platform(&segment)?;
+    let mut client = state.pool.get().await?;
+    let row = integrations::load(&**client, caller.user_id, platform.as_str(), false)
+        .await?
+        .ok_or_else(|| ApiError::not_found("integration"))?;
+    // Revoking the refresh token ends the whole grant at Google; fall back to the access token.
+    let stored = row.refresh_token.as_deref().filter(|t| !t.is_empty()).map(|t| (t, Column::RefreshToken));
+    let stored = stored.or(Some((row.access_token.as_str(), Column::AccessToken)).filter(|(t, _)| !t.is_empty()));
+    if let (Some((ciphertext, column)), Some(oauth)) = (stored, state.google_oauth.as_ref()) {
+        match state.keyring.decrypt(ciphertext, row.id, column) {
+            Ok(token) if !token.expose_secret().is_empty() => {
+                if let Err(e) = oauth.revoke(&state.config.google.revoke_url, &token).await {
+                    tracing::warn!(user_id = %caller.user_id, platform = %platform, error = %e, "revocation at the platform failed; tokens wiped anyway");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(user_id = %caller.user_id, error = %e, "stored token unreadable; wiped without revoking")
+            }
+        }
+    }
+    crate::admin::disable_integration(&mut client, &format!("user:{}", caller.user_id), caller.user_id, platform)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

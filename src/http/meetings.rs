@@ -1,0 +1,378 @@
+//! Meeting operations on a booking, its meeting as the caller may see it, and its calendar file.
+//!
+//! Access: the provider of the booking's service may read and change; the booking's customer may
+//! read (the link only once the booking is confirmed); anyone else gets 404, so a booking's
+//! existence is never revealed. Changes go through the job queue (`meetingd.touch_job`), so the
+//! daemon stays the only one talking to platforms.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ErrorBody};
+use crate::providers::Platform;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub booking_id: Uuid,
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    /// A link the provider manages by hand (absolute https URL). Without it, the meeting is
+    /// re-synchronised with the booking (and a manual link cleared).
+    pub meeting_link: Option<String>,
+}
+
+/// A booking's meeting as the caller may see it.
+#[derive(Serialize, ToSchema)]
+pub struct MeetingView {
+    pub booking_id: Uuid,
+    /// Shown to the customer only once the booking is confirmed.
+    pub meeting_link: Option<String>,
+    pub meeting_platform: Option<String>,
+    /// `pending`, `ready`, `failed`, `manual`, `deleted`, or null when there is none yet.
+    pub meeting_status: Option<String>,
+    /// Why the meeting failed (the provider only).
+    pub meeting_error: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Provider,
+    Customer,
+}
+
+struct Booking {
+    id: Uuid,
+    status: String,
+    is_online: bool,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    title: String,
+    description: Option<String>,
+    provider_name: Option<String>,
+    link: Option<String>,
+    platform: Option<String>,
+    meeting_status: Option<String>,
+    meeting_error: Option<String>,
+    version: i64,
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    raw.parse().map_err(|_| ApiError::bad_request("invalid_id", format!("{raw:?} is not a booking id (UUID)")))
+}
+
+/// The booking and the caller's role on it; 404 for anyone without one.
+async fn load(state: &AppState, caller: &Caller, id: Uuid) -> Result<(Booking, Role), ApiError> {
+    let client = state.pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT b.id, b.status, COALESCE(s.is_online, false), b.start_time, b.end_time, s.title, s.description,
+                    pu.full_name, b.meeting_link, b.meeting_platform, b.meeting_status, b.meeting_error,
+                    COALESCE(j.version, 0), s.provider_id, b.customer_id
+               FROM bookings b
+               JOIN services s ON s.id = b.service_id
+               LEFT JOIN users pu ON pu.id = s.provider_id
+               LEFT JOIN meetingd.jobs j ON j.booking_id = b.id
+              WHERE b.id = $1",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("booking"))?;
+    let (provider, customer): (Uuid, Uuid) = (row.get(13), row.get(14));
+    let role = if caller.user_id == provider {
+        Role::Provider
+    } else if caller.user_id == customer {
+        Role::Customer
+    } else {
+        return Err(ApiError::not_found("booking"));
+    };
+    let booking = Booking {
+        id: row.get(0),
+        status: row.get(1),
+        is_online: row.get(2),
+        start: row.get(3),
+        end: row.get(4),
+        title: row.get(5),
+        description: row.get(6),
+        provider_name: row.get(7),
+        link: row.get(8),
+        platform: row.get(9),
+        meeting_status: row.get(10),
+        meeting_error: row.get(11),
+        version: row.get(12),
+    };
+    Ok((booking, role))
+}
+
+fn provider_only(role: Role) -> Result<(), ApiError> {
+    match role {
+        Role::Provider => Ok(()),
+        Role::Customer => Err(ApiError::forbidden("only the booking's provider can change its meeting")),
+    }
+}
+
+fn view(b: &Booking, role: Role) -> MeetingView {
+    let visible = role == Role::Provider || b.status == "confirmed";
+    MeetingView {
+        booking_id: b.id,
+        meeting_link: b.link.clone().filter(|_| visible),
+        meeting_platform: b.platform.clone(),
+        meeting_status: b.meeting_status.clone(),
+        meeting_error: b.meeting_error.clone().filter(|_| role == Role::Provider),
+    }
+}
+
+/// Re-arms the booking's job (the daemon then reconciles it) and returns the view after the change.
+async fn touch(state: &AppState, id: Uuid) -> Result<(), ApiError> {
+    let client = state.pool.get().await?;
+    client.query_one("SELECT meetingd.touch_job($1)", &[&id]).await?;
+    Ok(())
+}
+
+/// The JSON body, `None` when it is empty.
+fn parse_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<Option<T>, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large")
+        } else {
+            ApiError::bad_request("invalid_body", "the request body could not be read")
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the request body is not valid JSON for this endpoint: {e}"))
+    })
+}
+
+fn accepted(view: MeetingView) -> Response {
+    (StatusCode::ACCEPTED, Json(view)).into_response()
+}
+
+/// Reconcile a booking's meeting now.
+#[utoipa::path(
+    post, path = "/api/meetings/create", tag = "meetings", request_body = CreateRequest,
+    responses(
+        (status = 202, description = "Queued; the daemon creates or repairs the meeting", body = MeetingView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "Not a booking of an online service", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request = parse_body::<CreateRequest>(body)?
+        .ok_or_else(|| ApiError::bad_request("invalid_json", "a body {\"booking_id\": \"…\"} is required"))?;
+    let (booking, role) = load(&state, &caller, request.booking_id).await?;
+    provider_only(role)?;
+    if !booking.is_online {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_online",
+            "the booking's service is not an online service",
+        ));
+    }
+    touch(&state, booking.id).await?;
+    let (after, role) = load(&state, &caller, booking.id).await?;
+    let mut v = view(&after, role);
+    v.meeting_status.get_or_insert_with(|| "pending".into());
+    Ok(accepted(v))
+}
+
+/// Set a manual link, or re-synchronise the meeting with the booking.
+#[utoipa::path(
+    put, path = "/api/meetings/{booking_id}/update", tag = "meetings", request_body(content = UpdateRequest, description = "Optional"),
+    params(("booking_id" = Uuid, Path)),
+    responses(
+        (status = 202, body = MeetingView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, description = "Not an absolute https URL", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw)?;
+    let request: UpdateRequest = parse_body(body)?.unwrap_or_default();
+    let (_, role) = load(&state, &caller, id).await?;
+    provider_only(role)?;
+    let client = state.pool.get().await?;
+    match request.meeting_link {
+        Some(link) => {
+            let link = validate_link(&link)?;
+            client
+                .execute(
+                    "UPDATE bookings SET meeting_status = 'manual', meeting_link = $2, meeting_id = NULL,
+                                         meeting_platform = NULL, meeting_error = NULL
+                      WHERE id = $1",
+                    &[&id, &link],
+                )
+                .await?;
+        }
+        None => {
+            client
+                .execute(
+                    "UPDATE bookings SET meeting_status = 'pending', meeting_error = NULL,
+                                         meeting_link = CASE WHEN meeting_status = 'manual' THEN NULL ELSE meeting_link END
+                      WHERE id = $1",
+                    &[&id],
+                )
+                .await?;
+        }
+    }
+    audit(&client, &caller, id, "meeting.manual_update").await?;
+    drop(client);
+    touch(&state, id).await?;
+    let (after, role) = load(&state, &caller, id).await?;
+    Ok(accepted(view(&after, role)))
+}
+
+/// Delete the meeting at its platform and clear the link (the daemon then leaves the booking's
+/// meeting to the provider: status `manual`, no link).
+#[utoipa::path(
+    delete, path = "/api/meetings/{booking_id}", tag = "meetings", params(("booking_id" = Uuid, Path)),
+    responses(
+        (status = 202, body = MeetingView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw)?;
+    let (_, role) = load(&state, &caller, id).await?;
+    provider_only(role)?;
+    let client = state.pool.get().await?;
+    client
+        .execute(
+            "UPDATE bookings SET meeting_status = 'manual', meeting_link = NULL, meeting_id = NULL, meeting_error = NULL
+              WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    audit(&client, &caller, id, "meeting.manual_delete").await?;
+    drop(client);
+    touch(&state, id).await?;
+    let (after, role) = load(&state, &caller, id).await?;
+    Ok(accepted(view(&after, role)))
+}
+
+async fn audit(
+    client: &tokio_postgres::Client,
+    caller: &Caller,
+    booking: Uuid,
+    action: &'static str,
+) -> Result<(), ApiError> {
+    let entry = crate::db::jobs::AuditEntry { action, platform: None, outcome: "ok", duration_ms: None, detail: None };
+    crate::db::jobs::insert_audit(
+        client,
+        &format!("user:{}", caller.user_id),
+        Some(booking),
+        Some(caller.user_id),
+        None,
+        &entry,
+    )
+    .await?;
+    Ok(())
+}
+
+/// An absolute https URL with a host and no credentials, at most 2048 characters.
+pub fn validate_link(link: &str) -> Result<String, ApiError> {
+    let invalid =
+        |why: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_link", format!("meeting_link {why}"));
+    if link.len() > 2048 {
+        return Err(invalid("is longer than 2048 characters"));
+    }
+    let url = url::Url::parse(link.trim()).map_err(|_| invalid("must be an absolute URL"))?;
+    if url.scheme() != "https" {
+        return Err(invalid("must use https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("must name a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("must not carry credentials"));
+    }
+    Ok(url.to_string())
+}
+
+/// The booking's meeting as the caller may see it.
+#[utoipa::path(
+    get, path = "/api/bookings/{booking_id}/meeting", tag = "meetings", params(("booking_id" = Uuid, Path)),
+    responses((status = 200, body = MeetingView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<MeetingView>, ApiError> {
+    let (booking, role) = load(&state, &caller, parse_id(&raw)?).await?;
+    Ok(Json(view(&booking, role)))
+}
+
+/// The booking as an iCalendar file, with the meeting link when the caller may see it.
+#[utoipa::path(
+    get, path = "/api/bookings/{booking_id}/calendar.ics", tag = "meetings", params(("booking_id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "RFC 5545 calendar", content_type = "text/calendar", body = String),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub async fn calendar(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let (b, role) = load(&state, &caller, parse_id(&raw)?).await?;
+    let shown = view(&b, role);
+    let platform = b.platform.as_deref().and_then(|p| p.parse::<Platform>().ok()).map(|p| p.display_name().to_string());
+    let file = crate::ics::render(
+        &crate::ics::CalendarBooking {
+            booking_id: b.id,
+            title: b.title.clone(),
+            description: b.description.clone(),
+            start: b.start,
+            end: b.end,
+            cancelled: matches!(b.status.as_str(), "cancelled" | "rejected"),
+            sequence: u32::try_from(b.version).unwrap_or(0),
+            link: shown.meeting_link,
+            platform,
+            provider_name: b.provider_name.clone(),
+        },
+        Utc::now(),
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/calendar; charset=utf-8".to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"booking-{}.ics\"", b.id)),
+            (header::CACHE_CONTROL, "private, no-store".to_string()),
+        ],
+        file,
+    )
+        .into_response())
+}

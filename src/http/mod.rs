@@ -1,0 +1,127 @@
+//! The HTTP API for the marketplace's web app (axum on hyper).
+//!
+//! Owns routing, the shared state of handlers, body limits and the OpenAPI document. Handlers
+//! never call a meeting platform directly (except OAuth: code exchange and revocation): meeting
+//! changes are queued for the daemon's worker.
+
+pub mod auth;
+pub mod connect;
+pub mod error;
+pub mod integrations;
+pub mod meetings;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post, put};
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use crate::config::Config;
+use crate::crypto::Keyring;
+use crate::db::Pool;
+use crate::oauth::OAuthClient;
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: Pool,
+    pub keyring: Arc<Keyring>,
+    pub config: Arc<Config>,
+    pub jwt: Arc<auth::JwtVerifier>,
+    /// Google's OAuth client, when Google is configured.
+    pub google_oauth: Option<OAuthClient>,
+}
+
+impl AppState {
+    pub fn new(pool: Pool, keyring: Arc<Keyring>, config: &Config) -> Result<AppState, String> {
+        let jwt = auth::JwtVerifier::from_config(&config.http)?.ok_or_else(|| {
+            "the HTTP API needs the app's JWT key: set http.jwt_secret (or jwt_secret_file) for HS256, or \
+             http.jwt_public_key_file for RS256/ES256 — or http.listen = \"\" to run without the API"
+                .to_string()
+        })?;
+        let google = &config.google;
+        let google_oauth = match google.client_secret()? {
+            Some(secret) if !google.client_id.trim().is_empty() => Some(OAuthClient::new(
+                &google.client_id,
+                secret,
+                google.token_url.clone(),
+                std::time::Duration::from_millis(google.request_timeout_ms),
+            )),
+            _ => None,
+        };
+        Ok(AppState { pool, keyring, config: Arc::new(config.clone()), jwt: Arc::new(jwt), google_oauth })
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "meetingd API", description = "Online-meeting links for marketplace bookings: connect platforms, manage meetings, export calendars."),
+    paths(
+        connect::connect, connect::callback, integrations::list, integrations::remove,
+        meetings::create, meetings::update, meetings::delete, meetings::show, meetings::calendar, openapi_json
+    ),
+    components(schemas(
+        error::ErrorBody, error::ErrorDetail, connect::ConnectResponse, integrations::IntegrationView,
+        meetings::CreateRequest, meetings::UpdateRequest, meetings::MeetingView
+    )),
+    modifiers(&BearerAuth),
+    tags((name = "integrations", description = "Providers' platform accounts"), (name = "meetings", description = "Meetings of bookings"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "meta", responses((status = 200, description = "OpenAPI 3.1 document")))]
+pub async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.http.body_limit_bytes;
+    Router::new()
+        .route("/api/auth/{platform}/connect", post(connect::connect))
+        .route("/api/auth/{platform}/callback", get(connect::callback))
+        .route("/api/integrations", get(integrations::list))
+        .route("/api/integrations/{platform}", delete(integrations::remove))
+        .route("/api/meetings/create", post(meetings::create))
+        .route("/api/meetings/{booking_id}/update", put(meetings::update))
+        .route("/api/meetings/{booking_id}", delete(meetings::delete))
+        .route("/api/bookings/{booking_id}/meeting", get(meetings::show))
+        .route("/api/bookings/{booking_id}/calendar.ics", get(meetings::calendar))
+        .route("/api/openapi.json", get(openapi_json))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+                .into_response()
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves the API until `shutdown`, then finishes the requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "HTTP API listening");
+    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+}
