@@ -154,12 +154,8 @@ async fn finish_connect(
 ) -> Result<Platform, String> {
     let platform = path_platform(segment).map_err(|_| "unknown_platform".to_string())?;
     let oauth_state = query.state.as_deref().filter(|s| !s.is_empty()).ok_or("invalid_state")?;
-    let cookie = jar.get(STATE_COOKIE).map(|c| c.value().to_string());
-    if cookie.as_deref() != Some(oauth_state) {
-        tracing::warn!("OAuth callback without the matching state cookie");
-        return Err("invalid_state".into());
-    }
-    // Single use: the row is consumed whatever happens next.
+    // Single use: the row is consumed by the first callback that presents the state, whatever
+    // happens next (a state seen without its cookie is burnt too).
     let mut client = state.pool.get().await.map_err(|e| internal(e.to_string()))?;
     let row = client
         .query_opt(
@@ -172,6 +168,10 @@ async fn finish_connect(
         .ok_or("invalid_state")?;
     let (row_id, user_id, verifier_ct, fresh): (Uuid, Uuid, String, bool) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
+    if jar.get(STATE_COOKIE).map(|c| c.value()) != Some(oauth_state) {
+        tracing::warn!(user_id = %user_id, "OAuth callback without the matching state cookie; state discarded");
+        return Err("invalid_state".into());
+    }
     if !fresh {
         return Err("state_expired".into());
     }

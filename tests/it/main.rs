@@ -1,5 +1,6 @@
 //! Integration tests against real PostgreSQL (see helpers/cluster.rs for which server).
 
+mod api;
 mod cli;
 mod daemon;
 mod google;

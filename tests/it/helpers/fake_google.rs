@@ -65,6 +65,10 @@ pub struct Inner {
     counter: u64,
     /// Makes every refresh slow, so concurrent refreshes overlap.
     pub refresh_delay: Option<Duration>,
+    /// Authorization codes granted at the consent screen: code -> (PKCE challenge, redirect URI).
+    codes: HashMap<String, (String, String)>,
+    /// Tokens posted to the revocation endpoint.
+    pub revoked: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -101,6 +105,8 @@ impl FakeGoogle {
         let state = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new()
             .route("/token", post(token))
+            .route("/revoke", post(revoke))
+            .route("/calendar/v3/calendars/{cal}", get(calendar))
             .route("/calendar/v3/calendars/{cal}/events", post(insert))
             .route("/calendar/v3/calendars/{cal}/events/{id}", get(get_event).patch(patch_event).delete(delete_event))
             .with_state(state.clone());
@@ -119,6 +125,8 @@ impl FakeGoogle {
         config.google.client_id = CLIENT_ID.into();
         config.google.client_secret = secrecy::SecretString::from(CLIENT_SECRET);
         config.google.token_url = format!("{}/token", self.base()).parse().unwrap();
+        config.google.auth_url = format!("{}/auth", self.base()).parse().unwrap();
+        config.google.revoke_url = format!("{}/revoke", self.base()).parse().unwrap();
         config.google.api_base_url = format!("{}/calendar/v3/", self.base()).parse().unwrap();
         config.google.request_timeout_ms = 1500;
         config.google.conference_wait_ms = 1000;
@@ -133,6 +141,24 @@ impl FakeGoogle {
         s.access.insert(access.clone(), true);
         s.refresh.insert(refresh.clone(), false);
         (access, refresh)
+    }
+
+    /// The provider approves the consent screen for this authorization URL: returns the code
+    /// Google would append to the redirect.
+    pub fn consent(&self, authorization_url: &url::Url) -> String {
+        let q: HashMap<String, String> = authorization_url.query_pairs().into_owned().collect();
+        assert_eq!(q.get("client_id").map(String::as_str), Some(CLIENT_ID));
+        assert_eq!(q.get("response_type").map(String::as_str), Some("code"));
+        assert_eq!(q.get("code_challenge_method").map(String::as_str), Some("S256"));
+        let mut s = self.state.lock().unwrap();
+        s.counter += 1;
+        let code = format!("4/0Ab-code-{}-secret", s.counter);
+        s.codes.insert(code.clone(), (q["code_challenge"].clone(), q["redirect_uri"].clone()));
+        code
+    }
+
+    pub fn revoked(&self) -> Vec<String> {
+        self.state.lock().unwrap().revoked.clone()
     }
 
     pub fn revoke_refresh(&self, refresh: &str) {
@@ -202,6 +228,33 @@ async fn token(State(state): Shared, Form(form): Form<HashMap<String, String>>) 
     {
         return reply(401, json!({"error": "invalid_client", "error_description": "The OAuth client was not found."}));
     }
+    if form.get("grant_type").map(String::as_str) == Some("authorization_code") {
+        let code = form.get("code").cloned().unwrap_or_default();
+        let Some((challenge, redirect)) = s.codes.remove(&code) else {
+            return reply(400, json!({"error": "invalid_grant", "error_description": "Malformed auth code."}));
+        };
+        let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+        let computed = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), verifier.as_bytes())),
+        );
+        if computed != challenge {
+            return reply(400, json!({"error": "invalid_grant", "error_description": "Invalid code verifier."}));
+        }
+        if form.get("redirect_uri") != Some(&redirect) {
+            return reply(400, json!({"error": "redirect_uri_mismatch", "error_description": "Bad Request"}));
+        }
+        s.counter += 1;
+        let (access, refresh) =
+            (format!("ya29.a0-granted-{}-secret", s.counter), format!("1//0g-granted-{}-secret", s.counter));
+        s.access.insert(access.clone(), true);
+        s.refresh.insert(refresh.clone(), false);
+        return reply(
+            200,
+            json!({"access_token": access, "expires_in": 3599, "refresh_token": refresh,
+                   "scope": "https://www.googleapis.com/auth/calendar.events", "token_type": "Bearer"}),
+        );
+    }
     if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
         return reply(400, json!({"error": "unsupported_grant_type", "error_description": "Invalid grant_type"}));
     }
@@ -221,6 +274,30 @@ async fn token(State(state): Shared, Form(form): Form<HashMap<String, String>>) 
     reply(
         200,
         json!({"access_token": access, "expires_in": 3599, "scope": "https://www.googleapis.com/auth/calendar.events", "token_type": "Bearer"}),
+    )
+}
+
+async fn revoke(State(state): Shared, Form(form): Form<HashMap<String, String>>) -> Response {
+    let mut s = state.lock().unwrap();
+    let token = form.get("token").cloned().unwrap_or_default();
+    let known = s.refresh.contains_key(&token) || s.access.contains_key(&token);
+    if let Some(revoked) = s.refresh.get_mut(&token) {
+        *revoked = true;
+    }
+    if let Some(valid) = s.access.get_mut(&token) {
+        *valid = false;
+    }
+    s.revoked.push(token);
+    if known { StatusCode::OK.into_response() } else { reply(400, json!({"error": "invalid_token"})) }
+}
+
+async fn calendar(State(state): Shared, Path(cal): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(r) = gate(&state, &headers, format!("calendar {cal}")).await {
+        return r;
+    }
+    reply(
+        200,
+        json!({"kind": "calendar#calendar", "id": "provider@example.com", "summary": "provider@example.com", "timeZone": "UTC"}),
     )
 }
 
