@@ -301,6 +301,26 @@ pub async fn check(file: Option<PathBuf>) -> bool {
             }
         ),
     );
+    if config.http.listen.is_empty() {
+        report(true, "http", "API disabled (http.listen = \"\")".into());
+    } else {
+        match crate::http::auth::JwtVerifier::from_config(&config.http) {
+            Ok(Some(_)) => report(
+                true,
+                "http",
+                format!("API on {} ({} bearer tokens)", config.http.listen, config.http.jwt_algorithm),
+            ),
+            Ok(None) => report(
+                false,
+                "http",
+                format!(
+                    "API on {} has no JWT key: set http.jwt_secret(_file) or http.jwt_public_key_file, or http.listen = \"\"",
+                    config.http.listen
+                ),
+            ),
+            Err(e) => report(false, "http", e),
+        }
+    }
     let shown = redact_url(config.database.url.expose_secret());
     let client = match crate::db::connect(&config.database).await {
         Ok(client) => {

@@ -490,8 +490,7 @@ async fn bad_requests_get_4xx_json_never_5xx() {
         ("PATCH", "/api/integrations".into(), None, 405),
     ];
     for (method, path, body, want) in cases {
-        let mut req =
-            api.http.request(method.parse().unwrap(), api.url(&path)).header("authorization", auth.clone());
+        let mut req = api.http.request(method.parse().unwrap(), api.url(&path)).header("authorization", auth.clone());
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b.to_string());
         }
@@ -648,4 +647,35 @@ async fn openapi_document_validates_and_lists_every_endpoint() {
         assert!(schemas.contains_key(name), "$ref to missing schema {name}");
     }
     api.stop().await;
+}
+
+#[test]
+fn asymmetric_jwts_verify_with_the_public_key_and_algorithm_confusion_fails() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let user = Uuid::new_v4();
+    let claims = json!({"sub": user.to_string(), "exp": chrono::Utc::now().timestamp() + 600});
+    for (name, alg) in [("RS256", Algorithm::RS256), ("ES256", Algorithm::ES256)] {
+        let lower = name.to_lowercase();
+        let private = std::fs::read(fixtures.join(format!("{lower}-private.pem"))).unwrap();
+        let public_path = fixtures.join(format!("{lower}-public.pem"));
+        let mut config = meetingd::config::Config::defaults();
+        config.http.jwt_algorithm = name.into();
+        config.http.jwt_public_key_file = public_path.clone();
+        let verifier = meetingd::http::auth::JwtVerifier::from_config(&config.http).unwrap().expect("a verifier");
+        let key = if alg == Algorithm::RS256 {
+            EncodingKey::from_rsa_pem(&private)
+        } else {
+            EncodingKey::from_ec_pem(&private)
+        }
+        .unwrap();
+        let token = encode(&Header::new(alg), &claims, &key).unwrap();
+        assert_eq!(verifier.verify(&token), Ok(user), "{name}");
+        // The classic confusion: an HS256 token keyed with the public key.
+        let public = std::fs::read(&public_path).unwrap();
+        let confused = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&public)).unwrap();
+        assert!(verifier.verify(&confused).is_err(), "{name}: HS256 with the public key refused");
+        let expired = json!({"sub": user.to_string(), "exp": chrono::Utc::now().timestamp() - 3600});
+        assert!(verifier.verify(&encode(&Header::new(alg), &expired, &key).unwrap()).is_err(), "{name}: expired");
+    }
 }
