@@ -44,6 +44,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: String,
+    pub metrics_listen: String,
     pub public_url: url::Url,
     pub app_url: url::Url,
     pub jwt_algorithm: String,
@@ -58,6 +59,7 @@ impl std::fmt::Debug for HttpConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpConfig")
             .field("listen", &self.listen)
+            .field("metrics_listen", &self.metrics_listen)
             .field("public_url", &self.public_url.as_str())
             .field("app_url", &self.app_url.as_str())
             .field("jwt_algorithm", &self.jwt_algorithm)
@@ -346,6 +348,12 @@ impl Config {
             problems.push(format!(
                 "http.listen must be an address like 127.0.0.1:8080 (or \"\" to disable), not {:?}",
                 h.listen
+            ));
+        }
+        if !h.metrics_listen.is_empty() && h.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "http.metrics_listen must be an address like 127.0.0.1:9187 (or \"\"), not {:?}",
+                h.metrics_listen
             ));
         }
         if !matches!(h.jwt_algorithm.as_str(), "HS256" | "RS256" | "ES256") {

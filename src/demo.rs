@@ -50,6 +50,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     config.worker.concurrency = config.worker.concurrency.min(4);
     // The demo drives the database directly; it needs no API port.
     config.http.listen = String::new();
+    config.http.metrics_listen = String::new();
     let result = story(&config).await;
 
     if args.keep {

@@ -12,10 +12,12 @@ pub mod db;
 pub mod demo;
 pub mod http;
 pub mod ics;
+pub mod metrics;
 pub mod oauth;
 pub mod providers;
 pub mod retry;
 pub mod settings;
+pub mod systemd;
 pub mod telemetry;
 pub mod tokens;
 pub mod worker;
@@ -55,6 +57,8 @@ pub struct RunOptions {
     pub providers: Option<Box<dyn FnOnce(&ProviderDeps) -> Result<Providers, String> + Send>>,
     /// An already-bound HTTP listener (default: bind `http.listen`, unless it is empty).
     pub http_listener: Option<tokio::net::TcpListener>,
+    /// An already-bound listener for /metrics, /healthz, /readyz (default: `http.metrics_listen`).
+    pub ops_listener: Option<tokio::net::TcpListener>,
 }
 
 /// Runs the daemon as the configuration describes until `shutdown` is cancelled.
@@ -94,22 +98,39 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
         None => Providers::real(&config, &deps),
     }
     .map_err(RunError::Config)?;
+    let metrics = crate::metrics::install();
+    let ops = match (options.ops_listener, config.http.metrics_listen.as_str()) {
+        (Some(listener), _) => Some(listener),
+        (None, "") => None,
+        (None, addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| RunError::Config(format!("cannot listen on http.metrics_listen {addr}: {e}")))?,
+        ),
+    };
+    let listener_state = config.worker.listen.then(|| Arc::new(ListenerState::default()));
+    let health = http::health::Health { pool: pool.clone(), listener: listener_state.clone() };
     let api = match listener {
         Some(listener) => {
             Some((listener, http::AppState::new(pool.clone(), keyring.clone(), &config).map_err(RunError::Config)?))
         }
         None => None,
     };
+    let liveness = systemd::Liveness::new(config.worker.listen);
     let wake = Arc::new(Notify::new());
-    let worker =
-        Arc::new(Worker::new(pool, providers, config.worker.clone(), config.fallback.platform, wake.clone(), instance));
+    let sampler_pool = pool.clone();
+    let worker = Arc::new(
+        Worker::new(pool, providers, config.worker.clone(), config.fallback.platform, wake.clone(), instance)
+            .with_liveness(liveness.clone()),
+    );
     let tasks = TaskTracker::new();
-    if config.worker.listen {
+    if let Some(state) = &listener_state {
         let listener = Listener {
             db: config.database.clone(),
+            liveness: Some(liveness.clone()),
             ping_interval: std::time::Duration::from_millis(config.worker.listen_ping_interval_ms),
             wake: wake.clone(),
-            state: Arc::new(ListenerState::default()),
+            state: state.clone(),
         };
         tasks.spawn(listener.run(shutdown.clone()));
     } else {
@@ -117,21 +138,52 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
     }
     if let Some((listener, state)) = api {
         let stop = shutdown.clone();
+        let router = http::router(state).merge(http::health::routes(health.clone()));
         tasks.spawn(async move {
-            if let Err(e) = http::serve(listener, state, stop).await {
+            if let Err(e) = http::serve(listener, router, stop).await {
                 tracing::error!(error = %e, "HTTP API stopped");
             }
         });
     }
-    tracing::info!(
-        instance = %instance,
-        schema_version = applied.version,
-        concurrency = config.worker.concurrency,
-        listen = config.worker.listen,
-        "meetingd started"
-    );
-    tasks.spawn(worker.run(shutdown.clone()));
+    if let Some(ops) = ops {
+        let stop = shutdown.clone();
+        let router = http::health::ops_routes(health, metrics);
+        tasks.spawn(async move {
+            if let Err(e) = http::serve(ops, router, stop).await {
+                tracing::error!(error = %e, "operations endpoint stopped");
+            }
+        });
+    }
+    tasks.spawn(crate::metrics::sample(
+        sampler_pool,
+        listener_state.clone(),
+        std::time::Duration::from_secs(5),
+        shutdown.clone(),
+    ));
+    tasks.spawn(worker.clone().run(shutdown.clone()));
+
+    // Ready only when the work really happens: LISTEN up (when enabled), everything else bound.
+    if let Some(state) = &listener_state {
+        tokio::select! {
+            () = state.wait_connected() => {}
+            () = shutdown.cancelled() => {}
+        }
+    }
+    if !shutdown.is_cancelled() {
+        tracing::info!(
+            instance = %instance,
+            schema_version = applied.version,
+            concurrency = config.worker.concurrency,
+            listen = config.worker.listen,
+            "meetingd ready"
+        );
+        systemd::ready(&worker.status_line());
+    }
+    let status_worker = worker.clone();
+    tasks.spawn(systemd::watchdog(liveness, move || status_worker.status_line(), shutdown.clone()));
     tasks.close();
+    shutdown.cancelled().await;
+    systemd::stopping();
     tasks.wait().await;
     tracing::info!("meetingd stopped");
     Ok(())

@@ -121,6 +121,8 @@ impl TokenStore {
                 );
                 insert_audit(&*tx, &self.actor, None, Some(user), None, &with_duration(entry, started)).await?;
                 tx.commit().await?;
+                metrics::counter!(crate::metrics::TOKEN_REFRESHES, "platform" => platform.as_str(), "outcome" => "ok")
+                    .increment(1);
                 tracing::info!(user_id = %user, platform = %platform, duration_ms = started.elapsed().as_millis() as u64, "access token refreshed");
                 Ok(fresh.access_token)
             }

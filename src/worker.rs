@@ -7,6 +7,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -143,6 +144,15 @@ pub struct Worker {
     instance: Uuid,
     actor: String,
     wake: Arc<Notify>,
+    stats: Stats,
+    liveness: Option<Arc<crate::systemd::Liveness>>,
+}
+
+/// Counters since start, for the status line.
+#[derive(Default)]
+struct Stats {
+    linked: AtomicU64,
+    failed: AtomicU64,
 }
 
 /// Result of recording one job, for logs and tests.
@@ -162,7 +172,23 @@ impl Worker {
         wake: Arc<Notify>,
         instance: Uuid,
     ) -> Worker {
-        Worker { pool, providers, config, fallback, actor: actor(instance), instance, wake }
+        Worker {
+            pool,
+            providers,
+            config,
+            fallback,
+            actor: actor(instance),
+            instance,
+            wake,
+            stats: Stats::default(),
+            liveness: None,
+        }
+    }
+
+    /// The loop beats here (for the systemd watchdog).
+    pub fn with_liveness(mut self, liveness: Arc<crate::systemd::Liveness>) -> Worker {
+        self.liveness = Some(liveness);
+        self
     }
 
     pub fn instance(&self) -> Uuid {
@@ -181,6 +207,7 @@ impl Worker {
     async fn claim(&self, limit: usize) -> Result<Vec<Snapshot>, DbError> {
         let client = self.pool.get().await?;
         let claims = jobs::claim(&**client, self.instance, limit, self.config.lease()).await?;
+        metrics::counter!(crate::metrics::JOBS_CLAIMED).increment(claims.len() as u64);
         jobs::snapshots(&**client, claims).await
     }
 
@@ -193,6 +220,9 @@ impl Worker {
         let mut inflight: JoinSet<()> = JoinSet::new();
         let mut db_backoff = Duration::from_millis(100);
         loop {
+            if let Some(l) = &self.liveness {
+                l.worker_beat();
+            }
             while let Some(done) = inflight.try_join_next() {
                 log_task_end(done);
             }
@@ -268,29 +298,68 @@ impl Worker {
                     (self.after_error(&s, ProviderError::Transient(error.clone()), "reconcile", None), Vec::new(), None)
                 }
             };
-            let mut client = match self.pool.get().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot record the job's outcome; it runs again when its lease expires");
-                    return Processed::NotRecorded;
-                }
-            };
-            match jobs::write_back(&mut client, &self.actor, &s, &outcome, &audit, event.as_ref()).await {
-                Ok(WriteBack::LeaseLost) => {
-                    tracing::warn!(
-                        "lease on the job expired before its outcome was recorded; another claim owns it now"
-                    );
-                    Processed::Recorded(WriteBack::LeaseLost)
-                }
-                Ok(w) => Processed::Recorded(w),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot record the job's outcome; it runs again when its lease expires");
-                    Processed::NotRecorded
-                }
-            }
+            let processed = self.record(&s, &outcome, &audit, event.as_ref()).await;
+            self.count(&s, &outcome, processed);
+            processed
         }
         .instrument(span)
         .await
+    }
+
+    async fn record(&self, s: &Snapshot, outcome: &Outcome, audit: &[AuditEntry], event: Option<&Event>) -> Processed {
+        let mut client = match self.pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the job's outcome; it runs again when its lease expires");
+                return Processed::NotRecorded;
+            }
+        };
+        match jobs::write_back(&mut client, &self.actor, s, outcome, audit, event).await {
+            Ok(WriteBack::LeaseLost) => {
+                tracing::warn!("lease on the job expired before its outcome was recorded; another claim owns it now");
+                Processed::Recorded(WriteBack::LeaseLost)
+            }
+            Ok(w) => Processed::Recorded(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the job's outcome; it runs again when its lease expires");
+                Processed::NotRecorded
+            }
+        }
+    }
+
+    /// Metrics and the status-line counters for one finished job.
+    fn count(&self, s: &Snapshot, outcome: &Outcome, processed: Processed) {
+        let (platform, label) = match (outcome, processed) {
+            (_, Processed::NotRecorded) => ("none".to_string(), "not_recorded"),
+            (_, Processed::Recorded(WriteBack::LeaseLost)) => ("none".to_string(), "lease_lost"),
+            (_, Processed::Recorded(WriteBack::Stale)) => ("none".to_string(), "stale"),
+            (Outcome::Linked { platform, .. }, _) => (platform.clone(), "linked"),
+            (Outcome::Unlinked { .. }, _) => ("none".to_string(), "unlinked"),
+            (Outcome::Unchanged, _) => ("none".to_string(), "unchanged"),
+            (Outcome::Retry { .. }, _) => ("none".to_string(), "retry"),
+            (Outcome::Failed { .. }, _) => ("none".to_string(), "failed"),
+        };
+        metrics::counter!(crate::metrics::JOBS_COMPLETED, "platform" => platform, "outcome" => label).increment(1);
+        match label {
+            "linked" => {
+                self.stats.linked.fetch_add(1, Ordering::Relaxed);
+                let waited = (chrono::Utc::now() - s.claim.requested_at).to_std().unwrap_or_default();
+                metrics::histogram!(crate::metrics::CONFIRM_TO_LINK).record(waited.as_secs_f64());
+            }
+            "failed" => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// One line for systemd's `STATUS=`.
+    pub fn status_line(&self) -> String {
+        format!(
+            "ready: {} meetings linked, {} failed since start",
+            self.stats.linked.load(Ordering::Relaxed),
+            self.stats.failed.load(Ordering::Relaxed)
+        )
     }
 
     async fn reconcile(&self, s: &Snapshot) -> (Outcome, Vec<AuditEntry>, Option<Event>) {
@@ -471,7 +540,19 @@ impl Worker {
     ) where
         T: MeetingId,
     {
-        let duration_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
+        let elapsed = started.elapsed();
+        let duration_ms = elapsed.as_millis().min(i32::MAX as u128) as i32;
+        let class = match result {
+            Ok(_) => "ok",
+            Err(e) => e.class(),
+        };
+        let labels = [
+            ("platform", platform.as_str().to_string()),
+            ("operation", action.to_string()),
+            ("outcome", class.to_string()),
+        ];
+        metrics::counter!(crate::metrics::PROVIDER_CALLS, &labels).increment(1);
+        metrics::histogram!(crate::metrics::PROVIDER_CALL_SECONDS, &labels).record(elapsed.as_secs_f64());
         let (outcome, detail) = match result {
             Ok(v) => ("ok", v.meeting_id().map(|id| format!("meeting {id}"))),
             Err(e) if e.is_retryable() && s.claim.attempt < self.config.max_attempts as i32 => {

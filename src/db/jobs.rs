@@ -25,6 +25,8 @@ pub struct Claim {
     pub version: i64,
     /// 1 for the first attempt since the booking last changed.
     pub attempt: i32,
+    /// When the booking change was recorded (for confirm-to-link latency).
+    pub requested_at: DateTime<Utc>,
 }
 
 /// Claims up to `limit` due jobs for `owner`, with a lease on the database clock. The statement
@@ -51,7 +53,7 @@ pub async fn claim(
                     claim_seq = j.claim_seq + 1, attempts = j.attempts + 1, updated_at = now()
                FROM due
               WHERE j.id = due.id
-          RETURNING j.id, j.booking_id, j.claim_seq, j.version, j.attempts",
+          RETURNING j.id, j.booking_id, j.claim_seq, j.version, j.attempts, j.requested_at",
             &[&(limit as i64), &owner, &lease.as_secs_f64()],
         )
         .await?;
@@ -63,6 +65,7 @@ pub async fn claim(
             claim_seq: r.get(2),
             version: r.get(3),
             attempt: r.get(4),
+            requested_at: r.get(5),
         })
         .collect())
 }

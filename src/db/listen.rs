@@ -7,7 +7,6 @@
 //! back the server's notification queue.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -22,19 +21,37 @@ use crate::config::DatabaseConfig;
 pub const CHANNEL: &str = "meetingd";
 
 /// Shared view of the listener, for readiness and status.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ListenerState {
-    connected: AtomicBool,
+    connected: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for ListenerState {
+    fn default() -> Self {
+        ListenerState { connected: tokio::sync::watch::Sender::new(false) }
+    }
 }
 
 impl ListenerState {
     pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        *self.connected.borrow()
+    }
+
+    fn set(&self, up: bool) {
+        self.connected.send_replace(up);
+    }
+
+    /// Returns once the LISTEN connection is up.
+    pub async fn wait_connected(&self) {
+        let mut rx = self.connected.subscribe();
+        let _ = rx.wait_for(|up| *up).await;
     }
 }
 
 pub struct Listener {
     pub db: DatabaseConfig,
+    /// Beats on every pass of the loops (for the systemd watchdog).
+    pub liveness: Option<std::sync::Arc<crate::systemd::Liveness>>,
     pub ping_interval: Duration,
     pub wake: Arc<Notify>,
     pub state: Arc<ListenerState>,
@@ -46,12 +63,13 @@ impl Listener {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(200);
         loop {
+            self.beat();
             let session = self.session(&shutdown);
             let result = tokio::select! {
                 r = session => r,
                 () = shutdown.cancelled() => Ok(()),
             };
-            self.state.connected.store(false, Ordering::Relaxed);
+            self.state.set(false);
             if shutdown.is_cancelled() {
                 return;
             }
@@ -63,11 +81,18 @@ impl Listener {
                     "LISTEN connection lost; jobs are still found by the sweep meanwhile"
                 ),
             }
+            self.beat();
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = shutdown.cancelled() => return,
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    fn beat(&self) {
+        if let Some(l) = &self.liveness {
+            l.listener_beat();
         }
     }
 
@@ -100,7 +125,8 @@ impl Listener {
         });
         let result = async {
             client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-            self.state.connected.store(true, Ordering::Relaxed);
+            self.state.set(true);
+            self.beat();
             tracing::info!("listening for booking changes on channel '{CHANNEL}'");
             // Anything committed while we were not listening is found by this rescan.
             self.wake.notify_one();
@@ -109,6 +135,7 @@ impl Listener {
             loop {
                 tokio::select! {
                     _ = ping.tick() => {
+                        self.beat();
                         match tokio::time::timeout(self.ping_interval.max(Duration::from_secs(1)), client.simple_query("")).await {
                             Ok(Ok(_)) => {}
                             Ok(Err(e)) => return Err(DbError::Query(e)),

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod connect;
 pub mod error;
+pub mod health;
 pub mod integrations;
 pub mod meetings;
 
@@ -115,13 +116,13 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API until `shutdown`, then finishes the requests in flight.
+/// Serves `router` until `shutdown`, then finishes the requests in flight.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: AppState,
+    router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "HTTP API listening");
-    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    tracing::info!(%addr, "HTTP listening");
+    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }

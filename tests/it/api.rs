@@ -66,7 +66,7 @@ impl Api {
         config.http.app_url = APP_URL.parse().unwrap();
         config.http.public_url = base.parse().unwrap();
         let shutdown = CancellationToken::new();
-        let options = meetingd::RunOptions { providers: None, http_listener: Some(listener) };
+        let options = meetingd::RunOptions { providers: None, http_listener: Some(listener), ops_listener: None };
         let task = tokio::spawn(meetingd::run_with(config, options, shutdown.clone()));
         let provider = market::user(&c, "provider").await;
         let other_provider = market::user(&c, "provider").await;

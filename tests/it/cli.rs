@@ -17,7 +17,8 @@ fn meetingd(args: &[&str], envs: &[(&str, &str)]) -> Output {
         .env_remove("DATABASE_URL")
         .env("MEETINGD_LOG", "warn")
         .env("MEETINGD_ENCRYPTION__KEY", KEY)
-        .env("MEETINGD_HTTP__LISTEN", "");
+        .env("MEETINGD_HTTP__LISTEN", "")
+        .env("MEETINGD_HTTP__METRICS_LISTEN", "");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -106,6 +107,7 @@ async fn run_links_bookings_and_stops_cleanly_on_sigterm() {
         .env("MEETINGD_DATABASE__URL", &db.url)
         .env("MEETINGD_ENCRYPTION__KEY", KEY)
         .env("MEETINGD_HTTP__LISTEN", "")
+        .env("MEETINGD_HTTP__METRICS_LISTEN", "")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -143,7 +145,8 @@ fn meetingd_stdin(args: &[&str], envs: &[(&str, &str)], stdin: &str) -> Output {
         .env_remove("DATABASE_URL")
         .env("MEETINGD_LOG", "warn")
         .env("MEETINGD_ENCRYPTION__KEY", KEY)
-        .env("MEETINGD_HTTP__LISTEN", "");
+        .env("MEETINGD_HTTP__LISTEN", "")
+        .env("MEETINGD_HTTP__METRICS_LISTEN", "");
     for (k, v) in envs {
         cmd.env(k, v);
     }

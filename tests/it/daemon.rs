@@ -27,7 +27,11 @@ struct Daemon {
 impl Daemon {
     fn start(config: Config, providers: Providers) -> Daemon {
         let shutdown = CancellationToken::new();
-        let options = meetingd::RunOptions { providers: Some(Box::new(move |_| Ok(providers))), http_listener: None };
+        let options = meetingd::RunOptions {
+            providers: Some(Box::new(move |_| Ok(providers))),
+            http_listener: None,
+            ops_listener: None,
+        };
         let task = tokio::spawn(meetingd::run_with(config, options, shutdown.clone()));
         Daemon { shutdown, task }
     }
@@ -187,6 +191,7 @@ fn spawn_daemon(db: &TestDb) -> Running {
         .env("MEETINGD_WORKER__SWEEP_INTERVAL_MS", "500")
         .env("MEETINGD_LOG", "warn")
         .env("MEETINGD_HTTP__LISTEN", "")
+        .env("MEETINGD_HTTP__METRICS_LISTEN", "")
         .env("MEETINGD_ENCRYPTION__KEY", meetingd::crypto::Keyring::generate_key().expose_secret())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

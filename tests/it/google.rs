@@ -511,6 +511,7 @@ fn spawn_google_daemon(db_url: &str, google: &FakeGoogle, key: &str) -> crate::h
         .env("MEETINGD_WORKER__SWEEP_INTERVAL_MS", "500")
         .env("MEETINGD_LOG", "error")
         .env("MEETINGD_HTTP__LISTEN", "")
+        .env("MEETINGD_HTTP__METRICS_LISTEN", "")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -6,5 +6,6 @@ mod daemon;
 mod google;
 mod helpers;
 mod migrations;
+mod ops;
 mod trigger;
 mod worker;

@@ -69,6 +69,7 @@ impl TestDb {
         c.worker.listen_ping_interval_ms = 1000;
         c.encryption.key = meetingd::crypto::Keyring::generate_key();
         c.http.listen = String::new();
+        c.http.metrics_listen = String::new();
         c
     }
 }

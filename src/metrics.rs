@@ -1,0 +1,109 @@
+//! Prometheus metrics: names, the process recorder, and the sampler of database-side gauges.
+//!
+//! Labels are bounded (platform, operation, outcome, class): never a booking id, user id or e-mail.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::db::Pool;
+use crate::db::listen::ListenerState;
+
+pub const JOBS_CLAIMED: &str = "meetingd_jobs_claimed_total";
+pub const JOBS_COMPLETED: &str = "meetingd_jobs_completed_total";
+pub const CONFIRM_TO_LINK: &str = "meetingd_confirm_to_link_seconds";
+pub const PROVIDER_CALLS: &str = "meetingd_provider_calls_total";
+pub const PROVIDER_CALL_SECONDS: &str = "meetingd_provider_call_seconds";
+pub const TOKEN_REFRESHES: &str = "meetingd_token_refreshes_total";
+pub const QUEUE_DEPTH: &str = "meetingd_queue_depth";
+pub const OLDEST_DUE_AGE: &str = "meetingd_oldest_due_job_age_seconds";
+pub const FAILED_JOBS: &str = "meetingd_failed_jobs";
+pub const NEEDS_RECONNECT: &str = "meetingd_integrations_needing_reconnect";
+pub const NOTIFY_QUEUE_USAGE: &str = "meetingd_pg_notification_queue_usage";
+pub const LISTENER_UP: &str = "meetingd_listener_connected";
+
+/// The process-wide recorder (installed once; later calls return the same handle).
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let latency =
+                [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+            let handle = PrometheusBuilder::new()
+                .set_buckets(&latency)
+                .expect("static buckets are valid")
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(JOBS_CLAIMED, "Jobs claimed by this daemon");
+    describe_counter!(
+        JOBS_COMPLETED,
+        "Jobs finished, by platform and outcome (linked, unlinked, unchanged, retry, failed, stale, lease_lost, not_recorded)"
+    );
+    describe_histogram!(
+        CONFIRM_TO_LINK,
+        metrics::Unit::Seconds,
+        "From the booking change being recorded to its meeting link being written"
+    );
+    describe_counter!(PROVIDER_CALLS, "Meeting platform calls, by platform, operation and outcome class");
+    describe_histogram!(PROVIDER_CALL_SECONDS, metrics::Unit::Seconds, "Meeting platform call latency");
+    describe_counter!(TOKEN_REFRESHES, "OAuth token refreshes, by platform and outcome");
+    describe_gauge!(QUEUE_DEPTH, "Pending jobs in meetingd.jobs");
+    describe_gauge!(OLDEST_DUE_AGE, "Age of the oldest job that is due and unclaimed, in seconds");
+    describe_gauge!(FAILED_JOBS, "Jobs that ran out of attempts (bookings with meeting_status failed)");
+    describe_gauge!(NEEDS_RECONNECT, "Integrations marked inactive, waiting for their provider to reconnect");
+    describe_gauge!(NOTIFY_QUEUE_USAGE, "pg_notification_queue_usage(): the app's commits fail when this reaches 1");
+    describe_gauge!(LISTENER_UP, "1 while the LISTEN connection is up");
+}
+
+/// Refreshes the database-side gauges every `every` until `shutdown`.
+pub async fn sample(
+    pool: Pool,
+    listener: Option<std::sync::Arc<ListenerState>>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Some(l) = &listener {
+            gauge!(LISTENER_UP).set(if l.is_connected() { 1.0 } else { 0.0 });
+        }
+        let Ok(client) = pool.get().await else { continue };
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM meetingd.jobs WHERE state = 'pending')::float8,
+                        COALESCE((SELECT EXTRACT(EPOCH FROM now() - min(run_at)) FROM meetingd.jobs
+                                   WHERE state = 'pending' AND run_at <= now()
+                                     AND (lease_until IS NULL OR lease_until < now())), 0)::float8,
+                        (SELECT count(*) FROM meetingd.jobs WHERE state = 'failed')::float8,
+                        (SELECT count(*) FROM user_meeting_integrations WHERE is_active IS NOT TRUE AND access_token <> '')::float8,
+                        pg_notification_queue_usage()",
+                &[],
+            )
+            .await;
+        match row {
+            Ok(r) => {
+                gauge!(QUEUE_DEPTH).set(r.get::<_, f64>(0));
+                gauge!(OLDEST_DUE_AGE).set(r.get::<_, f64>(1));
+                gauge!(FAILED_JOBS).set(r.get::<_, f64>(2));
+                gauge!(NEEDS_RECONNECT).set(r.get::<_, f64>(3));
+                gauge!(NOTIFY_QUEUE_USAGE).set(r.get::<_, f64>(4));
+            }
+            Err(e) => tracing::debug!(error = %crate::db::describe(&e), "metrics sample failed"),
+        }
+    }
+}
