@@ -46,6 +46,32 @@ pub enum Command {
     /// Providers' connected platform accounts.
     #[command(subcommand)]
     Integrations(IntegrationsCommand),
+    /// Queue depth, failures, integrations needing reconnect, last errors.
+    Status,
+    /// One booking's meeting: state, audit trail, retries.
+    #[command(subcommand)]
+    Bookings(BookingsCommand),
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BookingsCommand {
+    /// The booking's meeting state and its audit trail.
+    Show { booking: Uuid },
+    /// Try the booking's meeting again now (or every failed one).
+    Retry {
+        #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
+        booking: Option<Uuid>,
+        /// Every booking whose meeting failed.
+        #[arg(long)]
+        all_failed: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +185,78 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Integrations(command) => integrations(cli.config, command).await,
+        Command::Status => {
+            let config = Config::load(cli.config.as_deref())?;
+            let client = crate::db::connect(&config.database).await?;
+            print_status(&crate::admin::status(&client).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bookings(command) => {
+            let config = Config::load(cli.config.as_deref())?;
+            let client = crate::db::connect(&config.database).await?;
+            match command {
+                BookingsCommand::Show { booking } => match crate::admin::show_booking(&client, booking).await? {
+                    Some(lines) => lines.iter().for_each(|l| println!("{l}")),
+                    None => {
+                        println!("no booking {booking}");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                },
+                BookingsCommand::Retry { all_failed: true, .. } => {
+                    println!("queued {} failed booking(s) again", crate::admin::retry_all_failed(&client).await?);
+                }
+                BookingsCommand::Retry { booking: Some(booking), .. } => {
+                    if crate::admin::retry_booking(&client, booking).await? {
+                        println!("queued booking {booking}; `meetingd bookings show {booking}` shows the outcome");
+                    } else {
+                        println!("booking {booking} is not a booking of an online service meetingd knows");
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+                BookingsCommand::Retry { .. } => unreachable!("clap requires a booking or --all-failed"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "meetingd",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_status(s: &crate::admin::Status) {
+    println!(
+        "queue         {} pending ({} due now, oldest due {:.1} s), {} being worked on, {} failed, {} done",
+        s.pending, s.due_now, s.oldest_due_secs, s.leased, s.failed, s.done
+    );
+    println!("daemons       {} listening on this database", s.listening_daemons);
+    println!("notify queue  {:.1} % used", s.notification_queue_usage * 100.0);
+    if s.needs_reconnect.is_empty() {
+        println!("integrations  none needs reconnecting");
+    } else {
+        println!("integrations  {} need reconnecting (the provider must connect again):", s.needs_reconnect.len());
+        for (user, platform, email, since) in &s.needs_reconnect {
+            println!(
+                "  {user}  {platform:<11}  {:<28}  since {}",
+                email.as_deref().unwrap_or("-"),
+                since.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_default()
+            );
+        }
+    }
+    if !s.recent_failures.is_empty() {
+        println!("last failures (retry with `meetingd bookings retry <id>` or `--all-failed`):");
+        for (booking, at, error) in &s.recent_failures {
+            println!("  {booking}  {}  {error}", at.format("%Y-%m-%d %H:%M UTC"));
+        }
     }
 }
 

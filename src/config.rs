@@ -17,6 +17,12 @@ use crate::providers::Platform;
 /// The defaults, with a comment on every key. Compiled in so the binary needs no file to start.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// Credential names under `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
+pub const CREDENTIAL_ENCRYPTION_KEY: &str = "encryption-key";
+pub const CREDENTIAL_GOOGLE_SECRET: &str = "google-client-secret";
+pub const CREDENTIAL_JWT_SECRET: &str = "jwt-secret";
+pub const CREDENTIAL_DATABASE_URL: &str = "database-url";
+
 /// Environment variables with the `MEETINGD_` prefix that are not configuration keys.
 const NON_CONFIG_ENV: &[&str] = &["config", "log", "log_format"];
 
@@ -280,9 +286,40 @@ impl Config {
     }
 
     pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
-        let config: Config = figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        let mut config: Config = figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            config.use_credentials(Path::new(&dir));
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// systemd credentials (`LoadCredential=`): a file named after a secret fills that secret's
+    /// `*_file` key when the configuration sets neither the secret nor its file.
+    pub fn use_credentials(&mut self, dir: &Path) {
+        let present = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
+        let unset =
+            |inline: &SecretString, file: &Path| inline.expose_secret().is_empty() && file.as_os_str().is_empty();
+        if unset(&self.encryption.key, &self.encryption.key_file)
+            && let Some(p) = present(CREDENTIAL_ENCRYPTION_KEY)
+        {
+            self.encryption.key_file = p;
+        }
+        if unset(&self.google.client_secret, &self.google.client_secret_file)
+            && let Some(p) = present(CREDENTIAL_GOOGLE_SECRET)
+        {
+            self.google.client_secret_file = p;
+        }
+        if unset(&self.http.jwt_secret, &self.http.jwt_secret_file)
+            && let Some(p) = present(CREDENTIAL_JWT_SECRET)
+        {
+            self.http.jwt_secret_file = p;
+        }
+        if let Some(p) = present(CREDENTIAL_DATABASE_URL)
+            && let Ok(url) = std::fs::read_to_string(&p)
+        {
+            self.database.url = SecretString::from(url.trim().to_string());
+        }
     }
 
     /// Every problem at once, so `meetingd check` can list them all in one run.
@@ -461,6 +498,27 @@ mod tests {
             jail.set_env("MEETINGD_FALLBACK__PLATFORM", "zoom");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("cannot need an account"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn systemd_credentials_fill_unset_secrets() {
+        Jail::expect_with(|jail| {
+            let key = crate::crypto::Keyring::generate_key();
+            jail.create_dir("creds")?;
+            jail.create_file("creds/encryption-key", key.expose_secret())?;
+            jail.create_file("creds/jwt-secret", "s3cret")?;
+            jail.create_file("creds/database-url", "postgres://m:pw@db/market\n")?;
+            jail.create_file("own-google-secret", "mine")?;
+            jail.set_env("MEETINGD_GOOGLE__CLIENT_SECRET_FILE", "own-google-secret");
+            jail.set_env("CREDENTIALS_DIRECTORY", jail.directory().join("creds").display().to_string());
+            jail.create_file("creds/google-client-secret", "theirs")?;
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(c.encryption.keyring().is_ok());
+            assert_eq!(c.http.jwt_secret().unwrap().unwrap().expose_secret(), "s3cret");
+            assert_eq!(c.database.url.expose_secret(), "postgres://m:pw@db/market");
+            assert_eq!(c.google.client_secret().unwrap().unwrap().expose_secret(), "mine", "explicit settings win");
             Ok(())
         });
     }

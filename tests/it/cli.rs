@@ -254,3 +254,55 @@ async fn integrations_add_list_disable_and_key_rotation() {
     assert!(text(&meetingd(&["integrations", "list"], &env)).contains("needs_reconnect"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn status_show_and_retry_tell_an_admin_what_happened() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let m = market::seed(&c).await;
+    let zoom = market::service(&c, m.provider, true, Some("zoom")).await;
+    let b = market::book(&c, zoom, m.customer, "confirmed").await;
+    let mut config = db.config();
+    config.fallback.platform = meetingd::config::Fallback::None;
+    let pool = meetingd::db::pool(&config.database, 2).unwrap();
+    let worker = meetingd::worker::Worker::new(
+        pool,
+        meetingd::providers::Providers::from_config(&config),
+        config.worker.clone(),
+        config.fallback.platform,
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        Uuid::new_v4(),
+    );
+    worker.run_once().await.unwrap();
+    let env = [("MEETINGD_DATABASE__URL", db.url.as_str())];
+
+    let status = text(&meetingd(&["status"], &env));
+    assert!(
+        status.contains("1 failed") && status.contains(&b.to_string()) && status.contains("has not connected Zoom"),
+        "{status}"
+    );
+    let show = meetingd(&["bookings", "show", &b.to_string()], &env);
+    let t = text(&show);
+    assert!(show.status.success(), "{t}");
+    assert!(t.contains("meeting   status failed") && t.contains("meeting.create") && t.contains("failed"), "{t}");
+    assert!(t.contains("job       failed"), "{t}");
+
+    let retry = text(&meetingd(&["bookings", "retry", "--all-failed"], &env));
+    assert!(retry.contains("queued 1 failed booking"), "{retry}");
+    assert_eq!(market::job(&c, b).await.unwrap().state, "pending");
+    let one = meetingd(&["bookings", "retry", &b.to_string()], &env);
+    assert!(one.status.success(), "{}", text(&one));
+    let missing = meetingd(&["bookings", "show", &Uuid::new_v4().to_string()], &env);
+    assert_eq!(missing.status.code(), Some(1));
+    let bad = meetingd(&["bookings", "show", "not-a-uuid"], &env);
+    assert_eq!(bad.status.code(), Some(2), "clap rejects a bad id");
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_clap_definitions() {
+    let bash = String::from_utf8(meetingd(&["completions", "bash"], &[]).stdout).unwrap();
+    assert!(bash.contains("_meetingd") && bash.contains("integrations"), "{bash}");
+    let man = String::from_utf8(meetingd(&["man"], &[]).stdout).unwrap();
+    assert!(man.starts_with(".ie") || man.contains(".TH meetingd"), "{}", &man[..200.min(man.len())]);
+    assert!(man.contains("migrate") && man.contains("bookings"));
+}
