@@ -206,9 +206,9 @@ impl Worker {
 
     async fn claim(&self, limit: usize) -> Result<Vec<Snapshot>, DbError> {
         let client = self.pool.get().await?;
-        let claims = jobs::claim(&**client, self.instance, limit, self.config.lease()).await?;
+        let claims = jobs::claim(&client, self.instance, limit, self.config.lease()).await?;
         metrics::counter!(crate::metrics::JOBS_CLAIMED).increment(claims.len() as u64);
-        jobs::snapshots(&**client, claims).await
+        jobs::snapshots(&client, claims).await
     }
 
     /// The dispatcher: runs until `shutdown`, then lets in-flight jobs finish for at most
@@ -243,7 +243,7 @@ impl Worker {
                             continue;
                         }
                         if let Ok(client) = self.pool.get().await
-                            && let Ok(Some(due)) = jobs::next_due_in(&**client).await
+                            && let Ok(Some(due)) = jobs::next_due_in(&client).await
                         {
                             wait = wait.min(due.max(Duration::from_millis(5)));
                         }

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
+
+/// A pooled connection or its transaction: statements are prepared once per connection.
+use deadpool_postgres::GenericClient as Cached;
 use uuid::Uuid;
 
 use super::DbError;
@@ -31,15 +34,10 @@ pub struct Claim {
 
 /// Claims up to `limit` due jobs for `owner`, with a lease on the database clock. The statement
 /// commits on its own before any platform is called.
-pub async fn claim(
-    client: &impl GenericClient,
-    owner: Uuid,
-    limit: usize,
-    lease: Duration,
-) -> Result<Vec<Claim>, DbError> {
+pub async fn claim(client: &impl Cached, owner: Uuid, limit: usize, lease: Duration) -> Result<Vec<Claim>, DbError> {
     // A CTE, not `WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`, which can claim more than n.
-    let rows = client
-        .query(
+    let statement = client
+        .prepare_cached(
             "WITH due AS (
                  SELECT id FROM meetingd.jobs
                   WHERE state = 'pending' AND run_at <= now()
@@ -54,9 +52,9 @@ pub async fn claim(
                FROM due
               WHERE j.id = due.id
           RETURNING j.id, j.booking_id, j.claim_seq, j.version, j.attempts, j.requested_at",
-            &[&(limit as i64), &owner, &lease.as_secs_f64()],
         )
         .await?;
+    let rows = client.query(&statement, &[&(limit as i64), &owner, &lease.as_secs_f64()]).await?;
     Ok(rows
         .into_iter()
         .map(|r| Claim {
@@ -71,15 +69,14 @@ pub async fn claim(
 }
 
 /// How long until the next pending job becomes due (zero if one is due now), `None` if none is pending.
-pub async fn next_due_in(client: &impl GenericClient) -> Result<Option<Duration>, DbError> {
-    let secs: Option<f64> = client
-        .query_one(
+pub async fn next_due_in(client: &impl Cached) -> Result<Option<Duration>, DbError> {
+    let statement = client
+        .prepare_cached(
             "SELECT EXTRACT(EPOCH FROM min(GREATEST(run_at, COALESCE(lease_until, run_at))) - now())::float8
                FROM meetingd.jobs WHERE state = 'pending'",
-            &[],
         )
-        .await?
-        .get(0);
+        .await?;
+    let secs: Option<f64> = client.query_one(&statement, &[]).await?.get(0);
     Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
 }
 
@@ -129,13 +126,13 @@ pub struct Snapshot {
 
 /// Reads the bookings and meetings behind a batch of claims, in one statement. Run after the claim
 /// committed, so it sees at least the booking change each claimed version stands for.
-pub async fn snapshots(client: &impl GenericClient, claims: Vec<Claim>) -> Result<Vec<Snapshot>, DbError> {
+pub async fn snapshots(client: &impl Cached, claims: Vec<Claim>) -> Result<Vec<Snapshot>, DbError> {
     if claims.is_empty() {
         return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = claims.iter().map(|c| c.booking_id).collect();
-    let rows = client
-        .query(
+    let statement = client
+        .prepare_cached(
             "SELECT k.id,
                     b.id, b.status, b.start_time, b.end_time, b.customer_id, b.meeting_status,
                     s.id, s.provider_id, s.title, s.description, COALESCE(s.is_online, false),
@@ -152,9 +149,9 @@ pub async fn snapshots(client: &impl GenericClient, claims: Vec<Claim>) -> Resul
                LEFT JOIN users cu ON cu.id = b.customer_id
                LEFT JOIN users pu ON pu.id = s.provider_id
                LEFT JOIN meetingd.meetings m ON m.booking_id = k.id",
-            &[&ids],
         )
         .await?;
+    let rows = client.query(&statement, &[&ids]).await?;
     let mut by_id: std::collections::HashMap<Uuid, tokio_postgres::Row> =
         rows.into_iter().map(|r| (r.get::<_, Uuid>(0), r)).collect();
     Ok(claims
@@ -269,6 +266,9 @@ pub enum WriteBack {
 ///
 /// Locks the booking row before the job row, the order the app's own transaction (booking update,
 /// then the trigger's job upsert) takes them, so the two can never deadlock.
+///
+/// Statements are prepared once per connection and sent pipelined: the lock and the fence in one
+/// round trip, everything the outcome writes in a second, then the commit.
 pub async fn write_back(
     client: &mut deadpool_postgres::Object,
     actor: &str,
@@ -279,28 +279,20 @@ pub async fn write_back(
 ) -> Result<WriteBack, DbError> {
     let claim = &snapshot.claim;
     let provider_id = snapshot.booking.as_ref().map(|b| b.provider_id);
-    let tx = client.transaction().await?;
-    tx.execute("SELECT 1 FROM bookings WHERE id = $1 FOR UPDATE", &[&claim.booking_id]).await?;
-
     let (delay, last_error) = match outcome {
         Outcome::Retry { error, delay } => (delay.as_secs_f64(), Some(error.as_str())),
         Outcome::Failed { error } => (0.0, Some(error.as_str())),
         _ => (0.0, None),
     };
-    let fence = tx
-        .query_opt(
-            "UPDATE meetingd.jobs
-                SET state = CASE WHEN version = $3 THEN $4 ELSE 'pending' END,
-                    run_at = CASE WHEN version = $3 THEN now() + make_interval(secs => $5) ELSE now() END,
-                    last_error = CASE WHEN version = $3 THEN $6 ELSE last_error END,
-                    completed_at = CASE WHEN version = $3 AND $4 <> 'pending' THEN clock_timestamp() END,
-                    lease_owner = NULL, lease_until = NULL, updated_at = now()
-              WHERE id = $1 AND claim_seq = $2
-          RETURNING version = $3",
-            &[&claim.job_id, &claim.claim_seq, &claim.version, &outcome.job_state(), &delay, &last_error],
-        )
-        .await?;
-    let current = match fence {
+    let job_state = outcome.job_state();
+    let tx = client.transaction().await?;
+    let lock = tx.prepare_cached("SELECT 1 FROM bookings WHERE id = $1 FOR UPDATE").await?;
+    let fence = tx.prepare_cached(FENCE).await?;
+    let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&claim.booking_id];
+    let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+        [&claim.job_id, &claim.claim_seq, &claim.version, &job_state, &delay, &last_error];
+    let (_, fenced) = futures_util::try_join!(tx.execute(&lock, &lock_params), tx.query_opt(&fence, &fence_params))?;
+    let current = match fenced {
         None => {
             tx.rollback().await?;
             return Ok(WriteBack::LeaseLost);
@@ -308,89 +300,146 @@ pub async fn write_back(
         Some(row) => row.get::<_, bool>(0),
     };
 
+    let mut writes: Vec<
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + '_>>,
+    > = Vec::new();
+    let t = &tx;
     match outcome {
         Outcome::Linked { platform, requested_platform, meeting, start, end, generation, settings } => {
             // What exists at the platform is recorded even when the booking moved on meanwhile:
             // the next run must know about this meeting to move or delete it.
-            tx.execute(
-                "INSERT INTO meetingd.meetings AS m
-                        (booking_id, platform, requested_platform, external_id, join_url, start_time, end_time, generation, state)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'live')
-                 ON CONFLICT (booking_id) DO UPDATE
-                    SET platform = EXCLUDED.platform, requested_platform = EXCLUDED.requested_platform,
-                        external_id = EXCLUDED.external_id, join_url = EXCLUDED.join_url,
-                        start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
-                        generation = EXCLUDED.generation, state = 'live', updated_at = now(),
-                        linked_at = CASE WHEN m.external_id = EXCLUDED.external_id AND m.state = 'live'
-                                         THEN m.linked_at ELSE clock_timestamp() END",
-                &[&claim.booking_id, platform, requested_platform, &meeting.external_id, &meeting.join_url, start, end, generation],
-            )
-            .await?;
-            if current {
-                tx.execute(
-                    "UPDATE bookings
-                        SET meeting_link = $2, meeting_id = $3, meeting_platform = $4, meeting_settings = $5,
-                            meeting_status = 'ready', meeting_error = NULL
-                      WHERE id = $1",
-                    &[&claim.booking_id, &meeting.join_url, &meeting.external_id, platform, settings],
+            let upsert = tx.prepare_cached(UPSERT_MEETING).await?;
+            writes.push(Box::pin(async move {
+                t.execute(
+                    &upsert,
+                    &[
+                        &claim.booking_id,
+                        platform,
+                        requested_platform,
+                        &meeting.external_id,
+                        &meeting.join_url,
+                        start,
+                        end,
+                        generation,
+                    ],
                 )
-                .await?;
+                .await
+            }));
+            if current {
+                let show = tx.prepare_cached(SHOW_LINK).await?;
+                writes.push(Box::pin(async move {
+                    t.execute(&show, &[&claim.booking_id, &meeting.join_url, &meeting.external_id, platform, settings])
+                        .await
+                }));
             }
         }
         Outcome::Unlinked { deleted } => {
             if *deleted {
-                tx.execute(
-                    "UPDATE meetingd.meetings SET state = 'deleted', updated_at = now() WHERE booking_id = $1",
-                    &[&claim.booking_id],
-                )
-                .await?;
+                let gone = tx
+                    .prepare_cached(
+                        "UPDATE meetingd.meetings SET state = 'deleted', updated_at = now() WHERE booking_id = $1",
+                    )
+                    .await?;
+                writes.push(Box::pin(async move { t.execute(&gone, &[&claim.booking_id]).await }));
             }
             if current {
-                // A manual link is the provider's own: it stays. A booking that never had meeting
-                // state (confirm then cancel before any work) is left as it is: no meeting at all.
-                tx.execute(
-                    "UPDATE bookings
-                        SET meeting_link = NULL, meeting_id = NULL, meeting_error = NULL, meeting_status = 'deleted'
-                      WHERE id = $1 AND meeting_status IS DISTINCT FROM 'manual'
-                        AND ($2 OR meeting_status IS NOT NULL)",
-                    &[&claim.booking_id, deleted],
-                )
-                .await?;
+                let clear = tx.prepare_cached(CLEAR_LINK).await?;
+                writes.push(Box::pin(async move { t.execute(&clear, &[&claim.booking_id, deleted]).await }));
             }
         }
         Outcome::Unchanged => {}
         Outcome::Retry { .. } => {
             if current {
-                tx.execute(
-                    "UPDATE bookings SET meeting_status = 'pending'
-                      WHERE id = $1 AND meeting_status IS DISTINCT FROM 'pending'
-                        AND meeting_status IS DISTINCT FROM 'manual' AND status = 'confirmed'",
-                    &[&claim.booking_id],
-                )
-                .await?;
+                let pending = tx.prepare_cached(SHOW_PENDING).await?;
+                writes.push(Box::pin(async move { t.execute(&pending, &[&claim.booking_id]).await }));
             }
         }
         Outcome::Failed { error } => {
             if current {
-                tx.execute(
-                    "UPDATE bookings SET meeting_status = 'failed', meeting_error = $2
-                      WHERE id = $1 AND meeting_status IS DISTINCT FROM 'manual'",
-                    &[&claim.booking_id, error],
-                )
-                .await?;
+                let failed = tx.prepare_cached(SHOW_FAILED).await?;
+                writes.push(Box::pin(async move { t.execute(&failed, &[&claim.booking_id, error]).await }));
             }
         }
     }
-
-    for entry in audit {
-        insert_audit(&*tx, actor, Some(claim.booking_id), provider_id, Some(claim.attempt), entry).await?;
+    if !audit.is_empty() {
+        let insert = tx.prepare_cached(INSERT_AUDIT).await?;
+        for entry in audit {
+            let insert = insert.clone();
+            writes.push(Box::pin(async move {
+                t.execute(
+                    &insert,
+                    &[
+                        &actor,
+                        &entry.action,
+                        &Some(claim.booking_id),
+                        &provider_id,
+                        &entry.platform,
+                        &entry.outcome,
+                        &Some(claim.attempt),
+                        &entry.duration_ms,
+                        &entry.detail,
+                    ],
+                )
+                .await
+            }));
+        }
     }
     if let (true, Some(event)) = (current, event) {
-        insert_event(&*tx, event, provider_id, Some(claim.booking_id)).await?;
+        let insert = tx.prepare_cached(INSERT_EVENT).await?;
+        writes.push(Box::pin(async move {
+            t.execute(&insert, &[&event.kind, &provider_id, &Some(claim.booking_id), &event.platform, &event.message])
+                .await
+        }));
     }
+    futures_util::future::try_join_all(writes).await?;
     tx.commit().await?;
     Ok(if current { WriteBack::Done } else { WriteBack::Stale })
 }
+
+const FENCE: &str = "UPDATE meetingd.jobs
+    SET state = CASE WHEN version = $3 THEN $4 ELSE 'pending' END,
+        run_at = CASE WHEN version = $3 THEN now() + make_interval(secs => $5) ELSE now() END,
+        last_error = CASE WHEN version = $3 THEN $6 ELSE last_error END,
+        completed_at = CASE WHEN version = $3 AND $4 <> 'pending' THEN clock_timestamp() END,
+        lease_owner = NULL, lease_until = NULL, updated_at = now()
+  WHERE id = $1 AND claim_seq = $2
+RETURNING version = $3";
+
+const UPSERT_MEETING: &str = "INSERT INTO meetingd.meetings AS m
+        (booking_id, platform, requested_platform, external_id, join_url, start_time, end_time, generation, state)
+ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'live')
+ ON CONFLICT (booking_id) DO UPDATE
+    SET platform = EXCLUDED.platform, requested_platform = EXCLUDED.requested_platform,
+        external_id = EXCLUDED.external_id, join_url = EXCLUDED.join_url,
+        start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
+        generation = EXCLUDED.generation, state = 'live', updated_at = now(),
+        linked_at = CASE WHEN m.external_id = EXCLUDED.external_id AND m.state = 'live'
+                         THEN m.linked_at ELSE clock_timestamp() END";
+
+const SHOW_LINK: &str = "UPDATE bookings
+    SET meeting_link = $2, meeting_id = $3, meeting_platform = $4, meeting_settings = $5,
+        meeting_status = 'ready', meeting_error = NULL
+  WHERE id = $1";
+
+/// A manual link is the provider's own: it stays. A booking that never had meeting state (confirm
+/// then cancel before any work) is left as it is: no meeting at all.
+const CLEAR_LINK: &str = "UPDATE bookings
+    SET meeting_link = NULL, meeting_id = NULL, meeting_error = NULL, meeting_status = 'deleted'
+  WHERE id = $1 AND meeting_status IS DISTINCT FROM 'manual' AND ($2 OR meeting_status IS NOT NULL)";
+
+const SHOW_PENDING: &str = "UPDATE bookings SET meeting_status = 'pending'
+  WHERE id = $1 AND meeting_status IS DISTINCT FROM 'pending'
+    AND meeting_status IS DISTINCT FROM 'manual' AND status = 'confirmed'";
+
+const SHOW_FAILED: &str = "UPDATE bookings SET meeting_status = 'failed', meeting_error = $2
+  WHERE id = $1 AND meeting_status IS DISTINCT FROM 'manual'";
+
+const INSERT_AUDIT: &str = "INSERT INTO meetingd.audit_log
+        (actor, action, booking_id, user_id, platform, outcome, attempt, duration_ms, detail)
+ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+const INSERT_EVENT: &str =
+    "INSERT INTO meetingd.events (kind, user_id, booking_id, platform, message) VALUES ($1, $2, $3, $4, $5)";
 
 /// Records a notification for the app (a trigger also sends it on channel `meetingd_events`).
 pub async fn insert_event(
@@ -399,12 +448,7 @@ pub async fn insert_event(
     user_id: Option<Uuid>,
     booking_id: Option<Uuid>,
 ) -> Result<(), DbError> {
-    client
-        .execute(
-            "INSERT INTO meetingd.events (kind, user_id, booking_id, platform, message) VALUES ($1, $2, $3, $4, $5)",
-            &[&event.kind, &user_id, &booking_id, &event.platform, &event.message],
-        )
-        .await?;
+    client.execute(INSERT_EVENT, &[&event.kind, &user_id, &booking_id, &event.platform, &event.message]).await?;
     Ok(())
 }
 
@@ -419,9 +463,18 @@ pub async fn insert_audit(
 ) -> Result<(), DbError> {
     client
         .execute(
-            "INSERT INTO meetingd.audit_log (actor, action, booking_id, user_id, platform, outcome, attempt, duration_ms, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[&actor, &entry.action, &booking_id, &user_id, &entry.platform, &entry.outcome, &attempt, &entry.duration_ms, &entry.detail],
+            INSERT_AUDIT,
+            &[
+                &actor,
+                &entry.action,
+                &booking_id,
+                &user_id,
+                &entry.platform,
+                &entry.outcome,
+                &attempt,
+                &entry.duration_ms,
+                &entry.detail,
+            ],
         )
         .await?;
     Ok(())

@@ -322,9 +322,9 @@ async fn only_the_lease_holder_records_an_outcome() {
     let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
     let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
     let client = pool.get().await.unwrap();
-    let first = meetingd::db::jobs::claim(&**client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
+    let first = meetingd::db::jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
     assert_eq!(first.len(), 1);
-    let snapshot = meetingd::db::jobs::snapshots(&**client, first).await.unwrap().remove(0);
+    let snapshot = meetingd::db::jobs::snapshots(&client, first).await.unwrap().remove(0);
     // The lease runs out and another daemon claims the job.
     s.c.execute("UPDATE meetingd.jobs SET lease_until = now() - interval '1 second'", &[]).await.unwrap();
     assert_eq!(s.worker.run_once().await.unwrap(), 1);
