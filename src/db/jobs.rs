@@ -300,9 +300,7 @@ pub async fn write_back(
         Some(row) => row.get::<_, bool>(0),
     };
 
-    let mut writes: Vec<
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + '_>>,
-    > = Vec::new();
+    let mut writes: Vec<PendingWrite<'_>> = Vec::new();
     let t = &tx;
     match outcome {
         Outcome::Linked { platform, requested_platform, meeting, start, end, generation, settings } => {
@@ -395,6 +393,10 @@ pub async fn write_back(
     tx.commit().await?;
     Ok(if current { WriteBack::Done } else { WriteBack::Stale })
 }
+
+/// One statement of a write-back, sent pipelined with the others.
+type PendingWrite<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
 
 const FENCE: &str = "UPDATE meetingd.jobs
     SET state = CASE WHEN version = $3 THEN $4 ELSE 'pending' END,
