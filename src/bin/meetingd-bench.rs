@@ -327,6 +327,9 @@ impl Daemon {
             .arg("run")
             .env("MEETINGD_DATABASE__URL", url)
             .env("MEETINGD_LOG", "warn")
+            // The benchmark measures the worker; it needs neither the API nor the metrics port.
+            .env("MEETINGD_HTTP__LISTEN", "")
+            .env("MEETINGD_HTTP__METRICS_LISTEN", "")
             .env("MEETINGD_WORKER__CONCURRENCY", concurrency.to_string());
         // `meetingd run` refuses to start without a token key. The scratch database stores no
         // tokens, so a throwaway key does, unless the environment already names one.
