@@ -44,6 +44,27 @@ pub struct Config {
     pub encryption: EncryptionConfig,
     pub google: GoogleConfig,
     pub http: HttpConfig,
+    pub limits: LimitsConfig,
+}
+
+/// Rate limits per platform (see `ratelimit.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub google_meet: RateConfig,
+    pub zoom: RateConfig,
+    pub teams: RateConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    /// Calls per second per connected account.
+    pub integration_rate: f64,
+    pub integration_burst: u32,
+    /// Calls per second for the whole platform (this daemon).
+    pub platform_rate: f64,
+    pub platform_burst: u32,
 }
 
 #[derive(Clone, Deserialize)]
@@ -379,6 +400,14 @@ impl Config {
         }
         if g.request_timeout_ms == 0 {
             problems.push("google.request_timeout_ms must be greater than 0".into());
+        }
+        for (name, r) in
+            [("google_meet", &self.limits.google_meet), ("zoom", &self.limits.zoom), ("teams", &self.limits.teams)]
+        {
+            if !(r.integration_rate > 0.0 && r.platform_rate > 0.0) || r.integration_burst == 0 || r.platform_burst == 0
+            {
+                problems.push(format!("limits.{name}: rates and bursts must be greater than 0"));
+            }
         }
         let h = &self.http;
         if !h.listen.is_empty() && h.listen.parse::<std::net::SocketAddr>().is_err() {

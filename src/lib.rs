@@ -15,6 +15,7 @@ pub mod ics;
 pub mod metrics;
 pub mod oauth;
 pub mod providers;
+pub mod ratelimit;
 pub mod retry;
 pub mod settings;
 pub mod systemd;
@@ -121,7 +122,8 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
     let sampler_pool = pool.clone();
     let worker = Arc::new(
         Worker::new(pool, providers, config.worker.clone(), config.fallback.platform, wake.clone(), instance)
-            .with_liveness(liveness.clone()),
+            .with_liveness(liveness.clone())
+            .with_limits(config.limits.clone()),
     );
     let tasks = TaskTracker::new();
     if let Some(state) = &listener_state {

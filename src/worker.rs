@@ -146,6 +146,7 @@ pub struct Worker {
     wake: Arc<Notify>,
     stats: Stats,
     liveness: Option<Arc<crate::systemd::Liveness>>,
+    limiter: Option<crate::ratelimit::RateLimiter>,
 }
 
 /// Counters since start, for the status line.
@@ -182,7 +183,22 @@ impl Worker {
             wake,
             stats: Stats::default(),
             liveness: None,
+            limiter: None,
         }
+    }
+
+    /// Applies per-platform and per-account rate limits to platform calls.
+    pub fn with_limits(mut self, limits: crate::config::LimitsConfig) -> Worker {
+        self.limiter = Some(crate::ratelimit::RateLimiter::new(limits));
+        self
+    }
+
+    /// `Some(outcome)` when a rate limit holds this call back.
+    fn held_back(&self, platform: Platform, s: &Snapshot) -> Option<Outcome> {
+        let account = s.booking.as_ref()?.provider_id;
+        let wait = self.limiter.as_ref()?.try_acquire(platform, account, std::time::Instant::now()).err()?;
+        tracing::debug!(platform = %platform, wait_ms = wait.as_millis() as u64, "rate limit: deferring the platform call");
+        Some(Outcome::Defer { delay: wait + Duration::from_millis(5) })
     }
 
     /// The loop beats here (for the systemd watchdog).
@@ -338,6 +354,7 @@ impl Worker {
             (Outcome::Unchanged, _) => ("none".to_string(), "unchanged"),
             (Outcome::Retry { .. }, _) => ("none".to_string(), "retry"),
             (Outcome::Failed { .. }, _) => ("none".to_string(), "failed"),
+            (Outcome::Defer { .. }, _) => ("none".to_string(), "deferred"),
         };
         metrics::counter!(crate::metrics::JOBS_COMPLETED, "platform" => platform, "outcome" => label).increment(1);
         match label {
@@ -384,6 +401,9 @@ impl Worker {
                 let outcome = match self.provider_for(&record.platform) {
                     Err(reason) => Outcome::Failed { error: reason },
                     Ok((platform, provider)) => {
+                        if let Some(deferred) = self.held_back(platform, s) {
+                            return (deferred, audit, None);
+                        }
                         let started = Instant::now();
                         let result = provider.update(&record.meeting, &req).await;
                         self.note(&mut audit, "meeting.update", platform, started, &result, s);
@@ -435,6 +455,9 @@ impl Worker {
                 let error = format!("{} meetings are not available on this server.", choice.platform.display_name());
                 return (Outcome::Failed { error: error.clone() }, Some(failed_event(choice.platform, &error)));
             };
+            if let Some(deferred) = self.held_back(choice.platform, s) {
+                return (deferred, None);
+            }
             let started = Instant::now();
             let result = provider.create(req).await;
             self.note(audit, "meeting.create", choice.platform, started, &result, s);
@@ -488,6 +511,9 @@ impl Worker {
             Err(reason) => return Outcome::Failed { error: reason },
         };
         let owner = s.booking.as_ref().map_or(Uuid::nil(), |b| b.provider_id);
+        if let Some(deferred) = self.held_back(platform, s) {
+            return deferred;
+        }
         let started = Instant::now();
         let result = provider.delete(&record.meeting, owner).await;
         self.note(audit, "meeting.delete", platform, started, &result, s);

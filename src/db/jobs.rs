@@ -239,13 +239,15 @@ pub enum Outcome {
     Retry { error: String, delay: Duration },
     /// Out of attempts, or retrying cannot help: the provider is told.
     Failed { error: String },
+    /// Not attempted (a rate limit): run again after `delay`, without spending an attempt.
+    Defer { delay: Duration },
 }
 
 impl Outcome {
     fn job_state(&self) -> &'static str {
         match self {
             Outcome::Linked { .. } | Outcome::Unlinked { .. } | Outcome::Unchanged => "done",
-            Outcome::Retry { .. } => "pending",
+            Outcome::Retry { .. } | Outcome::Defer { .. } => "pending",
             Outcome::Failed { .. } => "failed",
         }
     }
@@ -281,6 +283,7 @@ pub async fn write_back(
     let provider_id = snapshot.booking.as_ref().map(|b| b.provider_id);
     let (delay, last_error) = match outcome {
         Outcome::Retry { error, delay } => (delay.as_secs_f64(), Some(error.as_str())),
+        Outcome::Defer { delay } => (delay.as_secs_f64(), None),
         Outcome::Failed { error } => (0.0, Some(error.as_str())),
         _ => (0.0, None),
     };
@@ -289,8 +292,9 @@ pub async fn write_back(
     let lock = tx.prepare_cached("SELECT 1 FROM bookings WHERE id = $1 FOR UPDATE").await?;
     let fence = tx.prepare_cached(FENCE).await?;
     let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&claim.booking_id];
-    let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
-        [&claim.job_id, &claim.claim_seq, &claim.version, &job_state, &delay, &last_error];
+    let refund = matches!(outcome, Outcome::Defer { .. });
+    let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+        [&claim.job_id, &claim.claim_seq, &claim.version, &job_state, &delay, &last_error, &refund];
     let (_, fenced) = futures_util::try_join!(tx.execute(&lock, &lock_params), tx.query_opt(&fence, &fence_params))?;
     let current = match fenced {
         None => {
@@ -345,7 +349,7 @@ pub async fn write_back(
                 writes.push(Box::pin(async move { t.execute(&clear, &[&claim.booking_id, deleted]).await }));
             }
         }
-        Outcome::Unchanged => {}
+        Outcome::Unchanged | Outcome::Defer { .. } => {}
         Outcome::Retry { .. } => {
             if current {
                 let pending = tx.prepare_cached(SHOW_PENDING).await?;
@@ -401,7 +405,8 @@ type PendingWrite<'a> =
 const FENCE: &str = "UPDATE meetingd.jobs
     SET state = CASE WHEN version = $3 THEN $4 ELSE 'pending' END,
         run_at = CASE WHEN version = $3 THEN now() + make_interval(secs => $5) ELSE now() END,
-        last_error = CASE WHEN version = $3 THEN $6 ELSE last_error END,
+        last_error = CASE WHEN version = $3 AND NOT $7 THEN $6 ELSE last_error END,
+        attempts = CASE WHEN $7 THEN GREATEST(attempts - 1, 0) ELSE attempts END,
         completed_at = CASE WHEN version = $3 AND $4 <> 'pending' THEN clock_timestamp() END,
         lease_owner = NULL, lease_until = NULL, updated_at = now()
   WHERE id = $1 AND claim_seq = $2

@@ -144,7 +144,12 @@ async fn cancel_while_the_platform_creates_ends_with_no_meeting() {
 
 #[tokio::test]
 async fn transient_errors_retry_with_backoff_then_succeed() {
-    let s = setup().await;
+    // Back-off long enough that "not due yet" cannot race the clock.
+    let s = setup_with(|c| {
+        c.worker.retry_base_ms = 10_000;
+        c.worker.retry_max_ms = 20_000;
+    })
+    .await;
     s.platform.fail_next([Failure::Transient, Failure::RateLimited(Some(Duration::from_secs(30)))]);
     let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
 
@@ -159,7 +164,7 @@ async fn transient_errors_retry_with_backoff_then_succeed() {
     s.worker.run_once().await.unwrap();
     let j = job(&s.c, b).await.unwrap();
     assert_eq!((j.attempts, j.due_later), (2, true));
-    // Retry-After is a floor, capped by worker.retry_max_ms (100 ms in tests).
+    // Retry-After (30 s) is a floor, capped by worker.retry_max_ms (20 s here).
     let wait_ms: f64 =
         s.c.query_one(
             "SELECT EXTRACT(EPOCH FROM run_at - updated_at)::float8 * 1000 FROM meetingd.jobs WHERE booking_id = $1",
@@ -168,7 +173,7 @@ async fn transient_errors_retry_with_backoff_then_succeed() {
         .await
         .unwrap()
         .get(0);
-    assert!((90.0..=110.0).contains(&wait_ms), "Retry-After capped at retry_max_ms: {wait_ms}");
+    assert!((19_900.0..=20_100.0).contains(&wait_ms), "Retry-After capped at retry_max_ms: {wait_ms}");
 
     make_due(&s.c).await;
     s.worker.run_once().await.unwrap();
@@ -334,4 +339,49 @@ async fn only_the_lease_holder_records_an_outcome() {
     assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
     let recorded = market::count(&s.c, "SELECT count(*) FROM meetingd.audit_log WHERE outcome = 'ok'").await;
     assert_eq!(recorded, 1, "only the lease holder's write-back committed");
+}
+
+#[tokio::test]
+async fn rate_limits_defer_without_spending_attempts_and_spare_other_providers() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let busy = market::user(&c, "provider").await;
+    let quiet = market::user(&c, "provider").await;
+    let customer = market::user(&c, "customer").await;
+    for p in [busy, quiet] {
+        c.execute(
+            "INSERT INTO user_meeting_integrations (user_id, platform, access_token, is_active) VALUES ($1, 'google_meet', 'x', true)",
+            &[&p],
+        )
+        .await
+        .unwrap();
+    }
+    let busy_service = market::service(&c, busy, true, Some("google_meet")).await;
+    let quiet_service = market::service(&c, quiet, true, Some("google_meet")).await;
+    let busy_bookings = market::book_many(&c, busy_service, customer, 5).await;
+    let quiet_booking = market::book(&c, quiet_service, customer, "pending").await;
+    c.execute("UPDATE bookings SET status = 'confirmed'", &[]).await.unwrap();
+
+    let platform = Scripted::new(Platform::GoogleMeet);
+    let mut config = db.config();
+    config.worker.concurrency = 8;
+    config.limits.google_meet.integration_rate = 0.5;
+    config.limits.google_meet.integration_burst = 2;
+    let worker = worker_for(&config, Providers::default().with(platform.clone())).with_limits(config.limits.clone());
+    assert_eq!(worker.run_once().await.unwrap(), 6);
+
+    let per_booking = platform.live_per_booking();
+    assert_eq!(per_booking.len(), 3, "two of the busy provider's bookings and the quiet one's");
+    assert_eq!(per_booking.get(&quiet_booking), Some(&1), "the quiet provider is not held back");
+    let mut deferred = 0;
+    for b in &busy_bookings {
+        let j = job(&c, *b).await.unwrap();
+        if j.state == "pending" {
+            deferred += 1;
+            assert!(j.due_later, "deferred until a token is due");
+            assert_eq!(j.attempts, 0, "a deferral spends no attempt");
+            assert!(audit(&c, *b).await.is_empty(), "nothing was attempted");
+        }
+    }
+    assert_eq!(deferred, 3);
 }
