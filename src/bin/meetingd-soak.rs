@@ -1,0 +1,2 @@
+//! Chaos soak for meetingd (being written).
+fn main() {}
