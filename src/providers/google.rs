@@ -207,12 +207,8 @@ impl GoogleMeet {
             id: Some(id),
             summary: Some(req.title.clone()),
             description: req.description.clone(),
-            start: Some(EventDateTime {
-                date_time: Some(req.start),
-                time_zone: Some("UTC".into()),
-                ..Default::default()
-            }),
-            end: Some(EventDateTime { date_time: Some(req.end), time_zone: Some("UTC".into()), ..Default::default() }),
+            start: Some(utc(req.start)),
+            end: Some(utc(req.end)),
             attendees: match (&req.customer_email, self.config.invite_customer) {
                 (Some(email), true) => Some(vec![EventAttendee { email: Some(email.clone()), ..Default::default() }]),
                 _ => None,
@@ -259,6 +255,11 @@ impl GoogleMeet {
             event = self.authorized(user, |t| self.get(t, &id)).await.map_err(into_provider)?;
         }
     }
+}
+
+/// An event time in UTC, as Google expects it.
+fn utc(at: chrono::DateTime<chrono::Utc>) -> EventDateTime {
+    EventDateTime { date_time: Some(at), time_zone: Some("UTC".into()), ..Default::default() }
 }
 
 fn conference_request(booking: Uuid, generation: i32, round: u32) -> ConferenceData {
@@ -400,12 +401,8 @@ impl MeetingProvider for GoogleMeet {
         let patch = Event {
             summary: Some(req.title.clone()),
             description: req.description.clone(),
-            start: Some(EventDateTime {
-                date_time: Some(req.start),
-                time_zone: Some("UTC".into()),
-                ..Default::default()
-            }),
-            end: Some(EventDateTime { date_time: Some(req.end), time_zone: Some("UTC".into()), ..Default::default() }),
+            start: Some(utc(req.start)),
+            end: Some(utc(req.end)),
             ..Default::default()
         };
         let updated = self

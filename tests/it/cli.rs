@@ -11,7 +11,8 @@ use uuid::Uuid;
 /// A valid key for the commands that need one (32 zero bytes, base64).
 const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
-fn meetingd(args: &[&str], envs: &[(&str, &str)]) -> Output {
+/// `meetingd <args>` with a test environment: no inherited database URL, a valid key, no listeners.
+fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_meetingd"));
     cmd.args(args)
         .env_remove("DATABASE_URL")
@@ -22,6 +23,11 @@ fn meetingd(args: &[&str], envs: &[(&str, &str)]) -> Output {
     for (k, v) in envs {
         cmd.env(k, v);
     }
+    cmd
+}
+
+fn meetingd(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = command(args, envs);
     cmd.output().expect("run meetingd")
 }
 
@@ -140,16 +146,7 @@ async fn demo_prints_a_real_jitsi_link_and_exits_zero() {
 
 fn meetingd_stdin(args: &[&str], envs: &[(&str, &str)], stdin: &str) -> Output {
     use std::io::Write;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meetingd"));
-    cmd.args(args)
-        .env_remove("DATABASE_URL")
-        .env("MEETINGD_LOG", "warn")
-        .env("MEETINGD_ENCRYPTION__KEY", KEY)
-        .env("MEETINGD_HTTP__LISTEN", "")
-        .env("MEETINGD_HTTP__METRICS_LISTEN", "");
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
+    let mut cmd = command(args, envs);
     let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
