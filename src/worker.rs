@@ -18,7 +18,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::{Fallback, WorkerConfig};
-use crate::db::jobs::{self, AuditEntry, Event, MeetingRecord, Outcome, Snapshot, WriteBack};
+use crate::db::jobs::{self, AuditEntry, Event, Intent, MeetingRecord, Outcome, Snapshot, WriteBack};
 use crate::db::{DbError, Pool};
 use crate::providers::{Choice, Meeting, MeetingRequest, Platform, ProviderError, Providers, choose_platform};
 use crate::retry::jitter_unit;
@@ -90,7 +90,17 @@ pub fn plan(s: &Snapshot, available: impl Fn(Platform) -> bool, fallback: Fallba
         provider: b.provider_name.as_deref().unwrap_or("provider"),
     });
     let description = settings.description.clone().or_else(|| b.description.clone());
-    let last_generation = s.meeting.as_ref().map_or(0, |m| m.generation);
+    // A create recorded but never answered may exist on its platform under its generation: a new
+    // create there reuses that identity (the platform adopts it); anywhere else, it gets a new one.
+    let generation_on = |choice: &Choice| match &s.claim.intent {
+        Some(i)
+            if i.platform == choice.platform.as_str()
+                && i.generation > s.meeting.as_ref().map_or(0, |m| m.generation) =>
+        {
+            i.generation
+        }
+        _ => next_generation(s),
+    };
     let request = |generation| MeetingRequest {
         booking_id: b.booking_id,
         generation,
@@ -111,7 +121,8 @@ pub fn plan(s: &Snapshot, available: impl Fn(Platform) -> bool, fallback: Fallba
                 if let Ok(choice) = choose()
                     && choice.platform.as_str() != record.platform
                 {
-                    return Plan::Replace { old: record, choice, req: request(last_generation + 1) };
+                    let generation = generation_on(&choice);
+                    return Plan::Replace { old: record, choice, req: request(generation) };
                 }
             }
             let req = request(record.generation);
@@ -122,9 +133,31 @@ pub fn plan(s: &Snapshot, available: impl Fn(Platform) -> bool, fallback: Fallba
             }
         }
         None => match choose() {
-            Ok(choice) => Plan::Create { choice, req: request(last_generation + 1) },
+            Ok(choice) => {
+                let generation = generation_on(&choice);
+                Plan::Create { choice, req: request(generation) }
+            }
             Err(reason) => Plan::Fail(reason),
         },
+    }
+}
+
+/// A generation no meeting of the booking has used: past the recorded meeting and any recorded intent.
+fn next_generation(s: &Snapshot) -> i32 {
+    let recorded = s.meeting.as_ref().map_or(0, |m| m.generation);
+    recorded.max(s.claim.intended_generation) + 1
+}
+
+impl Plan {
+    /// Whether carrying out the plan creates the meeting `intent` stands for (same platform and
+    /// generation), so that meeting is adopted rather than deleted first.
+    fn reuses(&self, intent: &Intent) -> bool {
+        match self {
+            Plan::Create { choice, req } | Plan::Replace { choice, req, .. } => {
+                choice.platform.as_str() == intent.platform && req.generation == intent.generation
+            }
+            _ => false,
+        }
     }
 }
 
@@ -305,7 +338,9 @@ impl Worker {
     pub async fn process(&self, s: Snapshot) -> Processed {
         let span = tracing::info_span!("job", booking_id = %s.claim.booking_id, attempt = s.claim.attempt);
         async {
-            let (outcome, audit, event) = match AssertUnwindSafe(self.reconcile(&s)).catch_unwind().await {
+            let mut intents = Intents { current: s.claim.intent.clone(), discarded: None };
+            let reconciled = AssertUnwindSafe(self.reconcile(&s, &mut intents)).catch_unwind().await;
+            let (outcome, audit, event) = match reconciled {
                 Ok(result) => result,
                 Err(panic) => {
                     let what = panic_message(&panic);
@@ -314,7 +349,8 @@ impl Worker {
                     (self.after_error(&s, ProviderError::Transient(error.clone()), "reconcile", None), Vec::new(), None)
                 }
             };
-            let processed = self.record(&s, &outcome, &audit, event.as_ref()).await;
+            let resolved = intents.resolved(&outcome);
+            let processed = self.record(&s, &outcome, &audit, event.as_ref(), resolved.as_ref()).await;
             self.count(&s, &outcome, processed);
             processed
         }
@@ -322,7 +358,14 @@ impl Worker {
         .await
     }
 
-    async fn record(&self, s: &Snapshot, outcome: &Outcome, audit: &[AuditEntry], event: Option<&Event>) -> Processed {
+    async fn record(
+        &self,
+        s: &Snapshot,
+        outcome: &Outcome,
+        audit: &[AuditEntry],
+        event: Option<&Event>,
+        resolved: Option<&Intent>,
+    ) -> Processed {
         let mut client = match self.pool.get().await {
             Ok(c) => c,
             Err(e) => {
@@ -330,7 +373,7 @@ impl Worker {
                 return Processed::NotRecorded;
             }
         };
-        match jobs::write_back(&mut client, &self.actor, s, outcome, audit, event).await {
+        match jobs::write_back(&mut client, &self.actor, s, outcome, audit, event, resolved).await {
             Ok(WriteBack::LeaseLost) => {
                 tracing::warn!("lease on the job expired before its outcome was recorded; another claim owns it now");
                 Processed::Recorded(WriteBack::LeaseLost)
@@ -379,10 +422,23 @@ impl Worker {
         )
     }
 
-    async fn reconcile(&self, s: &Snapshot) -> (Outcome, Vec<AuditEntry>, Option<Event>) {
+    async fn reconcile(&self, s: &Snapshot, intents: &mut Intents) -> (Outcome, Vec<AuditEntry>, Option<Event>) {
         let available = |p: Platform| self.providers.get(p).is_some();
         let mut audit = Vec::new();
-        match plan(s, available, self.fallback) {
+        let plan = plan(s, available, self.fallback);
+        // A meeting an earlier create may have made, which this plan does not adopt: delete it first.
+        if let Some(stray) = s.claim.intent.as_ref().filter(|i| !plan.reuses(i)) {
+            if let Err(outcome) = self.discard(s, stray, &mut audit).await {
+                let event = failed(&outcome, &stray.platform);
+                return (outcome, audit, event);
+            }
+            intents.current = None;
+            intents.discarded = Some(stray.clone());
+        }
+        match plan {
+            Plan::Record(Outcome::Unlinked { deleted: false }) if intents.discarded.is_some() => {
+                (Outcome::Unlinked { deleted: true }, audit, None)
+            }
             Plan::Record(outcome) => (outcome, audit, None),
             Plan::Fail(reason) => {
                 tracing::warn!(outcome = "failed", reason = %reason, "booking cannot get a meeting");
@@ -394,7 +450,7 @@ impl Worker {
                 (linked(&record.platform, &record.requested_platform, record.meeting, &req), audit, None)
             }
             Plan::Create { choice, req } => {
-                let (outcome, event) = self.create(s, choice, &req, &mut audit).await;
+                let (outcome, event) = self.create(s, choice, &req, &mut audit, intents).await;
                 (outcome, audit, event)
             }
             Plan::Update { record, req } => {
@@ -411,9 +467,9 @@ impl Worker {
                             Ok(meeting) => linked(platform.as_str(), &record.requested_platform, meeting, &req),
                             // Deleted at the platform by someone else: make a new one.
                             Err(ProviderError::NotFound) => {
-                                let again = MeetingRequest { generation: record.generation + 1, ..req };
+                                let again = MeetingRequest { generation: next_generation(s), ..req };
                                 let choice = Choice { platform, fallback: false };
-                                let (outcome, event) = self.create(s, choice, &again, &mut audit).await;
+                                let (outcome, event) = self.create(s, choice, &again, &mut audit, intents).await;
                                 return (outcome, audit, event);
                             }
                             Err(e) => self.after_error(s, e, "update", Some(platform)),
@@ -424,12 +480,12 @@ impl Worker {
                 (outcome, audit, event)
             }
             Plan::Delete { record } => {
-                let outcome = self.delete(s, &record, &mut audit).await;
+                let outcome = self.delete(s, &record.platform, &record.meeting, &mut audit).await;
                 (outcome, audit, None)
             }
-            Plan::Replace { old, choice, req } => match self.delete(s, &old, &mut audit).await {
+            Plan::Replace { old, choice, req } => match self.delete(s, &old.platform, &old.meeting, &mut audit).await {
                 Outcome::Unlinked { .. } => {
-                    let (outcome, event) = self.create(s, choice, &req, &mut audit).await;
+                    let (outcome, event) = self.create(s, choice, &req, &mut audit, intents).await;
                     (outcome, audit, event)
                 }
                 other => {
@@ -448,6 +504,7 @@ impl Worker {
         mut choice: Choice,
         req: &MeetingRequest,
         audit: &mut Vec<AuditEntry>,
+        intents: &mut Intents,
     ) -> (Outcome, Option<Event>) {
         let mut fell_back_because: Option<String> = None;
         loop {
@@ -457,6 +514,12 @@ impl Worker {
             };
             if let Some(deferred) = self.held_back(choice.platform, s) {
                 return (deferred, None);
+            }
+            if let Err(outcome) =
+                self.record_intent(s, provider.as_ref(), choice.platform, req.generation, intents).await
+            {
+                let event = failed(&outcome, choice.platform.as_str());
+                return (outcome, event);
             }
             let started = Instant::now();
             let result = provider.create(req).await;
@@ -505,8 +568,62 @@ impl Worker {
         }
     }
 
-    async fn delete(&self, s: &Snapshot, record: &MeetingRecord, audit: &mut Vec<AuditEntry>) -> Outcome {
-        let (platform, provider) = match self.provider_for(&record.platform) {
+    /// Records, before the platform call, that `generation` is about to be created on `platform`
+    /// (platforms whose meetings exist before their create answers; see `MeetingProvider::intent_id`).
+    /// `Err(outcome)` when it could not be recorded: the call is not made.
+    async fn record_intent(
+        &self,
+        s: &Snapshot,
+        provider: &dyn crate::providers::MeetingProvider,
+        platform: Platform,
+        generation: i32,
+        intents: &mut Intents,
+    ) -> Result<(), Outcome> {
+        if provider.intent_id(s.claim.booking_id, generation).is_none() {
+            return Ok(());
+        }
+        let intent = Intent { platform: platform.as_str().to_string(), generation };
+        if intents.current.as_ref() == Some(&intent) {
+            return Ok(());
+        }
+        let recorded = async {
+            let client = self.pool.get().await?;
+            jobs::record_intent(&client, &s.claim, &intent.platform, generation).await
+        }
+        .await;
+        let problem = match recorded {
+            Ok(true) => {
+                intents.current = Some(intent);
+                return Ok(());
+            }
+            // Another claim owns the job: its write-back is fenced out too.
+            Ok(false) => "the job's lease expired before the meeting was created".to_string(),
+            Err(e) => format!("could not record the create before making it: {e}"),
+        };
+        tracing::warn!(platform = %platform, problem = %problem, "platform call not made");
+        Err(self.after_error(s, ProviderError::Transient(problem), "create", Some(platform)))
+    }
+
+    /// Deletes the meeting a recorded but unanswered create may have made (a platform answers a
+    /// meeting that never existed as already deleted). `Err(outcome)` when that must be retried first.
+    async fn discard(&self, s: &Snapshot, intent: &Intent, audit: &mut Vec<AuditEntry>) -> Result<(), Outcome> {
+        let external_id = match self.provider_for(&intent.platform) {
+            Ok((_, provider)) => provider.intent_id(s.claim.booking_id, intent.generation),
+            Err(reason) => {
+                tracing::warn!(platform = %intent.platform, reason = %reason, "a meeting an earlier create may have made cannot be deleted");
+                None
+            }
+        };
+        let Some(external_id) = external_id else { return Ok(()) };
+        let meeting = Meeting { external_id, join_url: String::new() };
+        match self.delete(s, &intent.platform, &meeting, audit).await {
+            Outcome::Unlinked { .. } => Ok(()),
+            other => Err(other),
+        }
+    }
+
+    async fn delete(&self, s: &Snapshot, platform: &str, meeting: &Meeting, audit: &mut Vec<AuditEntry>) -> Outcome {
+        let (platform, provider) = match self.provider_for(platform) {
             Ok(found) => found,
             Err(reason) => return Outcome::Failed { error: reason },
         };
@@ -515,7 +632,7 @@ impl Worker {
             return deferred;
         }
         let started = Instant::now();
-        let result = provider.delete(&record.meeting, owner).await;
+        let result = provider.delete(meeting, owner).await;
         self.note(audit, "meeting.delete", platform, started, &result, s);
         match result {
             Ok(()) => Outcome::Unlinked { deleted: true },
@@ -592,6 +709,30 @@ impl Worker {
             tracing::warn!(platform = %platform, operation = action, outcome, duration_ms, error = detail.as_deref().unwrap_or(""), "meeting operation");
         }
         audit.push(entry(action, Some(platform.as_str().to_string()), outcome, Some(duration_ms), detail));
+    }
+}
+
+/// The job's recorded create intent as one run changes it.
+struct Intents {
+    /// The intent in the job row, as this run left it.
+    current: Option<Intent>,
+    /// An intent whose meeting this run deleted.
+    discarded: Option<Intent>,
+}
+
+impl Intents {
+    /// The intent the write-back clears: the one the outcome's meeting stands for, or the one
+    /// whose meeting was deleted when no newer one was recorded.
+    fn resolved(&self, outcome: &Outcome) -> Option<Intent> {
+        match (&self.current, outcome) {
+            (Some(i), Outcome::Linked { platform, generation, .. })
+                if i.platform == *platform && i.generation == *generation =>
+            {
+                Some(i.clone())
+            }
+            (Some(_), _) => None,
+            (None, _) => self.discarded.clone(),
+        }
     }
 }
 

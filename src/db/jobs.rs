@@ -30,6 +30,18 @@ pub struct Claim {
     pub attempt: i32,
     /// When the booking change was recorded (for confirm-to-link latency).
     pub requested_at: DateTime<Utc>,
+    /// A create that an earlier run recorded before calling the platform and whose result was
+    /// never recorded: that meeting may exist.
+    pub intent: Option<Intent>,
+    /// The highest generation a create was ever recorded for (0: none): never used again.
+    pub intended_generation: i32,
+}
+
+/// A create recorded before its platform call (`meetingd.jobs.intent_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    pub platform: String,
+    pub generation: i32,
 }
 
 /// Claims up to `limit` due jobs for `owner`, with a lease on the database clock. The statement
@@ -51,7 +63,8 @@ pub async fn claim(client: &impl Cached, owner: Uuid, limit: usize, lease: Durat
                     claim_seq = j.claim_seq + 1, attempts = j.attempts + 1, updated_at = now()
                FROM due
               WHERE j.id = due.id
-          RETURNING j.id, j.booking_id, j.claim_seq, j.version, j.attempts, j.requested_at",
+          RETURNING j.id, j.booking_id, j.claim_seq, j.version, j.attempts, j.requested_at,
+                    j.intent_platform, j.intent_generation",
         )
         .await?;
     let rows = client.query(&statement, &[&(limit as i64), &owner, &lease.as_secs_f64()]).await?;
@@ -64,8 +77,31 @@ pub async fn claim(client: &impl Cached, owner: Uuid, limit: usize, lease: Durat
             version: r.get(3),
             attempt: r.get(4),
             requested_at: r.get(5),
+            intent: r
+                .get::<_, Option<String>>(6)
+                .zip(r.get::<_, Option<i32>>(7))
+                .map(|(platform, generation)| Intent { platform, generation }),
+            intended_generation: r.get::<_, Option<i32>>(7).unwrap_or(0),
         })
         .collect())
+}
+
+/// Records, fenced on the claim, that a create of `generation` on `platform` is about to be
+/// attempted. Commits on its own before the platform call; `false` when the lease was lost (the
+/// call must not be made).
+pub async fn record_intent(
+    client: &impl Cached,
+    claim: &Claim,
+    platform: &str,
+    generation: i32,
+) -> Result<bool, DbError> {
+    let statement = client
+        .prepare_cached(
+            "UPDATE meetingd.jobs SET intent_platform = $3, intent_generation = $4
+              WHERE id = $1 AND claim_seq = $2",
+        )
+        .await?;
+    Ok(client.execute(&statement, &[&claim.job_id, &claim.claim_seq, &platform, &generation]).await? == 1)
 }
 
 /// How long until the next pending job becomes due (zero if one is due now), `None` if none is pending.
@@ -271,6 +307,9 @@ pub enum WriteBack {
 ///
 /// Statements are prepared once per connection and sent pipelined: the lock and the fence in one
 /// round trip, everything the outcome writes in a second, then the commit.
+///
+/// `resolved` is the recorded create intent this run settled (its meeting is now recorded, or was
+/// deleted); it is cleared only if it is still the job's intent.
 pub async fn write_back(
     client: &mut deadpool_postgres::Object,
     actor: &str,
@@ -278,6 +317,7 @@ pub async fn write_back(
     outcome: &Outcome,
     audit: &[AuditEntry],
     event: Option<&Event>,
+    resolved: Option<&Intent>,
 ) -> Result<WriteBack, DbError> {
     let claim = &snapshot.claim;
     let provider_id = snapshot.booking.as_ref().map(|b| b.provider_id);
@@ -293,8 +333,19 @@ pub async fn write_back(
     let fence = tx.prepare_cached(FENCE).await?;
     let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&claim.booking_id];
     let refund = matches!(outcome, Outcome::Defer { .. });
-    let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
-        [&claim.job_id, &claim.claim_seq, &claim.version, &job_state, &delay, &last_error, &refund];
+    let resolved_platform = resolved.map(|i| i.platform.as_str());
+    let resolved_generation = resolved.map(|i| i.generation);
+    let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+        &claim.job_id,
+        &claim.claim_seq,
+        &claim.version,
+        &job_state,
+        &delay,
+        &last_error,
+        &refund,
+        &resolved_platform,
+        &resolved_generation,
+    ];
     let (_, fenced) = futures_util::try_join!(tx.execute(&lock, &lock_params), tx.query_opt(&fence, &fence_params))?;
     let current = match fenced {
         None => {
@@ -408,7 +459,8 @@ const FENCE: &str = "UPDATE meetingd.jobs
         last_error = CASE WHEN version = $3 AND NOT $7 THEN $6 ELSE last_error END,
         attempts = CASE WHEN $7 THEN GREATEST(attempts - 1, 0) ELSE attempts END,
         completed_at = CASE WHEN version = $3 AND $4 <> 'pending' THEN clock_timestamp() END,
-        lease_owner = NULL, lease_until = NULL, updated_at = now()
+        lease_owner = NULL, lease_until = NULL, updated_at = now(),
+        intent_platform = CASE WHEN intent_platform = $8 AND intent_generation = $9 THEN NULL ELSE intent_platform END
   WHERE id = $1 AND claim_seq = $2
 RETURNING version = $3";
 

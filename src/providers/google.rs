@@ -258,6 +258,17 @@ impl GoogleMeet {
 }
 
 /// An event time in UTC, as Google expects it.
+/// The fields a booking change moves: title, description and times.
+fn schedule(req: &MeetingRequest) -> Event {
+    Event {
+        summary: Some(req.title.clone()),
+        description: req.description.clone(),
+        start: Some(utc(req.start)),
+        end: Some(utc(req.end)),
+        ..Default::default()
+    }
+}
+
 fn utc(at: chrono::DateTime<chrono::Utc>) -> EventDateTime {
     EventDateTime { date_time: Some(at), time_zone: Some("UTC".into()), ..Default::default() }
 }
@@ -389,7 +400,13 @@ impl MeetingProvider for GoogleMeet {
                     )));
                 }
                 tracing::info!(booking_id = %req.booking_id, event_id = %id, "adopted the Google Calendar event an earlier attempt created");
-                existing
+                // That attempt may have been made before the booking moved.
+                let at = |t: &Option<EventDateTime>| t.as_ref().and_then(|t| t.date_time);
+                if at(&existing.start) == Some(req.start) && at(&existing.end) == Some(req.end) {
+                    existing
+                } else {
+                    self.authorized(user, |t| self.patch(t, &id, schedule(req))).await.map_err(into_provider)?
+                }
             }
             Err(e) => return Err(into_provider(e)),
         };
@@ -398,13 +415,7 @@ impl MeetingProvider for GoogleMeet {
 
     async fn update(&self, existing: &Meeting, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
         let user = req.provider_user_id;
-        let patch = Event {
-            summary: Some(req.title.clone()),
-            description: req.description.clone(),
-            start: Some(utc(req.start)),
-            end: Some(utc(req.end)),
-            ..Default::default()
-        };
+        let patch = schedule(req);
         let updated = self
             .authorized(user, |t| self.patch(t, &existing.external_id, patch.clone()))
             .await
@@ -420,6 +431,10 @@ impl MeetingProvider for GoogleMeet {
             Ok(()) | Err(CallError::NotFound) => Ok(()),
             Err(e) => Err(into_provider(e)),
         }
+    }
+
+    fn intent_id(&self, booking_id: Uuid, generation: i32) -> Option<String> {
+        Some(event_id(booking_id, generation))
     }
 }
 

@@ -178,6 +178,14 @@ pub trait MeetingProvider: Send + Sync {
     async fn update(&self, existing: &Meeting, req: &MeetingRequest) -> Result<Meeting, ProviderError>;
     /// Removes the meeting; a meeting that is already gone counts as deleted.
     async fn delete(&self, existing: &Meeting, provider_user_id: Uuid) -> Result<(), ProviderError>;
+    /// The platform-side id that `create` gives the meeting of `(booking_id, generation)`, for a
+    /// platform that keeps state and lets the client choose the id. The worker records the intent
+    /// before creating such a meeting, so that one whose create answer was lost (or whose daemon
+    /// died mid-call) is adopted by the retry or deleted when the booking no longer wants it.
+    /// `None` (the default): nothing exists at the platform until `create` answers.
+    fn intent_id(&self, _booking_id: Uuid, _generation: i32) -> Option<String> {
+        None
+    }
 }
 
 /// A `Retry-After` header: delay-seconds or an HTTP date (RFC 9110 §10.2.3).

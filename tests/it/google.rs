@@ -267,6 +267,57 @@ async fn lost_create_response_is_reconciled_by_adopting_the_event() {
 }
 
 #[tokio::test]
+async fn lost_create_response_then_cancel_deletes_the_event_nobody_recorded() {
+    let g = setup().await;
+    g.google.fail_next([Fail { after_work: true, ..Fail::status(503, "backendError") }]);
+    let b = g.book().await;
+    g.run().await;
+    let id = meetingd::providers::google::event_id(b, 1);
+    assert!(!g.google.event(&id).unwrap().deleted, "Google made the event; meetingd never heard back");
+    assert_eq!(meeting(&g.c, b).await.link, None);
+
+    market::set_status(&g.c, b, "cancelled").await;
+    g.run().await;
+    assert!(g.google.event(&id).unwrap().deleted, "the recorded intent lets the cancel find the event");
+    assert!(g.google.live_events().is_empty());
+    let j = job(&g.c, b).await.unwrap();
+    assert_eq!(j.state, "done", "{j:?}");
+    let intent: Option<String> =
+        g.c.query_one("SELECT intent_platform FROM meetingd.jobs WHERE booking_id = $1", &[&b]).await.unwrap().get(0);
+    assert_eq!(intent, None, "the deleted event's intent is settled");
+
+    // Confirmed again: a new event id, since Google keeps the deleted one reserved.
+    market::set_status(&g.c, b, "confirmed").await;
+    g.run().await;
+    let state = meeting(&g.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
+    assert_eq!(state.meeting_id.as_deref(), Some(meetingd::providers::google::event_id(b, 2).as_str()));
+    assert_eq!(g.google.live_events().len(), 1);
+}
+
+#[tokio::test]
+async fn lost_create_response_then_reschedule_adopts_the_event_and_moves_it() {
+    let g = setup().await;
+    g.google.fail_next([Fail { after_work: true, ..Fail::status(503, "backendError") }]);
+    let b = g.book().await;
+    g.run().await;
+    market::reschedule_hours(&g.c, b, 3).await;
+    g.run().await;
+
+    let state = meeting(&g.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
+    let id = meetingd::providers::google::event_id(b, 1);
+    assert_eq!(state.meeting_id.as_deref(), Some(id.as_str()), "the event made before the move is adopted");
+    let event = g.google.event(&id).unwrap();
+    let (start, end): (chrono::DateTime<Utc>, chrono::DateTime<Utc>) = {
+        let row = g.c.query_one("SELECT start_time, end_time FROM bookings WHERE id = $1", &[&b]).await.unwrap();
+        (row.get(0), row.get(1))
+    };
+    let at = |key: &str| event.body[key]["dateTime"].as_str().unwrap().parse::<chrono::DateTime<Utc>>().unwrap();
+    assert_eq!((at("start"), at("end")), (start, end), "the adopted event follows the booking's new times");
+    assert_eq!(g.google.live_events().len(), 1);
+}
+#[tokio::test]
 async fn error_classes_retry_or_fail_as_google_documents() {
     // (failure, retried?)
     let cases: Vec<(Fail, bool)> = vec![
