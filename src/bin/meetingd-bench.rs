@@ -11,12 +11,21 @@
 //! * burst: N bookings confirmed by one statement; throughput, commit-to-link latency, the
 //!   daemon's peak RSS and the database transactions it spends per booking;
 //! * sequential: M further bookings confirmed one at a time, each waited for before the next;
-//!   commit-to-link latency of a daemon that is not busy.
+//!   commit-to-link latency of a daemon that is not busy;
+//! * slow platform: L bookings of Google Meet services, confirmed by one statement, against an
+//!   in-process fake of Google Calendar that takes `--provider-latency-ms` to answer every call
+//!   (rate limits lifted): throughput against the bound `worker.concurrency / latency`.
+//!
+//! Before the burst, the idle daemon's CPU use is sampled from /proc for a few seconds.
 //!
 //! Latencies come from database timestamps only: from `meetingd.jobs.requested_at` (set by the
 //! trigger while the confirmation is recorded) to `meetingd.meetings.linked_at` (set when the link
 //! is written back), so the bench's own polling interval does not enter them. Jitsi rooms need no
-//! network call, so the figures are meetingd's and PostgreSQL's own.
+//! network call, so the burst and sequential figures are meetingd's and PostgreSQL's own.
+
+#[allow(dead_code)]
+#[path = "../../tests/it/helpers/fake_google.rs"]
+mod fake_google;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
@@ -24,9 +33,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::Parser;
+use fake_google::FakeGoogle;
+use meetingd::admin::{NewIntegration, store_integration};
 use meetingd::crypto::Keyring;
 use meetingd::demo::{MARKETPLACE_FIXTURE, with_dbname};
-use secrecy::ExposeSecret;
+use meetingd::providers::Platform;
+use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::{Client, NoTls, Statement};
 use uuid::Uuid;
 
@@ -49,8 +61,14 @@ const STATS_MIN_INTERVAL: Duration = Duration::from_millis(1_100);
 /// Tags in `bookings.notes` telling the two phases' bookings apart.
 const BURST_TAG: &str = "bench:burst";
 const SEQUENTIAL_TAG: &str = "bench:sequential";
+const SLOW_TAG: &str = "bench:slow";
 const BURST_SERVICE: &str = "Bench burst session";
 const SEQUENTIAL_SERVICE: &str = "Bench sequential session";
+const SLOW_SERVICE: &str = "Bench slow-platform session";
+/// Providers of the slow-platform phase, each with a Google connection.
+const SLOW_PROVIDERS: i32 = 20;
+/// How long the idle daemon's CPU use is sampled.
+const IDLE_SAMPLE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,6 +88,12 @@ struct Args {
     /// The daemon's worker.concurrency.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: u32,
+    /// Google Meet bookings confirmed at once against the slow fake platform (0 skips that phase).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    slow_bookings: u32,
+    /// How long the fake platform takes to answer each call in the slow-platform phase.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    provider_latency_ms: u64,
     /// Repetitions, each on a fresh scratch database and a fresh daemon.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     runs: u32,
@@ -150,8 +174,14 @@ async fn print_header(admin: &Client, args: &Args) -> Result<()> {
     println!("meetingd-bench — a benchmark, not a test");
     println!("machine     nproc {cpus}{model}; PostgreSQL {version}");
     println!(
-        "workload    burst N={} over {} providers, sequential M={}, concurrency {}, runs {}",
-        args.bookings, args.providers, args.sequential, args.concurrency, args.runs
+        "workload    burst N={} over {} providers, sequential M={}, slow platform L={} at {} ms, concurrency {}, runs {}",
+        args.bookings,
+        args.providers,
+        args.sequential,
+        args.slow_bookings,
+        args.provider_latency_ms,
+        args.concurrency,
+        args.runs
     );
     Ok(())
 }
@@ -199,6 +229,9 @@ struct RunFigures {
     /// Database transactions committed per burst booking, the bench's own excluded.
     tx_per_booking: f64,
     sequential: Latency,
+    slow: Option<Slow>,
+    /// CPU the idle daemon used, in % of one core.
+    idle_cpu_pct: f64,
     idle_rss_kb: u64,
     peak_rss_kb: u64,
     check: Check,
@@ -210,29 +243,50 @@ async fn measure(url: &str, daemon_bin: &Path, args: &Args) -> Result<RunFigures
     eprintln!("· loading the marketplace schema, migrating, seeding {} + {} bookings", args.bookings, args.sequential);
     prepare_schema(&mut db).await?;
     let sequential_ids = seed(&db, args).await?;
+    let google = FakeGoogle::start().await;
+    google.state.lock().map_err(|_| anyhow!("the fake platform's state is poisoned"))?.latency =
+        Some(Duration::from_millis(args.provider_latency_ms));
+    let key = Keyring::generate_key();
+    if args.slow_bookings > 0 {
+        seed_slow(&mut db, &google, &key, args.slow_bookings).await?;
+    }
 
     let started = Instant::now();
-    let mut daemon = Daemon::start(daemon_bin, url, args.concurrency)?;
+    let mut daemon = Daemon::start(daemon_bin, url, args.concurrency, &key, &google.base())?;
     daemon.wait_listening(&db).await?;
     let idle_rss_kb = daemon.proc_status_kb("VmRSS")?;
     eprintln!(
-        "· meetingd (pid {}) listening after {} ms; burst of {}",
+        "· meetingd (pid {}) listening after {} ms; sampling its idle CPU for {} s",
         daemon.pid,
         started.elapsed().as_millis(),
-        args.bookings
+        IDLE_SAMPLE.as_secs()
     );
+    let idle_cpu_pct = daemon.idle_cpu_pct(IDLE_SAMPLE).await?;
+    eprintln!("· burst of {}", args.bookings);
 
     let burst = run_burst(&db, &mut daemon, args.bookings).await?;
     eprintln!("· sequential: {} bookings one at a time", sequential_ids.len());
     let sequential = run_sequential(&db, &mut daemon, &sequential_ids).await?;
     let peak_rss_kb = daemon.proc_status_kb("VmHWM")?.max(daemon.max_rss_kb);
-    let check = Check::read(&db, u64::from(args.bookings) + u64::from(args.sequential)).await?;
+    let slow = if args.slow_bookings > 0 {
+        eprintln!(
+            "· slow platform: {} Google Meet bookings at {} ms a call",
+            args.slow_bookings, args.provider_latency_ms
+        );
+        Some(run_slow(&db, &mut daemon, args).await?)
+    } else {
+        None
+    };
+    let expected = u64::from(args.bookings) + u64::from(args.sequential) + u64::from(args.slow_bookings);
+    let check = Check::read(&db, expected).await?;
     let daemon_exit = daemon.stop().await?;
     Ok(RunFigures {
         burst: burst.latency,
         burst_rate: burst.rate,
         tx_per_booking: burst.tx_per_booking,
         sequential,
+        slow,
+        idle_cpu_pct,
         idle_rss_kb,
         peak_rss_kb,
         check,
@@ -312,6 +366,95 @@ async fn seed_bookings(db: &Client, service: &str, tag: &str, count: i32, first_
     Ok(())
 }
 
+/// Providers with a Google Meet service and a Google connection at the fake, and `n` pending
+/// bookings of those services, after every other phase's.
+async fn seed_slow(db: &mut Client, google: &FakeGoogle, key: &SecretString, n: u32) -> Result<()> {
+    let providers = db
+        .query(
+            "INSERT INTO users (email, full_name, role)
+             SELECT format('slow-provider-%s@bench.example', g), format('Bench slow provider %s', g), 'provider'
+               FROM generate_series(1, $1::int) g
+             RETURNING id",
+            &[&SLOW_PROVIDERS],
+        )
+        .await
+        .context("seeding the slow-platform providers")?;
+    db.execute(
+        "INSERT INTO services (provider_id, title, description, duration_minutes, is_online, meeting_platform)
+         SELECT id, $1, 'Online session', 60, true, 'google_meet'
+           FROM users WHERE email LIKE 'slow-provider-%'",
+        &[&SLOW_SERVICE],
+    )
+    .await
+    .context("seeding the slow-platform services")?;
+    let keyring = Keyring::new(key, &[]).context("building the keyring")?;
+    let tx = db.transaction().await.context("starting the integrations transaction")?;
+    for (i, row) in providers.iter().enumerate() {
+        let (access, refresh) = google.issue();
+        let new = NewIntegration {
+            user_id: row.get(0),
+            platform: Platform::GoogleMeet,
+            access_token: SecretString::from(access),
+            refresh_token: Some(SecretString::from(refresh)),
+            expires_at: Some(chrono::Utc::now() + chrono::Duration::hours(2)),
+            scopes: vec!["https://www.googleapis.com/auth/calendar.events".into()],
+            platform_user_id: None,
+            email: Some(format!("slow-provider-{i}@bench.example")),
+        };
+        store_integration(&tx, &keyring, "bench", &new).await.context("storing a Google integration")?;
+    }
+    tx.commit().await.context("committing the integrations")?;
+    let count = i32::try_from(n).context("--slow-bookings")?;
+    let last_day: i32 =
+        db.query_one("SELECT (max(start_time)::date - now()::date)::int FROM bookings", &[]).await?.get(0);
+    seed_bookings(db, SLOW_SERVICE, SLOW_TAG, count, last_day + 2).await?;
+    db.batch_execute("ANALYZE").await.context("analyzing the seeded tables")?;
+    Ok(())
+}
+
+/// The slow-platform phase's figures.
+struct Slow {
+    latency: Latency,
+    rate: f64,
+    /// `worker.concurrency / latency`: what the worker could do at best.
+    bound: f64,
+}
+
+/// Confirms every slow-platform booking in one statement and waits until all are linked.
+async fn run_slow(db: &Client, daemon: &mut Daemon, args: &Args) -> Result<Slow> {
+    let confirmed = db
+        .execute("UPDATE bookings SET status = 'confirmed' WHERE status = 'pending' AND notes = $1", &[&SLOW_TAG])
+        .await
+        .context("confirming the slow-platform bookings")?;
+    ensure!(confirmed == u64::from(args.slow_bookings), "confirmed {confirmed} slow-platform bookings");
+    let ready = db
+        .prepare("SELECT count(*) FROM bookings WHERE meeting_status = 'ready' AND notes = $1")
+        .await
+        .context("preparing the slow-platform poll")?;
+    let deadline = Instant::now() + BURST_TIMEOUT;
+    loop {
+        daemon.ensure_running()?;
+        let linked: i64 = db.query_one(&ready, &[&SLOW_TAG]).await.context("counting ready bookings")?.get(0);
+        if linked >= i64::from(args.slow_bookings) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {linked} slow-platform bookings were linked after {} s; jobs: {}",
+                BURST_TIMEOUT.as_secs(),
+                job_states(db).await?
+            );
+        }
+        tokio::time::sleep(BURST_POLL).await;
+    }
+    let latency = Latency::read(db, SLOW_TAG).await?;
+    Ok(Slow {
+        rate: f64::from(args.slow_bookings) / latency.span_secs,
+        bound: f64::from(args.concurrency) / (args.provider_latency_ms as f64 / 1000.0),
+        latency,
+    })
+}
+
 /// The daemon as a child process. Dropping it without `stop` kills it (error paths, Ctrl-C).
 struct Daemon {
     child: Child,
@@ -321,24 +464,31 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(bin: &Path, url: &str, concurrency: u32) -> Result<Daemon> {
+    /// `key` encrypts the scratch database's tokens; `google` is the fake platform's base URL.
+    fn start(bin: &Path, url: &str, concurrency: u32, key: &SecretString, google: &str) -> Result<Daemon> {
         let mut command = Command::new(bin);
         command
             .arg("run")
+            .env_remove("MEETINGD_CONFIG")
+            .env_remove("MEETINGD_ENCRYPTION__KEY_FILE")
             .env("MEETINGD_DATABASE__URL", url)
+            .env("MEETINGD_ENCRYPTION__KEY", key.expose_secret())
             .env("MEETINGD_LOG", "warn")
             // The benchmark measures the worker; it needs neither the API nor the metrics port.
             .env("MEETINGD_HTTP__LISTEN", "")
             .env("MEETINGD_HTTP__METRICS_LISTEN", "")
-            .env("MEETINGD_WORKER__CONCURRENCY", concurrency.to_string());
-        // `meetingd run` refuses to start without a token key. The scratch database stores no
-        // tokens, so a throwaway key does, unless the environment already names one.
-        let key_given = ["MEETINGD_ENCRYPTION__KEY", "MEETINGD_ENCRYPTION__KEY_FILE", "MEETINGD_CONFIG"]
-            .iter()
-            .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()));
-        if !key_given {
-            command.env("MEETINGD_ENCRYPTION__KEY", Keyring::generate_key().expose_secret());
-        }
+            .env("MEETINGD_WORKER__CONCURRENCY", concurrency.to_string())
+            // Google Meet at the bench's fake, with its rate limits lifted: the slow-platform
+            // phase measures the worker against the platform's latency, not the token buckets.
+            .env("MEETINGD_GOOGLE__CLIENT_ID", fake_google::CLIENT_ID)
+            .env("MEETINGD_GOOGLE__CLIENT_SECRET", fake_google::CLIENT_SECRET)
+            .env("MEETINGD_GOOGLE__TOKEN_URL", format!("{google}/token"))
+            .env("MEETINGD_GOOGLE__REVOKE_URL", format!("{google}/revoke"))
+            .env("MEETINGD_GOOGLE__API_BASE_URL", format!("{google}/calendar/v3/"))
+            .env("MEETINGD_LIMITS__GOOGLE_MEET__INTEGRATION_RATE", "100000")
+            .env("MEETINGD_LIMITS__GOOGLE_MEET__INTEGRATION_BURST", "100000")
+            .env("MEETINGD_LIMITS__GOOGLE_MEET__PLATFORM_RATE", "100000")
+            .env("MEETINGD_LIMITS__GOOGLE_MEET__PLATFORM_BURST", "100000");
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -389,6 +539,27 @@ impl Daemon {
             .with_context(|| format!("{path} has no {field}"))?;
         let kb = value.trim().trim_end_matches("kB").trim();
         kb.parse().with_context(|| format!("{path}: {field} {value:?} is not a number of kB"))
+    }
+
+    /// utime + stime of the process, in clock ticks (/proc/<pid>/stat fields 14 and 15).
+    fn cpu_ticks(&self) -> Result<u64> {
+        let path = format!("/proc/{}/stat", self.pid);
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).with_context(|| format!("{path} is malformed"))?;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let tick = |i: usize| -> Result<u64> {
+            fields.get(i).and_then(|f| f.parse().ok()).with_context(|| format!("{path}: field {} unreadable", i + 3))
+        };
+        Ok(tick(11)? + tick(12)?)
+    }
+
+    /// CPU used while nothing happens, in % of one core (clock ticks are 1/100 s on Linux).
+    async fn idle_cpu_pct(&self, window: Duration) -> Result<f64> {
+        let before = self.cpu_ticks()?;
+        tokio::time::sleep(window).await;
+        let used = self.cpu_ticks()? - before;
+        Ok(used as f64 / 100.0 / window.as_secs_f64() * 100.0)
     }
 
     fn sample_rss(&mut self) -> Result<()> {
@@ -639,10 +810,25 @@ impl RunFigures {
             "  sequential  {} bookings one at a time; commit-to-link p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             s.count, s.p50_ms, s.p99_ms, s.max_ms
         );
+        if let Some(slow) = &self.slow {
+            println!(
+                "  slow        {} Google Meet bookings linked in {:.2} s = {:.1} bookings/s, {:.0} % of concurrency/latency ({:.0}/s); \
+                 commit-to-link p50 {:.0} ms, p99 {:.0} ms",
+                slow.latency.count,
+                slow.latency.span_secs,
+                slow.rate,
+                slow.rate / slow.bound * 100.0,
+                slow.bound,
+                slow.latency.p50_ms,
+                slow.latency.p99_ms
+            );
+        }
         println!(
-            "  daemon      RSS {:.1} MB idle, {:.1} MB peak; {:.2} database transactions per burst booking",
+            "  daemon      RSS {:.1} MB idle, {:.1} MB peak (burst and sequential); idle CPU {:.2} % of a core; \
+             {:.2} database transactions per burst booking",
             mb(self.idle_rss_kb),
             mb(self.peak_rss_kb),
+            self.idle_cpu_pct,
             self.tx_per_booking
         );
         if !self.daemon_exit.success() {
@@ -667,7 +853,7 @@ fn mb(kb: u64) -> f64 {
 /// Min, median and max of each figure across runs.
 fn print_summary(runs: &[RunFigures]) {
     type Figure = fn(&RunFigures) -> f64;
-    let figures: [(&str, Figure, usize); 9] = [
+    let figures: [(&str, Figure, usize); 11] = [
         ("burst bookings/s", |r| r.burst_rate, 0),
         ("burst p50 ms", |r| r.burst.p50_ms, 0),
         ("burst p99 ms", |r| r.burst.p99_ms, 0),
@@ -676,6 +862,8 @@ fn print_summary(runs: &[RunFigures]) {
         ("sequential p99 ms", |r| r.sequential.p99_ms, 1),
         ("sequential max ms", |r| r.sequential.max_ms, 1),
         ("daemon peak RSS MB", |r| mb(r.peak_rss_kb), 1),
+        ("idle CPU % of a core", |r| r.idle_cpu_pct, 2),
+        ("slow-platform % of bound", |r| r.slow.as_ref().map_or(f64::NAN, |s| s.rate / s.bound * 100.0), 0),
         ("transactions/booking", |r| r.tx_per_booking, 2),
     ];
     let title = format!("summary over {} runs", runs.len());

@@ -1008,7 +1008,6 @@ impl Chaos<'_, '_> {
     }
 }
 
-/// A line of the run's log, stamped with the seconds since the chaos began.
 /// A line of the run's log, stamped with the seconds since the chaos began and the UTC time of day
 /// (to compare with the database's timestamps).
 fn stamp(t0: Instant, what: &str) {

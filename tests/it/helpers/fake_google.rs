@@ -69,6 +69,8 @@ pub struct Inner {
     codes: HashMap<String, (String, String)>,
     /// Tokens posted to the revocation endpoint.
     pub revoked: Vec<String>,
+    /// Every Calendar call takes this long before it answers (a benchmark's slow platform).
+    pub latency: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -327,8 +329,12 @@ async fn gate(state: &Arc<Mutex<Inner>>, headers: &HeaderMap, call: String) -> R
                 }
             }
         }
-        next
+        (next, s.latency)
     };
+    let (scripted, latency) = scripted;
+    if let Some(d) = latency {
+        tokio::time::sleep(d).await;
+    }
     match scripted {
         None => Ok(None),
         Some(f) => {
