@@ -470,7 +470,7 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = Config::defaults();
-        assert_eq!(c.worker.concurrency, 16);
+        assert_eq!(c.worker.concurrency, 32);
         assert_eq!(c.fallback.platform, Fallback::Platform(Platform::Jitsi));
         assert_eq!(c.jitsi.base_url.as_str(), "https://meet.jit.si/");
     }

@@ -7,7 +7,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -18,7 +18,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::{Fallback, WorkerConfig};
-use crate::db::jobs::{self, AuditEntry, Event, Intent, MeetingRecord, Outcome, Snapshot, WriteBack};
+use crate::db::jobs::{self, AuditEntry, Event, Finished, Intent, MeetingRecord, Outcome, Snapshot, WriteBack};
 use crate::db::{DbError, Pool};
 use crate::providers::{Choice, Meeting, MeetingRequest, Platform, ProviderError, Providers, choose_platform};
 use crate::retry::jitter_unit;
@@ -180,7 +180,21 @@ pub struct Worker {
     stats: Stats,
     liveness: Option<Arc<crate::systemd::Liveness>>,
     limiter: Option<crate::ratelimit::RateLimiter>,
+    /// Finished jobs on their way to the batch writer (started on first use).
+    writer: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<ToWrite>>,
+    /// Jobs being reconciled or recorded right now.
+    active: AtomicUsize,
 }
+
+/// A finished job for the batch writer, and where to say how it went: `None` means "not in the
+/// batch; record it on its own".
+struct ToWrite {
+    finished: Finished,
+    reply: tokio::sync::oneshot::Sender<(Option<Processed>, Finished)>,
+}
+
+/// The most write-backs one transaction takes.
+const MAX_WRITE_BATCH: usize = 64;
 
 /// Counters since start, for the status line.
 #[derive(Default)]
@@ -217,6 +231,8 @@ impl Worker {
             stats: Stats::default(),
             liveness: None,
             limiter: None,
+            writer: std::sync::OnceLock::new(),
+            active: AtomicUsize::new(0),
         }
     }
 
@@ -336,6 +352,19 @@ impl Worker {
     /// Reconciles one claimed job and records the outcome. Never panics the daemon: a panic is
     /// recorded as that job's (retryable) error.
     pub async fn process(&self, s: Snapshot) -> Processed {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        // Counted down also when the task is aborted (shutdown past its grace period).
+        struct Done<'a>(&'a AtomicUsize);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _done = Done(&self.active);
+        self.process_counted(s).await
+    }
+
+    async fn process_counted(&self, s: Snapshot) -> Processed {
         let span = tracing::info_span!("job", booking_id = %s.claim.booking_id, attempt = s.claim.attempt);
         async {
             let mut intents = Intents { current: s.claim.intent.clone(), discarded: None };
@@ -350,22 +379,52 @@ impl Worker {
                 }
             };
             let resolved = intents.resolved(&outcome);
-            let processed = self.record(&s, &outcome, &audit, event.as_ref(), resolved.as_ref()).await;
-            self.count(&s, &outcome, processed);
+            let requested_at = s.claim.requested_at;
+            let summary = outcome.clone();
+            let processed = self.record(Finished { snapshot: s, outcome, audit, event, resolved }).await;
+            self.count(requested_at, &summary, processed);
             processed
         }
         .instrument(span)
         .await
     }
 
-    async fn record(
-        &self,
-        s: &Snapshot,
-        outcome: &Outcome,
-        audit: &[AuditEntry],
-        event: Option<&Event>,
-        resolved: Option<&Intent>,
-    ) -> Processed {
+    /// Records a finished job: through the batch writer, which groups the write-backs of jobs
+    /// that finish together into one transaction; on its own when the batch could not take it.
+    async fn record(&self, finished: Finished) -> Processed {
+        if self.active.load(Ordering::Relaxed) <= 1 {
+            // Nothing to group it with: its own write-back takes fewer round trips.
+            return self.record_alone(&finished).await;
+        }
+        let writer = self.writer.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(write_batches(self.pool.clone(), self.actor.clone(), rx));
+            tx
+        });
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let finished = match writer.send(ToWrite { finished, reply }) {
+            Err(unsent) => unsent.0.finished,
+            Ok(()) => match answer.await {
+                Ok((Some(processed), _)) => return self.report(processed),
+                Ok((None, finished)) => finished,
+                // The writer is gone (runtime shutting down): the lease expires and the job runs again.
+                Err(_) => return Processed::NotRecorded,
+            },
+        };
+        self.record_alone(&finished).await
+    }
+
+    /// Logs what a write-back found.
+    fn report(&self, processed: Processed) -> Processed {
+        if processed == Processed::Recorded(WriteBack::LeaseLost) {
+            tracing::warn!("lease on the job expired before its outcome was recorded; another claim owns it now");
+        }
+        processed
+    }
+
+    async fn record_alone(&self, f: &Finished) -> Processed {
+        let (s, outcome, audit, event, resolved) =
+            (&f.snapshot, &f.outcome, &f.audit[..], f.event.as_ref(), f.resolved.as_ref());
         let mut client = match self.pool.get().await {
             Ok(c) => c,
             Err(e) => {
@@ -387,7 +446,7 @@ impl Worker {
     }
 
     /// Metrics and the status-line counters for one finished job.
-    fn count(&self, s: &Snapshot, outcome: &Outcome, processed: Processed) {
+    fn count(&self, requested_at: chrono::DateTime<chrono::Utc>, outcome: &Outcome, processed: Processed) {
         let (platform, label) = match (outcome, processed) {
             (_, Processed::NotRecorded) => ("none".to_string(), "not_recorded"),
             (_, Processed::Recorded(WriteBack::LeaseLost)) => ("none".to_string(), "lease_lost"),
@@ -403,7 +462,7 @@ impl Worker {
         match label {
             "linked" => {
                 self.stats.linked.fetch_add(1, Ordering::Relaxed);
-                let waited = (chrono::Utc::now() - s.claim.requested_at).to_std().unwrap_or_default();
+                let waited = (chrono::Utc::now() - requested_at).to_std().unwrap_or_default();
                 metrics::histogram!(crate::metrics::CONFIRM_TO_LINK).record(waited.as_secs_f64());
             }
             "failed" => {
@@ -709,6 +768,38 @@ impl Worker {
             tracing::warn!(platform = %platform, operation = action, outcome, duration_ms, error = detail.as_deref().unwrap_or(""), "meeting operation");
         }
         audit.push(entry(action, Some(platform.as_str().to_string()), outcome, Some(duration_ms), detail));
+    }
+}
+
+/// The batch writer: takes every finished job waiting (up to `MAX_WRITE_BATCH`) and records
+/// them in one transaction; jobs the batch could not take, or all of them when the batch failed,
+/// are handed back to be recorded one by one. Ends when the worker is dropped.
+async fn write_batches(pool: Pool, actor: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<ToWrite>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (finished, replies): (Vec<Finished>, Vec<_>) = batch.into_iter().map(|w| (w.finished, w.reply)).unzip();
+        let written = async {
+            let mut client = pool.get().await?;
+            jobs::write_back_batch(&mut client, &actor, &finished).await
+        }
+        .await;
+        let results = match written {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::debug!(error = %e, jobs = finished.len(), "batch write-back failed; recording each job on its own");
+                vec![None; finished.len()]
+            }
+        };
+        for ((f, reply), result) in finished.into_iter().zip(replies).zip(results) {
+            // A job whose task is gone (aborted at shutdown) runs again when its lease expires.
+            let _ = reply.send((result.map(Processed::Recorded), f));
+        }
     }
 }
 

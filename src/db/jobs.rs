@@ -321,12 +321,7 @@ pub async fn write_back(
 ) -> Result<WriteBack, DbError> {
     let claim = &snapshot.claim;
     let provider_id = snapshot.booking.as_ref().map(|b| b.provider_id);
-    let (delay, last_error) = match outcome {
-        Outcome::Retry { error, delay } => (delay.as_secs_f64(), Some(error.as_str())),
-        Outcome::Defer { delay } => (delay.as_secs_f64(), None),
-        Outcome::Failed { error } => (0.0, Some(error.as_str())),
-        _ => (0.0, None),
-    };
+    let (delay, last_error) = fence_values(outcome);
     let job_state = outcome.job_state();
     let tx = client.transaction().await?;
     let lock = tx.prepare_cached("SELECT 1 FROM bookings WHERE id = $1 FOR UPDATE").await?;
@@ -538,3 +533,345 @@ pub async fn insert_audit(
         .await?;
     Ok(())
 }
+
+/// One finished job, as handed to [`write_back_batch`].
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub snapshot: Snapshot,
+    pub outcome: Outcome,
+    pub audit: Vec<AuditEntry>,
+    pub event: Option<Event>,
+    /// The create intent this run settled (see [`write_back`]).
+    pub resolved: Option<Intent>,
+}
+
+/// Records many outcomes in one transaction with set-based statements: what [`write_back`] does
+/// for one job, for a batch, in two round trips plus the commit.
+///
+/// Booking rows are locked with `SKIP LOCKED`, so the batch never waits for the app (and cannot
+/// deadlock with an app transaction that changes several bookings). A job whose booking row could
+/// not be locked (held by the app, or deleted) gets `None`: record it on its own with
+/// [`write_back`], which waits for the lock.
+pub async fn write_back_batch(
+    client: &mut deadpool_postgres::Object,
+    actor: &str,
+    batch: &[Finished],
+) -> Result<Vec<Option<WriteBack>>, DbError> {
+    let n = batch.len();
+    let mut job_ids = Vec::with_capacity(n);
+    let mut booking_ids = Vec::with_capacity(n);
+    let mut claim_seqs = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut delays = Vec::with_capacity(n);
+    let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut refunds = Vec::with_capacity(n);
+    let mut resolved_platforms: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut resolved_generations: Vec<Option<i32>> = Vec::with_capacity(n);
+    for f in batch {
+        let claim = &f.snapshot.claim;
+        let (delay, last_error) = fence_values(&f.outcome);
+        job_ids.push(claim.job_id);
+        booking_ids.push(claim.booking_id);
+        claim_seqs.push(claim.claim_seq);
+        versions.push(claim.version);
+        states.push(f.outcome.job_state());
+        delays.push(delay);
+        errors.push(last_error);
+        refunds.push(matches!(f.outcome, Outcome::Defer { .. }));
+        resolved_platforms.push(f.resolved.as_ref().map(|i| i.platform.as_str()));
+        resolved_generations.push(f.resolved.as_ref().map(|i| i.generation));
+    }
+
+    let tx = client.transaction().await?;
+    let fence = tx.prepare_cached(BATCH_FENCE).await?;
+    let rows = tx
+        .query(
+            &fence,
+            &[
+                &job_ids,
+                &booking_ids,
+                &claim_seqs,
+                &versions,
+                &states,
+                &delays,
+                &errors,
+                &refunds,
+                &resolved_platforms,
+                &resolved_generations,
+            ],
+        )
+        .await?;
+    // (job id, claim) -> result; a job whose booking was not locked is absent.
+    let mut results: std::collections::HashMap<(i64, i64), WriteBack> = std::collections::HashMap::new();
+    for row in rows {
+        let key = (row.get::<_, i64>(0), row.get::<_, i64>(1));
+        let result = match row.get::<_, Option<bool>>(2) {
+            None => WriteBack::LeaseLost,
+            Some(true) => WriteBack::Done,
+            Some(false) => WriteBack::Stale,
+        };
+        results.insert(key, result);
+    }
+    let outcome_of = |f: &Finished| results.get(&(f.snapshot.claim.job_id, f.snapshot.claim.claim_seq)).copied();
+
+    let mut w = BatchWrites::default();
+    for f in batch {
+        let current = match outcome_of(f) {
+            Some(WriteBack::Done) => true,
+            Some(WriteBack::Stale) => false,
+            _ => continue,
+        };
+        w.add(actor, f, current);
+    }
+    w.send(&tx).await?;
+    tx.commit().await?;
+    Ok(batch.iter().map(outcome_of).collect())
+}
+
+/// The job row's `run_at` delay and `last_error` for an outcome.
+fn fence_values(outcome: &Outcome) -> (f64, Option<&str>) {
+    match outcome {
+        Outcome::Retry { error, delay } => (delay.as_secs_f64(), Some(error.as_str())),
+        Outcome::Defer { delay } => (delay.as_secs_f64(), None),
+        Outcome::Failed { error } => (0.0, Some(error.as_str())),
+        _ => (0.0, None),
+    }
+}
+
+/// The columns of a batch's writes, one array per column, filled from the fenced jobs.
+#[derive(Default)]
+struct BatchWrites<'a> {
+    // Meetings that exist at the platform (recorded even when the booking moved on meanwhile).
+    m_booking: Vec<Uuid>,
+    m_platform: Vec<&'a str>,
+    m_requested: Vec<Option<&'a str>>,
+    m_external: Vec<&'a str>,
+    m_url: Vec<&'a str>,
+    m_start: Vec<DateTime<Utc>>,
+    m_end: Vec<DateTime<Utc>>,
+    m_generation: Vec<i32>,
+    // Links shown on current bookings.
+    l_booking: Vec<Uuid>,
+    l_url: Vec<&'a str>,
+    l_external: Vec<&'a str>,
+    l_platform: Vec<&'a str>,
+    l_settings: Vec<&'a serde_json::Value>,
+    deleted: Vec<Uuid>,
+    c_booking: Vec<Uuid>,
+    c_deleted: Vec<bool>,
+    pending: Vec<Uuid>,
+    f_booking: Vec<Uuid>,
+    f_error: Vec<&'a str>,
+    a_actor: &'a str,
+    a_action: Vec<&'a str>,
+    a_booking: Vec<Uuid>,
+    a_user: Vec<Option<Uuid>>,
+    a_platform: Vec<Option<&'a str>>,
+    a_outcome: Vec<&'a str>,
+    a_attempt: Vec<i32>,
+    a_duration: Vec<Option<i32>>,
+    a_detail: Vec<Option<&'a str>>,
+    e_kind: Vec<&'a str>,
+    e_user: Vec<Option<Uuid>>,
+    e_booking: Vec<Uuid>,
+    e_platform: Vec<Option<&'a str>>,
+    e_message: Vec<&'a str>,
+}
+
+impl<'a> BatchWrites<'a> {
+    /// What [`write_back`] writes for one fenced job.
+    fn add(&mut self, actor: &'a str, f: &'a Finished, current: bool) {
+        let booking = f.snapshot.claim.booking_id;
+        let user = f.snapshot.booking.as_ref().map(|b| b.provider_id);
+        self.a_actor = actor;
+        match &f.outcome {
+            Outcome::Linked { platform, requested_platform, meeting, start, end, generation, settings } => {
+                self.m_booking.push(booking);
+                self.m_platform.push(platform);
+                self.m_requested.push(requested_platform.as_deref());
+                self.m_external.push(&meeting.external_id);
+                self.m_url.push(&meeting.join_url);
+                self.m_start.push(*start);
+                self.m_end.push(*end);
+                self.m_generation.push(*generation);
+                if current {
+                    self.l_booking.push(booking);
+                    self.l_url.push(&meeting.join_url);
+                    self.l_external.push(&meeting.external_id);
+                    self.l_platform.push(platform);
+                    self.l_settings.push(settings);
+                }
+            }
+            Outcome::Unlinked { deleted } => {
+                if *deleted {
+                    self.deleted.push(booking);
+                }
+                if current {
+                    self.c_booking.push(booking);
+                    self.c_deleted.push(*deleted);
+                }
+            }
+            Outcome::Unchanged | Outcome::Defer { .. } => {}
+            Outcome::Retry { .. } => {
+                if current {
+                    self.pending.push(booking);
+                }
+            }
+            Outcome::Failed { error } => {
+                if current {
+                    self.f_booking.push(booking);
+                    self.f_error.push(error);
+                }
+            }
+        }
+        for entry in &f.audit {
+            self.a_action.push(entry.action);
+            self.a_booking.push(booking);
+            self.a_user.push(user);
+            self.a_platform.push(entry.platform.as_deref());
+            self.a_outcome.push(entry.outcome);
+            self.a_attempt.push(f.snapshot.claim.attempt);
+            self.a_duration.push(entry.duration_ms);
+            self.a_detail.push(entry.detail.as_deref());
+        }
+        if let (true, Some(event)) = (current, &f.event) {
+            self.e_kind.push(event.kind);
+            self.e_user.push(user);
+            self.e_booking.push(booking);
+            self.e_platform.push(event.platform.as_deref());
+            self.e_message.push(&event.message);
+        }
+    }
+
+    /// The set-based statements with rows to write, pipelined.
+    async fn send(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), DbError> {
+        let mut writes: Vec<PendingWrite<'_>> = Vec::new();
+        let statements = [
+            (!self.m_booking.is_empty(), BATCH_UPSERT_MEETINGS),
+            (!self.l_booking.is_empty(), BATCH_SHOW_LINKS),
+            (!self.deleted.is_empty(), BATCH_MEETINGS_DELETED),
+            (!self.c_booking.is_empty(), BATCH_CLEAR_LINKS),
+            (!self.pending.is_empty(), BATCH_SHOW_PENDING),
+            (!self.f_booking.is_empty(), BATCH_SHOW_FAILED),
+            (!self.a_action.is_empty(), BATCH_INSERT_AUDIT),
+            (!self.e_kind.is_empty(), BATCH_INSERT_EVENTS),
+        ];
+        for (wanted, sql) in statements {
+            if !wanted {
+                continue;
+            }
+            let statement = tx.prepare_cached(sql).await?;
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match sql {
+                BATCH_UPSERT_MEETINGS => vec![
+                    &self.m_booking,
+                    &self.m_platform,
+                    &self.m_requested,
+                    &self.m_external,
+                    &self.m_url,
+                    &self.m_start,
+                    &self.m_end,
+                    &self.m_generation,
+                ],
+                BATCH_SHOW_LINKS => {
+                    vec![&self.l_booking, &self.l_url, &self.l_external, &self.l_platform, &self.l_settings]
+                }
+                BATCH_MEETINGS_DELETED => vec![&self.deleted],
+                BATCH_CLEAR_LINKS => vec![&self.c_booking, &self.c_deleted],
+                BATCH_SHOW_PENDING => vec![&self.pending],
+                BATCH_SHOW_FAILED => vec![&self.f_booking, &self.f_error],
+                BATCH_INSERT_AUDIT => vec![
+                    &self.a_actor,
+                    &self.a_action,
+                    &self.a_booking,
+                    &self.a_user,
+                    &self.a_platform,
+                    &self.a_outcome,
+                    &self.a_attempt,
+                    &self.a_duration,
+                    &self.a_detail,
+                ],
+                _ => vec![&self.e_kind, &self.e_user, &self.e_booking, &self.e_platform, &self.e_message],
+            };
+            writes.push(Box::pin(async move { tx.execute(&statement, &params).await }));
+        }
+        futures_util::future::try_join_all(writes).await?;
+        Ok(())
+    }
+}
+
+/// Locks the batch's booking rows (skipping those the app holds), then fences the jobs of the
+/// locked ones exactly as `FENCE` does. One row per locked booking's job: `current` is NULL when
+/// the lease was lost.
+const BATCH_FENCE: &str = "WITH f AS (
+    SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::bigint[], $5::text[], $6::float8[],
+                         $7::text[], $8::bool[], $9::text[], $10::int[])
+             AS f(job_id, booking_id, claim_seq, version, state, delay, last_error, refund, rplatform, rgeneration)
+), locked AS (
+    SELECT b.id FROM bookings b WHERE b.id IN (SELECT booking_id FROM f) ORDER BY b.id FOR UPDATE SKIP LOCKED
+), fenced AS (
+    UPDATE meetingd.jobs j
+       SET state = CASE WHEN j.version = f.version THEN f.state ELSE 'pending' END,
+           run_at = CASE WHEN j.version = f.version THEN now() + make_interval(secs => f.delay) ELSE now() END,
+           last_error = CASE WHEN j.version = f.version AND NOT f.refund THEN f.last_error ELSE j.last_error END,
+           attempts = CASE WHEN f.refund THEN GREATEST(j.attempts - 1, 0) ELSE j.attempts END,
+           completed_at = CASE WHEN j.version = f.version AND f.state <> 'pending' THEN clock_timestamp() END,
+           lease_owner = NULL, lease_until = NULL, updated_at = now(),
+           intent_platform = CASE WHEN j.intent_platform = f.rplatform AND j.intent_generation = f.rgeneration
+                                  THEN NULL ELSE j.intent_platform END
+      FROM f JOIN locked l ON l.id = f.booking_id
+     WHERE j.id = f.job_id AND j.claim_seq = f.claim_seq
+ RETURNING j.id, f.claim_seq, j.version = f.version AS current
+)
+SELECT f.job_id, f.claim_seq, fenced.current
+  FROM f JOIN locked l ON l.id = f.booking_id
+  LEFT JOIN fenced ON fenced.id = f.job_id AND fenced.claim_seq = f.claim_seq";
+
+const BATCH_UPSERT_MEETINGS: &str = "INSERT INTO meetingd.meetings AS m
+        (booking_id, platform, requested_platform, external_id, join_url, start_time, end_time, generation, state)
+ SELECT x.*, 'live' FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                               $7::timestamptz[], $8::int[]) AS x
+ ON CONFLICT (booking_id) DO UPDATE
+    SET platform = EXCLUDED.platform, requested_platform = EXCLUDED.requested_platform,
+        external_id = EXCLUDED.external_id, join_url = EXCLUDED.join_url,
+        start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
+        generation = EXCLUDED.generation, state = 'live', updated_at = now(),
+        linked_at = CASE WHEN m.external_id = EXCLUDED.external_id AND m.state = 'live'
+                         THEN m.linked_at ELSE clock_timestamp() END";
+
+const BATCH_SHOW_LINKS: &str = "UPDATE bookings b
+    SET meeting_link = x.url, meeting_id = x.external_id, meeting_platform = x.platform, meeting_settings = x.settings,
+        meeting_status = 'ready', meeting_error = NULL
+   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) AS x(id, url, external_id, platform, settings)
+  WHERE b.id = x.id";
+
+const BATCH_MEETINGS_DELETED: &str =
+    "UPDATE meetingd.meetings SET state = 'deleted', updated_at = now() WHERE booking_id = ANY($1::uuid[])";
+
+/// As `CLEAR_LINK`, per booking.
+const BATCH_CLEAR_LINKS: &str = "UPDATE bookings b
+    SET meeting_link = NULL, meeting_id = NULL, meeting_error = NULL, meeting_status = 'deleted'
+   FROM unnest($1::uuid[], $2::bool[]) AS x(id, deleted)
+  WHERE b.id = x.id AND b.meeting_status IS DISTINCT FROM 'manual' AND (x.deleted OR b.meeting_status IS NOT NULL)";
+
+const BATCH_SHOW_PENDING: &str = "UPDATE bookings SET meeting_status = 'pending'
+  WHERE id = ANY($1::uuid[]) AND meeting_status IS DISTINCT FROM 'pending'
+    AND meeting_status IS DISTINCT FROM 'manual' AND status = 'confirmed'";
+
+const BATCH_SHOW_FAILED: &str = "UPDATE bookings b SET meeting_status = 'failed', meeting_error = x.error
+   FROM unnest($1::uuid[], $2::text[]) AS x(id, error)
+  WHERE b.id = x.id AND b.meeting_status IS DISTINCT FROM 'manual'";
+
+/// In the order given, so a booking's trail reads in the order things happened.
+const BATCH_INSERT_AUDIT: &str = "INSERT INTO meetingd.audit_log
+        (actor, action, booking_id, user_id, platform, outcome, attempt, duration_ms, detail)
+ SELECT $1, x.action, x.booking_id, x.user_id, x.platform, x.outcome, x.attempt, x.duration_ms, x.detail
+   FROM unnest($2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int[], $8::int[], $9::text[])
+        WITH ORDINALITY AS x(action, booking_id, user_id, platform, outcome, attempt, duration_ms, detail, n)
+  ORDER BY x.n";
+
+const BATCH_INSERT_EVENTS: &str = "INSERT INTO meetingd.events (kind, user_id, booking_id, platform, message)
+ SELECT x.kind, x.user_id, x.booking_id, x.platform, x.message
+   FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[]) WITH ORDINALITY
+        AS x(kind, user_id, booking_id, platform, message, n)
+  ORDER BY x.n";

@@ -81,6 +81,9 @@ pub fn pool(cfg: &DatabaseConfig, size: usize) -> Result<Pool, DbError> {
     let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
         .max_size(size)
+        // The most recently used connection first: under light load a few connections, whose
+        // statements are already prepared, serve everything.
+        .queue_mode(deadpool_postgres::QueueMode::Lifo)
         .runtime(Runtime::Tokio1)
         .create_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
         .build()

@@ -385,3 +385,91 @@ async fn rate_limits_defer_without_spending_attempts_and_spare_other_providers()
     }
     assert_eq!(deferred, 3);
 }
+
+#[tokio::test]
+async fn batch_write_back_fences_each_job_and_leaves_app_locked_bookings_to_their_own_write_back() {
+    use meetingd::db::jobs::{self, Finished, Outcome};
+    use meetingd::providers::Meeting;
+
+    let s = setup().await;
+    let ids = market::book_many(&s.c, s.m.online, s.m.customer, 5).await;
+    s.c.execute("UPDATE bookings SET status = 'confirmed' WHERE id = ANY($1)", &[&ids]).await.unwrap();
+    let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
+    let mut client = pool.get().await.unwrap();
+    let claims = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claims.len(), 5);
+    let mut snapshots = jobs::snapshots(&client, claims).await.unwrap();
+    snapshots.sort_by_key(|s| ids.iter().position(|id| *id == s.claim.booking_id));
+    let [done, stale, lost, locked, failed] = [0, 1, 2, 3, 4].map(|i| ids[i]);
+
+    // The booking behind `stale` changes meanwhile; `lost`'s lease is taken by another claim.
+    market::reschedule_hours(&s.c, stale, 1).await;
+    s.c.execute("UPDATE meetingd.jobs SET claim_seq = claim_seq + 1 WHERE booking_id = $1", &[&lost]).await.unwrap();
+    // The app holds `locked`'s booking row in an open transaction.
+    let mut app = s.db.client().await;
+    let app_tx = app.transaction().await.unwrap();
+    app_tx.execute("SELECT 1 FROM bookings WHERE id = $1 FOR UPDATE", &[&locked]).await.unwrap();
+
+    let linked = |b: &Uuid, snap: &jobs::Snapshot| {
+        let booking = snap.booking.as_ref().unwrap();
+        Outcome::Linked {
+            platform: "jitsi".into(),
+            requested_platform: Some("jitsi".into()),
+            meeting: Meeting { external_id: format!("room-{b}"), join_url: format!("https://meet.example/{b}") },
+            start: booking.start,
+            end: booking.end,
+            generation: 1,
+            settings: serde_json::json!({}),
+        }
+    };
+    let batch: Vec<Finished> = snapshots
+        .iter()
+        .map(|snap| {
+            let b = snap.claim.booking_id;
+            let outcome = if b == failed {
+                Outcome::Failed { error: "The provider must fix this.".into() }
+            } else {
+                linked(&b, snap)
+            };
+            Finished { snapshot: snap.clone(), outcome, audit: Vec::new(), event: None, resolved: None }
+        })
+        .collect();
+    let results = tokio::time::timeout(Duration::from_secs(5), jobs::write_back_batch(&mut client, "test", &batch))
+        .await
+        .expect("the batch never waits for the app's lock")
+        .unwrap();
+    assert_eq!(
+        results,
+        vec![Some(WriteBack::Done), Some(WriteBack::Stale), Some(WriteBack::LeaseLost), None, Some(WriteBack::Done)]
+    );
+    app_tx.commit().await.unwrap();
+
+    assert_eq!(meeting(&s.c, done).await.status.as_deref(), Some("ready"));
+    assert_eq!(job(&s.c, done).await.unwrap().state, "done");
+    // Stale: the meeting is recorded (it exists), the booking does not show it, the job runs again.
+    assert_eq!(meeting(&s.c, stale).await.link, None);
+    assert_eq!(job(&s.c, stale).await.unwrap().state, "pending");
+    let recorded = market::count(
+        &s.c,
+        &format!("SELECT count(*) FROM meetingd.meetings WHERE booking_id IN ('{stale}', '{done}') AND state = 'live'"),
+    )
+    .await;
+    assert_eq!(recorded, 2);
+    // Lease lost: nothing written.
+    assert_eq!(meeting(&s.c, lost).await.link, None);
+    let held = market::count(
+        &s.c,
+        &format!("SELECT count(*) FROM meetingd.jobs WHERE booking_id = '{lost}' AND lease_owner IS NOT NULL"),
+    )
+    .await;
+    assert_eq!(held, 1, "the other claim still holds it");
+    // Locked: not written by the batch; its own write-back records it once the app commits.
+    assert_eq!(meeting(&s.c, locked).await.link, None);
+    let alone = batch.iter().find(|f| f.snapshot.claim.booking_id == locked).unwrap();
+    let written = jobs::write_back(&mut client, "test", &alone.snapshot, &alone.outcome, &[], None, None).await;
+    assert_eq!(written.unwrap(), WriteBack::Done);
+    assert_eq!(meeting(&s.c, locked).await.status.as_deref(), Some("ready"));
+    let f = meeting(&s.c, failed).await;
+    assert_eq!((f.status.as_deref(), f.error.as_deref()), (Some("failed"), Some("The provider must fix this.")));
+    assert_eq!(job(&s.c, failed).await.unwrap().state, "failed");
+}
