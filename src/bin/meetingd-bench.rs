@@ -85,8 +85,8 @@ struct Args {
     /// Providers the burst bookings are spread across, each with one online service.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     providers: u32,
-    /// The daemon's worker.concurrency.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// The daemon's worker.concurrency (its default, 32, unless given).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: u32,
     /// Google Meet bookings confirmed at once against the slow fake platform (0 skips that phase).
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
@@ -100,6 +100,9 @@ struct Args {
     /// Keep the scratch databases (their names are printed).
     #[arg(long)]
     keep: bool,
+    /// The daemon's log filter (MEETINGD_LOG); its log goes to the bench's standard error.
+    #[arg(long, default_value = "warn")]
+    daemon_log: String,
 }
 
 #[tokio::main]
@@ -252,7 +255,7 @@ async fn measure(url: &str, daemon_bin: &Path, args: &Args) -> Result<RunFigures
     }
 
     let started = Instant::now();
-    let mut daemon = Daemon::start(daemon_bin, url, args.concurrency, &key, &google.base())?;
+    let mut daemon = Daemon::start(daemon_bin, url, args, &key, &google.base())?;
     daemon.wait_listening(&db).await?;
     let idle_rss_kb = daemon.proc_status_kb("VmRSS")?;
     eprintln!(
@@ -465,7 +468,7 @@ struct Daemon {
 
 impl Daemon {
     /// `key` encrypts the scratch database's tokens; `google` is the fake platform's base URL.
-    fn start(bin: &Path, url: &str, concurrency: u32, key: &SecretString, google: &str) -> Result<Daemon> {
+    fn start(bin: &Path, url: &str, args: &Args, key: &SecretString, google: &str) -> Result<Daemon> {
         let mut command = Command::new(bin);
         command
             .arg("run")
@@ -473,11 +476,11 @@ impl Daemon {
             .env_remove("MEETINGD_ENCRYPTION__KEY_FILE")
             .env("MEETINGD_DATABASE__URL", url)
             .env("MEETINGD_ENCRYPTION__KEY", key.expose_secret())
-            .env("MEETINGD_LOG", "warn")
+            .env("MEETINGD_LOG", &args.daemon_log)
             // The benchmark measures the worker; it needs neither the API nor the metrics port.
             .env("MEETINGD_HTTP__LISTEN", "")
             .env("MEETINGD_HTTP__METRICS_LISTEN", "")
-            .env("MEETINGD_WORKER__CONCURRENCY", concurrency.to_string())
+            .env("MEETINGD_WORKER__CONCURRENCY", args.concurrency.to_string())
             // Google Meet at the bench's fake, with its rate limits lifted: the slow-platform
             // phase measures the worker against the platform's latency, not the token buckets.
             .env("MEETINGD_GOOGLE__CLIENT_ID", fake_google::CLIENT_ID)
