@@ -113,6 +113,7 @@ pub struct DatabaseConfig {
     pub pool_size: usize,
     pub connect_timeout_ms: u64,
     pub keepalive_idle_secs: u64,
+    pub startup_wait_secs: u64,
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -122,6 +123,7 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("keepalive_idle_secs", &self.keepalive_idle_secs)
+            .field("startup_wait_secs", &self.startup_wait_secs)
             .finish()
     }
 }

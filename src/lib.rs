@@ -62,6 +62,48 @@ pub struct RunOptions {
     pub ops_listener: Option<tokio::net::TcpListener>,
 }
 
+/// Migrates and opens the pool, waiting up to `database.startup_wait_secs` for a database that
+/// cannot be reached yet; `None` when shut down meanwhile. Any other problem fails at once.
+async fn start_database(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Option<(db::migrate::Applied, db::Pool)>, RunError> {
+    let started = std::time::Instant::now();
+    let wait = std::time::Duration::from_secs(config.database.startup_wait_secs);
+    let mut pause = std::time::Duration::from_millis(250);
+    loop {
+        let attempt = async {
+            let mut client = db::connect(&config.database).await?;
+            let applied = db::migrate::migrate(&mut client).await?;
+            for name in &applied.applied {
+                tracing::info!(migration = %name, "applied migration");
+            }
+            drop(client);
+            let pool = db::pool(&config.database, config.pool_size())?;
+            // Fail at start, not at the first booking, when the database cannot be reached.
+            drop(pool.get().await?);
+            Ok::<_, DbError>((applied, pool))
+        };
+        match attempt.await {
+            Ok(started) => return Ok(Some(started)),
+            Err(e) if e.is_unavailable() && started.elapsed() + pause < wait => {
+                tracing::warn!(
+                    error = %e,
+                    retry_in_ms = pause.as_millis() as u64,
+                    waited_secs = started.elapsed().as_secs(),
+                    "database not reachable yet; waiting for it (up to database.startup_wait_secs)"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = shutdown.cancelled() => return Ok(None),
+                }
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Runs the daemon as the configuration describes until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     run_with(config, RunOptions::default(), shutdown).await
@@ -81,16 +123,10 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
         ),
     };
 
-    let mut client = db::connect(&config.database).await?;
-    let applied = db::migrate::migrate(&mut client).await?;
-    for name in &applied.applied {
-        tracing::info!(migration = %name, "applied migration");
-    }
-    drop(client);
-
-    let pool = db::pool(&config.database, config.pool_size())?;
-    // Fail at start, not at the first booking, when the database cannot be reached.
-    drop(pool.get().await?);
+    let Some((applied, pool)) = start_database(&config, &shutdown).await? else {
+        tracing::info!("shut down while waiting for the database");
+        return Ok(());
+    };
 
     let instance = Uuid::new_v4();
     let deps = ProviderDeps { pool: pool.clone(), keyring: keyring.clone(), actor: worker::actor(instance) };

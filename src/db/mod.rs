@@ -36,6 +36,26 @@ pub enum DbError {
 }
 
 /// A PostgreSQL error as one readable line: the server's message (and detail) when there is one.
+impl DbError {
+    /// The server could not be reached or is not accepting sessions yet (starting up, shutting
+    /// down, restarting): worth trying again shortly.
+    pub fn is_unavailable(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        let unavailable = |e: &tokio_postgres::Error| match e.code() {
+            Some(code) => {
+                [SqlState::CANNOT_CONNECT_NOW, SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN].contains(code)
+            }
+            None => e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+        };
+        match self {
+            DbError::Connect(e) | DbError::Query(e) => unavailable(e),
+            DbError::Pool(deadpool_postgres::PoolError::Backend(e)) => unavailable(e),
+            DbError::Pool(deadpool_postgres::PoolError::Timeout(_)) => true,
+            _ => false,
+        }
+    }
+}
+
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => match db.detail() {

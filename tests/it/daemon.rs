@@ -254,3 +254,69 @@ async fn shutdown_finishes_in_flight_work() {
     assert_eq!(meeting(&c, b).await.status.as_deref(), Some("ready"));
     let _ = Arc::strong_count(&platform);
 }
+
+/// A TCP front for the test database that refuses sessions (closes them at once) until `open`.
+async fn gate_in_front_of(db_url: &str) -> (String, Arc<std::sync::atomic::AtomicBool>) {
+    let target = {
+        let config: tokio_postgres::Config = db_url.parse().unwrap();
+        let host = match &config.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            other => panic!("a TCP database for this test, not {other:?}"),
+        };
+        format!("{host}:{}", config.get_ports()[0])
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let is_open = open.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            if !is_open.load(std::sync::atomic::Ordering::SeqCst) {
+                drop(inbound);
+                continue;
+            }
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let config: tokio_postgres::Config = db_url.parse().unwrap();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/{}", config.get_dbname().unwrap());
+    (url, open)
+}
+
+#[tokio::test]
+async fn a_database_not_yet_reachable_at_start_up_is_waited_for() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let m = market::seed(&c).await;
+    let b = market::book(&c, m.online, m.customer, "confirmed").await;
+    let (url, open) = gate_in_front_of(&db.url).await;
+    let mut config = db.config();
+    config.database.url = secrecy::SecretString::from(url);
+    config.database.startup_wait_secs = 30;
+    let daemon = Daemon::start(config, Providers::default().with(Scripted::new(Platform::Jitsi)));
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!daemon.task.is_finished(), "still waiting for the database, not exited");
+    assert_eq!(ready_count(&c).await, 0);
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_ready(&c, 1).await;
+    assert_eq!(meeting(&c, b).await.status.as_deref(), Some("ready"));
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_database_that_never_answers_fails_start_up_after_the_wait() {
+    let db = TestDb::migrated().await;
+    let (url, _closed) = gate_in_front_of(&db.url).await;
+    let mut config = db.config();
+    config.database.url = secrecy::SecretString::from(url);
+    config.database.startup_wait_secs = 1;
+    let daemon = Daemon::start(config, Providers::default());
+    let result = tokio::time::timeout(Duration::from_secs(10), daemon.task).await.expect("gives up in time").unwrap();
+    assert!(matches!(result, Err(RunError::Db(_))), "{result:?}");
+}
