@@ -735,11 +735,17 @@ impl<'a> Daemons<'a> {
         let mut notes = Vec::new();
         for slot in 0..self.slots.len() {
             if let Some(status) = self.slots[slot].exited()? {
+                // Its last words, before the restarted daemon appends to the same log.
+                let path = self.env.log_path(slot);
+                let log = fs::read_to_string(&path).unwrap_or_default();
+                let last: Vec<&str> = log.lines().rev().take(5).collect();
+                let last: Vec<&str> = last.into_iter().rev().collect();
                 notes.push(format!(
-                    "daemon {} (pid {}) exited on its own ({status}); see {}",
+                    "daemon {} (pid {}) exited on its own ({status}); last lines of {}:\n    {}",
                     slot + 1,
                     self.slots[slot].pid(),
-                    self.env.log_path(slot).display()
+                    path.display(),
+                    last.join("\n    ")
                 ));
                 self.slots[slot] = self.env.spawn(slot)?;
             }

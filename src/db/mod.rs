@@ -51,6 +51,12 @@ impl DbError {
             DbError::Connect(e) | DbError::Query(e) => unavailable(e),
             DbError::Pool(deadpool_postgres::PoolError::Backend(e)) => unavailable(e),
             DbError::Pool(deadpool_postgres::PoolError::Timeout(_)) => true,
+            DbError::Migrate(e) => match e.kind() {
+                refinery::error::Kind::Connection(_, source) => {
+                    source.downcast_ref::<tokio_postgres::Error>().is_some_and(unavailable)
+                }
+                _ => false,
+            },
             _ => false,
         }
     }
