@@ -459,16 +459,26 @@ const FENCE: &str = "UPDATE meetingd.jobs
   WHERE id = $1 AND claim_seq = $2
 RETURNING version = $3";
 
-const UPSERT_MEETING: &str = "INSERT INTO meetingd.meetings AS m
-        (booking_id, platform, requested_platform, external_id, join_url, start_time, end_time, generation, state)
- VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'live')
- ON CONFLICT (booking_id) DO UPDATE
+/// How a recorded meeting replaces the booking's previous one (shared by both upserts).
+/// `linked_at` keeps its time while the same meeting stays live.
+macro_rules! upsert_meeting_on_conflict {
+    () => {
+        " ON CONFLICT (booking_id) DO UPDATE
     SET platform = EXCLUDED.platform, requested_platform = EXCLUDED.requested_platform,
         external_id = EXCLUDED.external_id, join_url = EXCLUDED.join_url,
         start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
         generation = EXCLUDED.generation, state = 'live', updated_at = now(),
         linked_at = CASE WHEN m.external_id = EXCLUDED.external_id AND m.state = 'live'
-                         THEN m.linked_at ELSE clock_timestamp() END";
+                         THEN m.linked_at ELSE clock_timestamp() END"
+    };
+}
+
+const UPSERT_MEETING: &str = concat!(
+    "INSERT INTO meetingd.meetings AS m
+        (booking_id, platform, requested_platform, external_id, join_url, start_time, end_time, generation, state)
+ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'live')",
+    upsert_meeting_on_conflict!()
+);
 
 const SHOW_LINK: &str = "UPDATE bookings
     SET meeting_link = $2, meeting_id = $3, meeting_platform = $4, meeting_settings = $5,
@@ -827,17 +837,13 @@ SELECT f.job_id, f.claim_seq, fenced.current
   FROM f JOIN locked l ON l.id = f.booking_id
   LEFT JOIN fenced ON fenced.id = f.job_id AND fenced.claim_seq = f.claim_seq";
 
-const BATCH_UPSERT_MEETINGS: &str = "INSERT INTO meetingd.meetings AS m
+const BATCH_UPSERT_MEETINGS: &str = concat!(
+    "INSERT INTO meetingd.meetings AS m
         (booking_id, platform, requested_platform, external_id, join_url, start_time, end_time, generation, state)
  SELECT x.*, 'live' FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-                               $7::timestamptz[], $8::int[]) AS x
- ON CONFLICT (booking_id) DO UPDATE
-    SET platform = EXCLUDED.platform, requested_platform = EXCLUDED.requested_platform,
-        external_id = EXCLUDED.external_id, join_url = EXCLUDED.join_url,
-        start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
-        generation = EXCLUDED.generation, state = 'live', updated_at = now(),
-        linked_at = CASE WHEN m.external_id = EXCLUDED.external_id AND m.state = 'live'
-                         THEN m.linked_at ELSE clock_timestamp() END";
+                               $7::timestamptz[], $8::int[]) AS x",
+    upsert_meeting_on_conflict!()
+);
 
 const BATCH_SHOW_LINKS: &str = "UPDATE bookings b
     SET meeting_link = x.url, meeting_id = x.external_id, meeting_platform = x.platform, meeting_settings = x.settings,
