@@ -389,9 +389,18 @@ impl Worker {
         .await
     }
 
-    /// Records a finished job: through the batch writer, which groups the write-backs of jobs
-    /// that finish together into one transaction; on its own when the batch could not take it.
+    /// Records a finished job and warns when its lease was lost meanwhile.
     async fn record(&self, finished: Finished) -> Processed {
+        let processed = self.write(finished).await;
+        if processed == Processed::Recorded(WriteBack::LeaseLost) {
+            tracing::warn!("lease on the job expired before its outcome was recorded; another claim owns it now");
+        }
+        processed
+    }
+
+    /// Through the batch writer, which groups the write-backs of jobs that finish together into
+    /// one transaction; on its own when there is nothing to group with or the batch could not take it.
+    async fn write(&self, finished: Finished) -> Processed {
         if self.active.load(Ordering::Relaxed) <= 1 {
             // Nothing to group it with: its own write-back takes fewer round trips.
             return self.record_alone(&finished).await;
@@ -405,21 +414,13 @@ impl Worker {
         let finished = match writer.send(ToWrite { finished, reply }) {
             Err(unsent) => unsent.0.finished,
             Ok(()) => match answer.await {
-                Ok((Some(processed), _)) => return self.report(processed),
+                Ok((Some(processed), _)) => return processed,
                 Ok((None, finished)) => finished,
                 // The writer is gone (runtime shutting down): the lease expires and the job runs again.
                 Err(_) => return Processed::NotRecorded,
             },
         };
         self.record_alone(&finished).await
-    }
-
-    /// Logs what a write-back found.
-    fn report(&self, processed: Processed) -> Processed {
-        if processed == Processed::Recorded(WriteBack::LeaseLost) {
-            tracing::warn!("lease on the job expired before its outcome was recorded; another claim owns it now");
-        }
-        processed
     }
 
     async fn record_alone(&self, f: &Finished) -> Processed {
@@ -433,10 +434,6 @@ impl Worker {
             }
         };
         match jobs::write_back(&mut client, &self.actor, s, outcome, audit, event, resolved).await {
-            Ok(WriteBack::LeaseLost) => {
-                tracing::warn!("lease on the job expired before its outcome was recorded; another claim owns it now");
-                Processed::Recorded(WriteBack::LeaseLost)
-            }
             Ok(w) => Processed::Recorded(w),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot record the job's outcome; it runs again when its lease expires");
