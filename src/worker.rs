@@ -271,9 +271,9 @@ impl Worker {
 
     async fn claim(&self, limit: usize) -> Result<Vec<Snapshot>, DbError> {
         let client = self.pool.get().await?;
-        let claims = jobs::claim(&client, self.instance, limit, self.config.lease()).await?;
-        metrics::counter!(crate::metrics::JOBS_CLAIMED).increment(claims.len() as u64);
-        jobs::snapshots(&client, claims).await
+        let snapshots = jobs::claim(&client, self.instance, limit, self.config.lease()).await?;
+        metrics::counter!(crate::metrics::JOBS_CLAIMED).increment(snapshots.len() as u64);
+        Ok(snapshots)
     }
 
     /// The dispatcher: runs until `shutdown`, then lets in-flight jobs finish for at most
@@ -297,7 +297,7 @@ impl Worker {
                 match self.claim(free).await {
                     Ok(snapshots) => {
                         db_backoff = Duration::from_millis(100);
-                        let full = snapshots.len() == free;
+                        let (claimed, full) = (snapshots.len(), snapshots.len() == free);
                         for s in snapshots {
                             let me = self.clone();
                             inflight.spawn(async move {
@@ -307,7 +307,11 @@ impl Worker {
                         if full {
                             continue;
                         }
-                        if let Ok(client) = self.pool.get().await
+                        // Everything due is claimed. When to look again: the jobs just claimed
+                        // wake this loop when they finish, and it then finds nothing due and
+                        // asks; asking now would only compete with them for the database.
+                        if claimed == 0
+                            && let Ok(client) = self.pool.get().await
                             && let Ok(Some(due)) = jobs::next_due_in(&client).await
                         {
                             wait = wait.min(due.max(Duration::from_millis(5)));

@@ -10,8 +10,9 @@
 //!
 //! * burst: N bookings confirmed by one statement; throughput, commit-to-link latency, the
 //!   daemon's peak RSS and the database transactions it spends per booking;
-//! * sequential: M further bookings confirmed one at a time, each waited for before the next;
-//!   commit-to-link latency of a daemon that is not busy;
+//! * sequential: M further bookings confirmed one at a time, each waited for before the next (on
+//!   the daemon's `meeting_ready` notification, as the app would); commit-to-link latency of a
+//!   daemon that is not busy;
 //! * slow platform: L bookings of Google Meet services, confirmed by one statement, against an
 //!   in-process fake of Google Calendar that takes `--provider-latency-ms` to answer every call
 //!   (rate limits lifted): throughput against the bound `worker.concurrency / latency`.
@@ -48,7 +49,9 @@ const READY_POLL: Duration = Duration::from_millis(20);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const BURST_POLL: Duration = Duration::from_millis(20);
 const BURST_TIMEOUT: Duration = Duration::from_secs(600);
-const SEQUENTIAL_POLL: Duration = Duration::from_millis(1);
+/// The sequential phase waits for the daemon's `meeting_ready` notification; polling is only
+/// the backstop, slow enough not to compete with the daemon for the CPU.
+const SEQUENTIAL_POLL: Duration = Duration::from_millis(50);
 const SEQUENTIAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The daemon's own drain deadline is 20 s by default (`worker.shutdown_grace_ms`).
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -157,16 +160,20 @@ fn daemon_binary() -> Result<PathBuf> {
 
 /// A plain connection with its driver spawned, named so its sessions are recognisable.
 async fn connect(url: &str) -> Result<Client> {
-    let mut config: tokio_postgres::Config =
-        url.parse().context("DATABASE_URL is not a PostgreSQL connection string")?;
-    config.application_name("meetingd-bench");
-    let (client, connection) = config.connect(NoTls).await.context("connecting to PostgreSQL")?;
+    let (client, connection) = pg_config(url)?.connect(NoTls).await.context("connecting to PostgreSQL")?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             eprintln!("meetingd-bench: database connection closed: {e}");
         }
     });
     Ok(client)
+}
+
+fn pg_config(url: &str) -> Result<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config =
+        url.parse().context("DATABASE_URL is not a PostgreSQL connection string")?;
+    config.application_name("meetingd-bench");
+    Ok(config)
 }
 
 async fn print_header(admin: &Client, args: &Args) -> Result<()> {
@@ -269,7 +276,7 @@ async fn measure(url: &str, daemon_bin: &Path, args: &Args) -> Result<RunFigures
 
     let burst = run_burst(&db, &mut daemon, args.bookings).await?;
     eprintln!("· sequential: {} bookings one at a time", sequential_ids.len());
-    let sequential = run_sequential(&db, &mut daemon, &sequential_ids).await?;
+    let sequential = run_sequential(&db, url, &mut daemon, &sequential_ids).await?;
     let peak_rss_kb = daemon.proc_status_kb("VmHWM")?.max(daemon.max_rss_kb);
     let slow = if args.slow_bookings > 0 {
         eprintln!(
@@ -731,22 +738,73 @@ async fn job_states(db: &Client) -> Result<String> {
     Ok(if states.is_empty() { "none".into() } else { states.join("; ") })
 }
 
-/// Confirms each booking on its own and waits for its link before the next.
-async fn run_sequential(db: &Client, daemon: &mut Daemon, ids: &[Uuid]) -> Result<Latency> {
+/// Confirms each booking on its own and waits for its link before the next, as the app would:
+/// on the daemon's `meeting_ready` notification.
+async fn run_sequential(db: &Client, url: &str, daemon: &mut Daemon, ids: &[Uuid]) -> Result<Latency> {
     let confirm = db.prepare("UPDATE bookings SET status = 'confirmed' WHERE id = $1 AND status = 'pending'").await?;
     let ready = db.prepare("SELECT coalesce(meeting_status = 'ready', false) FROM bookings WHERE id = $1").await?;
+    let mut events = ReadyEvents::listen(url).await?;
     for id in ids {
         let confirmed = db.execute(&confirm, &[id]).await.context("confirming a sequential booking")?;
         ensure!(confirmed == 1, "booking {id} was not pending");
-        wait_one_ready(db, daemon, &ready, *id).await?;
+        wait_one_ready(db, daemon, &mut events, &ready, *id).await?;
     }
     daemon.sample_rss()?;
     Latency::read(db, SEQUENTIAL_TAG).await
 }
 
-async fn wait_one_ready(db: &Client, daemon: &mut Daemon, ready: &Statement, id: Uuid) -> Result<()> {
+/// The bookings named by `meeting_ready` events (channel `meetingd_events`) as they commit.
+struct ReadyEvents {
+    bookings: tokio::sync::mpsc::UnboundedReceiver<Uuid>,
+    _client: Client,
+}
+
+impl ReadyEvents {
+    async fn listen(url: &str) -> Result<ReadyEvents> {
+        let (client, mut connection) = pg_config(url)?.connect(NoTls).await.context("connecting to PostgreSQL")?;
+        let (tx, bookings) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                        let event: serde_json::Value = serde_json::from_str(n.payload()).unwrap_or_default();
+                        if event["kind"] == "meeting_ready"
+                            && let Some(id) = event["booking_id"].as_str().and_then(|s| s.parse().ok())
+                        {
+                            let _ = tx.send(id);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("meetingd-bench: event connection closed: {e}");
+                        break;
+                    }
+                }
+            }
+        });
+        client.batch_execute("LISTEN meetingd_events").await.context("LISTEN meetingd_events")?;
+        Ok(ReadyEvents { bookings, _client: client })
+    }
+}
+
+async fn wait_one_ready(
+    db: &Client,
+    daemon: &mut Daemon,
+    events: &mut ReadyEvents,
+    ready: &Statement,
+    id: Uuid,
+) -> Result<()> {
     let deadline = Instant::now() + SEQUENTIAL_TIMEOUT;
     loop {
+        let poll = tokio::time::sleep(SEQUENTIAL_POLL);
+        tokio::pin!(poll);
+        loop {
+            tokio::select! {
+                Some(booking) = events.bookings.recv() => if booking == id { return Ok(()) },
+                () = &mut poll => break,
+            }
+        }
         if db.query_one(ready, &[&id]).await.context("polling a sequential booking")?.get::<_, bool>(0) {
             return Ok(());
         }
@@ -758,7 +816,6 @@ async fn wait_one_ready(db: &Client, daemon: &mut Daemon, ready: &Statement, id:
                 job_states(db).await?
             );
         }
-        tokio::time::sleep(SEQUENTIAL_POLL).await;
     }
 }
 

@@ -22,9 +22,14 @@ use crate::providers::Meeting;
 pub struct Claim {
     pub job_id: i64,
     pub booking_id: Uuid,
-    /// Fencing token: only the holder of this claim may complete the job.
+    /// Numbers the job's claims (bumped by every claim).
     pub claim_seq: i64,
-    /// The booking change this claim answers; a newer change makes the result stale.
+    /// Fencing token, drawn at random by every claim: only the holder of this claim may record
+    /// the job's outcome or a create intent. Unlike `claim_seq`, it is never handed out twice,
+    /// even when a server crash loses the (asynchronously committed) claim that drew it.
+    pub token: Uuid,
+    /// The booking change the snapshot shows; the write-back finds the result stale when the job
+    /// has moved past it.
     pub version: i64,
     /// 1 for the first attempt since the booking last changed.
     pub attempt: i32,
@@ -44,46 +49,137 @@ pub struct Intent {
     pub generation: i32,
 }
 
-/// Claims up to `limit` due jobs for `owner`, with a lease on the database clock. The statement
-/// commits on its own before any platform is called.
-pub async fn claim(client: &impl Cached, owner: Uuid, limit: usize, lease: Duration) -> Result<Vec<Claim>, DbError> {
-    // A CTE, not `WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`, which can claim more than n.
-    let statement = client
-        .prepare_cached(
-            "WITH due AS (
-                 SELECT id FROM meetingd.jobs
-                  WHERE state = 'pending' AND run_at <= now()
-                    AND (lease_until IS NULL OR lease_until < now())
-                  ORDER BY run_at, id
-                  LIMIT $1
-                  FOR UPDATE SKIP LOCKED
-             )
-             UPDATE meetingd.jobs j
-                SET lease_owner = $2, lease_until = now() + make_interval(secs => $3),
-                    claim_seq = j.claim_seq + 1, attempts = j.attempts + 1, updated_at = now()
-               FROM due
-              WHERE j.id = due.id
-          RETURNING j.id, j.booking_id, j.claim_seq, j.version, j.attempts, j.requested_at,
-                    j.intent_platform, j.intent_generation",
-        )
-        .await?;
-    let rows = client.query(&statement, &[&(limit as i64), &owner, &lease.as_secs_f64()]).await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Claim {
-            job_id: r.get(0),
-            booking_id: r.get(1),
-            claim_seq: r.get(2),
-            version: r.get(3),
-            attempt: r.get(4),
-            requested_at: r.get(5),
-            intent: r
-                .get::<_, Option<String>>(6)
-                .zip(r.get::<_, Option<i32>>(7))
-                .map(|(platform, generation)| Intent { platform, generation }),
-            intended_generation: r.get::<_, Option<i32>>(7).unwrap_or(0),
+/// Claims up to `limit` due jobs for `owner`, with a lease on the database clock, and reads the
+/// booking and meeting behind each: one statement, one round trip.
+///
+/// The claim commits before any platform is called, asynchronously (`synchronous_commit = off`):
+/// it promises only a lease, and nothing outside the database acts on it before a synchronous
+/// commit (a create intent, a write-back) has made it durable. A claim a server crash loses is
+/// claimed again, under a new [`Claim::token`].
+///
+/// No claim pays for planning: the statement runs on its generic plan, built once per connection.
+/// That plan is built from the statistics of the moment (a queue table that was empty then looks
+/// best read whole) and then kept, so it is built with sequential scans ruled out: every step is
+/// an index lookup, which fits one job as well as a batch, on a table of any size.
+///
+/// Takes a connection of its own (not a transaction): the claim is its own transaction.
+pub async fn claim(
+    client: &deadpool_postgres::Client,
+    owner: Uuid,
+    limit: usize,
+    lease: Duration,
+) -> Result<Vec<Snapshot>, DbError> {
+    let statement = client.prepare_cached(CLAIM).await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&(limit as i64), &owner, &lease.as_secs_f64()];
+    // Sent together: the three messages are queued in this order on the connection. `join!`, not
+    // `try_join!`, so BEGIN is never sent without the COMMIT that ends it; after a failed claim
+    // that COMMIT rolls back, and the connection goes back to the pool outside any transaction.
+    let (begin, rows, commit) = futures_util::join!(
+        client.batch_execute(
+            "BEGIN; SET LOCAL synchronous_commit = off;
+             SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off"
+        ),
+        client.query(&statement, &params),
+        client.batch_execute("COMMIT"),
+    );
+    begin?;
+    let rows = rows?;
+    commit?;
+    Ok(rows.iter().map(snapshot_of).collect())
+}
+
+/// Claim and snapshot in one statement. The CTE takes the due jobs (a CTE, not `WHERE id IN
+/// (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`, which can claim more than n); the bookings,
+/// services, users and meetings are joined by `LATERAL … OFFSET 0` lookups, so even the generic
+/// plan looks each one up by its primary key instead of hashing a whole table.
+///
+/// The joined rows come from the statement's snapshot. A job whose row the app changed after that
+/// snapshot was taken (and committed before the claim locked it) is claimed at its new version,
+/// while the booking read is the old one: the claim therefore reports the version the snapshot
+/// saw, and the write-back records its result as stale and runs the job again.
+const CLAIM: &str = "WITH due AS (
+    SELECT id FROM meetingd.jobs
+     WHERE state = 'pending' AND run_at <= now()
+       AND (lease_until IS NULL OR lease_until < now())
+     ORDER BY run_at, id
+     LIMIT $1
+     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE meetingd.jobs j
+       SET lease_owner = $2, lease_until = now() + make_interval(secs => $3), lease_token = gen_random_uuid(),
+           claim_seq = j.claim_seq + 1, attempts = j.attempts + 1, updated_at = now()
+     WHERE j.id = ANY (ARRAY(SELECT id FROM due))
+ RETURNING j.id, j.booking_id, j.claim_seq, j.lease_token, j.attempts, j.requested_at,
+           j.intent_platform, j.intent_generation
+)
+SELECT c.id, c.booking_id, c.claim_seq, c.lease_token,
+       COALESCE((SELECT seen.version FROM meetingd.jobs seen WHERE seen.id = c.id), 0),
+       c.attempts, c.requested_at, c.intent_platform, c.intent_generation,
+       b.id, b.status, b.start_time, b.end_time, b.customer_id, b.meeting_status,
+       s.id, s.provider_id, s.title, s.description, COALESCE(s.is_online, false),
+       s.meeting_platform, COALESCE(s.meeting_settings, '{}'::jsonb),
+       EXISTS (SELECT 1 FROM user_meeting_integrations i
+                WHERE i.user_id = s.provider_id AND i.platform = s.meeting_platform
+                  AND i.is_active IS TRUE),
+       m.platform, m.requested_platform, m.external_id, m.join_url, m.start_time,
+       m.end_time, m.generation, m.state = 'live',
+       cu.full_name, cu.email, pu.full_name
+  FROM claimed c
+  LEFT JOIN LATERAL (SELECT * FROM bookings b WHERE b.id = c.booking_id OFFSET 0) b ON true
+  LEFT JOIN LATERAL (SELECT * FROM services s WHERE s.id = b.service_id OFFSET 0) s ON true
+  LEFT JOIN LATERAL (SELECT * FROM users u WHERE u.id = b.customer_id OFFSET 0) cu ON true
+  LEFT JOIN LATERAL (SELECT * FROM users u WHERE u.id = s.provider_id OFFSET 0) pu ON true
+  LEFT JOIN LATERAL (SELECT * FROM meetingd.meetings m WHERE m.booking_id = c.booking_id OFFSET 0) m ON true";
+
+/// One row of [`CLAIM`] as a snapshot.
+fn snapshot_of(r: &tokio_postgres::Row) -> Snapshot {
+    let intent_generation: Option<i32> = r.get(8);
+    let claim = Claim {
+        job_id: r.get(0),
+        booking_id: r.get(1),
+        claim_seq: r.get(2),
+        token: r.get(3),
+        version: r.get(4),
+        attempt: r.get(5),
+        requested_at: r.get(6),
+        intent: r
+            .get::<_, Option<String>>(7)
+            .zip(intent_generation)
+            .map(|(platform, generation)| Intent { platform, generation }),
+        intended_generation: intent_generation.unwrap_or(0),
+    };
+    // A booking whose service row is gone counts as gone too.
+    let booking = (|| {
+        Some(BookingView {
+            booking_id: r.get::<_, Option<Uuid>>(9)?,
+            status: r.get(10),
+            start: r.get(11),
+            end: r.get(12),
+            customer_id: r.get(13),
+            meeting_status: r.get(14),
+            service_id: r.get::<_, Option<Uuid>>(15)?,
+            provider_id: r.get(16),
+            title: r.get(17),
+            description: r.get(18),
+            is_online: r.get(19),
+            meeting_platform: r.get(20),
+            meeting_settings: r.get(21),
+            connected: r.get(22),
+            customer_name: r.get(31),
+            customer_email: r.get(32),
+            provider_name: r.get(33),
         })
-        .collect())
+    })();
+    let meeting = r.get::<_, Option<String>>(23).map(|platform| MeetingRecord {
+        platform,
+        requested_platform: r.get(24),
+        meeting: Meeting { external_id: r.get(25), join_url: r.get(26) },
+        start: r.get(27),
+        end: r.get(28),
+        generation: r.get(29),
+        live: r.get(30),
+    });
+    Snapshot { claim, booking, meeting }
 }
 
 /// Records, fenced on the claim, that a create of `generation` on `platform` is about to be
@@ -98,10 +194,12 @@ pub async fn record_intent(
     let statement = client
         .prepare_cached(
             "UPDATE meetingd.jobs SET intent_platform = $3, intent_generation = $4
-              WHERE id = $1 AND claim_seq = $2",
+              WHERE id = $1 AND claim_seq = $2 AND lease_token = $5",
         )
         .await?;
-    Ok(client.execute(&statement, &[&claim.job_id, &claim.claim_seq, &platform, &generation]).await? == 1)
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&claim.job_id, &claim.claim_seq, &platform, &generation, &claim.token];
+    Ok(client.execute(&statement, &params).await? == 1)
 }
 
 /// How long until the next pending job becomes due (zero if one is due now), `None` if none is pending.
@@ -158,81 +256,6 @@ pub struct Snapshot {
     /// `None` when the booking was deleted.
     pub booking: Option<BookingView>,
     pub meeting: Option<MeetingRecord>,
-}
-
-/// Reads the bookings and meetings behind a batch of claims, in one statement. Run after the claim
-/// committed, so it sees at least the booking change each claimed version stands for.
-pub async fn snapshots(client: &impl Cached, claims: Vec<Claim>) -> Result<Vec<Snapshot>, DbError> {
-    if claims.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<Uuid> = claims.iter().map(|c| c.booking_id).collect();
-    let statement = client
-        .prepare_cached(
-            "SELECT k.id,
-                    b.id, b.status, b.start_time, b.end_time, b.customer_id, b.meeting_status,
-                    s.id, s.provider_id, s.title, s.description, COALESCE(s.is_online, false),
-                    s.meeting_platform, COALESCE(s.meeting_settings, '{}'::jsonb),
-                    EXISTS (SELECT 1 FROM user_meeting_integrations i
-                             WHERE i.user_id = s.provider_id AND i.platform = s.meeting_platform
-                               AND i.is_active IS TRUE),
-                    m.platform, m.requested_platform, m.external_id, m.join_url, m.start_time,
-                    m.end_time, m.generation, m.state = 'live',
-                    cu.full_name, cu.email, pu.full_name
-               FROM unnest($1::uuid[]) AS k(id)
-               LEFT JOIN bookings b ON b.id = k.id
-               LEFT JOIN services s ON s.id = b.service_id
-               LEFT JOIN users cu ON cu.id = b.customer_id
-               LEFT JOIN users pu ON pu.id = s.provider_id
-               LEFT JOIN meetingd.meetings m ON m.booking_id = k.id",
-        )
-        .await?;
-    let rows = client.query(&statement, &[&ids]).await?;
-    let mut by_id: std::collections::HashMap<Uuid, tokio_postgres::Row> =
-        rows.into_iter().map(|r| (r.get::<_, Uuid>(0), r)).collect();
-    Ok(claims
-        .into_iter()
-        .map(|claim| {
-            let row = by_id.remove(&claim.booking_id);
-            let booking = row.as_ref().and_then(|r| {
-                // A booking whose service row is gone counts as gone too.
-                let service_id: Option<Uuid> = r.get(7);
-                let booking_id: Option<Uuid> = r.get(1);
-                Some(BookingView {
-                    booking_id: booking_id?,
-                    status: r.get(2),
-                    start: r.get(3),
-                    end: r.get(4),
-                    customer_id: r.get(5),
-                    meeting_status: r.get(6),
-                    service_id: service_id?,
-                    provider_id: r.get(8),
-                    title: r.get(9),
-                    description: r.get(10),
-                    is_online: r.get(11),
-                    meeting_platform: r.get(12),
-                    meeting_settings: r.get(13),
-                    connected: r.get(14),
-                    customer_name: r.get(23),
-                    customer_email: r.get(24),
-                    provider_name: r.get(25),
-                })
-            });
-            let meeting = row.as_ref().and_then(|r| {
-                let platform: Option<String> = r.get(15);
-                Some(MeetingRecord {
-                    platform: platform?,
-                    requested_platform: r.get(16),
-                    meeting: Meeting { external_id: r.get(17), join_url: r.get(18) },
-                    start: r.get(19),
-                    end: r.get(20),
-                    generation: r.get(21),
-                    live: r.get(22),
-                })
-            });
-            Snapshot { claim, booking, meeting }
-        })
-        .collect())
 }
 
 /// One line of the audit trail.
@@ -330,9 +353,10 @@ pub async fn write_back(
     let refund = matches!(outcome, Outcome::Defer { .. });
     let resolved_platform = resolved.map(|i| i.platform.as_str());
     let resolved_generation = resolved.map(|i| i.generation);
-    let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+    let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
         &claim.job_id,
         &claim.claim_seq,
+        &claim.token,
         &claim.version,
         &job_state,
         &delay,
@@ -448,16 +472,17 @@ pub async fn write_back(
 type PendingWrite<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
 
+/// Ends the claim (a claim is spent by its write-back) and records the job's new state.
 const FENCE: &str = "UPDATE meetingd.jobs
-    SET state = CASE WHEN version = $3 THEN $4 ELSE 'pending' END,
-        run_at = CASE WHEN version = $3 THEN now() + make_interval(secs => $5) ELSE now() END,
-        last_error = CASE WHEN version = $3 AND NOT $7 THEN $6 ELSE last_error END,
-        attempts = CASE WHEN $7 THEN GREATEST(attempts - 1, 0) ELSE attempts END,
-        completed_at = CASE WHEN version = $3 AND $4 <> 'pending' THEN clock_timestamp() END,
-        lease_owner = NULL, lease_until = NULL, updated_at = now(),
-        intent_platform = CASE WHEN intent_platform = $8 AND intent_generation = $9 THEN NULL ELSE intent_platform END
-  WHERE id = $1 AND claim_seq = $2
-RETURNING version = $3";
+    SET state = CASE WHEN version = $4 THEN $5 ELSE 'pending' END,
+        run_at = CASE WHEN version = $4 THEN now() + make_interval(secs => $6) ELSE now() END,
+        last_error = CASE WHEN version = $4 AND NOT $8 THEN $7 ELSE last_error END,
+        attempts = CASE WHEN $8 THEN GREATEST(attempts - 1, 0) ELSE attempts END,
+        completed_at = CASE WHEN version = $4 AND $5 <> 'pending' THEN clock_timestamp() END,
+        lease_owner = NULL, lease_until = NULL, lease_token = NULL, updated_at = now(),
+        intent_platform = CASE WHEN intent_platform = $9 AND intent_generation = $10 THEN NULL ELSE intent_platform END
+  WHERE id = $1 AND claim_seq = $2 AND lease_token = $3
+RETURNING version = $4";
 
 /// How a recorded meeting replaces the booking's previous one (shared by both upserts).
 /// `linked_at` keeps its time while the same meeting stays live.
@@ -571,6 +596,7 @@ pub async fn write_back_batch(
     let mut job_ids = Vec::with_capacity(n);
     let mut booking_ids = Vec::with_capacity(n);
     let mut claim_seqs = Vec::with_capacity(n);
+    let mut tokens = Vec::with_capacity(n);
     let mut versions = Vec::with_capacity(n);
     let mut states = Vec::with_capacity(n);
     let mut delays = Vec::with_capacity(n);
@@ -584,6 +610,7 @@ pub async fn write_back_batch(
         job_ids.push(claim.job_id);
         booking_ids.push(claim.booking_id);
         claim_seqs.push(claim.claim_seq);
+        tokens.push(claim.token);
         versions.push(claim.version);
         states.push(f.outcome.job_state());
         delays.push(delay);
@@ -602,6 +629,7 @@ pub async fn write_back_batch(
                 &job_ids,
                 &booking_ids,
                 &claim_seqs,
+                &tokens,
                 &versions,
                 &states,
                 &delays,
@@ -814,9 +842,10 @@ impl<'a> BatchWrites<'a> {
 /// locked ones exactly as `FENCE` does. One row per locked booking's job: `current` is NULL when
 /// the lease was lost.
 const BATCH_FENCE: &str = "WITH f AS (
-    SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::bigint[], $5::text[], $6::float8[],
-                         $7::text[], $8::bool[], $9::text[], $10::int[])
-             AS f(job_id, booking_id, claim_seq, version, state, delay, last_error, refund, rplatform, rgeneration)
+    SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::uuid[], $5::bigint[], $6::text[],
+                         $7::float8[], $8::text[], $9::bool[], $10::text[], $11::int[])
+             AS f(job_id, booking_id, claim_seq, token, version, state, delay, last_error, refund, rplatform,
+                  rgeneration)
 ), locked AS (
     SELECT b.id FROM bookings b WHERE b.id IN (SELECT booking_id FROM f) ORDER BY b.id FOR UPDATE SKIP LOCKED
 ), fenced AS (
@@ -826,11 +855,11 @@ const BATCH_FENCE: &str = "WITH f AS (
            last_error = CASE WHEN j.version = f.version AND NOT f.refund THEN f.last_error ELSE j.last_error END,
            attempts = CASE WHEN f.refund THEN GREATEST(j.attempts - 1, 0) ELSE j.attempts END,
            completed_at = CASE WHEN j.version = f.version AND f.state <> 'pending' THEN clock_timestamp() END,
-           lease_owner = NULL, lease_until = NULL, updated_at = now(),
+           lease_owner = NULL, lease_until = NULL, lease_token = NULL, updated_at = now(),
            intent_platform = CASE WHEN j.intent_platform = f.rplatform AND j.intent_generation = f.rgeneration
                                   THEN NULL ELSE j.intent_platform END
       FROM f JOIN locked l ON l.id = f.booking_id
-     WHERE j.id = f.job_id AND j.claim_seq = f.claim_seq
+     WHERE j.id = f.job_id AND j.claim_seq = f.claim_seq AND j.lease_token = f.token
  RETURNING j.id, f.claim_seq, j.version = f.version AS current
 )
 SELECT f.job_id, f.claim_seq, fenced.current

@@ -327,9 +327,9 @@ async fn only_the_lease_holder_records_an_outcome() {
     let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
     let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
     let client = pool.get().await.unwrap();
-    let first = meetingd::db::jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
+    let mut first = meetingd::db::jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
     assert_eq!(first.len(), 1);
-    let snapshot = meetingd::db::jobs::snapshots(&client, first).await.unwrap().remove(0);
+    let snapshot = first.remove(0);
     // The lease runs out and another daemon claims the job.
     s.c.execute("UPDATE meetingd.jobs SET lease_until = now() - interval '1 second'", &[]).await.unwrap();
     assert_eq!(s.worker.run_once().await.unwrap(), 1);
@@ -339,6 +339,80 @@ async fn only_the_lease_holder_records_an_outcome() {
     assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
     let recorded = market::count(&s.c, "SELECT count(*) FROM meetingd.audit_log WHERE outcome = 'ok'").await;
     assert_eq!(recorded, 1, "only the lease holder's write-back committed");
+}
+
+#[tokio::test]
+async fn a_claim_lost_with_the_server_cannot_pass_for_the_next_claim_of_its_number() {
+    use meetingd::db::jobs;
+    let s = setup().await;
+    let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
+    let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
+    let client = pool.get().await.unwrap();
+    let lost = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap().remove(0);
+    // The claim commits asynchronously; the server crashes before it reaches the disk, and
+    // restarts with the job row as it was before the claim.
+    s.c.execute(
+        "UPDATE meetingd.jobs SET claim_seq = claim_seq - 1, attempts = attempts - 1, lease_owner = NULL,
+                lease_until = NULL, lease_token = NULL WHERE booking_id = $1",
+        &[&b],
+    )
+    .await
+    .unwrap();
+    let next = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap().remove(0);
+    assert_eq!(next.claim.claim_seq, lost.claim.claim_seq, "the same claim number is handed out again");
+    assert_ne!(next.claim.token, lost.claim.token);
+
+    // The lost claim's holder can record neither a create intent nor an outcome.
+    assert!(!jobs::record_intent(&client, &lost.claim, "google_meet", 1).await.unwrap());
+    assert_eq!(s.worker.process(lost).await, Processed::Recorded(WriteBack::LeaseLost));
+    assert_eq!(s.worker.process(next).await, Processed::Recorded(WriteBack::Done));
+    assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
+    let recorded = market::count(&s.c, "SELECT count(*) FROM meetingd.audit_log WHERE outcome = 'ok'").await;
+    assert_eq!(recorded, 1, "only the current claim's write-back committed");
+}
+
+/// A job's claim number, attempts and lease token.
+async fn lease_of(c: &tokio_postgres::Client, booking: Uuid) -> (i64, i32, Option<Uuid>) {
+    let r = c
+        .query_one("SELECT claim_seq, attempts, lease_token FROM meetingd.jobs WHERE booking_id = $1", &[&booking])
+        .await
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+/// A savepoint can be made only inside a transaction block.
+async fn in_transaction(c: &tokio_postgres::Client) -> bool {
+    c.batch_execute("SAVEPOINT probe").await.is_ok()
+}
+
+#[tokio::test]
+async fn a_claim_leaves_its_connection_as_it_found_it_even_when_it_fails() {
+    use meetingd::db::jobs;
+    let s = setup().await;
+    let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
+    let pool = meetingd::db::pool(&s.db.config().database, 1).unwrap();
+    let settings = "SELECT current_setting('synchronous_commit') || ' ' || current_setting('plan_cache_mode')
+                           || ' ' || current_setting('enable_seqscan')";
+    let client = pool.get().await.unwrap();
+    let defaults: String = client.query_one(settings, &[]).await.unwrap().get(0);
+    let claimed = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(!in_transaction(&client).await);
+    assert_eq!(client.query_one(settings, &[]).await.unwrap().get::<_, String>(0), defaults);
+    drop(client);
+
+    // A claim that fails inside its transaction (here: a constraint the claim's update breaks).
+    s.c.execute("UPDATE meetingd.jobs SET lease_until = NULL WHERE booking_id = $1", &[&b]).await.unwrap();
+    s.c.batch_execute("ALTER TABLE meetingd.jobs ADD CONSTRAINT no_second_claim CHECK (claim_seq < 2) NOT VALID")
+        .await
+        .unwrap();
+    let before = lease_of(&s.c, b).await;
+    let client = pool.get().await.unwrap();
+    let failed = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await;
+    assert!(failed.unwrap_err().to_string().contains("no_second_claim"));
+    assert!(!in_transaction(&client).await, "the connection goes back to the pool outside any transaction");
+    assert_eq!(client.query_one(settings, &[]).await.unwrap().get::<_, String>(0), defaults);
+    assert_eq!(lease_of(&s.c, b).await, before, "the failed claim changed nothing");
 }
 
 #[tokio::test]
@@ -396,9 +470,8 @@ async fn batch_write_back_fences_each_job_and_leaves_app_locked_bookings_to_thei
     s.c.execute("UPDATE bookings SET status = 'confirmed' WHERE id = ANY($1)", &[&ids]).await.unwrap();
     let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
     let mut client = pool.get().await.unwrap();
-    let claims = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
-    assert_eq!(claims.len(), 5);
-    let mut snapshots = jobs::snapshots(&client, claims).await.unwrap();
+    let mut snapshots = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(snapshots.len(), 5);
     snapshots.sort_by_key(|s| ids.iter().position(|id| *id == s.claim.booking_id));
     let [done, stale, lost, locked, failed] = [0, 1, 2, 3, 4].map(|i| ids[i]);
 
