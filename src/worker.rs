@@ -18,7 +18,9 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::config::{Fallback, WorkerConfig};
-use crate::db::jobs::{self, AuditEntry, Event, Finished, Intent, MeetingRecord, Outcome, Snapshot, WriteBack};
+use crate::db::jobs::{
+    self, AuditEntry, BookingLocks, Event, Finished, Intent, MeetingRecord, Outcome, Snapshot, WriteBack,
+};
 use crate::db::{DbError, Pool};
 use crate::providers::{Choice, Meeting, MeetingRequest, Platform, ProviderError, Providers, choose_platform};
 use crate::retry::jitter_unit;
@@ -278,43 +280,56 @@ impl Worker {
 
     /// The dispatcher: runs until `shutdown`, then lets in-flight jobs finish for at most
     /// `worker.shutdown_grace_ms` and abandons the rest to lease expiry.
+    ///
+    /// It claims when there may be something to claim: at start, on a NOTIFY (and after every
+    /// LISTEN reconnect), when a job it ran is due again (a stale result, a retry, a deferral:
+    /// it knows when), while a claim found more than it had room for, and on the sweep timer.
+    /// Only a claim on the timer that finds nothing asks the database when the next job falls due
+    /// (a retry another daemon scheduled, a dead daemon's lease running out), so a quiet daemon
+    /// costs the database nothing between confirmations.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let concurrency = self.config.concurrency;
         // Under load, claim in batches rather than one job per finished job.
         let batch = (concurrency / 4).max(1);
-        let mut inflight: JoinSet<()> = JoinSet::new();
+        let mut inflight: JoinSet<Option<Duration>> = JoinSet::new();
         let mut db_backoff = Duration::from_millis(100);
+        let mut claim_now = true;
+        let mut ask_next_due = true;
+        // The soonest time a job this dispatcher knows of falls due.
+        let mut due_at: Option<tokio::time::Instant> = None;
         loop {
             if let Some(l) = &self.liveness {
                 l.worker_beat();
             }
             while let Some(done) = inflight.try_join_next() {
-                log_task_end(done);
+                note_task_end(done, &mut claim_now, &mut due_at);
+            }
+            if due_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                (claim_now, due_at) = (true, None);
             }
             let free = concurrency - inflight.len();
             let mut wait = self.config.idle_wait();
-            if !shutdown.is_cancelled() && (free >= batch || inflight.is_empty()) && free > 0 {
+            if claim_now && !shutdown.is_cancelled() && (free >= batch || inflight.is_empty()) && free > 0 {
                 match self.claim(free).await {
                     Ok(snapshots) => {
                         db_backoff = Duration::from_millis(100);
                         let (claimed, full) = (snapshots.len(), snapshots.len() == free);
                         for s in snapshots {
                             let me = self.clone();
-                            inflight.spawn(async move {
-                                me.process(s).await;
-                            });
+                            inflight.spawn(async move { me.run_job(s).await });
                         }
+                        // A full claim may have left due jobs behind: claim again when there is room.
+                        claim_now = full;
                         if full {
                             continue;
                         }
-                        // Everything due is claimed. When to look again: the jobs just claimed
-                        // wake this loop when they finish, and it then finds nothing due and
-                        // asks; asking now would only compete with them for the database.
                         if claimed == 0
+                            && std::mem::take(&mut ask_next_due)
                             && let Ok(client) = self.pool.get().await
                             && let Ok(Some(due)) = jobs::next_due_in(&client).await
                         {
-                            wait = wait.min(due.max(Duration::from_millis(5)));
+                            let at = tokio::time::Instant::now() + due.max(Duration::from_millis(5));
+                            due_at = Some(due_at.map_or(at, |t| t.min(at)));
                         }
                     }
                     Err(e) => {
@@ -324,18 +339,23 @@ impl Worker {
                     }
                 }
             }
+            if let Some(t) = due_at {
+                wait = wait.min(t.saturating_duration_since(tokio::time::Instant::now()));
+            }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.wake.notified() => {}
-                Some(done) = inflight.join_next(), if !inflight.is_empty() => log_task_end(done),
-                () = tokio::time::sleep(wait) => {}
+                () = self.wake.notified() => claim_now = true,
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                    note_task_end(done, &mut claim_now, &mut due_at);
+                }
+                () = tokio::time::sleep(wait) => (claim_now, ask_next_due) = (true, true),
             }
         }
         let in_flight = inflight.len();
         let grace = Duration::from_millis(self.config.shutdown_grace_ms);
         let drained = tokio::time::timeout(grace, async {
             while let Some(done) = inflight.join_next().await {
-                log_task_end(done);
+                log_task_end(done.map(|_| ()));
             }
         })
         .await;
@@ -356,19 +376,32 @@ impl Worker {
     /// Reconciles one claimed job and records the outcome. Never panics the daemon: a panic is
     /// recorded as that job's (retryable) error.
     pub async fn process(&self, s: Snapshot) -> Processed {
+        self.process_with_outcome(s).await.0
+    }
+
+    async fn process_with_outcome(&self, s: Snapshot) -> (Processed, Outcome) {
         self.active.fetch_add(1, Ordering::Relaxed);
-        // Counted down also when the task is aborted (shutdown past its grace period).
-        struct Done<'a>(&'a AtomicUsize);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        let _done = Done(&self.active);
+        let _active = ActiveJob(&self.active);
         self.process_counted(s).await
     }
 
-    async fn process_counted(&self, s: Snapshot) -> Processed {
+    /// [`Worker::process`] for the dispatcher: also says when the job is due again, as far as
+    /// this run knows (`None`: not because of this run).
+    async fn run_job(&self, s: Snapshot) -> Option<Duration> {
+        let lease = self.config.lease();
+        let (processed, outcome) = self.process_with_outcome(s).await;
+        match (processed, outcome) {
+            (Processed::Recorded(WriteBack::Stale), _) => Some(Duration::ZERO),
+            (Processed::Recorded(WriteBack::Done), Outcome::Retry { delay, .. } | Outcome::Defer { delay }) => {
+                Some(delay)
+            }
+            // Not recorded: the job is claimed again when its lease runs out.
+            (Processed::NotRecorded, _) => Some(lease),
+            _ => None,
+        }
+    }
+
+    async fn process_counted(&self, s: Snapshot) -> (Processed, Outcome) {
         let span = tracing::info_span!("job", booking_id = %s.claim.booking_id, attempt = s.claim.attempt);
         async {
             let mut intents = Intents { current: s.claim.intent.clone(), discarded: None };
@@ -387,7 +420,7 @@ impl Worker {
             let summary = outcome.clone();
             let processed = self.record(Finished { snapshot: s, outcome, audit, event, resolved }).await;
             self.count(requested_at, &summary, processed);
-            processed
+            (processed, summary)
         }
         .instrument(span)
         .await
@@ -428,17 +461,15 @@ impl Worker {
     }
 
     async fn record_alone(&self, f: &Finished) -> Processed {
-        let (s, outcome, audit, event, resolved) =
-            (&f.snapshot, &f.outcome, &f.audit[..], f.event.as_ref(), f.resolved.as_ref());
-        let mut client = match self.pool.get().await {
+        let client = match self.pool.get().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot record the job's outcome; it runs again when its lease expires");
                 return Processed::NotRecorded;
             }
         };
-        match jobs::write_back(&mut client, &self.actor, s, outcome, audit, event, resolved).await {
-            Ok(w) => Processed::Recorded(w),
+        match jobs::write_back(&client, &self.actor, std::slice::from_ref(f), BookingLocks::Wait).await {
+            Ok(results) => results.first().copied().flatten().map_or(Processed::NotRecorded, Processed::Recorded),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot record the job's outcome; it runs again when its lease expires");
                 Processed::NotRecorded
@@ -786,8 +817,8 @@ async fn write_batches(pool: Pool, actor: String, mut rx: tokio::sync::mpsc::Unb
         }
         let (finished, replies): (Vec<Finished>, Vec<_>) = batch.into_iter().map(|w| (w.finished, w.reply)).unzip();
         let written = async {
-            let mut client = pool.get().await?;
-            jobs::write_back_batch(&mut client, &actor, &finished).await
+            let client = pool.get().await?;
+            jobs::write_back(&client, &actor, &finished, BookingLocks::Skip).await
         }
         .await;
         let results = match written {
@@ -801,6 +832,39 @@ async fn write_batches(pool: Pool, actor: String, mut rx: tokio::sync::mpsc::Unb
             // A job whose task is gone (aborted at shutdown) runs again when its lease expires.
             let _ = reply.send((result.map(Processed::Recorded), f));
         }
+    }
+}
+
+/// Counts a job as active until dropped (also when its task is aborted at shutdown).
+struct ActiveJob<'a>(&'a AtomicUsize);
+
+impl Drop for ActiveJob<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a finished job task means for the dispatcher: claim now (its job is due again at once),
+/// or wake when it falls due.
+fn note_task_end(
+    done: Result<Option<Duration>, tokio::task::JoinError>,
+    claim_now: &mut bool,
+    due_at: &mut Option<tokio::time::Instant>,
+) {
+    let again = match done {
+        Ok(again) => again,
+        Err(e) => {
+            log_task_end(Err(e));
+            None
+        }
+    };
+    match again {
+        Some(Duration::ZERO) => *claim_now = true,
+        Some(after) => {
+            let at = tokio::time::Instant::now() + after;
+            *due_at = Some(due_at.map_or(at, |t| t.min(at)));
+        }
+        None => {}
     }
 }
 

@@ -71,20 +71,7 @@ pub async fn claim(
 ) -> Result<Vec<Snapshot>, DbError> {
     let statement = client.prepare_cached(CLAIM).await?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&(limit as i64), &owner, &lease.as_secs_f64()];
-    // Sent together: the three messages are queued in this order on the connection. `join!`, not
-    // `try_join!`, so BEGIN is never sent without the COMMIT that ends it; after a failed claim
-    // that COMMIT rolls back, and the connection goes back to the pool outside any transaction.
-    let (begin, rows, commit) = futures_util::join!(
-        client.batch_execute(
-            "BEGIN; SET LOCAL synchronous_commit = off;
-             SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off"
-        ),
-        client.query(&statement, &params),
-        client.batch_execute("COMMIT"),
-    );
-    begin?;
-    let rows = rows?;
-    commit?;
+    let rows = in_own_transaction(client, CLAIM_SETTINGS, &statement, &params).await?;
     Ok(rows.iter().map(snapshot_of).collect())
 }
 
@@ -323,206 +310,6 @@ pub enum WriteBack {
     LeaseLost,
 }
 
-/// Records an outcome in one transaction, fenced on the claim: only the lease holder commits.
-///
-/// Locks the booking row before the job row, the order the app's own transaction (booking update,
-/// then the trigger's job upsert) takes them, so the two can never deadlock.
-///
-/// Statements are prepared once per connection and sent pipelined: the lock and the fence in one
-/// round trip, everything the outcome writes in a second, then the commit.
-///
-/// `resolved` is the recorded create intent this run settled (its meeting is now recorded, or was
-/// deleted); it is cleared only if it is still the job's intent.
-pub async fn write_back(
-    client: &mut deadpool_postgres::Object,
-    actor: &str,
-    snapshot: &Snapshot,
-    outcome: &Outcome,
-    audit: &[AuditEntry],
-    event: Option<&Event>,
-    resolved: Option<&Intent>,
-) -> Result<WriteBack, DbError> {
-    let claim = &snapshot.claim;
-    let provider_id = snapshot.booking.as_ref().map(|b| b.provider_id);
-    let (delay, last_error) = fence_values(outcome);
-    let job_state = outcome.job_state();
-    let tx = client.transaction().await?;
-    let lock = tx.prepare_cached("SELECT 1 FROM bookings WHERE id = $1 FOR UPDATE").await?;
-    let fence = tx.prepare_cached(FENCE).await?;
-    let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&claim.booking_id];
-    let refund = matches!(outcome, Outcome::Defer { .. });
-    let resolved_platform = resolved.map(|i| i.platform.as_str());
-    let resolved_generation = resolved.map(|i| i.generation);
-    let fence_params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
-        &claim.job_id,
-        &claim.claim_seq,
-        &claim.token,
-        &claim.version,
-        &job_state,
-        &delay,
-        &last_error,
-        &refund,
-        &resolved_platform,
-        &resolved_generation,
-    ];
-    let (_, fenced) = futures_util::try_join!(tx.execute(&lock, &lock_params), tx.query_opt(&fence, &fence_params))?;
-    let current = match fenced {
-        None => {
-            tx.rollback().await?;
-            return Ok(WriteBack::LeaseLost);
-        }
-        Some(row) => row.get::<_, bool>(0),
-    };
-
-    let mut writes: Vec<PendingWrite<'_>> = Vec::new();
-    let t = &tx;
-    match outcome {
-        Outcome::Linked { platform, requested_platform, meeting, start, end, generation, settings } => {
-            // What exists at the platform is recorded even when the booking moved on meanwhile:
-            // the next run must know about this meeting to move or delete it.
-            let upsert = tx.prepare_cached(UPSERT_MEETING).await?;
-            writes.push(Box::pin(async move {
-                t.execute(
-                    &upsert,
-                    &[
-                        &claim.booking_id,
-                        platform,
-                        requested_platform,
-                        &meeting.external_id,
-                        &meeting.join_url,
-                        start,
-                        end,
-                        generation,
-                    ],
-                )
-                .await
-            }));
-            if current {
-                let show = tx.prepare_cached(SHOW_LINK).await?;
-                writes.push(Box::pin(async move {
-                    t.execute(&show, &[&claim.booking_id, &meeting.join_url, &meeting.external_id, platform, settings])
-                        .await
-                }));
-            }
-        }
-        Outcome::Unlinked { deleted } => {
-            if *deleted {
-                let gone = tx
-                    .prepare_cached(
-                        "UPDATE meetingd.meetings SET state = 'deleted', updated_at = now() WHERE booking_id = $1",
-                    )
-                    .await?;
-                writes.push(Box::pin(async move { t.execute(&gone, &[&claim.booking_id]).await }));
-            }
-            if current {
-                let clear = tx.prepare_cached(CLEAR_LINK).await?;
-                writes.push(Box::pin(async move { t.execute(&clear, &[&claim.booking_id, deleted]).await }));
-            }
-        }
-        Outcome::Unchanged | Outcome::Defer { .. } => {}
-        Outcome::Retry { .. } => {
-            if current {
-                let pending = tx.prepare_cached(SHOW_PENDING).await?;
-                writes.push(Box::pin(async move { t.execute(&pending, &[&claim.booking_id]).await }));
-            }
-        }
-        Outcome::Failed { error } => {
-            if current {
-                let failed = tx.prepare_cached(SHOW_FAILED).await?;
-                writes.push(Box::pin(async move { t.execute(&failed, &[&claim.booking_id, error]).await }));
-            }
-        }
-    }
-    if !audit.is_empty() {
-        let insert = tx.prepare_cached(INSERT_AUDIT).await?;
-        for entry in audit {
-            let insert = insert.clone();
-            writes.push(Box::pin(async move {
-                t.execute(
-                    &insert,
-                    &[
-                        &actor,
-                        &entry.action,
-                        &Some(claim.booking_id),
-                        &provider_id,
-                        &entry.platform,
-                        &entry.outcome,
-                        &Some(claim.attempt),
-                        &entry.duration_ms,
-                        &entry.detail,
-                    ],
-                )
-                .await
-            }));
-        }
-    }
-    if let (true, Some(event)) = (current, event) {
-        let insert = tx.prepare_cached(INSERT_EVENT).await?;
-        writes.push(Box::pin(async move {
-            t.execute(&insert, &[&event.kind, &provider_id, &Some(claim.booking_id), &event.platform, &event.message])
-                .await
-        }));
-    }
-    futures_util::future::try_join_all(writes).await?;
-    tx.commit().await?;
-    Ok(if current { WriteBack::Done } else { WriteBack::Stale })
-}
-
-/// One statement of a write-back, sent pipelined with the others.
-type PendingWrite<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
-
-/// Ends the claim (a claim is spent by its write-back) and records the job's new state.
-const FENCE: &str = "UPDATE meetingd.jobs
-    SET state = CASE WHEN version = $4 THEN $5 ELSE 'pending' END,
-        run_at = CASE WHEN version = $4 THEN now() + make_interval(secs => $6) ELSE now() END,
-        last_error = CASE WHEN version = $4 AND NOT $8 THEN $7 ELSE last_error END,
-        attempts = CASE WHEN $8 THEN GREATEST(attempts - 1, 0) ELSE attempts END,
-        completed_at = CASE WHEN version = $4 AND $5 <> 'pending' THEN clock_timestamp() END,
-        lease_owner = NULL, lease_until = NULL, lease_token = NULL, updated_at = now(),
-        intent_platform = CASE WHEN intent_platform = $9 AND intent_generation = $10 THEN NULL ELSE intent_platform END
-  WHERE id = $1 AND claim_seq = $2 AND lease_token = $3
-RETURNING version = $4";
-
-/// How a recorded meeting replaces the booking's previous one (shared by both upserts).
-/// `linked_at` keeps its time while the same meeting stays live.
-macro_rules! upsert_meeting_on_conflict {
-    () => {
-        " ON CONFLICT (booking_id) DO UPDATE
-    SET platform = EXCLUDED.platform, requested_platform = EXCLUDED.requested_platform,
-        external_id = EXCLUDED.external_id, join_url = EXCLUDED.join_url,
-        start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
-        generation = EXCLUDED.generation, state = 'live', updated_at = now(),
-        linked_at = CASE WHEN m.external_id = EXCLUDED.external_id AND m.state = 'live'
-                         THEN m.linked_at ELSE clock_timestamp() END"
-    };
-}
-
-const UPSERT_MEETING: &str = concat!(
-    "INSERT INTO meetingd.meetings AS m
-        (booking_id, platform, requested_platform, external_id, join_url, start_time, end_time, generation, state)
- VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'live')",
-    upsert_meeting_on_conflict!()
-);
-
-const SHOW_LINK: &str = "UPDATE bookings
-    SET meeting_link = $2, meeting_id = $3, meeting_platform = $4, meeting_settings = $5,
-        meeting_status = 'ready', meeting_error = NULL
-  WHERE id = $1";
-
-/// A manual link is the provider's own: it stays. A booking that never had meeting state (confirm
-/// then cancel before any work) is left as it is: no meeting at all.
-const CLEAR_LINK: &str = "UPDATE bookings
-    SET meeting_link = NULL, meeting_id = NULL, meeting_error = NULL, meeting_status = 'deleted'
-  WHERE id = $1 AND meeting_status IS DISTINCT FROM 'manual' AND ($2 OR meeting_status IS NOT NULL)";
-
-const SHOW_PENDING: &str = "UPDATE bookings SET meeting_status = 'pending'
-  WHERE id = $1 AND meeting_status IS DISTINCT FROM 'pending'
-    AND meeting_status IS DISTINCT FROM 'manual' AND status = 'confirmed'";
-
-const SHOW_FAILED: &str = "UPDATE bookings SET meeting_status = 'failed', meeting_error = $2
-  WHERE id = $1 AND meeting_status IS DISTINCT FROM 'manual'";
-
 const INSERT_AUDIT: &str = "INSERT INTO meetingd.audit_log
         (actor, action, booking_id, user_id, platform, outcome, attempt, duration_ms, detail)
  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
@@ -569,102 +356,98 @@ pub async fn insert_audit(
     Ok(())
 }
 
-/// One finished job, as handed to [`write_back_batch`].
+/// One finished job, as handed to [`write_back`].
 #[derive(Debug, Clone)]
 pub struct Finished {
     pub snapshot: Snapshot,
     pub outcome: Outcome,
     pub audit: Vec<AuditEntry>,
     pub event: Option<Event>,
-    /// The create intent this run settled (see [`write_back`]).
+    /// The create intent this run settled (its meeting is now recorded, or was deleted); it is
+    /// cleared only if it is still the job's intent.
     pub resolved: Option<Intent>,
 }
 
-/// Records many outcomes in one transaction with set-based statements: what [`write_back`] does
-/// for one job, for a batch, in two round trips plus the commit.
+/// What a write-back does when the app holds a job's booking row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BookingLocks {
+    /// Wait for it (up to the pool's `lock_timeout`): for a job recorded on its own.
+    Wait,
+    /// Leave that job out (its result is `None`): for a batch, which must never wait for the app.
+    Skip,
+}
+
+/// Records the outcomes of finished jobs, each fenced on its claim: only the lease holder's result
+/// is written. One statement in one transaction, sent in one round trip, whatever the outcomes.
 ///
-/// Booking rows are locked with `SKIP LOCKED`, so the batch never waits for the app (and cannot
-/// deadlock with an app transaction that changes several bookings). A job whose booking row could
-/// not be locked (held by the app, or deleted) gets `None`: record it on its own with
-/// [`write_back`], which waits for the lock.
-pub async fn write_back_batch(
-    client: &mut deadpool_postgres::Object,
+/// The statement locks the jobs' booking rows before their job rows, the order the app's own
+/// transaction (booking update, then the trigger's job upsert) takes them, so the two can never
+/// deadlock. With [`BookingLocks::Skip`] a booking the app holds is skipped, so a batch never
+/// waits for the app (and cannot deadlock with an app transaction that changes several
+/// bookings); record that job again on its own. A deleted booking is never locked: with `Skip`
+/// its job is left out too, with `Wait` it is recorded.
+///
+/// Like the claim, the statement runs on its generic plan of index lookups, built once per
+/// connection; its commit is synchronous.
+pub async fn write_back(
+    client: &deadpool_postgres::Client,
     actor: &str,
     batch: &[Finished],
+    locks: BookingLocks,
 ) -> Result<Vec<Option<WriteBack>>, DbError> {
-    let n = batch.len();
-    let mut job_ids = Vec::with_capacity(n);
-    let mut booking_ids = Vec::with_capacity(n);
-    let mut claim_seqs = Vec::with_capacity(n);
-    let mut tokens = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut states = Vec::with_capacity(n);
-    let mut delays = Vec::with_capacity(n);
-    let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut refunds = Vec::with_capacity(n);
-    let mut resolved_platforms: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut resolved_generations: Vec<Option<i32>> = Vec::with_capacity(n);
+    let mut w = Writes { actor, ..Writes::default() };
     for f in batch {
-        let claim = &f.snapshot.claim;
-        let (delay, last_error) = fence_values(&f.outcome);
-        job_ids.push(claim.job_id);
-        booking_ids.push(claim.booking_id);
-        claim_seqs.push(claim.claim_seq);
-        tokens.push(claim.token);
-        versions.push(claim.version);
-        states.push(f.outcome.job_state());
-        delays.push(delay);
-        errors.push(last_error);
-        refunds.push(matches!(f.outcome, Outcome::Defer { .. }));
-        resolved_platforms.push(f.resolved.as_ref().map(|i| i.platform.as_str()));
-        resolved_generations.push(f.resolved.as_ref().map(|i| i.generation));
+        w.add(f);
     }
-
-    let tx = client.transaction().await?;
-    let fence = tx.prepare_cached(BATCH_FENCE).await?;
-    let rows = tx
-        .query(
-            &fence,
-            &[
-                &job_ids,
-                &booking_ids,
-                &claim_seqs,
-                &tokens,
-                &versions,
-                &states,
-                &delays,
-                &errors,
-                &refunds,
-                &resolved_platforms,
-                &resolved_generations,
-            ],
-        )
-        .await?;
+    let sql = match locks {
+        BookingLocks::Wait => WRITE_BACK_WAITING,
+        BookingLocks::Skip => WRITE_BACK_SKIPPING,
+    };
+    let statement = client.prepare_cached(sql).await?;
+    let rows = in_own_transaction(client, PLAN_SETTINGS, &statement, &w.params()).await?;
     // (job id, claim) -> result; a job whose booking was not locked is absent.
-    let mut results: std::collections::HashMap<(i64, i64), WriteBack> = std::collections::HashMap::new();
+    let mut results = std::collections::HashMap::new();
     for row in rows {
-        let key = (row.get::<_, i64>(0), row.get::<_, i64>(1));
         let result = match row.get::<_, Option<bool>>(2) {
             None => WriteBack::LeaseLost,
             Some(true) => WriteBack::Done,
             Some(false) => WriteBack::Stale,
         };
-        results.insert(key, result);
+        results.insert((row.get::<_, i64>(0), row.get::<_, i64>(1)), result);
     }
-    let outcome_of = |f: &Finished| results.get(&(f.snapshot.claim.job_id, f.snapshot.claim.claim_seq)).copied();
+    Ok(batch.iter().map(|f| results.get(&(f.snapshot.claim.job_id, f.snapshot.claim.claim_seq)).copied()).collect())
+}
 
-    let mut w = BatchWrites::default();
-    for f in batch {
-        let current = match outcome_of(f) {
-            Some(WriteBack::Done) => true,
-            Some(WriteBack::Stale) => false,
-            _ => continue,
-        };
-        w.add(actor, f, current);
-    }
-    w.send(&tx).await?;
-    tx.commit().await?;
-    Ok(batch.iter().map(outcome_of).collect())
+/// Settings for a statement that must run on its generic plan with index lookups (see [`claim`]).
+macro_rules! plan_settings {
+    () => {
+        "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off"
+    };
+}
+const PLAN_SETTINGS: &str = plan_settings!();
+const CLAIM_SETTINGS: &str = concat!("SET LOCAL synchronous_commit = off; ", plan_settings!());
+
+/// Runs one statement in a transaction of its own with `settings` (`SET LOCAL …`), in one round
+/// trip: BEGIN, the settings, the statement and COMMIT are queued on the connection together.
+/// `join!`, not `try_join!`, so BEGIN is never sent without the COMMIT that ends it; after a
+/// failed statement that COMMIT rolls back, and the connection goes back to the pool outside any
+/// transaction, with its own settings.
+async fn in_own_transaction(
+    client: &deadpool_postgres::Client,
+    settings: &str,
+    statement: &tokio_postgres::Statement,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, DbError> {
+    let begin = format!("BEGIN; {settings}");
+    let (begun, rows, committed) = futures_util::join!(
+        client.batch_execute(&begin),
+        client.query(statement, params),
+        client.batch_execute("COMMIT"),
+    );
+    begun?;
+    let rows = rows?;
+    committed?;
+    Ok(rows)
 }
 
 /// The job row's `run_at` delay and `last_error` for an outcome.
@@ -677,10 +460,24 @@ fn fence_values(outcome: &Outcome) -> (f64, Option<&str>) {
     }
 }
 
-/// The columns of a batch's writes, one array per column, filled from the fenced jobs.
+/// The write-back statement's parameters, one array per column: the fence of every job, and what
+/// each job's outcome writes (the statement keeps only the rows of the jobs it fenced).
 #[derive(Default)]
-struct BatchWrites<'a> {
-    // Meetings that exist at the platform (recorded even when the booking moved on meanwhile).
+struct Writes<'a> {
+    // The fence.
+    job_ids: Vec<i64>,
+    booking_ids: Vec<Uuid>,
+    claim_seqs: Vec<i64>,
+    tokens: Vec<Uuid>,
+    versions: Vec<i64>,
+    states: Vec<&'static str>,
+    delays: Vec<f64>,
+    errors: Vec<Option<&'a str>>,
+    refunds: Vec<bool>,
+    resolved_platforms: Vec<Option<&'a str>>,
+    resolved_generations: Vec<Option<i32>>,
+    // Meetings that exist at the platform (recorded even when the booking moved on meanwhile:
+    // the next run must know about them to move or delete them); shown on current bookings.
     m_booking: Vec<Uuid>,
     m_platform: Vec<&'a str>,
     m_requested: Vec<Option<&'a str>>,
@@ -689,19 +486,14 @@ struct BatchWrites<'a> {
     m_start: Vec<DateTime<Utc>>,
     m_end: Vec<DateTime<Utc>>,
     m_generation: Vec<i32>,
-    // Links shown on current bookings.
-    l_booking: Vec<Uuid>,
-    l_url: Vec<&'a str>,
-    l_external: Vec<&'a str>,
-    l_platform: Vec<&'a str>,
-    l_settings: Vec<&'a serde_json::Value>,
-    deleted: Vec<Uuid>,
-    c_booking: Vec<Uuid>,
-    c_deleted: Vec<bool>,
+    m_settings: Vec<&'a serde_json::Value>,
+    // Meetings removed; links cleared on current bookings.
+    u_booking: Vec<Uuid>,
+    u_deleted: Vec<bool>,
     pending: Vec<Uuid>,
     f_booking: Vec<Uuid>,
     f_error: Vec<&'a str>,
-    a_actor: &'a str,
+    actor: &'a str,
     a_action: Vec<&'a str>,
     a_booking: Vec<Uuid>,
     a_user: Vec<Option<Uuid>>,
@@ -717,12 +509,23 @@ struct BatchWrites<'a> {
     e_message: Vec<&'a str>,
 }
 
-impl<'a> BatchWrites<'a> {
-    /// What [`write_back`] writes for one fenced job.
-    fn add(&mut self, actor: &'a str, f: &'a Finished, current: bool) {
-        let booking = f.snapshot.claim.booking_id;
+impl<'a> Writes<'a> {
+    fn add(&mut self, f: &'a Finished) {
+        let claim = &f.snapshot.claim;
+        let booking = claim.booking_id;
         let user = f.snapshot.booking.as_ref().map(|b| b.provider_id);
-        self.a_actor = actor;
+        let (delay, last_error) = fence_values(&f.outcome);
+        self.job_ids.push(claim.job_id);
+        self.booking_ids.push(booking);
+        self.claim_seqs.push(claim.claim_seq);
+        self.tokens.push(claim.token);
+        self.versions.push(claim.version);
+        self.states.push(f.outcome.job_state());
+        self.delays.push(delay);
+        self.errors.push(last_error);
+        self.refunds.push(matches!(f.outcome, Outcome::Defer { .. }));
+        self.resolved_platforms.push(f.resolved.as_ref().map(|i| i.platform.as_str()));
+        self.resolved_generations.push(f.resolved.as_ref().map(|i| i.generation));
         match &f.outcome {
             Outcome::Linked { platform, requested_platform, meeting, start, end, generation, settings } => {
                 self.m_booking.push(booking);
@@ -733,34 +536,17 @@ impl<'a> BatchWrites<'a> {
                 self.m_start.push(*start);
                 self.m_end.push(*end);
                 self.m_generation.push(*generation);
-                if current {
-                    self.l_booking.push(booking);
-                    self.l_url.push(&meeting.join_url);
-                    self.l_external.push(&meeting.external_id);
-                    self.l_platform.push(platform);
-                    self.l_settings.push(settings);
-                }
+                self.m_settings.push(settings);
             }
             Outcome::Unlinked { deleted } => {
-                if *deleted {
-                    self.deleted.push(booking);
-                }
-                if current {
-                    self.c_booking.push(booking);
-                    self.c_deleted.push(*deleted);
-                }
+                self.u_booking.push(booking);
+                self.u_deleted.push(*deleted);
             }
             Outcome::Unchanged | Outcome::Defer { .. } => {}
-            Outcome::Retry { .. } => {
-                if current {
-                    self.pending.push(booking);
-                }
-            }
+            Outcome::Retry { .. } => self.pending.push(booking),
             Outcome::Failed { error } => {
-                if current {
-                    self.f_booking.push(booking);
-                    self.f_error.push(error);
-                }
+                self.f_booking.push(booking);
+                self.f_error.push(error);
             }
         }
         for entry in &f.audit {
@@ -769,11 +555,11 @@ impl<'a> BatchWrites<'a> {
             self.a_user.push(user);
             self.a_platform.push(entry.platform.as_deref());
             self.a_outcome.push(entry.outcome);
-            self.a_attempt.push(f.snapshot.claim.attempt);
+            self.a_attempt.push(claim.attempt);
             self.a_duration.push(entry.duration_ms);
             self.a_detail.push(entry.detail.as_deref());
         }
-        if let (true, Some(event)) = (current, &f.event) {
+        if let Some(event) = &f.event {
             self.e_kind.push(event.kind);
             self.e_user.push(user);
             self.e_booking.push(booking);
@@ -782,72 +568,92 @@ impl<'a> BatchWrites<'a> {
         }
     }
 
-    /// The set-based statements with rows to write, pipelined.
-    async fn send(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), DbError> {
-        let mut writes: Vec<PendingWrite<'_>> = Vec::new();
-        let statements = [
-            (!self.m_booking.is_empty(), BATCH_UPSERT_MEETINGS),
-            (!self.l_booking.is_empty(), BATCH_SHOW_LINKS),
-            (!self.deleted.is_empty(), BATCH_MEETINGS_DELETED),
-            (!self.c_booking.is_empty(), BATCH_CLEAR_LINKS),
-            (!self.pending.is_empty(), BATCH_SHOW_PENDING),
-            (!self.f_booking.is_empty(), BATCH_SHOW_FAILED),
-            (!self.a_action.is_empty(), BATCH_INSERT_AUDIT),
-            (!self.e_kind.is_empty(), BATCH_INSERT_EVENTS),
-        ];
-        for (wanted, sql) in statements {
-            if !wanted {
-                continue;
-            }
-            let statement = tx.prepare_cached(sql).await?;
-            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match sql {
-                BATCH_UPSERT_MEETINGS => vec![
-                    &self.m_booking,
-                    &self.m_platform,
-                    &self.m_requested,
-                    &self.m_external,
-                    &self.m_url,
-                    &self.m_start,
-                    &self.m_end,
-                    &self.m_generation,
-                ],
-                BATCH_SHOW_LINKS => {
-                    vec![&self.l_booking, &self.l_url, &self.l_external, &self.l_platform, &self.l_settings]
-                }
-                BATCH_MEETINGS_DELETED => vec![&self.deleted],
-                BATCH_CLEAR_LINKS => vec![&self.c_booking, &self.c_deleted],
-                BATCH_SHOW_PENDING => vec![&self.pending],
-                BATCH_SHOW_FAILED => vec![&self.f_booking, &self.f_error],
-                BATCH_INSERT_AUDIT => vec![
-                    &self.a_actor,
-                    &self.a_action,
-                    &self.a_booking,
-                    &self.a_user,
-                    &self.a_platform,
-                    &self.a_outcome,
-                    &self.a_attempt,
-                    &self.a_duration,
-                    &self.a_detail,
-                ],
-                _ => vec![&self.e_kind, &self.e_user, &self.e_booking, &self.e_platform, &self.e_message],
-            };
-            writes.push(Box::pin(async move { tx.execute(&statement, &params).await }));
-        }
-        futures_util::future::try_join_all(writes).await?;
-        Ok(())
+    /// In the order of the statement's `$n`.
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 39] {
+        [
+            &self.job_ids,
+            &self.booking_ids,
+            &self.claim_seqs,
+            &self.tokens,
+            &self.versions,
+            &self.states,
+            &self.delays,
+            &self.errors,
+            &self.refunds,
+            &self.resolved_platforms,
+            &self.resolved_generations,
+            &self.m_booking,
+            &self.m_platform,
+            &self.m_requested,
+            &self.m_external,
+            &self.m_url,
+            &self.m_start,
+            &self.m_end,
+            &self.m_generation,
+            &self.m_settings,
+            &self.u_booking,
+            &self.u_deleted,
+            &self.pending,
+            &self.f_booking,
+            &self.f_error,
+            &self.actor,
+            &self.a_action,
+            &self.a_booking,
+            &self.a_user,
+            &self.a_platform,
+            &self.a_outcome,
+            &self.a_attempt,
+            &self.a_duration,
+            &self.a_detail,
+            &self.e_kind,
+            &self.e_user,
+            &self.e_booking,
+            &self.e_platform,
+            &self.e_message,
+        ]
     }
 }
 
-/// Locks the batch's booking rows (skipping those the app holds), then fences the jobs of the
-/// locked ones exactly as `FENCE` does. One row per locked booking's job: `current` is NULL when
-/// the lease was lost.
-const BATCH_FENCE: &str = "WITH f AS (
+/// How a recorded meeting replaces the booking's previous one. `linked_at` keeps its time while
+/// the same meeting stays live.
+macro_rules! upsert_meeting_on_conflict {
+    () => {
+        " ON CONFLICT (booking_id) DO UPDATE
+    SET platform = EXCLUDED.platform, requested_platform = EXCLUDED.requested_platform,
+        external_id = EXCLUDED.external_id, join_url = EXCLUDED.join_url,
+        start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
+        generation = EXCLUDED.generation, state = 'live', updated_at = now(),
+        linked_at = CASE WHEN m.external_id = EXCLUDED.external_id AND m.state = 'live'
+                         THEN m.linked_at ELSE clock_timestamp() END"
+    };
+}
+
+/// The write-back: `$lock` is how the bookings are locked, `$join` whether a job whose booking
+/// was not locked is still fenced (`LEFT JOIN`: only a deleted booking can be missing) or left
+/// out (`JOIN`).
+///
+/// `fenced` ends the claims that still hold (a claim is spent by its write-back) and says which
+/// are current (the booking is still at the version the job read). What exists at the platform
+/// is recorded for every fenced job, even when its booking moved on meanwhile: the next run must
+/// know about that meeting to move or delete it. The booking shows the result, and the app is
+/// told, only for current jobs. Data-modifying CTEs all see the statement's snapshot, never one
+/// another's rows: each write therefore takes its own rows and keeps those of fenced jobs.
+///
+/// Every update finds its rows through `key = ANY (array)`, an index condition whatever the
+/// plan: the generic plan is made once per connection, from the statistics of that moment (a
+/// table that was nearly empty then would otherwise be walked whole through its index).
+macro_rules! write_back_sql {
+    ($lock:literal, $join:literal) => {
+        concat!(
+            "WITH f AS (
     SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::uuid[], $5::bigint[], $6::text[],
                          $7::float8[], $8::text[], $9::bool[], $10::text[], $11::int[])
              AS f(job_id, booking_id, claim_seq, token, version, state, delay, last_error, refund, rplatform,
                   rgeneration)
 ), locked AS (
-    SELECT b.id FROM bookings b WHERE b.id IN (SELECT booking_id FROM f) ORDER BY b.id FOR UPDATE SKIP LOCKED
+    SELECT b.id FROM bookings b WHERE b.id = ANY ($2::uuid[]) ORDER BY b.id ",
+            $lock,
+            "
 ), fenced AS (
     UPDATE meetingd.jobs j
        SET state = CASE WHEN j.version = f.version THEN f.state ELSE 'pending' END,
@@ -858,55 +664,78 @@ const BATCH_FENCE: &str = "WITH f AS (
            lease_owner = NULL, lease_until = NULL, lease_token = NULL, updated_at = now(),
            intent_platform = CASE WHEN j.intent_platform = f.rplatform AND j.intent_generation = f.rgeneration
                                   THEN NULL ELSE j.intent_platform END
-      FROM f JOIN locked l ON l.id = f.booking_id
-     WHERE j.id = f.job_id AND j.claim_seq = f.claim_seq AND j.lease_token = f.token
- RETURNING j.id, f.claim_seq, j.version = f.version AS current
+      FROM f ",
+            $join,
+            " locked l ON l.id = f.booking_id
+     WHERE j.id = ANY ($1::bigint[]) AND j.id = f.job_id AND j.claim_seq = f.claim_seq AND j.lease_token = f.token
+ RETURNING j.id, j.booking_id, j.version = f.version AS current
+), linked AS (
+    SELECT x.* FROM unnest($12::uuid[], $13::text[], $14::text[], $15::text[], $16::text[], $17::timestamptz[],
+                           $18::timestamptz[], $19::int[], $20::jsonb[])
+                 AS x(booking_id, platform, requested_platform, external_id, join_url, start_time, end_time,
+                      generation, settings)
+     WHERE x.booking_id IN (SELECT booking_id FROM fenced)
+), recorded AS (
+    INSERT INTO meetingd.meetings AS m
+        (booking_id, platform, requested_platform, external_id, join_url, start_time, end_time, generation, state)
+    SELECT booking_id, platform, requested_platform, external_id, join_url, start_time, end_time, generation, 'live'
+      FROM linked",
+            upsert_meeting_on_conflict!(),
+            "
+), shown AS (
+    UPDATE bookings b
+       SET meeting_link = x.join_url, meeting_id = x.external_id, meeting_platform = x.platform,
+           meeting_settings = x.settings, meeting_status = 'ready', meeting_error = NULL
+      FROM linked x
+     WHERE b.id = ANY (ARRAY(SELECT booking_id FROM fenced WHERE current)) AND b.id = x.booking_id
+), unlinked AS (
+    SELECT x.* FROM unnest($21::uuid[], $22::bool[]) AS x(booking_id, deleted)
+     WHERE x.booking_id IN (SELECT booking_id FROM fenced)
+), removed AS (
+    UPDATE meetingd.meetings SET state = 'deleted', updated_at = now()
+     WHERE booking_id = ANY (ARRAY(SELECT booking_id FROM unlinked WHERE deleted))
+), cleared AS (
+    -- A manual link is the provider's own: it stays. A booking that never had meeting state
+    -- (confirmed, then cancelled before any work) is left as it is: no meeting at all.
+    UPDATE bookings b
+       SET meeting_link = NULL, meeting_id = NULL, meeting_error = NULL, meeting_status = 'deleted'
+      FROM unlinked x
+     WHERE b.id = ANY (ARRAY(SELECT booking_id FROM fenced WHERE current)) AND b.id = x.booking_id
+       AND b.meeting_status IS DISTINCT FROM 'manual' AND (x.deleted OR b.meeting_status IS NOT NULL)
+), retrying AS (
+    UPDATE bookings SET meeting_status = 'pending'
+     WHERE id = ANY($23::uuid[]) AND id IN (SELECT booking_id FROM fenced WHERE current)
+       AND meeting_status IS DISTINCT FROM 'pending' AND meeting_status IS DISTINCT FROM 'manual'
+       AND status = 'confirmed'
+), failed AS (
+    UPDATE bookings b SET meeting_status = 'failed', meeting_error = x.error
+      FROM unnest($24::uuid[], $25::text[]) AS x(id, error)
+     WHERE b.id = ANY (ARRAY(SELECT booking_id FROM fenced WHERE current)) AND b.id = x.id
+       AND b.meeting_status IS DISTINCT FROM 'manual'
+), audited AS (
+    -- In the order given, so a booking's trail reads in the order things happened.
+    INSERT INTO meetingd.audit_log (actor, action, booking_id, user_id, platform, outcome, attempt, duration_ms, detail)
+    SELECT $26, x.action, x.booking_id, x.user_id, x.platform, x.outcome, x.attempt, x.duration_ms, x.detail
+      FROM unnest($27::text[], $28::uuid[], $29::uuid[], $30::text[], $31::text[], $32::int[], $33::int[], $34::text[])
+           WITH ORDINALITY AS x(action, booking_id, user_id, platform, outcome, attempt, duration_ms, detail, n)
+     WHERE x.booking_id IN (SELECT booking_id FROM fenced)
+     ORDER BY x.n
+), told AS (
+    INSERT INTO meetingd.events (kind, user_id, booking_id, platform, message)
+    SELECT x.kind, x.user_id, x.booking_id, x.platform, x.message
+      FROM unnest($35::text[], $36::uuid[], $37::uuid[], $38::text[], $39::text[]) WITH ORDINALITY
+           AS x(kind, user_id, booking_id, platform, message, n)
+     WHERE x.booking_id IN (SELECT booking_id FROM fenced WHERE current)
+     ORDER BY x.n
 )
 SELECT f.job_id, f.claim_seq, fenced.current
-  FROM f JOIN locked l ON l.id = f.booking_id
-  LEFT JOIN fenced ON fenced.id = f.job_id AND fenced.claim_seq = f.claim_seq";
+  FROM f ",
+            $join,
+            " locked l ON l.id = f.booking_id
+  LEFT JOIN fenced ON fenced.id = f.job_id"
+        )
+    };
+}
 
-const BATCH_UPSERT_MEETINGS: &str = concat!(
-    "INSERT INTO meetingd.meetings AS m
-        (booking_id, platform, requested_platform, external_id, join_url, start_time, end_time, generation, state)
- SELECT x.*, 'live' FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-                               $7::timestamptz[], $8::int[]) AS x",
-    upsert_meeting_on_conflict!()
-);
-
-const BATCH_SHOW_LINKS: &str = "UPDATE bookings b
-    SET meeting_link = x.url, meeting_id = x.external_id, meeting_platform = x.platform, meeting_settings = x.settings,
-        meeting_status = 'ready', meeting_error = NULL
-   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[]) AS x(id, url, external_id, platform, settings)
-  WHERE b.id = x.id";
-
-const BATCH_MEETINGS_DELETED: &str =
-    "UPDATE meetingd.meetings SET state = 'deleted', updated_at = now() WHERE booking_id = ANY($1::uuid[])";
-
-/// As `CLEAR_LINK`, per booking.
-const BATCH_CLEAR_LINKS: &str = "UPDATE bookings b
-    SET meeting_link = NULL, meeting_id = NULL, meeting_error = NULL, meeting_status = 'deleted'
-   FROM unnest($1::uuid[], $2::bool[]) AS x(id, deleted)
-  WHERE b.id = x.id AND b.meeting_status IS DISTINCT FROM 'manual' AND (x.deleted OR b.meeting_status IS NOT NULL)";
-
-const BATCH_SHOW_PENDING: &str = "UPDATE bookings SET meeting_status = 'pending'
-  WHERE id = ANY($1::uuid[]) AND meeting_status IS DISTINCT FROM 'pending'
-    AND meeting_status IS DISTINCT FROM 'manual' AND status = 'confirmed'";
-
-const BATCH_SHOW_FAILED: &str = "UPDATE bookings b SET meeting_status = 'failed', meeting_error = x.error
-   FROM unnest($1::uuid[], $2::text[]) AS x(id, error)
-  WHERE b.id = x.id AND b.meeting_status IS DISTINCT FROM 'manual'";
-
-/// In the order given, so a booking's trail reads in the order things happened.
-const BATCH_INSERT_AUDIT: &str = "INSERT INTO meetingd.audit_log
-        (actor, action, booking_id, user_id, platform, outcome, attempt, duration_ms, detail)
- SELECT $1, x.action, x.booking_id, x.user_id, x.platform, x.outcome, x.attempt, x.duration_ms, x.detail
-   FROM unnest($2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int[], $8::int[], $9::text[])
-        WITH ORDINALITY AS x(action, booking_id, user_id, platform, outcome, attempt, duration_ms, detail, n)
-  ORDER BY x.n";
-
-const BATCH_INSERT_EVENTS: &str = "INSERT INTO meetingd.events (kind, user_id, booking_id, platform, message)
- SELECT x.kind, x.user_id, x.booking_id, x.platform, x.message
-   FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::text[]) WITH ORDINALITY
-        AS x(kind, user_id, booking_id, platform, message, n)
-  ORDER BY x.n";
+const WRITE_BACK_WAITING: &str = write_back_sql!("FOR UPDATE", "LEFT JOIN");
+const WRITE_BACK_SKIPPING: &str = write_back_sql!("FOR UPDATE SKIP LOCKED", "JOIN");

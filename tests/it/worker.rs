@@ -469,7 +469,7 @@ async fn batch_write_back_fences_each_job_and_leaves_app_locked_bookings_to_thei
     let ids = market::book_many(&s.c, s.m.online, s.m.customer, 5).await;
     s.c.execute("UPDATE bookings SET status = 'confirmed' WHERE id = ANY($1)", &[&ids]).await.unwrap();
     let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
-    let mut client = pool.get().await.unwrap();
+    let client = pool.get().await.unwrap();
     let mut snapshots = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
     assert_eq!(snapshots.len(), 5);
     snapshots.sort_by_key(|s| ids.iter().position(|id| *id == s.claim.booking_id));
@@ -504,10 +504,19 @@ async fn batch_write_back_fences_each_job_and_leaves_app_locked_bookings_to_thei
             } else {
                 linked(&b, snap)
             };
-            Finished { snapshot: snap.clone(), outcome, audit: Vec::new(), event: None, resolved: None }
+            let audit = vec![jobs::AuditEntry {
+                action: "meeting.create",
+                platform: Some("jitsi".into()),
+                outcome: "ok",
+                duration_ms: Some(1),
+                detail: None,
+            }];
+            let event = Some(jobs::Event { kind: "meeting_ready", platform: None, message: "ready".into() });
+            Finished { snapshot: snap.clone(), outcome, audit, event, resolved: None }
         })
         .collect();
-    let results = tokio::time::timeout(Duration::from_secs(5), jobs::write_back_batch(&mut client, "test", &batch))
+    let written = jobs::write_back(&client, "test", &batch, jobs::BookingLocks::Skip);
+    let results = tokio::time::timeout(Duration::from_secs(5), written)
         .await
         .expect("the batch never waits for the app's lock")
         .unwrap();
@@ -539,10 +548,16 @@ async fn batch_write_back_fences_each_job_and_leaves_app_locked_bookings_to_thei
     // Locked: not written by the batch; its own write-back records it once the app commits.
     assert_eq!(meeting(&s.c, locked).await.link, None);
     let alone = batch.iter().find(|f| f.snapshot.claim.booking_id == locked).unwrap();
-    let written = jobs::write_back(&mut client, "test", &alone.snapshot, &alone.outcome, &[], None, None).await;
-    assert_eq!(written.unwrap(), WriteBack::Done);
+    let written = jobs::write_back(&client, "test", std::slice::from_ref(alone), jobs::BookingLocks::Wait).await;
+    assert_eq!(written.unwrap(), vec![Some(WriteBack::Done)]);
     assert_eq!(meeting(&s.c, locked).await.status.as_deref(), Some("ready"));
     let f = meeting(&s.c, failed).await;
     assert_eq!((f.status.as_deref(), f.error.as_deref()), (Some("failed"), Some("The provider must fix this.")));
     assert_eq!(job(&s.c, failed).await.unwrap().state, "failed");
+    // The audit trail has every fenced job's platform calls, stale ones included; the app is told
+    // only of current results.
+    for (b, audited, told) in [(done, 1, 1), (stale, 1, 0), (lost, 0, 0), (locked, 1, 1), (failed, 1, 1)] {
+        assert_eq!(audit(&s.c, b).await.len(), audited, "audit rows of {b}");
+        assert_eq!(events(&s.c, b).await.len(), told, "events of {b}");
+    }
 }
