@@ -12,7 +12,10 @@
 //!   daemon's peak RSS and the database transactions it spends per booking;
 //! * sequential: M further bookings confirmed one at a time, each waited for before the next (on
 //!   the daemon's `meeting_ready` notification, as the app would); commit-to-link latency of a
-//!   daemon that is not busy;
+//!   daemon that is not busy, right after the burst (the queue's indexes still hold the burst's
+//!   dead entries);
+//! * settled: after `VACUUM ANALYZE` (what autovacuum does within a minute of the burst), M more
+//!   bookings one at a time;
 //! * slow platform: L bookings of Google Meet services, confirmed by one statement, against an
 //!   in-process fake of Google Calendar that takes `--provider-latency-ms` to answer every call
 //!   (rate limits lifted): throughput against the bound `worker.concurrency / latency`.
@@ -64,6 +67,7 @@ const STATS_MIN_INTERVAL: Duration = Duration::from_millis(1_100);
 /// Tags in `bookings.notes` telling the two phases' bookings apart.
 const BURST_TAG: &str = "bench:burst";
 const SEQUENTIAL_TAG: &str = "bench:sequential";
+const SETTLED_TAG: &str = "bench:settled";
 const SLOW_TAG: &str = "bench:slow";
 const BURST_SERVICE: &str = "Bench burst session";
 const SEQUENTIAL_SERVICE: &str = "Bench sequential session";
@@ -82,7 +86,8 @@ struct Args {
     /// Bookings confirmed at once by one statement (burst phase).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     bookings: u32,
-    /// Bookings confirmed one at a time afterwards, each waited for (sequential phase).
+    /// Bookings confirmed one at a time afterwards, each waited for (sequential phase); as many
+    /// again once the database has settled (settled phase).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     sequential: u32,
     /// Providers the burst bookings are spread across, each with one online service.
@@ -239,6 +244,7 @@ struct RunFigures {
     /// Database transactions committed per burst booking, the bench's own excluded.
     tx_per_booking: f64,
     sequential: Latency,
+    settled: Latency,
     slow: Option<Slow>,
     /// CPU the idle daemon used, in % of one core.
     idle_cpu_pct: f64,
@@ -250,9 +256,12 @@ struct RunFigures {
 
 async fn measure(url: &str, daemon_bin: &Path, args: &Args) -> Result<RunFigures> {
     let mut db = connect(url).await?;
-    eprintln!("· loading the marketplace schema, migrating, seeding {} + {} bookings", args.bookings, args.sequential);
+    eprintln!(
+        "· loading the marketplace schema, migrating, seeding {} + 2 × {} bookings",
+        args.bookings, args.sequential
+    );
     prepare_schema(&mut db).await?;
-    let sequential_ids = seed(&db, args).await?;
+    let (sequential_ids, settled_ids) = seed(&db, args).await?;
     let google = FakeGoogle::start().await;
     google.state.lock().map_err(|_| anyhow!("the fake platform's state is poisoned"))?.latency =
         Some(Duration::from_millis(args.provider_latency_ms));
@@ -276,7 +285,10 @@ async fn measure(url: &str, daemon_bin: &Path, args: &Args) -> Result<RunFigures
 
     let burst = run_burst(&db, &mut daemon, args.bookings).await?;
     eprintln!("· sequential: {} bookings one at a time", sequential_ids.len());
-    let sequential = run_sequential(&db, url, &mut daemon, &sequential_ids).await?;
+    let sequential = run_sequential(&db, url, &mut daemon, SEQUENTIAL_TAG, &sequential_ids).await?;
+    eprintln!("· settled: VACUUM ANALYZE, then {} more bookings one at a time", settled_ids.len());
+    db.batch_execute("VACUUM ANALYZE").await.context("vacuuming the scratch database")?;
+    let settled = run_sequential(&db, url, &mut daemon, SETTLED_TAG, &settled_ids).await?;
     let peak_rss_kb = daemon.proc_status_kb("VmHWM")?.max(daemon.max_rss_kb);
     let slow = if args.slow_bookings > 0 {
         eprintln!(
@@ -287,7 +299,7 @@ async fn measure(url: &str, daemon_bin: &Path, args: &Args) -> Result<RunFigures
     } else {
         None
     };
-    let expected = u64::from(args.bookings) + u64::from(args.sequential) + u64::from(args.slow_bookings);
+    let expected = u64::from(args.bookings) + 2 * u64::from(args.sequential) + u64::from(args.slow_bookings);
     let check = Check::read(&db, expected).await?;
     let daemon_exit = daemon.stop().await?;
     Ok(RunFigures {
@@ -295,6 +307,7 @@ async fn measure(url: &str, daemon_bin: &Path, args: &Args) -> Result<RunFigures
         burst_rate: burst.rate,
         tx_per_booking: burst.tx_per_booking,
         sequential,
+        settled,
         slow,
         idle_cpu_pct,
         idle_rss_kb,
@@ -311,9 +324,9 @@ async fn prepare_schema(db: &mut Client) -> Result<()> {
     Ok(())
 }
 
-/// Seeds providers, services, customers and both phases' pending bookings, set-based; returns the
-/// sequential bookings' ids in confirmation order.
-async fn seed(db: &Client, args: &Args) -> Result<Vec<Uuid>> {
+/// Seeds providers, services, customers and every phase's pending bookings, set-based; returns the
+/// sequential and the settled bookings' ids in confirmation order.
+async fn seed(db: &Client, args: &Args) -> Result<(Vec<Uuid>, Vec<Uuid>)> {
     let providers = i32::try_from(args.providers).context("--providers")?;
     let burst = i32::try_from(args.bookings).context("--bookings")?;
     let sequential = i32::try_from(args.sequential).context("--sequential")?;
@@ -346,13 +359,17 @@ async fn seed(db: &Client, args: &Args) -> Result<Vec<Uuid>> {
     // Further in the future than any burst booking, so the two phases never share a slot.
     let sequential_day = 2 + burst / 24;
     seed_bookings(db, SEQUENTIAL_SERVICE, SEQUENTIAL_TAG, sequential, sequential_day).await?;
+    seed_bookings(db, SEQUENTIAL_SERVICE, SETTLED_TAG, sequential, sequential_day + 1 + sequential / 24).await?;
     db.batch_execute("ANALYZE").await.context("analyzing the seeded tables")?;
 
-    let rows = db
-        .query("SELECT id FROM bookings WHERE notes = $1 ORDER BY start_time, id", &[&SEQUENTIAL_TAG])
-        .await
-        .context("listing the sequential bookings")?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    let ids = |tag: &'static str| async move {
+        let rows = db
+            .query("SELECT id FROM bookings WHERE notes = $1 ORDER BY start_time, id", &[&tag])
+            .await
+            .with_context(|| format!("listing the {tag} bookings"))?;
+        Ok::<Vec<Uuid>, anyhow::Error>(rows.iter().map(|r| r.get(0)).collect())
+    };
+    Ok((ids(SEQUENTIAL_TAG).await?, ids(SETTLED_TAG).await?))
 }
 
 /// `count` pending bookings of the services titled `service`, round-robin over those services and
@@ -740,7 +757,7 @@ async fn job_states(db: &Client) -> Result<String> {
 
 /// Confirms each booking on its own and waits for its link before the next, as the app would:
 /// on the daemon's `meeting_ready` notification.
-async fn run_sequential(db: &Client, url: &str, daemon: &mut Daemon, ids: &[Uuid]) -> Result<Latency> {
+async fn run_sequential(db: &Client, url: &str, daemon: &mut Daemon, tag: &str, ids: &[Uuid]) -> Result<Latency> {
     let confirm = db.prepare("UPDATE bookings SET status = 'confirmed' WHERE id = $1 AND status = 'pending'").await?;
     let ready = db.prepare("SELECT coalesce(meeting_status = 'ready', false) FROM bookings WHERE id = $1").await?;
     let mut events = ReadyEvents::listen(url).await?;
@@ -750,7 +767,7 @@ async fn run_sequential(db: &Client, url: &str, daemon: &mut Daemon, ids: &[Uuid
         wait_one_ready(db, daemon, &mut events, &ready, *id).await?;
     }
     daemon.sample_rss()?;
-    Latency::read(db, SEQUENTIAL_TAG).await
+    Latency::read(db, tag).await
 }
 
 /// The bookings named by `meeting_ready` events (channel `meetingd_events`) as they commit.
@@ -860,16 +877,18 @@ impl Check {
 
 impl RunFigures {
     fn print(&self, run: u32) {
-        let (b, s, c) = (&self.burst, &self.sequential, &self.check);
+        let (b, c) = (&self.burst, &self.check);
         println!("run {run}");
         println!(
             "  burst       {} bookings linked in {:.2} s = {:.0} bookings/s; commit-to-link p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
             b.count, b.span_secs, self.burst_rate, b.p50_ms, b.p99_ms, b.max_ms
         );
-        println!(
-            "  sequential  {} bookings one at a time; commit-to-link p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            s.count, s.p50_ms, s.p99_ms, s.max_ms
-        );
+        for (phase, s) in [("sequential", &self.sequential), ("settled", &self.settled)] {
+            println!(
+                "  {phase:<11} {} bookings one at a time; commit-to-link p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                s.count, s.p50_ms, s.p99_ms, s.max_ms
+            );
+        }
         if let Some(slow) = &self.slow {
             println!(
                 "  slow        {} Google Meet bookings linked in {:.2} s = {:.1} bookings/s, {:.0} % of concurrency/latency ({:.0}/s); \
@@ -884,7 +903,7 @@ impl RunFigures {
             );
         }
         println!(
-            "  daemon      RSS {:.1} MB idle, {:.1} MB peak (burst and sequential); idle CPU {:.2} % of a core; \
+            "  daemon      RSS {:.1} MB idle, {:.1} MB peak (burst and one-at-a-time phases); idle CPU {:.2} % of a core; \
              {:.2} database transactions per burst booking",
             mb(self.idle_rss_kb),
             mb(self.peak_rss_kb),
@@ -913,7 +932,7 @@ fn mb(kb: u64) -> f64 {
 /// Min, median and max of each figure across runs.
 fn print_summary(runs: &[RunFigures]) {
     type Figure = fn(&RunFigures) -> f64;
-    let figures: [(&str, Figure, usize); 11] = [
+    let figures: [(&str, Figure, usize); 13] = [
         ("burst bookings/s", |r| r.burst_rate, 0),
         ("burst p50 ms", |r| r.burst.p50_ms, 0),
         ("burst p99 ms", |r| r.burst.p99_ms, 0),
@@ -921,6 +940,8 @@ fn print_summary(runs: &[RunFigures]) {
         ("sequential p50 ms", |r| r.sequential.p50_ms, 1),
         ("sequential p99 ms", |r| r.sequential.p99_ms, 1),
         ("sequential max ms", |r| r.sequential.max_ms, 1),
+        ("settled p50 ms", |r| r.settled.p50_ms, 1),
+        ("settled p99 ms", |r| r.settled.p99_ms, 1),
         ("daemon peak RSS MB", |r| mb(r.peak_rss_kb), 1),
         ("idle CPU % of a core", |r| r.idle_cpu_pct, 2),
         ("slow-platform % of bound", |r| r.slow.as_ref().map_or(f64::NAN, |s| s.rate / s.bound * 100.0), 0),
@@ -929,7 +950,10 @@ fn print_summary(runs: &[RunFigures]) {
     let title = format!("summary over {} runs", runs.len());
     println!("{title:<24} {:>10} {:>10} {:>10}", "min", "median", "max");
     for (name, figure, decimals) in figures {
-        let mut values: Vec<f64> = runs.iter().map(figure).collect();
+        let mut values: Vec<f64> = runs.iter().map(figure).filter(|v| !v.is_nan()).collect();
+        if values.is_empty() {
+            continue;
+        }
         values.sort_by(f64::total_cmp);
         let (min, median, max) = (values[0], median(&values), values[values.len() - 1]);
         println!("  {name:<22} {min:>10.decimals$} {median:>10.decimals$} {max:>10.decimals$}");

@@ -17,8 +17,8 @@
 //!   done, the answer is an error) and, now and then, Meet conferences that stay pending a while;
 //! * runs two `meetingd run` child processes (the binary built next to this one) and, while they
 //!   work, confirms the bookings in batches, SIGKILLs a daemon every few seconds (alternating) and
-//!   restarts it, restarts PostgreSQL once, terminates the LISTEN connections once, and reschedules,
-//!   cancels and re-confirms random bookings;
+//!   restarts it, crashes and restarts PostgreSQL once (`-m immediate`), terminates the LISTEN
+//!   connections once, and reschedules, cancels and re-confirms random bookings;
 //! * stops the chaos, waits until no job is pending or leased, stops the daemons with SIGTERM and
 //!   checks: every confirmed booking has exactly one live event at the fake Google, a live
 //!   `meetingd.meetings` row with the booking's times, an event starting when the booking starts
@@ -261,10 +261,12 @@ impl Cluster {
         run_tool("pg_ctl start", start)
     }
 
-    /// `pg_ctl restart -m fast`: every session is terminated; the options of the first start are kept.
+    /// `pg_ctl restart -m immediate`, a crash: every session is cut off, no checkpoint is made, and
+    /// the server recovers from its WAL, without the asynchronously committed transactions (the
+    /// daemons' claims) that were not written yet. The options of the first start are kept.
     fn restart(&self) -> Result<()> {
         let mut restart = self.pg_ctl();
-        restart.args(["-w", "-t", "60", "-m", "fast", "restart"]);
+        restart.args(["-w", "-t", "60", "-m", "immediate", "restart"]);
         run_tool("pg_ctl restart", restart)
     }
 
@@ -968,7 +970,13 @@ impl Chaos<'_, '_> {
                         let started = Instant::now();
                         tokio::task::block_in_place(|| cluster.restart())?;
                         counters.pg_restarts += 1;
-                        stamp(t0, &format!("PostgreSQL restarted (-m fast, {:.1} s)", started.elapsed().as_secs_f64()));
+                        stamp(
+                            t0,
+                            &format!(
+                                "PostgreSQL crashed and restarted (-m immediate, {:.1} s)",
+                                started.elapsed().as_secs_f64()
+                            ),
+                        );
                     }
                     Action::Mutate => {
                         mutations += 1;
