@@ -222,8 +222,8 @@ pub async fn status(client: &tokio_postgres::Client) -> Result<Status, DbError> 
         .collect();
     let recent_failures = client
         .query(
-            "SELECT booking_id, completed_at, COALESCE(last_error, '') FROM meetingd.jobs
-              WHERE state = 'failed' AND completed_at IS NOT NULL ORDER BY completed_at DESC LIMIT 10",
+            "SELECT booking_id, updated_at, COALESCE(last_error, '') FROM meetingd.jobs
+              WHERE state = 'failed' ORDER BY updated_at DESC LIMIT 10",
             &[],
         )
         .await?

@@ -283,10 +283,12 @@ impl Worker {
     ///
     /// It claims when there may be something to claim: at start, on a NOTIFY (and after every
     /// LISTEN reconnect), when a job it ran is due again (a stale result, a retry, a deferral:
-    /// it knows when), while a claim found more than it had room for, and on the sweep timer.
-    /// Only a claim on the timer that finds nothing asks the database when the next job falls due
-    /// (a retry another daemon scheduled, a dead daemon's lease running out), so a quiet daemon
-    /// costs the database nothing between confirmations.
+    /// it knows when), while a claim found more than it had room for, and on the sweep beat
+    /// (`worker.sweep_interval_ms`, fixed, however often jobs finish). Only a claim on the beat
+    /// that finds nothing asks the database when the next job falls due (a retry another daemon
+    /// scheduled, a dead daemon's lease running out), so a quiet daemon costs the database
+    /// nothing between confirmations, and a job that an app transaction keeps locked is tried
+    /// once a beat rather than in a tight loop.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let concurrency = self.config.concurrency;
         // Under load, claim in batches rather than one job per finished job.
@@ -295,6 +297,8 @@ impl Worker {
         let mut db_backoff = Duration::from_millis(100);
         let mut claim_now = true;
         let mut ask_next_due = true;
+        // A fixed beat, whatever else wakes the loop: finishing jobs must not keep putting it off.
+        let mut next_sweep = tokio::time::Instant::now() + self.config.idle_wait();
         // The soonest time a job this dispatcher knows of falls due.
         let mut due_at: Option<tokio::time::Instant> = None;
         loop {
@@ -304,11 +308,16 @@ impl Worker {
             while let Some(done) = inflight.try_join_next() {
                 note_task_end(done, &mut claim_now, &mut due_at);
             }
-            if due_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
+            let now = tokio::time::Instant::now();
+            if now >= next_sweep {
+                (claim_now, ask_next_due) = (true, true);
+                next_sweep = now + self.config.idle_wait();
+            }
+            if due_at.is_some_and(|t| t <= now) {
                 (claim_now, due_at) = (true, None);
             }
             let free = concurrency - inflight.len();
-            let mut wait = self.config.idle_wait();
+            let mut wait = next_sweep.saturating_duration_since(now);
             if claim_now && !shutdown.is_cancelled() && (free >= batch || inflight.is_empty()) && free > 0 {
                 match self.claim(free).await {
                     Ok(snapshots) => {
@@ -334,7 +343,8 @@ impl Worker {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in_ms = db_backoff.as_millis() as u64, "cannot claim jobs");
-                        wait = db_backoff.min(wait);
+                        let at = tokio::time::Instant::now() + db_backoff;
+                        due_at = Some(due_at.map_or(at, |t| t.min(at)));
                         db_backoff = (db_backoff * 2).min(self.config.idle_wait());
                     }
                 }
@@ -348,7 +358,7 @@ impl Worker {
                 Some(done) = inflight.join_next(), if !inflight.is_empty() => {
                     note_task_end(done, &mut claim_now, &mut due_at);
                 }
-                () = tokio::time::sleep(wait) => (claim_now, ask_next_due) = (true, true),
+                () = tokio::time::sleep(wait) => {}
             }
         }
         let in_flight = inflight.len();
@@ -404,7 +414,7 @@ impl Worker {
     async fn process_counted(&self, s: Snapshot) -> (Processed, Outcome) {
         let span = tracing::info_span!("job", booking_id = %s.claim.booking_id, attempt = s.claim.attempt);
         async {
-            let mut intents = Intents { current: s.claim.intent.clone(), discarded: None };
+            let mut intents = Intents { current: s.claim.intent.clone(), discarded: None, held: false };
             let reconciled = AssertUnwindSafe(self.reconcile(&s, &mut intents)).catch_unwind().await;
             let (outcome, audit, event) = match reconciled {
                 Ok(result) => result,
@@ -519,7 +529,7 @@ impl Worker {
         let plan = plan(s, available, self.fallback);
         // A meeting an earlier create may have made, which this plan does not adopt: delete it first.
         if let Some(stray) = s.claim.intent.as_ref().filter(|i| !plan.reuses(i)) {
-            if let Err(outcome) = self.discard(s, stray, &mut audit).await {
+            if let Err(outcome) = self.discard(s, stray, &mut audit, intents).await {
                 let event = failed(&outcome, &stray.platform);
                 return (outcome, audit, event);
             }
@@ -551,6 +561,10 @@ impl Worker {
                         if let Some(deferred) = self.held_back(platform, s) {
                             return (deferred, audit, None);
                         }
+                        if let Err(outcome) = self.hold_claim(s, provider.as_ref(), platform, "update", intents).await {
+                            let event = failed(&outcome, platform.as_str());
+                            return (outcome, audit, event);
+                        }
                         let started = Instant::now();
                         let result = provider.update(&record.meeting, &req).await;
                         self.note(&mut audit, "meeting.update", platform, started, &result, s);
@@ -571,19 +585,21 @@ impl Worker {
                 (outcome, audit, event)
             }
             Plan::Delete { record } => {
-                let outcome = self.delete(s, &record.platform, &record.meeting, &mut audit).await;
+                let outcome = self.delete(s, &record.platform, &record.meeting, &mut audit, intents).await;
                 (outcome, audit, None)
             }
-            Plan::Replace { old, choice, req } => match self.delete(s, &old.platform, &old.meeting, &mut audit).await {
-                Outcome::Unlinked { .. } => {
-                    let (outcome, event) = self.create(s, choice, &req, &mut audit, intents).await;
-                    (outcome, audit, event)
+            Plan::Replace { old, choice, req } => {
+                match self.delete(s, &old.platform, &old.meeting, &mut audit, intents).await {
+                    Outcome::Unlinked { .. } => {
+                        let (outcome, event) = self.create(s, choice, &req, &mut audit, intents).await;
+                        (outcome, audit, event)
+                    }
+                    other => {
+                        let event = failed(&other, &old.platform);
+                        (other, audit, event)
+                    }
                 }
-                other => {
-                    let event = failed(&other, &old.platform);
-                    (other, audit, event)
-                }
-            },
+            }
         }
     }
 
@@ -606,9 +622,12 @@ impl Worker {
             if let Some(deferred) = self.held_back(choice.platform, s) {
                 return (deferred, None);
             }
-            if let Err(outcome) =
-                self.record_intent(s, provider.as_ref(), choice.platform, req.generation, intents).await
-            {
+            let recorded =
+                match self.record_intent(s, provider.as_ref(), choice.platform, req.generation, intents).await {
+                    Ok(()) => self.hold_claim(s, provider.as_ref(), choice.platform, "create", intents).await,
+                    Err(outcome) => Err(outcome),
+                };
+            if let Err(outcome) = recorded {
                 let event = failed(&outcome, choice.platform.as_str());
                 return (outcome, event);
             }
@@ -684,7 +703,9 @@ impl Worker {
         .await;
         let problem = match recorded {
             Ok(true) => {
+                // A fenced, synchronously committed update: it holds the claim too.
                 intents.current = Some(intent);
+                intents.held = true;
                 return Ok(());
             }
             // Another claim owns the job: its write-back is fenced out too.
@@ -695,9 +716,48 @@ impl Worker {
         Err(self.after_error(s, ProviderError::Transient(problem), "create", Some(platform)))
     }
 
+    /// Makes sure, before the run's first call to a platform that keeps meetings, that the claim
+    /// is durable and still this run's: a claim commits asynchronously (see [`jobs::claim`]), and
+    /// a claim that a server crash lost must not act beside its successor. A fenced update of the
+    /// job row, committed synchronously, does both (a create intent counts as one). Jitsi, which
+    /// keeps nothing, needs none. `Err(outcome)` when the claim is gone: the call is not made.
+    async fn hold_claim(
+        &self,
+        s: &Snapshot,
+        provider: &dyn crate::providers::MeetingProvider,
+        platform: Platform,
+        operation: &str,
+        intents: &mut Intents,
+    ) -> Result<(), Outcome> {
+        if intents.held || !provider.keeps_meetings() {
+            return Ok(());
+        }
+        let held = async {
+            let client = self.pool.get().await?;
+            jobs::hold_claim(&client, &s.claim).await
+        }
+        .await;
+        let problem = match held {
+            Ok(true) => {
+                intents.held = true;
+                return Ok(());
+            }
+            Ok(false) => format!("the job's lease ended before the meeting could be {operation}d"),
+            Err(e) => format!("could not confirm the job's claim before calling the platform: {e}"),
+        };
+        tracing::warn!(platform = %platform, problem = %problem, "platform call not made");
+        Err(self.after_error(s, ProviderError::Transient(problem), operation, Some(platform)))
+    }
+
     /// Deletes the meeting a recorded but unanswered create may have made (a platform answers a
     /// meeting that never existed as already deleted). `Err(outcome)` when that must be retried first.
-    async fn discard(&self, s: &Snapshot, intent: &Intent, audit: &mut Vec<AuditEntry>) -> Result<(), Outcome> {
+    async fn discard(
+        &self,
+        s: &Snapshot,
+        intent: &Intent,
+        audit: &mut Vec<AuditEntry>,
+        intents: &mut Intents,
+    ) -> Result<(), Outcome> {
         let external_id = match self.provider_for(&intent.platform) {
             Ok((_, provider)) => provider.intent_id(s.claim.booking_id, intent.generation),
             Err(reason) => {
@@ -707,13 +767,20 @@ impl Worker {
         };
         let Some(external_id) = external_id else { return Ok(()) };
         let meeting = Meeting { external_id, join_url: String::new() };
-        match self.delete(s, &intent.platform, &meeting, audit).await {
+        match self.delete(s, &intent.platform, &meeting, audit, intents).await {
             Outcome::Unlinked { .. } => Ok(()),
             other => Err(other),
         }
     }
 
-    async fn delete(&self, s: &Snapshot, platform: &str, meeting: &Meeting, audit: &mut Vec<AuditEntry>) -> Outcome {
+    async fn delete(
+        &self,
+        s: &Snapshot,
+        platform: &str,
+        meeting: &Meeting,
+        audit: &mut Vec<AuditEntry>,
+        intents: &mut Intents,
+    ) -> Outcome {
         let (platform, provider) = match self.provider_for(platform) {
             Ok(found) => found,
             Err(reason) => return Outcome::Failed { error: reason },
@@ -721,6 +788,9 @@ impl Worker {
         let owner = s.booking.as_ref().map_or(Uuid::nil(), |b| b.provider_id);
         if let Some(deferred) = self.held_back(platform, s) {
             return deferred;
+        }
+        if let Err(outcome) = self.hold_claim(s, provider.as_ref(), platform, "delete", intents).await {
+            return outcome;
         }
         let started = Instant::now();
         let result = provider.delete(meeting, owner).await;
@@ -874,6 +944,8 @@ struct Intents {
     current: Option<Intent>,
     /// An intent whose meeting this run deleted.
     discarded: Option<Intent>,
+    /// The claim is known to be durable and still this run's (see [`Worker::hold_claim`]).
+    held: bool,
 }
 
 impl Intents {

@@ -28,7 +28,7 @@ pub struct Claim {
     /// the job's outcome or a create intent. Unlike `claim_seq`, it is never handed out twice,
     /// even when a server crash loses the (asynchronously committed) claim that drew it.
     pub token: Uuid,
-    /// The booking change the snapshot shows; the write-back finds the result stale when the job
+    /// The booking change this claim answers; the write-back finds the result stale when the job
     /// has moved past it.
     pub version: i64,
     /// 1 for the first attempt since the booking last changed.
@@ -53,9 +53,10 @@ pub struct Intent {
 /// booking and meeting behind each: one statement, one round trip.
 ///
 /// The claim commits before any platform is called, asynchronously (`synchronous_commit = off`):
-/// it promises only a lease, and nothing outside the database acts on it before a synchronous
-/// commit (a create intent, a write-back) has made it durable. A claim a server crash loses is
-/// claimed again, under a new [`Claim::token`].
+/// it promises only a lease. Every platform call made under it is either safe to repeat (a move,
+/// a delete, a Jitsi room, which exists nowhere) or follows a synchronous commit (the create
+/// intent), which makes the claim durable with it. A claim that a server crash loses is claimed
+/// again, under a new [`Claim::token`], and the lost one can no longer record anything.
 ///
 /// No claim pays for planning: the statement runs on its generic plan, built once per connection.
 /// That plan is built from the statistics of the moment (a queue table that was empty then looks
@@ -80,10 +81,12 @@ pub async fn claim(
 /// services, users and meetings are joined by `LATERAL … OFFSET 0` lookups, so even the generic
 /// plan looks each one up by its primary key instead of hashing a whole table.
 ///
-/// The joined rows come from the statement's snapshot. A job whose row the app changed after that
-/// snapshot was taken (and committed before the claim locked it) is claimed at its new version,
-/// while the booking read is the old one: the claim therefore reports the version the snapshot
-/// saw, and the write-back records its result as stale and runs the job again.
+/// The joined rows come from the statement's snapshot, so the claim must take the job row exactly
+/// as that snapshot saw it: a row changed after the snapshot was taken and before the claim locked
+/// it (the app's booking change, a previous holder's write-back) is locked at its newer version,
+/// and would be claimed with an older booking or meeting beside it. The `xmin` check leaves such
+/// a row unclaimed (its lock ends with the claim's transaction); it is claimed on the next round,
+/// with everything read as it is then.
 const CLAIM: &str = "WITH due AS (
     SELECT id FROM meetingd.jobs
      WHERE state = 'pending' AND run_at <= now()
@@ -94,13 +97,13 @@ const CLAIM: &str = "WITH due AS (
 ), claimed AS (
     UPDATE meetingd.jobs j
        SET lease_owner = $2, lease_until = now() + make_interval(secs => $3), lease_token = gen_random_uuid(),
-           claim_seq = j.claim_seq + 1, attempts = j.attempts + 1, updated_at = now()
+           claim_seq = j.claim_seq + 1, attempts = j.attempts + 1
      WHERE j.id = ANY (ARRAY(SELECT id FROM due))
- RETURNING j.id, j.booking_id, j.claim_seq, j.lease_token, j.attempts, j.requested_at,
+       AND j.xmin = (SELECT seen.xmin FROM meetingd.jobs seen WHERE seen.id = j.id)
+ RETURNING j.id, j.booking_id, j.claim_seq, j.lease_token, j.version, j.attempts, j.requested_at,
            j.intent_platform, j.intent_generation
 )
-SELECT c.id, c.booking_id, c.claim_seq, c.lease_token,
-       COALESCE((SELECT seen.version FROM meetingd.jobs seen WHERE seen.id = c.id), 0),
+SELECT c.id, c.booking_id, c.claim_seq, c.lease_token, c.version,
        c.attempts, c.requested_at, c.intent_platform, c.intent_generation,
        b.id, b.status, b.start_time, b.end_time, b.customer_id, b.meeting_status,
        s.id, s.provider_id, s.title, s.description, COALESCE(s.is_online, false),
@@ -187,6 +190,19 @@ pub async fn record_intent(
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
         [&claim.job_id, &claim.claim_seq, &platform, &generation, &claim.token];
     Ok(client.execute(&statement, &params).await? == 1)
+}
+
+/// Confirms, fenced on the claim, that `claim` still holds, with a write (an update that changes
+/// nothing) so that its synchronous commit also makes the claim itself durable. `false` when the
+/// claim is gone (its lease was taken over, or a server crash lost it).
+pub async fn hold_claim(client: &impl Cached, claim: &Claim) -> Result<bool, DbError> {
+    let statement = client
+        .prepare_cached(
+            "UPDATE meetingd.jobs SET lease_owner = lease_owner
+              WHERE id = $1 AND claim_seq = $2 AND lease_token = $3",
+        )
+        .await?;
+    Ok(client.execute(&statement, &[&claim.job_id, &claim.claim_seq, &claim.token]).await? == 1)
 }
 
 /// How long until the next pending job becomes due (zero if one is due now), `None` if none is pending.
@@ -396,8 +412,8 @@ pub async fn write_back(
     locks: BookingLocks,
 ) -> Result<Vec<Option<WriteBack>>, DbError> {
     let mut w = Writes { actor, ..Writes::default() };
-    for f in batch {
-        w.add(f);
+    for (entry, f) in (1..).zip(batch) {
+        w.add(entry, f);
     }
     let sql = match locks {
         BookingLocks::Wait => WRITE_BACK_WAITING,
@@ -405,17 +421,19 @@ pub async fn write_back(
     };
     let statement = client.prepare_cached(sql).await?;
     let rows = in_own_transaction(client, PLAN_SETTINGS, &statement, &w.params()).await?;
-    // (job id, claim) -> result; a job whose booking was not locked is absent.
-    let mut results = std::collections::HashMap::new();
+    // By entry (1-based); an entry whose booking was not locked has no row.
+    let mut results = vec![None; batch.len()];
     for row in rows {
-        let result = match row.get::<_, Option<bool>>(2) {
+        let result = match row.get::<_, Option<bool>>(1) {
             None => WriteBack::LeaseLost,
             Some(true) => WriteBack::Done,
             Some(false) => WriteBack::Stale,
         };
-        results.insert((row.get::<_, i64>(0), row.get::<_, i64>(1)), result);
+        if let Some(slot) = usize::try_from(row.get::<_, i64>(0) - 1).ok().and_then(|i| results.get_mut(i)) {
+            *slot = Some(result);
+        }
     }
-    Ok(batch.iter().map(|f| results.get(&(f.snapshot.claim.job_id, f.snapshot.claim.claim_seq)).copied()).collect())
+    Ok(results)
 }
 
 /// Settings for a statement that must run on its generic plan with index lookups (see [`claim`]).
@@ -478,7 +496,7 @@ struct Writes<'a> {
     resolved_generations: Vec<Option<i32>>,
     // Meetings that exist at the platform (recorded even when the booking moved on meanwhile:
     // the next run must know about them to move or delete them); shown on current bookings.
-    m_booking: Vec<Uuid>,
+    m_entry: Vec<i64>,
     m_platform: Vec<&'a str>,
     m_requested: Vec<Option<&'a str>>,
     m_external: Vec<&'a str>,
@@ -488,29 +506,30 @@ struct Writes<'a> {
     m_generation: Vec<i32>,
     m_settings: Vec<&'a serde_json::Value>,
     // Meetings removed; links cleared on current bookings.
-    u_booking: Vec<Uuid>,
+    u_entry: Vec<i64>,
     u_deleted: Vec<bool>,
-    pending: Vec<Uuid>,
-    f_booking: Vec<Uuid>,
+    pending: Vec<i64>,
+    f_entry: Vec<i64>,
     f_error: Vec<&'a str>,
     actor: &'a str,
+    a_entry: Vec<i64>,
     a_action: Vec<&'a str>,
-    a_booking: Vec<Uuid>,
     a_user: Vec<Option<Uuid>>,
     a_platform: Vec<Option<&'a str>>,
     a_outcome: Vec<&'a str>,
     a_attempt: Vec<i32>,
     a_duration: Vec<Option<i32>>,
     a_detail: Vec<Option<&'a str>>,
+    e_entry: Vec<i64>,
     e_kind: Vec<&'a str>,
     e_user: Vec<Option<Uuid>>,
-    e_booking: Vec<Uuid>,
     e_platform: Vec<Option<&'a str>>,
     e_message: Vec<&'a str>,
 }
 
 impl<'a> Writes<'a> {
-    fn add(&mut self, f: &'a Finished) {
+    /// Entry `entry` (1-based) of the batch.
+    fn add(&mut self, entry: i64, f: &'a Finished) {
         let claim = &f.snapshot.claim;
         let booking = claim.booking_id;
         let user = f.snapshot.booking.as_ref().map(|b| b.provider_id);
@@ -528,7 +547,7 @@ impl<'a> Writes<'a> {
         self.resolved_generations.push(f.resolved.as_ref().map(|i| i.generation));
         match &f.outcome {
             Outcome::Linked { platform, requested_platform, meeting, start, end, generation, settings } => {
-                self.m_booking.push(booking);
+                self.m_entry.push(entry);
                 self.m_platform.push(platform);
                 self.m_requested.push(requested_platform.as_deref());
                 self.m_external.push(&meeting.external_id);
@@ -539,30 +558,30 @@ impl<'a> Writes<'a> {
                 self.m_settings.push(settings);
             }
             Outcome::Unlinked { deleted } => {
-                self.u_booking.push(booking);
+                self.u_entry.push(entry);
                 self.u_deleted.push(*deleted);
             }
             Outcome::Unchanged | Outcome::Defer { .. } => {}
-            Outcome::Retry { .. } => self.pending.push(booking),
+            Outcome::Retry { .. } => self.pending.push(entry),
             Outcome::Failed { error } => {
-                self.f_booking.push(booking);
+                self.f_entry.push(entry);
                 self.f_error.push(error);
             }
         }
-        for entry in &f.audit {
-            self.a_action.push(entry.action);
-            self.a_booking.push(booking);
+        for line in &f.audit {
+            self.a_entry.push(entry);
+            self.a_action.push(line.action);
             self.a_user.push(user);
-            self.a_platform.push(entry.platform.as_deref());
-            self.a_outcome.push(entry.outcome);
+            self.a_platform.push(line.platform.as_deref());
+            self.a_outcome.push(line.outcome);
             self.a_attempt.push(claim.attempt);
-            self.a_duration.push(entry.duration_ms);
-            self.a_detail.push(entry.detail.as_deref());
+            self.a_duration.push(line.duration_ms);
+            self.a_detail.push(line.detail.as_deref());
         }
         if let Some(event) = &f.event {
+            self.e_entry.push(entry);
             self.e_kind.push(event.kind);
             self.e_user.push(user);
-            self.e_booking.push(booking);
             self.e_platform.push(event.platform.as_deref());
             self.e_message.push(&event.message);
         }
@@ -582,7 +601,7 @@ impl<'a> Writes<'a> {
             &self.refunds,
             &self.resolved_platforms,
             &self.resolved_generations,
-            &self.m_booking,
+            &self.m_entry,
             &self.m_platform,
             &self.m_requested,
             &self.m_external,
@@ -591,23 +610,23 @@ impl<'a> Writes<'a> {
             &self.m_end,
             &self.m_generation,
             &self.m_settings,
-            &self.u_booking,
+            &self.u_entry,
             &self.u_deleted,
             &self.pending,
-            &self.f_booking,
+            &self.f_entry,
             &self.f_error,
             &self.actor,
+            &self.a_entry,
             &self.a_action,
-            &self.a_booking,
             &self.a_user,
             &self.a_platform,
             &self.a_outcome,
             &self.a_attempt,
             &self.a_duration,
             &self.a_detail,
+            &self.e_entry,
             &self.e_kind,
             &self.e_user,
-            &self.e_booking,
             &self.e_platform,
             &self.e_message,
         ]
@@ -637,19 +656,21 @@ macro_rules! upsert_meeting_on_conflict {
 /// is recorded for every fenced job, even when its booking moved on meanwhile: the next run must
 /// know about that meeting to move or delete it. The booking shows the result, and the app is
 /// told, only for current jobs. Data-modifying CTEs all see the statement's snapshot, never one
-/// another's rows: each write therefore takes its own rows and keeps those of fenced jobs.
+/// another's rows: each write therefore takes its own rows and keeps those of the fenced entries.
+/// Writes name their entry (its place in the batch), not their booking: a daemon can hold a lost
+/// claim and its successor on the same job at once, and only the current claim's rows count.
 ///
 /// Every update finds its rows through `key = ANY (array)`, an index condition whatever the
-/// plan: the generic plan is made once per connection, from the statistics of that moment (a
-/// table that was nearly empty then would otherwise be walked whole through its index).
+/// plan: the generic plan is kept per connection, made from the statistics of the moment it is
+/// made (a table that was nearly empty then would otherwise be walked whole through its index).
 macro_rules! write_back_sql {
     ($lock:literal, $join:literal) => {
         concat!(
             "WITH f AS (
     SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::uuid[], $5::bigint[], $6::text[],
-                         $7::float8[], $8::text[], $9::bool[], $10::text[], $11::int[])
+                         $7::float8[], $8::text[], $9::bool[], $10::text[], $11::int[]) WITH ORDINALITY
              AS f(job_id, booking_id, claim_seq, token, version, state, delay, last_error, refund, rplatform,
-                  rgeneration)
+                  rgeneration, entry)
 ), locked AS (
     SELECT b.id FROM bookings b WHERE b.id = ANY ($2::uuid[]) ORDER BY b.id ",
             $lock,
@@ -668,13 +689,13 @@ macro_rules! write_back_sql {
             $join,
             " locked l ON l.id = f.booking_id
      WHERE j.id = ANY ($1::bigint[]) AND j.id = f.job_id AND j.claim_seq = f.claim_seq AND j.lease_token = f.token
- RETURNING j.id, j.booking_id, j.version = f.version AS current
+ RETURNING f.entry, j.booking_id, j.version = f.version AS current
 ), linked AS (
-    SELECT x.* FROM unnest($12::uuid[], $13::text[], $14::text[], $15::text[], $16::text[], $17::timestamptz[],
-                           $18::timestamptz[], $19::int[], $20::jsonb[])
-                 AS x(booking_id, platform, requested_platform, external_id, join_url, start_time, end_time,
-                      generation, settings)
-     WHERE x.booking_id IN (SELECT booking_id FROM fenced)
+    SELECT fd.booking_id, fd.current, x.*
+      FROM unnest($12::bigint[], $13::text[], $14::text[], $15::text[], $16::text[], $17::timestamptz[],
+                  $18::timestamptz[], $19::int[], $20::jsonb[])
+           AS x(entry, platform, requested_platform, external_id, join_url, start_time, end_time, generation, settings)
+      JOIN fenced fd ON fd.entry = x.entry
 ), recorded AS (
     INSERT INTO meetingd.meetings AS m
         (booking_id, platform, requested_platform, external_id, join_url, start_time, end_time, generation, state)
@@ -687,10 +708,11 @@ macro_rules! write_back_sql {
        SET meeting_link = x.join_url, meeting_id = x.external_id, meeting_platform = x.platform,
            meeting_settings = x.settings, meeting_status = 'ready', meeting_error = NULL
       FROM linked x
-     WHERE b.id = ANY (ARRAY(SELECT booking_id FROM fenced WHERE current)) AND b.id = x.booking_id
+     WHERE b.id = ANY (ARRAY(SELECT booking_id FROM linked WHERE current)) AND b.id = x.booking_id AND x.current
 ), unlinked AS (
-    SELECT x.* FROM unnest($21::uuid[], $22::bool[]) AS x(booking_id, deleted)
-     WHERE x.booking_id IN (SELECT booking_id FROM fenced)
+    SELECT fd.booking_id, fd.current, x.deleted
+      FROM unnest($21::bigint[], $22::bool[]) AS x(entry, deleted)
+      JOIN fenced fd ON fd.entry = x.entry
 ), removed AS (
     UPDATE meetingd.meetings SET state = 'deleted', updated_at = now()
      WHERE booking_id = ANY (ARRAY(SELECT booking_id FROM unlinked WHERE deleted))
@@ -700,42 +722,47 @@ macro_rules! write_back_sql {
     UPDATE bookings b
        SET meeting_link = NULL, meeting_id = NULL, meeting_error = NULL, meeting_status = 'deleted'
       FROM unlinked x
-     WHERE b.id = ANY (ARRAY(SELECT booking_id FROM fenced WHERE current)) AND b.id = x.booking_id
-       AND b.meeting_status IS DISTINCT FROM 'manual' AND (x.deleted OR b.meeting_status IS NOT NULL)
+     WHERE b.id = ANY (ARRAY(SELECT booking_id FROM unlinked WHERE current)) AND b.id = x.booking_id
+       AND x.current AND b.meeting_status IS DISTINCT FROM 'manual' AND (x.deleted OR b.meeting_status IS NOT NULL)
 ), retrying AS (
     UPDATE bookings SET meeting_status = 'pending'
-     WHERE id = ANY($23::uuid[]) AND id IN (SELECT booking_id FROM fenced WHERE current)
+     WHERE id = ANY (ARRAY(SELECT booking_id FROM fenced WHERE current AND entry = ANY ($23::bigint[])))
        AND meeting_status IS DISTINCT FROM 'pending' AND meeting_status IS DISTINCT FROM 'manual'
        AND status = 'confirmed'
+), failing AS (
+    SELECT fd.booking_id, x.error
+      FROM unnest($24::bigint[], $25::text[]) AS x(entry, error)
+      JOIN fenced fd ON fd.entry = x.entry AND fd.current
 ), failed AS (
     UPDATE bookings b SET meeting_status = 'failed', meeting_error = x.error
-      FROM unnest($24::uuid[], $25::text[]) AS x(id, error)
-     WHERE b.id = ANY (ARRAY(SELECT booking_id FROM fenced WHERE current)) AND b.id = x.id
+      FROM failing x
+     WHERE b.id = ANY (ARRAY(SELECT booking_id FROM failing)) AND b.id = x.booking_id
        AND b.meeting_status IS DISTINCT FROM 'manual'
 ), audited AS (
     -- In the order given, so a booking's trail reads in the order things happened.
     INSERT INTO meetingd.audit_log (actor, action, booking_id, user_id, platform, outcome, attempt, duration_ms, detail)
-    SELECT $26, x.action, x.booking_id, x.user_id, x.platform, x.outcome, x.attempt, x.duration_ms, x.detail
-      FROM unnest($27::text[], $28::uuid[], $29::uuid[], $30::text[], $31::text[], $32::int[], $33::int[], $34::text[])
-           WITH ORDINALITY AS x(action, booking_id, user_id, platform, outcome, attempt, duration_ms, detail, n)
-     WHERE x.booking_id IN (SELECT booking_id FROM fenced)
+    SELECT $26, x.action, fd.booking_id, x.user_id, x.platform, x.outcome, x.attempt, x.duration_ms, x.detail
+      FROM unnest($27::bigint[], $28::text[], $29::uuid[], $30::text[], $31::text[], $32::int[], $33::int[],
+                  $34::text[])
+           WITH ORDINALITY AS x(entry, action, user_id, platform, outcome, attempt, duration_ms, detail, n)
+      JOIN fenced fd ON fd.entry = x.entry
      ORDER BY x.n
 ), told AS (
     INSERT INTO meetingd.events (kind, user_id, booking_id, platform, message)
-    SELECT x.kind, x.user_id, x.booking_id, x.platform, x.message
-      FROM unnest($35::text[], $36::uuid[], $37::uuid[], $38::text[], $39::text[]) WITH ORDINALITY
-           AS x(kind, user_id, booking_id, platform, message, n)
-     WHERE x.booking_id IN (SELECT booking_id FROM fenced WHERE current)
+    SELECT x.kind, x.user_id, fd.booking_id, x.platform, x.message
+      FROM unnest($35::bigint[], $36::text[], $37::uuid[], $38::text[], $39::text[])
+           WITH ORDINALITY AS x(entry, kind, user_id, platform, message, n)
+      JOIN fenced fd ON fd.entry = x.entry AND fd.current
      ORDER BY x.n
 )
-SELECT f.job_id, f.claim_seq, fenced.current
+SELECT f.entry, fenced.current
   FROM f ",
             $join,
             " locked l ON l.id = f.booking_id
-  LEFT JOIN fenced ON fenced.id = f.job_id"
+  LEFT JOIN fenced ON fenced.entry = f.entry"
         )
     };
 }
 
-const WRITE_BACK_WAITING: &str = write_back_sql!("FOR UPDATE", "LEFT JOIN");
-const WRITE_BACK_SKIPPING: &str = write_back_sql!("FOR UPDATE SKIP LOCKED", "JOIN");
+const WRITE_BACK_WAITING: &str = write_back_sql!("FOR NO KEY UPDATE", "LEFT JOIN");
+const WRITE_BACK_SKIPPING: &str = write_back_sql!("FOR NO KEY UPDATE SKIP LOCKED", "JOIN");

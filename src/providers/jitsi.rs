@@ -53,6 +53,10 @@ impl MeetingProvider for Jitsi {
     async fn delete(&self, _existing: &Meeting, _provider: Uuid) -> Result<(), ProviderError> {
         Ok(())
     }
+
+    fn keeps_meetings(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -186,6 +186,11 @@ pub trait MeetingProvider: Send + Sync {
     fn intent_id(&self, _booking_id: Uuid, _generation: i32) -> Option<String> {
         None
     }
+    /// Whether the platform keeps the meetings it is asked to create (all but Jitsi, whose rooms
+    /// exist nowhere until someone joins): the worker then confirms its claim before calling it.
+    fn keeps_meetings(&self) -> bool {
+        true
+    }
 }
 
 /// A `Retry-After` header: delay-seconds or an HTTP date (RFC 9110 §10.2.3).

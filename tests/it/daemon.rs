@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use crate::helpers::Running;
 use crate::helpers::db::{TestDb, eventually};
-use crate::helpers::market::{self, count, meeting};
-use crate::helpers::scripted::Scripted;
+use crate::helpers::market::{self, audit, count, meeting};
+use crate::helpers::scripted::{Failure, Scripted};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -88,6 +88,38 @@ async fn bookings_confirmed_while_no_daemon_runs_are_linked_when_it_starts() {
     assert_exactly_one_live_meeting_each(&c, &ids).await;
     let link = meeting(&c, ids[0]).await.link.unwrap();
     assert!(link.starts_with("https://meet.jit.si/meetingd-"), "{link}");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_and_a_stale_result_are_taken_up_without_waiting_for_the_sweep() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let m = market::seed(&c).await;
+    let platform = Scripted::new(Platform::Jitsi);
+    let mut config = db.config();
+    config.worker.sweep_interval_ms = 600_000; // the sweep cannot be what finds them
+    config.worker.retry_base_ms = 300;
+    config.worker.retry_max_ms = 600;
+    let daemon = Daemon::start(config, Providers::default().with(platform.clone()));
+
+    // A failed attempt: the dispatcher wakes when its retry falls due.
+    platform.fail_next([Failure::Transient]);
+    let retried = market::book(&c, m.online, m.customer, "pending").await;
+    market::set_status(&c, retried, "confirmed").await;
+    wait_ready(&c, 1).await;
+    assert_eq!(audit(&c, retried).await.len(), 2, "one failed attempt, one that linked");
+
+    // A result made stale by a reschedule during the platform call: claimed again at once.
+    let gate = platform.gate();
+    let moved = market::book(&c, m.online, m.customer, "pending").await;
+    market::set_status(&c, moved, "confirmed").await;
+    gate.entered.notified().await;
+    platform.ungate();
+    market::reschedule_hours(&c, moved, 1).await;
+    gate.release.notify_one();
+    wait_ready(&c, 2).await;
+    assert_exactly_one_live_meeting_each(&c, &[retried, moved]).await;
     daemon.stop().await;
 }
 

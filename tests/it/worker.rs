@@ -330,15 +330,40 @@ async fn only_the_lease_holder_records_an_outcome() {
     let mut first = meetingd::db::jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
     assert_eq!(first.len(), 1);
     let snapshot = first.remove(0);
-    // The lease runs out and another daemon claims the job.
-    s.c.execute("UPDATE meetingd.jobs SET lease_until = now() - interval '1 second'", &[]).await.unwrap();
-    assert_eq!(s.worker.run_once().await.unwrap(), 1);
+    // The lease runs out during the platform call, and another daemon claims the job and links it.
+    let gate = s.platform.gate();
+    let late = s.worker.process(snapshot);
+    let takeover = async {
+        gate.entered.notified().await;
+        s.platform.ungate();
+        s.c.execute("UPDATE meetingd.jobs SET lease_until = now() - interval '1 second'", &[]).await.unwrap();
+        assert_eq!(s.worker.run_once().await.unwrap(), 1);
+        gate.release.notify_one();
+    };
+    let (late, ()) = tokio::join!(late, takeover);
     // The first holder finishes late: its result is refused.
-    assert_eq!(s.worker.process(snapshot).await, Processed::Recorded(WriteBack::LeaseLost));
+    assert_eq!(late, Processed::Recorded(WriteBack::LeaseLost));
     assert_eq!(s.platform.creates().len(), 2, "both holders called the platform");
     assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
     let recorded = market::count(&s.c, "SELECT count(*) FROM meetingd.audit_log WHERE outcome = 'ok'").await;
     assert_eq!(recorded, 1, "only the lease holder's write-back committed");
+}
+
+#[tokio::test]
+async fn a_holder_whose_lease_was_taken_over_does_not_call_the_platform() {
+    let s = setup().await;
+    let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
+    let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
+    let client = pool.get().await.unwrap();
+    let mut first = meetingd::db::jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
+    let snapshot = first.remove(0);
+    // The lease runs out before the first holder gets to the platform; another daemon links it.
+    s.c.execute("UPDATE meetingd.jobs SET lease_until = now() - interval '1 second'", &[]).await.unwrap();
+    assert_eq!(s.worker.run_once().await.unwrap(), 1);
+    assert_eq!(s.worker.process(snapshot).await, Processed::Recorded(WriteBack::LeaseLost));
+    assert_eq!(s.platform.creates().len(), 1, "the first holder found its claim gone before calling");
+    assert_eq!(s.platform.live_per_booking().get(&b), Some(&1));
+    assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
 }
 
 #[tokio::test]
@@ -369,6 +394,62 @@ async fn a_claim_lost_with_the_server_cannot_pass_for_the_next_claim_of_its_numb
     assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
     let recorded = market::count(&s.c, "SELECT count(*) FROM meetingd.audit_log WHERE outcome = 'ok'").await;
     assert_eq!(recorded, 1, "only the current claim's write-back committed");
+}
+
+#[tokio::test]
+async fn a_lost_claim_and_its_successor_in_one_batch_write_only_the_successor() {
+    use meetingd::db::jobs::{self, BookingLocks, Finished, Outcome};
+    use meetingd::providers::Meeting;
+    let s = setup().await;
+    let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
+    let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
+    let client = pool.get().await.unwrap();
+    let lost = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap().remove(0);
+    // A server crash loses the claim; the same daemon claims the job again.
+    s.c.execute(
+        "UPDATE meetingd.jobs SET claim_seq = claim_seq - 1, attempts = attempts - 1, lease_owner = NULL,
+                lease_until = NULL, lease_token = NULL WHERE booking_id = $1",
+        &[&b],
+    )
+    .await
+    .unwrap();
+    let current = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap().remove(0);
+    let finished = |snap: &jobs::Snapshot, room: &str| {
+        let booking = snap.booking.as_ref().unwrap();
+        Finished {
+            snapshot: snap.clone(),
+            outcome: Outcome::Linked {
+                platform: "jitsi".into(),
+                requested_platform: Some("jitsi".into()),
+                meeting: Meeting { external_id: room.into(), join_url: format!("https://meet.example/{room}") },
+                start: booking.start,
+                end: booking.end,
+                generation: 1,
+                settings: serde_json::json!({}),
+            },
+            audit: vec![jobs::AuditEntry {
+                action: "meeting.create",
+                platform: Some("jitsi".into()),
+                outcome: "ok",
+                duration_ms: Some(1),
+                detail: Some(room.into()),
+            }],
+            event: Some(jobs::Event { kind: "meeting_ready", platform: None, message: room.into() }),
+            resolved: None,
+        }
+    };
+    let batch = [finished(&lost, "ghost"), finished(&current, "real")];
+    let results = jobs::write_back(&client, "test", &batch, BookingLocks::Skip).await.unwrap();
+    assert_eq!(results, vec![Some(WriteBack::LeaseLost), Some(WriteBack::Done)]);
+    assert_eq!(meeting(&s.c, b).await.link.as_deref(), Some("https://meet.example/real"));
+    let recorded = market::count(
+        &s.c,
+        &format!("SELECT count(*) FROM meetingd.meetings WHERE booking_id = '{b}' AND external_id = 'real'"),
+    )
+    .await;
+    assert_eq!(recorded, 1);
+    assert_eq!(audit(&s.c, b).await.len(), 1, "only the current claim's audit line");
+    assert_eq!(events(&s.c, b).await, vec![("meeting_ready".to_string(), "real".to_string())]);
 }
 
 /// A job's claim number, attempts and lease token.

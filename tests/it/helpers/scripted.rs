@@ -70,6 +70,11 @@ impl Scripted {
         gate
     }
 
+    /// Creates no longer wait at the gate.
+    pub fn ungate(&self) {
+        *self.gate.lock().unwrap() = None;
+    }
+
     pub fn creates(&self) -> Vec<(Uuid, i32)> {
         self.state.lock().unwrap().creates.clone()
     }
