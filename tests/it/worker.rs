@@ -366,16 +366,17 @@ async fn a_holder_whose_lease_was_taken_over_does_not_call_the_platform() {
     assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
 }
 
-#[tokio::test]
-async fn a_claim_lost_with_the_server_cannot_pass_for_the_next_claim_of_its_number() {
+/// Claims `b`'s job; the claim (committed asynchronously) is lost in a server crash, which
+/// restarts with the job row as it was before; the job is claimed again. A connection, the lost
+/// claim and the new one.
+async fn claim_lost_with_the_server_then_claimed_again(
+    s: &Setup,
+    b: Uuid,
+) -> (deadpool_postgres::Client, meetingd::db::jobs::Snapshot, meetingd::db::jobs::Snapshot) {
     use meetingd::db::jobs;
-    let s = setup().await;
-    let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
     let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
     let client = pool.get().await.unwrap();
     let lost = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap().remove(0);
-    // The claim commits asynchronously; the server crashes before it reaches the disk, and
-    // restarts with the job row as it was before the claim.
     s.c.execute(
         "UPDATE meetingd.jobs SET claim_seq = claim_seq - 1, attempts = attempts - 1, lease_owner = NULL,
                 lease_until = NULL, lease_token = NULL WHERE booking_id = $1",
@@ -384,6 +385,15 @@ async fn a_claim_lost_with_the_server_cannot_pass_for_the_next_claim_of_its_numb
     .await
     .unwrap();
     let next = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap().remove(0);
+    (client, lost, next)
+}
+
+#[tokio::test]
+async fn a_claim_lost_with_the_server_cannot_pass_for_the_next_claim_of_its_number() {
+    use meetingd::db::jobs;
+    let s = setup().await;
+    let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
+    let (client, lost, next) = claim_lost_with_the_server_then_claimed_again(&s, b).await;
     assert_eq!(next.claim.claim_seq, lost.claim.claim_seq, "the same claim number is handed out again");
     assert_ne!(next.claim.token, lost.claim.token);
 
@@ -402,18 +412,7 @@ async fn a_lost_claim_and_its_successor_in_one_batch_write_only_the_successor() 
     use meetingd::providers::Meeting;
     let s = setup().await;
     let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
-    let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
-    let client = pool.get().await.unwrap();
-    let lost = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap().remove(0);
-    // A server crash loses the claim; the same daemon claims the job again.
-    s.c.execute(
-        "UPDATE meetingd.jobs SET claim_seq = claim_seq - 1, attempts = attempts - 1, lease_owner = NULL,
-                lease_until = NULL, lease_token = NULL WHERE booking_id = $1",
-        &[&b],
-    )
-    .await
-    .unwrap();
-    let current = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap().remove(0);
+    let (client, lost, current) = claim_lost_with_the_server_then_claimed_again(&s, b).await;
     let finished = |snap: &jobs::Snapshot, room: &str| {
         let booking = snap.booking.as_ref().unwrap();
         Finished {
