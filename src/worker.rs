@@ -337,14 +337,12 @@ impl Worker {
                             && let Ok(client) = self.pool.get().await
                             && let Ok(Some(due)) = jobs::next_due_in(&client).await
                         {
-                            let at = tokio::time::Instant::now() + due.max(Duration::from_millis(5));
-                            due_at = Some(due_at.map_or(at, |t| t.min(at)));
+                            wake_at(&mut due_at, tokio::time::Instant::now() + due.max(Duration::from_millis(5)));
                         }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in_ms = db_backoff.as_millis() as u64, "cannot claim jobs");
-                        let at = tokio::time::Instant::now() + db_backoff;
-                        due_at = Some(due_at.map_or(at, |t| t.min(at)));
+                        wake_at(&mut due_at, tokio::time::Instant::now() + db_backoff);
                         db_backoff = (db_backoff * 2).min(self.config.idle_wait());
                     }
                 }
@@ -386,20 +384,14 @@ impl Worker {
     /// Reconciles one claimed job and records the outcome. Never panics the daemon: a panic is
     /// recorded as that job's (retryable) error.
     pub async fn process(&self, s: Snapshot) -> Processed {
-        self.process_with_outcome(s).await.0
-    }
-
-    async fn process_with_outcome(&self, s: Snapshot) -> (Processed, Outcome) {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        let _active = ActiveJob(&self.active);
-        self.process_counted(s).await
+        self.process_counted(s).await.0
     }
 
     /// [`Worker::process`] for the dispatcher: also says when the job is due again, as far as
     /// this run knows (`None`: not because of this run).
     async fn run_job(&self, s: Snapshot) -> Option<Duration> {
         let lease = self.config.lease();
-        let (processed, outcome) = self.process_with_outcome(s).await;
+        let (processed, outcome) = self.process_counted(s).await;
         match (processed, outcome) {
             (Processed::Recorded(WriteBack::Stale), _) => Some(Duration::ZERO),
             (Processed::Recorded(WriteBack::Done), Outcome::Retry { delay, .. } | Outcome::Defer { delay }) => {
@@ -411,7 +403,10 @@ impl Worker {
         }
     }
 
+    /// Reconciles and records one job, counted as active meanwhile; the outcome it recorded.
     async fn process_counted(&self, s: Snapshot) -> (Processed, Outcome) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let _active = ActiveJob(&self.active);
         let span = tracing::info_span!("job", booking_id = %s.claim.booking_id, attempt = s.claim.attempt);
         async {
             let mut intents = Intents { current: s.claim.intent.clone(), discarded: None, held: false };
@@ -930,12 +925,14 @@ fn note_task_end(
     };
     match again {
         Some(Duration::ZERO) => *claim_now = true,
-        Some(after) => {
-            let at = tokio::time::Instant::now() + after;
-            *due_at = Some(due_at.map_or(at, |t| t.min(at)));
-        }
+        Some(after) => wake_at(due_at, tokio::time::Instant::now() + after),
         None => {}
     }
+}
+
+/// Moves `due_at` forward to `at` if that is sooner.
+fn wake_at(due_at: &mut Option<tokio::time::Instant>, at: tokio::time::Instant) {
+    *due_at = Some(due_at.map_or(at, |t| t.min(at)));
 }
 
 /// The job's recorded create intent as one run changes it.

@@ -53,15 +53,17 @@ pub struct Intent {
 /// booking and meeting behind each: one statement, one round trip.
 ///
 /// The claim commits before any platform is called, asynchronously (`synchronous_commit = off`):
-/// it promises only a lease. Every platform call made under it is either safe to repeat (a move,
-/// a delete, a Jitsi room, which exists nowhere) or follows a synchronous commit (the create
-/// intent), which makes the claim durable with it. A claim that a server crash loses is claimed
-/// again, under a new [`Claim::token`], and the lost one can no longer record anything.
+/// it promises only a lease. Before its first call to a platform that keeps meetings, the worker
+/// confirms the claim with a synchronous, fenced write ([`hold_claim`], or the create intent),
+/// which makes it durable; a Jitsi room exists nowhere, so it needs none. A claim that a server
+/// crash loses is claimed again, under a new [`Claim::token`], and the lost one can no longer
+/// record anything.
 ///
-/// No claim pays for planning: the statement runs on its generic plan, built once per connection.
-/// That plan is built from the statistics of the moment (a queue table that was empty then looks
-/// best read whole) and then kept, so it is built with sequential scans ruled out: every step is
-/// an index lookup, which fits one job as well as a batch, on a table of any size.
+/// No claim pays for planning: the statement runs on its generic plan, kept per connection (and
+/// remade only when the tables' statistics change). That plan is made from the statistics of the
+/// moment (a queue table that was empty then looks best read whole), so it is made with
+/// sequential scans ruled out: every step is an index lookup, which fits one job as well as a
+/// batch, on a table of any size.
 ///
 /// Takes a connection of its own (not a transaction): the claim is its own transaction.
 pub async fn claim(
@@ -403,8 +405,8 @@ pub enum BookingLocks {
 /// bookings); record that job again on its own. A deleted booking is never locked: with `Skip`
 /// its job is left out too, with `Wait` it is recorded.
 ///
-/// Like the claim, the statement runs on its generic plan of index lookups, built once per
-/// connection; its commit is synchronous.
+/// Like the claim, the statement runs on its generic plan of index lookups, kept per connection;
+/// its commit is synchronous.
 pub async fn write_back(
     client: &deadpool_postgres::Client,
     actor: &str,

@@ -325,9 +325,7 @@ async fn deleted_booking_and_move_to_in_person_remove_the_meeting() {
 async fn only_the_lease_holder_records_an_outcome() {
     let s = setup().await;
     let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
-    let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
-    let client = pool.get().await.unwrap();
-    let mut first = meetingd::db::jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
+    let (_client, mut first) = claim_as_another_daemon(&s).await;
     assert_eq!(first.len(), 1);
     let snapshot = first.remove(0);
     // The lease runs out during the platform call, and another daemon claims the job and links it.
@@ -353,10 +351,7 @@ async fn only_the_lease_holder_records_an_outcome() {
 async fn a_holder_whose_lease_was_taken_over_does_not_call_the_platform() {
     let s = setup().await;
     let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
-    let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
-    let client = pool.get().await.unwrap();
-    let mut first = meetingd::db::jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
-    let snapshot = first.remove(0);
+    let snapshot = claim_as_another_daemon(&s).await.1.remove(0);
     // The lease runs out before the first holder gets to the platform; another daemon links it.
     s.c.execute("UPDATE meetingd.jobs SET lease_until = now() - interval '1 second'", &[]).await.unwrap();
     assert_eq!(s.worker.run_once().await.unwrap(), 1);
@@ -366,6 +361,15 @@ async fn a_holder_whose_lease_was_taken_over_does_not_call_the_platform() {
     assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
 }
 
+/// Claims up to 10 due jobs, as another daemon would, on a connection of its own (returned, for
+/// statements that must run as that daemon).
+async fn claim_as_another_daemon(s: &Setup) -> (deadpool_postgres::Client, Vec<meetingd::db::jobs::Snapshot>) {
+    let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
+    let client = pool.get().await.unwrap();
+    let claimed = meetingd::db::jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
+    (client, claimed)
+}
+
 /// Claims `b`'s job; the claim (committed asynchronously) is lost in a server crash, which
 /// restarts with the job row as it was before; the job is claimed again. A connection, the lost
 /// claim and the new one.
@@ -373,10 +377,8 @@ async fn claim_lost_with_the_server_then_claimed_again(
     s: &Setup,
     b: Uuid,
 ) -> (deadpool_postgres::Client, meetingd::db::jobs::Snapshot, meetingd::db::jobs::Snapshot) {
-    use meetingd::db::jobs;
-    let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
-    let client = pool.get().await.unwrap();
-    let lost = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap().remove(0);
+    let (client, mut lost) = claim_as_another_daemon(s).await;
+    let lost = lost.remove(0);
     s.c.execute(
         "UPDATE meetingd.jobs SET claim_seq = claim_seq - 1, attempts = attempts - 1, lease_owner = NULL,
                 lease_until = NULL, lease_token = NULL WHERE booking_id = $1",
@@ -384,7 +386,7 @@ async fn claim_lost_with_the_server_then_claimed_again(
     )
     .await
     .unwrap();
-    let next = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap().remove(0);
+    let next = meetingd::db::jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap().remove(0);
     (client, lost, next)
 }
 
@@ -548,9 +550,7 @@ async fn batch_write_back_fences_each_job_and_leaves_app_locked_bookings_to_thei
     let s = setup().await;
     let ids = market::book_many(&s.c, s.m.online, s.m.customer, 5).await;
     s.c.execute("UPDATE bookings SET status = 'confirmed' WHERE id = ANY($1)", &[&ids]).await.unwrap();
-    let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
-    let client = pool.get().await.unwrap();
-    let mut snapshots = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
+    let (client, mut snapshots) = claim_as_another_daemon(&s).await;
     assert_eq!(snapshots.len(), 5);
     snapshots.sort_by_key(|s| ids.iter().position(|id| *id == s.claim.booking_id));
     let [done, stale, lost, locked, failed] = [0, 1, 2, 3, 4].map(|i| ids[i]);
