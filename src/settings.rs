@@ -10,6 +10,9 @@ pub const KEYS: [&str; 2] = ["title", "description"];
 
 const PLACEHOLDERS: [&str; 3] = ["service", "customer", "provider"];
 
+/// What `{service}` stands for when the service has no title.
+pub const UNTITLED_SERVICE: &str = "Online meeting";
+
 /// Default event title.
 pub const DEFAULT_TITLE: &str = "{service} with {customer}";
 

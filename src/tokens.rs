@@ -19,7 +19,7 @@ use crate::crypto::{Column, CryptoError, Keyring};
 use crate::db::jobs::{AuditEntry, Event, insert_audit, insert_event};
 use crate::db::{DbError, Pool, integrations};
 use crate::oauth::{OAuthClient, OAuthError};
-use crate::providers::Platform;
+use crate::providers::{Account, Platform};
 
 /// Refresh an access token that expires within this margin.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(300);
@@ -31,6 +31,9 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 pub enum TokenError {
     #[error("the provider has not connected {}", .0.display_name())]
     NotConnected(Platform),
+    /// The account a meeting was made in is neither connected nor kept any more.
+    #[error("the {} account the meeting was made in is no longer connected", .0.display_name())]
+    AccountGone(Platform),
     #[error("{name} access was revoked or has expired: the provider must reconnect {name}", name = .0.display_name())]
     Revoked(Platform),
     #[error("the stored {name} token cannot be used ({1}); the provider must reconnect {name}", name = .0.display_name())]
@@ -65,30 +68,51 @@ impl TokenStore {
         TokenStore { pool, keyring, actor }
     }
 
-    /// A usable access token for `user` on `platform`. `refused` is a token the platform just
-    /// answered 401 to: it forces a refresh unless another holder already replaced it.
+    /// A usable access token for the account `whose` names on `platform`, and that account.
+    /// `refused` is a token the platform just answered 401 to: it forces a refresh unless another
+    /// holder already replaced it.
+    ///
+    /// [`Whose::Account`] acts in exactly the account a meeting was made in: the provider's
+    /// integration row while it still is that account, else the copy meetingd kept when the row
+    /// was deleted or reconnected to another account, else [`TokenError::AccountGone`].
     pub async fn access_token(
         &self,
-        user: Uuid,
+        whose: Whose<'_>,
         platform: Platform,
         oauth: &OAuthClient,
         refused: Option<&SecretString>,
-    ) -> Result<SecretString, TokenError> {
+    ) -> Result<(SecretString, Account), TokenError> {
         let mut client = self.pool.get().await?;
-        let row = integrations::load(&**client, user, platform.as_str(), false)
-            .await?
-            .ok_or(TokenError::NotConnected(platform))?;
+        let (user, retired) = match whose {
+            Whose::Provider(user) => (user, None),
+            Whose::Account(account) => {
+                let current = integrations::load(&**client, account.user_id, platform.as_str(), false).await?;
+                match current {
+                    Some(row) if row.id == account.integration_id && same_identity(&row, account) => {
+                        (account.user_id, None)
+                    }
+                    _ => {
+                        match integrations::find_retired(&**client, account.integration_id, account.identity.as_deref())
+                            .await?
+                        {
+                            Some(id) => (account.user_id, Some(id)),
+                            None => return Err(TokenError::AccountGone(platform)),
+                        }
+                    }
+                }
+            }
+        };
+        let row = load(&client, user, retired, platform, false).await?.ok_or(TokenError::NotConnected(platform))?;
         if !row.is_active {
             return Err(TokenError::Revoked(platform));
         }
         let access = self.decrypt(&row.access_token, row.id, Column::AccessToken, platform)?;
         if usable(&row, &access, refused) {
-            return Ok(access);
+            return Ok((access, account_of(&row)));
         }
 
         let tx = client.transaction().await?;
-        let row =
-            integrations::load(&*tx, user, platform.as_str(), true).await?.ok_or(TokenError::NotConnected(platform))?;
+        let row = load(tx.client(), user, retired, platform, true).await?.ok_or(TokenError::NotConnected(platform))?;
         if !row.is_active {
             return Err(TokenError::Revoked(platform));
         }
@@ -96,7 +120,7 @@ impl TokenStore {
         if usable(&row, &access, refused) {
             // Another daemon refreshed while this one waited for the lock.
             tx.commit().await?;
-            return Ok(access);
+            return Ok((access, account_of(&row)));
         }
         let Some(stored_refresh) = row.refresh_token.as_deref().filter(|t| !t.is_empty()) else {
             return Err(self.revoke(tx, &row, platform, "no refresh token stored").await);
@@ -111,7 +135,7 @@ impl TokenStore {
                 let access_ct = self.keyring.encrypt(&fresh.access_token, row.id, Column::AccessToken);
                 let refresh_ct =
                     fresh.refresh_token.as_ref().map(|t| self.keyring.encrypt(t, row.id, Column::RefreshToken));
-                integrations::save_tokens(&*tx, row.id, &access_ct, refresh_ct.as_deref(), Some(expires_at)).await?;
+                integrations::save_tokens(&*tx, &row, &access_ct, refresh_ct.as_deref(), Some(expires_at)).await?;
                 let rotated = if fresh.refresh_token.is_some() { "; refresh token rotated" } else { "" };
                 let entry = audit(
                     "integration.refresh",
@@ -124,7 +148,7 @@ impl TokenStore {
                 metrics::counter!(crate::metrics::TOKEN_REFRESHES, "platform" => platform.as_str(), "outcome" => "ok")
                     .increment(1);
                 tracing::info!(user_id = %user, platform = %platform, duration_ms = started.elapsed().as_millis() as u64, "access token refreshed");
-                Ok(fresh.access_token)
+                Ok((fresh.access_token, account_of(&row)))
             }
             Err(OAuthError::Revoked) => {
                 Err(self.revoke(tx, &row, platform, "the token endpoint answered invalid_grant").await)
@@ -153,14 +177,18 @@ impl TokenStore {
         why: &str,
     ) -> TokenError {
         let result = async {
-            integrations::deactivate(&*tx, row.id).await?;
+            integrations::deactivate(&*tx, row).await?;
             let message = format!(
                 "{} access was revoked or has expired. Reconnect {} under Integrations; until then bookings get the fallback meeting platform.",
                 platform.display_name(),
                 platform.display_name()
             );
-            let event = Event { kind: "integration_needs_reconnect", platform: Some(platform.as_str().into()), message };
-            insert_event(&*tx, &event, Some(row.user_id), None).await?;
+            // A retired copy is an account the provider already left: nothing to reconnect.
+            if row.retired.is_none() {
+                let event =
+                    Event { kind: "integration_needs_reconnect", platform: Some(platform.as_str().into()), message };
+                insert_event(&*tx, &event, Some(row.user_id), None).await?;
+            }
             insert_audit(&*tx, &self.actor, None, Some(row.user_id), None, &audit("integration.deactivate", platform, "ok", Some(why.into())))
                 .await?;
             tx.commit().await?;
@@ -175,6 +203,42 @@ impl TokenStore {
             Ok(()) => TokenError::Revoked(platform),
             Err(e) => e,
         }
+    }
+}
+
+/// The provider's integration row, or the retired copy `retired`.
+async fn load(
+    client: &tokio_postgres::Client,
+    user: Uuid,
+    retired: Option<i64>,
+    platform: Platform,
+    lock: bool,
+) -> Result<Option<integrations::IntegrationRow>, DbError> {
+    match retired {
+        None => integrations::load(client, user, platform.as_str(), lock).await,
+        Some(id) => integrations::load_retired(client, id, lock).await,
+    }
+}
+
+/// Whose account a platform call acts in.
+#[derive(Debug, Clone, Copy)]
+pub enum Whose<'a> {
+    /// The provider's connected account, whichever it is now (a new meeting).
+    Provider(Uuid),
+    /// Exactly the account an existing meeting lives in.
+    Account(&'a Account),
+}
+
+fn account_of(row: &integrations::IntegrationRow) -> Account {
+    Account { user_id: row.user_id, integration_id: row.id, identity: row.identity.clone() }
+}
+
+/// An unknown identity on either side (recorded before identities were, or never told by the
+/// platform) does not count as another account.
+fn same_identity(row: &integrations::IntegrationRow, account: &Account) -> bool {
+    match (&row.identity, &account.identity) {
+        (Some(now), Some(then)) => now == then,
+        _ => true,
     }
 }
 

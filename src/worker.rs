@@ -68,26 +68,35 @@ pub fn plan(s: &Snapshot, available: impl Fn(Platform) -> bool, fallback: Fallba
     let Some(b) = &s.booking else {
         return remove(live);
     };
+    if let Some(problem) = &b.unreadable {
+        return Plan::Fail(format!("meetingd cannot read this booking: {problem}."));
+    }
     if b.status == "completed" {
         return Plan::Record(Outcome::Unchanged);
     }
-    let wanted = b.is_online && b.status == "confirmed" && b.meeting_status.as_deref() != Some("manual");
+    let wanted = b.is_online && b.status == "confirmed" && !is_manual(b, s.meeting.as_ref());
     if !wanted {
         return remove(live);
     }
-    if b.end <= b.start {
+    let (Some(start), Some(end)) = (b.start, b.end) else {
+        return Plan::Fail("The booking has no start or end time; set both to get a meeting link.".to_string());
+    };
+    if end <= start {
         return Plan::Fail(format!(
             "The booking ends ({}) before it starts ({}); correct its times to get a meeting link.",
-            b.end.to_rfc3339(),
-            b.start.to_rfc3339()
+            end.to_rfc3339(),
+            start.to_rfc3339()
         ));
     }
+    let Some(provider) = b.provider_id else {
+        return Plan::Fail("The booking's service has no provider; set one to get a meeting link.".to_string());
+    };
     let settings = match settings::parse(&b.meeting_settings) {
         Ok(settings) => settings,
         Err(reason) => return Plan::Fail(reason),
     };
     let title = settings.title(&TitleContext {
-        service: &b.title,
+        service: b.title.as_deref().map(str::trim).filter(|t| !t.is_empty()).unwrap_or(settings::UNTITLED_SERVICE),
         customer: b.customer_name.as_deref().unwrap_or("customer"),
         provider: b.provider_name.as_deref().unwrap_or("provider"),
     });
@@ -97,6 +106,7 @@ pub fn plan(s: &Snapshot, available: impl Fn(Platform) -> bool, fallback: Fallba
     let generation_on = |choice: &Choice| match &s.claim.intent {
         Some(i)
             if i.platform == choice.platform.as_str()
+                && i.owner.is_none_or(|o| o == provider)
                 && i.generation > s.meeting.as_ref().map_or(0, |m| m.generation) =>
         {
             i.generation
@@ -106,17 +116,25 @@ pub fn plan(s: &Snapshot, available: impl Fn(Platform) -> bool, fallback: Fallba
     let request = |generation| MeetingRequest {
         booking_id: b.booking_id,
         generation,
-        provider_user_id: b.provider_id,
+        provider_user_id: provider,
         title: title.clone(),
         description: description.clone(),
         customer_email: b.customer_email.clone(),
-        start: b.start,
-        end: b.end,
+        start,
+        end,
         settings: b.meeting_settings.clone(),
     };
     let choose = || choose_platform(b.meeting_platform.as_deref(), b.connected, &available, fallback);
     match live {
         Some(record) => {
+            // The service moved to another provider: the meeting belongs in the new provider's
+            // account, and the old one's must go.
+            if record.owner.is_some_and(|o| o != provider)
+                && let Ok(choice) = choose()
+            {
+                let generation = next_generation(s);
+                return Plan::Replace { old: record, choice, req: request(generation) };
+            }
             if record.requested_platform != b.meeting_platform {
                 // The service now asks for another platform. Replace the meeting only when that
                 // platform can really be used; otherwise keep the working link.
@@ -128,7 +146,7 @@ pub fn plan(s: &Snapshot, available: impl Fn(Platform) -> bool, fallback: Fallba
                 }
             }
             let req = request(record.generation);
-            if record.start == b.start && record.end == b.end {
+            if record.start == start && record.end == end {
                 Plan::Keep { record, req }
             } else {
                 Plan::Update { record, req }
@@ -141,6 +159,19 @@ pub fn plan(s: &Snapshot, available: impl Fn(Platform) -> bool, fallback: Fallba
             }
             Err(reason) => Plan::Fail(reason),
         },
+    }
+}
+
+/// The booking's link is the provider's own: set as manual through meetingd, or written by the
+/// app itself (any link that is not one meetingd recorded for the booking). meetingd never
+/// replaces it.
+fn is_manual(b: &crate::db::jobs::BookingView, recorded: Option<&MeetingRecord>) -> bool {
+    if b.meeting_status.as_deref() == Some("manual") {
+        return true;
+    }
+    match b.meeting_link.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+        None => false,
+        Some(link) => recorded.is_none_or(|m| m.meeting.join_url != link),
     }
 }
 
@@ -246,7 +277,7 @@ impl Worker {
 
     /// `Some(outcome)` when a rate limit holds this call back.
     fn held_back(&self, platform: Platform, s: &Snapshot) -> Option<Outcome> {
-        let account = s.booking.as_ref()?.provider_id;
+        let account = s.booking.as_ref()?.provider_id?;
         let wait = self.limiter.as_ref()?.try_acquire(platform, account, std::time::Instant::now()).err()?;
         tracing::debug!(platform = %platform, wait_ms = wait.as_millis() as u64, "rate limit: deferring the platform call");
         Some(Outcome::Defer { delay: wait + Duration::from_millis(5) })
@@ -409,7 +440,7 @@ impl Worker {
         let _active = ActiveJob(&self.active);
         let span = tracing::info_span!("job", booking_id = %s.claim.booking_id, attempt = s.claim.attempt);
         async {
-            let mut intents = Intents { current: s.claim.intent.clone(), discarded: None, held: false };
+            let mut intents = Intents { current: s.claim.intent.clone(), discarded: None, held: false, removed: false };
             let reconciled = AssertUnwindSafe(self.reconcile(&s, &mut intents)).catch_unwind().await;
             let (outcome, audit, event) = match reconciled {
                 Ok(result) => result,
@@ -423,7 +454,8 @@ impl Worker {
             let resolved = intents.resolved(&outcome);
             let requested_at = s.claim.requested_at;
             let summary = outcome.clone();
-            let processed = self.record(Finished { snapshot: s, outcome, audit, event, resolved }).await;
+            let removed = intents.removed;
+            let processed = self.record(Finished { snapshot: s, outcome, audit, event, resolved, removed }).await;
             self.count(requested_at, &summary, processed);
             (processed, summary)
         }
@@ -565,14 +597,23 @@ impl Worker {
                         self.note(&mut audit, "meeting.update", platform, started, &result, s);
                         match result {
                             Ok(meeting) => linked(platform.as_str(), &record.requested_platform, meeting, &req),
-                            // Deleted at the platform by someone else: make a new one.
-                            Err(ProviderError::NotFound) => {
+                            // Deleted at the platform by someone else, or out of reach in an
+                            // account that is gone (reported as orphaned): make a new one.
+                            Err(e @ (ProviderError::NotFound | ProviderError::AccountGone(_))) => {
+                                if let ProviderError::AccountGone(reason) = &e
+                                    && let Err(outcome) = self
+                                        .orphan(s, &record.platform, &record.meeting, record.owner, reason, &mut audit)
+                                        .await
+                                {
+                                    return (outcome, audit, None);
+                                }
+                                intents.removed = true;
                                 let again = MeetingRequest { generation: next_generation(s), ..req };
                                 let choice = Choice { platform, fallback: false };
                                 let (outcome, event) = self.create(s, choice, &again, &mut audit, intents).await;
                                 return (outcome, audit, event);
                             }
-                            Err(e) => self.after_error(s, e, "update", Some(platform)),
+                            Err(e) => self.after_error(s, e.retried_on_existing(), "update", Some(platform)),
                         }
                     }
                 };
@@ -580,12 +621,14 @@ impl Worker {
                 (outcome, audit, event)
             }
             Plan::Delete { record } => {
-                let outcome = self.delete(s, &record.platform, &record.meeting, &mut audit, intents).await;
+                let outcome =
+                    self.delete(s, &record.platform, &record.meeting, record.owner, &mut audit, intents).await;
                 (outcome, audit, None)
             }
             Plan::Replace { old, choice, req } => {
-                match self.delete(s, &old.platform, &old.meeting, &mut audit, intents).await {
+                match self.delete(s, &old.platform, &old.meeting, old.owner, &mut audit, intents).await {
                     Outcome::Unlinked { .. } => {
+                        intents.removed = true;
                         let (outcome, event) = self.create(s, choice, &req, &mut audit, intents).await;
                         (outcome, audit, event)
                     }
@@ -687,13 +730,14 @@ impl Worker {
         if provider.intent_id(s.claim.booking_id, generation).is_none() {
             return Ok(());
         }
-        let intent = Intent { platform: platform.as_str().to_string(), generation };
+        let owner = s.booking.as_ref().and_then(|b| b.provider_id);
+        let intent = Intent { platform: platform.as_str().to_string(), generation, owner };
         if intents.current.as_ref() == Some(&intent) {
             return Ok(());
         }
         let recorded = async {
             let client = self.pool.get().await?;
-            jobs::record_intent(&client, &s.claim, &intent.platform, generation).await
+            jobs::record_intent(&client, &s.claim, &intent).await
         }
         .await;
         let problem = match recorded {
@@ -761,18 +805,23 @@ impl Worker {
             }
         };
         let Some(external_id) = external_id else { return Ok(()) };
-        let meeting = Meeting { external_id, join_url: String::new() };
-        match self.delete(s, &intent.platform, &meeting, audit, intents).await {
+        let meeting = Meeting { external_id, join_url: String::new(), account: None };
+        match self.delete(s, &intent.platform, &meeting, intent.owner, audit, intents).await {
             Outcome::Unlinked { .. } => Ok(()),
             other => Err(other),
         }
     }
 
+    /// Deletes `meeting` through the account it lives in (`owner`: the provider it was made for,
+    /// when the meeting does not name its account). A meeting whose account is gone is reported
+    /// as orphaned; one whose account cannot be used right now (its tokens do not decrypt) is
+    /// retried: neither is ever recorded as deleted without a report.
     async fn delete(
         &self,
         s: &Snapshot,
         platform: &str,
         meeting: &Meeting,
+        owner: Option<Uuid>,
         audit: &mut Vec<AuditEntry>,
         intents: &mut Intents,
     ) -> Outcome {
@@ -780,7 +829,7 @@ impl Worker {
             Ok(found) => found,
             Err(reason) => return Outcome::Failed { error: reason },
         };
-        let owner = s.booking.as_ref().map_or(Uuid::nil(), |b| b.provider_id);
+        let owner = owner.or_else(|| s.booking.as_ref().and_then(|b| b.provider_id));
         if let Some(deferred) = self.held_back(platform, s) {
             return deferred;
         }
@@ -788,16 +837,64 @@ impl Worker {
             return outcome;
         }
         let started = Instant::now();
-        let result = provider.delete(meeting, owner).await;
+        let result = provider.delete(meeting, owner.unwrap_or(Uuid::nil())).await;
         self.note(audit, "meeting.delete", platform, started, &result, s);
         match result {
             Ok(()) => Outcome::Unlinked { deleted: true },
-            // The account is gone: nothing meetingd can delete there any more.
-            Err(e) if e.needs_fallback() => {
-                tracing::warn!(platform = %platform, error = %e, "meeting left in the disconnected account; recorded as deleted");
-                Outcome::Unlinked { deleted: true }
+            Err(e @ (ProviderError::AccountGone(_) | ProviderError::Revoked)) => {
+                let reason = match e {
+                    ProviderError::AccountGone(reason) => reason,
+                    other => format!(
+                        "the {} account it was made in is no longer connected ({other})",
+                        platform.display_name()
+                    ),
+                };
+                match self.orphan(s, platform.as_str(), meeting, owner, &reason, audit).await {
+                    // Out of meetingd's reach, and reported: nothing more to do for the booking.
+                    Ok(()) => Outcome::Unlinked { deleted: true },
+                    Err(outcome) => outcome,
+                }
             }
-            Err(e) => self.after_error(s, e, "delete", Some(platform)),
+            Err(e) => self.after_error(s, e.retried_on_existing(), "delete", Some(platform)),
+        }
+    }
+
+    /// Reports `meeting` as orphaned (it exists at the platform, out of meetingd's reach):
+    /// a row in `meetingd.orphaned_meetings`, a `meeting_orphaned` event, an audit line.
+    /// `Err(outcome)` when the report could not be recorded: the job retries.
+    async fn orphan(
+        &self,
+        s: &Snapshot,
+        platform: &str,
+        meeting: &Meeting,
+        owner: Option<Uuid>,
+        reason: &str,
+        audit: &mut Vec<AuditEntry>,
+    ) -> Result<(), Outcome> {
+        if meeting.external_id.is_empty() {
+            return Ok(());
+        }
+        let recorded = async {
+            let client = self.pool.get().await?;
+            jobs::record_orphan(&client, s.claim.booking_id, platform, meeting, owner, reason).await
+        }
+        .await;
+        match recorded {
+            Ok(()) => {
+                tracing::warn!(platform, meeting_id = %meeting.external_id, reason, "meeting out of reach: reported as orphaned");
+                audit.push(entry(
+                    "meeting.orphaned",
+                    Some(platform.to_string()),
+                    "failed",
+                    None,
+                    Some(reason.to_string()),
+                ));
+                Ok(())
+            }
+            Err(e) => {
+                let error = format!("could not report the unreachable meeting {}: {e}", meeting.external_id);
+                Err(self.after_error(s, ProviderError::Transient(error), "delete", platform.parse().ok()))
+            }
         }
     }
 
@@ -943,6 +1040,8 @@ struct Intents {
     discarded: Option<Intent>,
     /// The claim is known to be durable and still this run's (see [`Worker::hold_claim`]).
     held: bool,
+    /// The run deleted (or gave up as orphaned) the booking's recorded meeting.
+    removed: bool,
 }
 
 impl Intents {
@@ -989,6 +1088,7 @@ impl Snapshot {
 
 fn linked(platform: &str, requested: &Option<String>, meeting: Meeting, req: &MeetingRequest) -> Outcome {
     Outcome::Linked {
+        owner: Some(req.provider_user_id),
         platform: platform.to_string(),
         requested_platform: requested.clone(),
         meeting,

@@ -21,6 +21,12 @@ pub struct IntegrationRow {
     pub is_active: bool,
     pub email: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
+    /// The platform's identity of the account: `platform_user_id`, else `platform_user_email`.
+    pub identity: Option<String>,
+    /// `Some(id)` for a copy in `meetingd.retired_integrations` (an account that left
+    /// `user_meeting_integrations` while meetings may still live in it); `id` is then the
+    /// integration id it had, which its ciphertexts are bound to.
+    pub retired: Option<i64>,
 }
 
 impl std::fmt::Debug for IntegrationRow {
@@ -31,12 +37,18 @@ impl std::fmt::Debug for IntegrationRow {
             .field("platform", &self.platform)
             .field("expires_at", &self.expires_at)
             .field("is_active", &self.is_active)
+            .field("retired", &self.retired)
             .finish_non_exhaustive()
     }
 }
 
 const COLUMNS: &str = "id, user_id, platform, access_token, refresh_token, expires_at, \
-                       COALESCE(is_active, false), platform_user_email, created_at";
+                       COALESCE(is_active, false), platform_user_email, created_at, \
+                       COALESCE(platform_user_id, platform_user_email), NULL::bigint";
+
+const RETIRED_COLUMNS: &str = "integration_id, COALESCE(user_id, '00000000-0000-0000-0000-000000000000'), platform, access_token, refresh_token, expires_at, \
+                               is_active, platform_user_email, retired_at, \
+                               COALESCE(platform_user_id, platform_user_email), id";
 
 fn from_row(r: &tokio_postgres::Row) -> IntegrationRow {
     IntegrationRow {
@@ -49,6 +61,8 @@ fn from_row(r: &tokio_postgres::Row) -> IntegrationRow {
         is_active: r.get(6),
         email: r.get(7),
         created_at: r.get(8),
+        identity: r.get(9),
+        retired: r.get(10),
     }
 }
 
@@ -66,30 +80,80 @@ pub async fn load(
     Ok(client.query_opt(&sql, &[&user_id, &platform]).await?.as_ref().map(from_row))
 }
 
-/// Stores refreshed tokens (ciphertext) and their expiry.
+/// The newest retired copy of integration `integration_id` for the platform account `identity`
+/// (any copy of that integration when `identity` is unknown).
+pub async fn find_retired(
+    client: &impl GenericClient,
+    integration_id: Uuid,
+    identity: Option<&str>,
+) -> Result<Option<i64>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT id FROM meetingd.retired_integrations
+              WHERE integration_id = $1
+                AND ($2::text IS NULL OR COALESCE(platform_user_id, platform_user_email) = $2)
+              ORDER BY id DESC LIMIT 1",
+            &[&integration_id, &identity],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// A retired copy by its own id; `lock` takes `FOR UPDATE` (inside a transaction).
+pub async fn load_retired(client: &impl GenericClient, id: i64, lock: bool) -> Result<Option<IntegrationRow>, DbError> {
+    let sql = format!(
+        "SELECT {RETIRED_COLUMNS} FROM meetingd.retired_integrations WHERE id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    Ok(client.query_opt(&sql, &[&id]).await?.as_ref().map(from_row))
+}
+
+/// Stores refreshed tokens (ciphertext) and their expiry, in the row (or retired copy) they came from.
 pub async fn save_tokens(
     client: &impl GenericClient,
-    id: Uuid,
+    row: &IntegrationRow,
     access_token: &str,
     refresh_token: Option<&str>,
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<(), DbError> {
-    client
-        .execute(
-            "UPDATE user_meeting_integrations
-                SET access_token = $2, refresh_token = COALESCE($3, refresh_token), expires_at = $4, updated_at = now()
-              WHERE id = $1",
-            &[&id, &access_token, &refresh_token, &expires_at],
-        )
-        .await?;
+    match row.retired {
+        None => client
+            .execute(
+                "UPDATE user_meeting_integrations
+                    SET access_token = $2, refresh_token = COALESCE($3, refresh_token), expires_at = $4, updated_at = now()
+                  WHERE id = $1",
+                &[&row.id, &access_token, &refresh_token, &expires_at],
+            )
+            .await?,
+        Some(retired) => client
+            .execute(
+                "UPDATE meetingd.retired_integrations
+                    SET access_token = $2, refresh_token = COALESCE($3, refresh_token), expires_at = $4
+                  WHERE id = $1",
+                &[&retired, &access_token, &refresh_token, &expires_at],
+            )
+            .await?,
+    };
     Ok(())
 }
 
-/// Marks the integration as needing a reconnect.
-pub async fn deactivate(client: &impl GenericClient, id: Uuid) -> Result<(), DbError> {
-    client
-        .execute("UPDATE user_meeting_integrations SET is_active = false, updated_at = now() WHERE id = $1", &[&id])
-        .await?;
+/// Marks the integration (or retired copy) as needing a reconnect.
+pub async fn deactivate(client: &impl GenericClient, row: &IntegrationRow) -> Result<(), DbError> {
+    match row.retired {
+        None => {
+            client
+                .execute(
+                    "UPDATE user_meeting_integrations SET is_active = false, updated_at = now() WHERE id = $1",
+                    &[&row.id],
+                )
+                .await?
+        }
+        Some(retired) => {
+            client
+                .execute("UPDATE meetingd.retired_integrations SET is_active = false WHERE id = $1", &[&retired])
+                .await?
+        }
+    };
     Ok(())
 }
 

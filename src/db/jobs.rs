@@ -15,7 +15,7 @@ use deadpool_postgres::GenericClient as Cached;
 use uuid::Uuid;
 
 use super::DbError;
-use crate::providers::Meeting;
+use crate::providers::{Account, Meeting};
 
 /// A job this daemon holds the lease on.
 #[derive(Debug, Clone)]
@@ -47,6 +47,8 @@ pub struct Claim {
 pub struct Intent {
     pub platform: String,
     pub generation: i32,
+    /// The provider whose account the create was for (`None`: recorded before owners were).
+    pub owner: Option<Uuid>,
 }
 
 /// Claims up to `limit` due jobs for `owner`, with a lease on the database clock, and reads the
@@ -103,19 +105,23 @@ const CLAIM: &str = "WITH due AS (
      WHERE j.id = ANY (ARRAY(SELECT id FROM due))
        AND j.xmin = (SELECT seen.xmin FROM meetingd.jobs seen WHERE seen.id = j.id)
  RETURNING j.id, j.booking_id, j.claim_seq, j.lease_token, j.version, j.attempts, j.requested_at,
-           j.intent_platform, j.intent_generation
+           j.intent_platform, j.intent_generation, j.intent_owner
 )
-SELECT c.id, c.booking_id, c.claim_seq, c.lease_token, c.version,
-       c.attempts, c.requested_at, c.intent_platform, c.intent_generation,
-       b.id, b.status, b.start_time, b.end_time, b.customer_id, b.meeting_status,
-       s.id, s.provider_id, s.title, s.description, COALESCE(s.is_online, false),
-       s.meeting_platform, COALESCE(s.meeting_settings, '{}'::jsonb),
+SELECT c.id AS job_id, c.booking_id AS job_booking_id, c.claim_seq, c.lease_token, c.version,
+       c.attempts, c.requested_at, c.intent_platform, c.intent_generation, c.intent_owner,
+       b.id AS booking_id, b.status::text AS status, b.start_time, b.end_time, b.customer_id,
+       b.meeting_status, b.meeting_link::text AS meeting_link,
+       s.id AS service_id, s.provider_id, s.title::text AS title, s.description::text AS description,
+       COALESCE(s.is_online, false) AS is_online, s.meeting_platform::text AS meeting_platform,
+       s.meeting_settings::text AS meeting_settings,
        EXISTS (SELECT 1 FROM user_meeting_integrations i
-                WHERE i.user_id = s.provider_id AND i.platform = s.meeting_platform
-                  AND i.is_active IS TRUE),
-       m.platform, m.requested_platform, m.external_id, m.join_url, m.start_time,
-       m.end_time, m.generation, m.state = 'live',
-       cu.full_name, cu.email, pu.full_name
+                WHERE i.user_id = s.provider_id AND i.platform = s.meeting_platform::text
+                  AND i.is_active IS TRUE) AS connected,
+       m.platform AS m_platform, m.requested_platform AS m_requested_platform, m.external_id AS m_external_id,
+       m.join_url AS m_join_url, m.start_time AS m_start, m.end_time AS m_end, m.generation AS m_generation,
+       m.state = 'live' AS m_live, m.owner_id AS m_owner_id, m.integration_id AS m_integration_id,
+       m.account AS m_account,
+       cu.full_name::text AS customer_name, cu.email::text AS customer_email, pu.full_name::text AS provider_name
   FROM claimed c
   LEFT JOIN LATERAL (SELECT * FROM bookings b WHERE b.id = c.booking_id OFFSET 0) b ON true
   LEFT JOIN LATERAL (SELECT * FROM services s WHERE s.id = b.service_id OFFSET 0) s ON true
@@ -123,74 +129,137 @@ SELECT c.id, c.booking_id, c.claim_seq, c.lease_token, c.version,
   LEFT JOIN LATERAL (SELECT * FROM users u WHERE u.id = s.provider_id OFFSET 0) pu ON true
   LEFT JOIN LATERAL (SELECT * FROM meetingd.meetings m WHERE m.booking_id = c.booking_id OFFSET 0) m ON true";
 
-/// One row of [`CLAIM`] as a snapshot.
+/// One row of [`CLAIM`] as a snapshot. The job and meeting columns are meetingd's own; the
+/// booking's come from the marketplace's tables, whose types and nullability meetingd does not
+/// control: they are read with `try_get`, and what cannot be read becomes
+/// [`BookingView::unreadable`], a sentence that fails that one job.
 fn snapshot_of(r: &tokio_postgres::Row) -> Snapshot {
-    let intent_generation: Option<i32> = r.get(8);
+    let intent_generation: Option<i32> = r.get("intent_generation");
     let claim = Claim {
-        job_id: r.get(0),
-        booking_id: r.get(1),
-        claim_seq: r.get(2),
-        token: r.get(3),
-        version: r.get(4),
-        attempt: r.get(5),
-        requested_at: r.get(6),
+        job_id: r.get("job_id"),
+        booking_id: r.get("job_booking_id"),
+        claim_seq: r.get("claim_seq"),
+        token: r.get("lease_token"),
+        version: r.get("version"),
+        attempt: r.get("attempts"),
+        requested_at: r.get("requested_at"),
         intent: r
-            .get::<_, Option<String>>(7)
+            .get::<_, Option<String>>("intent_platform")
             .zip(intent_generation)
-            .map(|(platform, generation)| Intent { platform, generation }),
+            .map(|(platform, generation)| Intent { platform, generation, owner: r.get("intent_owner") }),
         intended_generation: intent_generation.unwrap_or(0),
     };
-    // A booking whose service row is gone counts as gone too.
-    let booking = (|| {
-        Some(BookingView {
-            booking_id: r.get::<_, Option<Uuid>>(9)?,
-            status: r.get(10),
-            start: r.get(11),
-            end: r.get(12),
-            customer_id: r.get(13),
-            meeting_status: r.get(14),
-            service_id: r.get::<_, Option<Uuid>>(15)?,
-            provider_id: r.get(16),
-            title: r.get(17),
-            description: r.get(18),
-            is_online: r.get(19),
-            meeting_platform: r.get(20),
-            meeting_settings: r.get(21),
-            connected: r.get(22),
-            customer_name: r.get(31),
-            customer_email: r.get(32),
-            provider_name: r.get(33),
-        })
-    })();
-    let meeting = r.get::<_, Option<String>>(23).map(|platform| MeetingRecord {
-        platform,
-        requested_platform: r.get(24),
-        meeting: Meeting { external_id: r.get(25), join_url: r.get(26) },
-        start: r.get(27),
-        end: r.get(28),
-        generation: r.get(29),
-        live: r.get(30),
+    let meeting = r.get::<_, Option<String>>("m_platform").map(|platform| {
+        let account = r
+            .get::<_, Option<Uuid>>("m_owner_id")
+            .zip(r.get::<_, Option<Uuid>>("m_integration_id"))
+            .map(|(user_id, integration_id)| Account { user_id, integration_id, identity: r.get("m_account") });
+        MeetingRecord {
+            platform,
+            requested_platform: r.get("m_requested_platform"),
+            meeting: Meeting { external_id: r.get("m_external_id"), join_url: r.get("m_join_url"), account },
+            start: r.get("m_start"),
+            end: r.get("m_end"),
+            generation: r.get("m_generation"),
+            live: r.get("m_live"),
+            owner: r.get("m_owner_id"),
+        }
     });
-    Snapshot { claim, booking, meeting }
+    Snapshot { claim, booking: booking_of(r), meeting }
+}
+
+/// The booking part of a [`CLAIM`] row; `None` when the booking (or its service) is gone.
+fn booking_of(r: &tokio_postgres::Row) -> Option<BookingView> {
+    let mut problems = Vec::new();
+    let mut read = |column: &str, what: &str| -> Option<String> {
+        match r.try_get::<_, Option<String>>(column) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(format!("the {what} cannot be read ({e})"));
+                None
+            }
+        }
+    };
+    let status = read("status", "booking's status");
+    let meeting_status = read("meeting_status", "booking's meeting status");
+    let meeting_link = read("meeting_link", "booking's meeting link");
+    let title = read("title", "service's title");
+    let description = read("description", "service's description");
+    let meeting_platform = read("meeting_platform", "service's meeting platform");
+    let settings_text = read("meeting_settings", "service's meeting settings");
+    let customer_name = read("customer_name", "customer's name");
+    let customer_email = read("customer_email", "customer's e-mail");
+    let provider_name = read("provider_name", "provider's name");
+    let mut id = |column: &str, what: &str| -> Option<Uuid> {
+        r.try_get::<_, Option<Uuid>>(column).unwrap_or_else(|e| {
+            problems.push(format!("the {what} cannot be read ({e})"));
+            None
+        })
+    };
+    let booking_id = id("booking_id", "booking's id")?;
+    // A booking whose service row is gone counts as gone too.
+    let service_id = id("service_id", "service's id")?;
+    let customer_id = id("customer_id", "booking's customer");
+    let provider_id = id("provider_id", "service's provider");
+    let start = time_of(r, "start_time", &mut problems);
+    let end = time_of(r, "end_time", &mut problems);
+    let meeting_settings = match settings_text.as_deref().map(serde_json::from_str) {
+        None => serde_json::Value::Null,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => {
+            problems.push("the service's meeting settings are not valid JSON".to_string());
+            serde_json::Value::Null
+        }
+    };
+    Some(BookingView {
+        booking_id,
+        status: status.unwrap_or_default(),
+        start,
+        end,
+        customer_id,
+        meeting_status,
+        meeting_link,
+        service_id,
+        provider_id,
+        title,
+        description,
+        is_online: r.try_get("is_online").unwrap_or(false),
+        meeting_platform,
+        meeting_settings,
+        connected: r.try_get("connected").unwrap_or(false),
+        customer_name,
+        customer_email,
+        provider_name,
+        unreadable: (!problems.is_empty()).then(|| problems.join("; ")),
+    })
+}
+
+/// A booking time: `timestamptz`, or `timestamp` (without time zone), taken as UTC.
+fn time_of(r: &tokio_postgres::Row, column: &str, problems: &mut Vec<String>) -> Option<DateTime<Utc>> {
+    match r.try_get::<_, Option<DateTime<Utc>>>(column) {
+        Ok(at) => at,
+        Err(_) => match r.try_get::<_, Option<chrono::NaiveDateTime>>(column) {
+            Ok(at) => at.map(|at| at.and_utc()),
+            Err(e) => {
+                problems.push(format!("the booking's {column} cannot be read as a time ({e})"));
+                None
+            }
+        },
+    }
 }
 
 /// Records, fenced on the claim, that a create of `generation` on `platform` is about to be
 /// attempted. Commits on its own before the platform call; `false` when the lease was lost (the
 /// call must not be made).
-pub async fn record_intent(
-    client: &impl Cached,
-    claim: &Claim,
-    platform: &str,
-    generation: i32,
-) -> Result<bool, DbError> {
+pub async fn record_intent(client: &impl Cached, claim: &Claim, intent: &Intent) -> Result<bool, DbError> {
     let statement = client
         .prepare_cached(
-            "UPDATE meetingd.jobs SET intent_platform = $3, intent_generation = $4
+            "UPDATE meetingd.jobs SET intent_platform = $3, intent_generation = $4, intent_owner = $6
               WHERE id = $1 AND claim_seq = $2 AND lease_token = $5",
         )
         .await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-        [&claim.job_id, &claim.claim_seq, &platform, &generation, &claim.token];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+        [&claim.job_id, &claim.claim_seq, &intent.platform, &intent.generation, &claim.token, &intent.owner];
     Ok(client.execute(&statement, &params).await? == 1)
 }
 
@@ -207,6 +276,48 @@ pub async fn hold_claim(client: &impl Cached, claim: &Claim) -> Result<bool, DbE
     Ok(client.execute(&statement, &[&claim.job_id, &claim.claim_seq, &claim.token]).await? == 1)
 }
 
+/// Records that a meeting exists at its platform out of meetingd's reach (the account it lives in
+/// is gone), and tells the provider with a `meeting_orphaned` event. Not fenced: it is a fact
+/// about the platform, recorded once per meeting however many runs find it.
+pub async fn record_orphan(
+    client: &impl Cached,
+    booking_id: Uuid,
+    platform: &str,
+    meeting: &Meeting,
+    owner: Option<Uuid>,
+    reason: &str,
+) -> Result<(), DbError> {
+    let statement = client
+        .prepare_cached(
+            "WITH o AS (
+                INSERT INTO meetingd.orphaned_meetings
+                    (booking_id, platform, external_id, owner_id, integration_id, account, reason)
+                VALUES ($1, $2, $3, $4, $5, $6, $7)
+                ON CONFLICT (platform, external_id) DO NOTHING RETURNING id
+             )
+             INSERT INTO meetingd.events (kind, user_id, booking_id, platform, message)
+             SELECT 'meeting_orphaned', $4, $1, $2, $8 FROM o",
+        )
+        .await?;
+    let account = meeting.account.as_ref();
+    let message = format!(
+        "meetingd could not remove the meeting {} because {reason}; delete it yourself in that account if it is still there.",
+        meeting.external_id
+    );
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+        &booking_id,
+        &platform,
+        &meeting.external_id,
+        &owner,
+        &account.map(|a| a.integration_id),
+        &account.and_then(|a| a.identity.as_deref()),
+        &reason,
+        &message,
+    ];
+    client.execute(&statement, &params).await?;
+    Ok(())
+}
+
 /// How long until the next pending job becomes due (zero if one is due now), `None` if none is pending.
 pub async fn next_due_in(client: &impl Cached) -> Result<Option<Duration>, DbError> {
     let statement = client
@@ -219,18 +330,22 @@ pub async fn next_due_in(client: &impl Cached) -> Result<Option<Duration>, DbErr
     Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
 }
 
-/// A booking as the worker reconciles it, read after the claim committed.
+/// A booking as the worker reconciles it, read by the claim. Every marketplace column may be
+/// NULL (or of a type meetingd cannot read: then `unreadable` says so).
 #[derive(Debug, Clone)]
 pub struct BookingView {
     pub booking_id: Uuid,
+    /// `""` when NULL.
     pub status: String,
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-    pub customer_id: Uuid,
+    pub start: Option<DateTime<Utc>>,
+    pub end: Option<DateTime<Utc>>,
+    pub customer_id: Option<Uuid>,
     pub meeting_status: Option<String>,
+    /// `bookings.meeting_link` as the app left it.
+    pub meeting_link: Option<String>,
     pub service_id: Uuid,
-    pub provider_id: Uuid,
-    pub title: String,
+    pub provider_id: Option<Uuid>,
+    pub title: Option<String>,
     pub description: Option<String>,
     pub is_online: bool,
     pub meeting_platform: Option<String>,
@@ -240,6 +355,8 @@ pub struct BookingView {
     pub customer_name: Option<String>,
     pub customer_email: Option<String>,
     pub provider_name: Option<String>,
+    /// What could not be read, as a sentence (a job with such a booking fails with it).
+    pub unreadable: Option<String>,
 }
 
 /// The meeting meetingd recorded for a booking.
@@ -252,6 +369,8 @@ pub struct MeetingRecord {
     pub end: DateTime<Utc>,
     pub generation: i32,
     pub live: bool,
+    /// The provider it was made for (`None`: recorded before owners were).
+    pub owner: Option<Uuid>,
 }
 
 /// Everything reconcile needs about one claimed job.
@@ -282,6 +401,8 @@ pub struct Event {
 }
 
 /// What the worker learned, to be recorded.
+// Made once per job and moved a few times: not worth a heap allocation for the large variant.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// A live meeting exists for the booking (created, moved or already right).
@@ -293,6 +414,8 @@ pub enum Outcome {
         end: DateTime<Utc>,
         generation: i32,
         settings: serde_json::Value,
+        /// The provider it was made for (the account is in `meeting`).
+        owner: Option<Uuid>,
     },
     /// The booking needs no meeting; `deleted` says whether a live one was removed. The booking's
     /// link is cleared unless it is a provider's manual link.
@@ -384,6 +507,8 @@ pub struct Finished {
     /// The create intent this run settled (its meeting is now recorded, or was deleted); it is
     /// cleared only if it is still the job's intent.
     pub resolved: Option<Intent>,
+    /// The run deleted the booking's recorded meeting (whatever came after).
+    pub removed: bool,
 }
 
 /// What a write-back does when the app holds a job's booking row.
@@ -507,6 +632,11 @@ struct Writes<'a> {
     m_end: Vec<DateTime<Utc>>,
     m_generation: Vec<i32>,
     m_settings: Vec<&'a serde_json::Value>,
+    m_owner: Vec<Option<Uuid>>,
+    m_integration: Vec<Option<Uuid>>,
+    m_account: Vec<Option<&'a str>>,
+    // Runs that deleted the recorded meeting but end otherwise than `Unlinked`.
+    removed: Vec<i64>,
     // Meetings removed; links cleared on current bookings.
     u_entry: Vec<i64>,
     u_deleted: Vec<bool>,
@@ -534,7 +664,9 @@ impl<'a> Writes<'a> {
     fn add(&mut self, entry: i64, f: &'a Finished) {
         let claim = &f.snapshot.claim;
         let booking = claim.booking_id;
-        let user = f.snapshot.booking.as_ref().map(|b| b.provider_id);
+        // Who is told: the service's provider, or (the booking gone) the provider the meeting was made for.
+        let user =
+            f.snapshot.booking.as_ref().and_then(|b| b.provider_id).or_else(|| f.snapshot.meeting.as_ref()?.owner);
         let (delay, last_error) = fence_values(&f.outcome);
         self.job_ids.push(claim.job_id);
         self.booking_ids.push(booking);
@@ -547,8 +679,11 @@ impl<'a> Writes<'a> {
         self.refunds.push(matches!(f.outcome, Outcome::Defer { .. }));
         self.resolved_platforms.push(f.resolved.as_ref().map(|i| i.platform.as_str()));
         self.resolved_generations.push(f.resolved.as_ref().map(|i| i.generation));
+        if f.removed && !matches!(f.outcome, Outcome::Linked { .. } | Outcome::Unlinked { .. }) {
+            self.removed.push(entry);
+        }
         match &f.outcome {
-            Outcome::Linked { platform, requested_platform, meeting, start, end, generation, settings } => {
+            Outcome::Linked { platform, requested_platform, meeting, start, end, generation, settings, owner } => {
                 self.m_entry.push(entry);
                 self.m_platform.push(platform);
                 self.m_requested.push(requested_platform.as_deref());
@@ -558,6 +693,9 @@ impl<'a> Writes<'a> {
                 self.m_end.push(*end);
                 self.m_generation.push(*generation);
                 self.m_settings.push(settings);
+                self.m_owner.push(*owner);
+                self.m_integration.push(meeting.account.as_ref().map(|a| a.integration_id));
+                self.m_account.push(meeting.account.as_ref().and_then(|a| a.identity.as_deref()));
             }
             Outcome::Unlinked { deleted } => {
                 self.u_entry.push(entry);
@@ -590,7 +728,7 @@ impl<'a> Writes<'a> {
     }
 
     /// In the order of the statement's `$n`.
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 39] {
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 43] {
         [
             &self.job_ids,
             &self.booking_ids,
@@ -631,6 +769,10 @@ impl<'a> Writes<'a> {
             &self.e_user,
             &self.e_platform,
             &self.e_message,
+            &self.m_owner,
+            &self.m_integration,
+            &self.m_account,
+            &self.removed,
         ]
     }
 }
@@ -644,6 +786,7 @@ macro_rules! upsert_meeting_on_conflict {
         external_id = EXCLUDED.external_id, join_url = EXCLUDED.join_url,
         start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
         generation = EXCLUDED.generation, state = 'live', updated_at = now(),
+        owner_id = EXCLUDED.owner_id, integration_id = EXCLUDED.integration_id, account = EXCLUDED.account,
         linked_at = CASE WHEN m.external_id = EXCLUDED.external_id AND m.state = 'live'
                          THEN m.linked_at ELSE clock_timestamp() END"
     };
@@ -695,49 +838,87 @@ macro_rules! write_back_sql {
 ), linked AS (
     SELECT fd.booking_id, fd.current, x.*
       FROM unnest($12::bigint[], $13::text[], $14::text[], $15::text[], $16::text[], $17::timestamptz[],
-                  $18::timestamptz[], $19::int[], $20::jsonb[])
-           AS x(entry, platform, requested_platform, external_id, join_url, start_time, end_time, generation, settings)
+                  $18::timestamptz[], $19::int[], $20::jsonb[], $40::uuid[], $41::uuid[], $42::text[])
+           AS x(entry, platform, requested_platform, external_id, join_url, start_time, end_time, generation, settings,
+                owner_id, integration_id, account)
       JOIN fenced fd ON fd.entry = x.entry
 ), recorded AS (
     INSERT INTO meetingd.meetings AS m
-        (booking_id, platform, requested_platform, external_id, join_url, start_time, end_time, generation, state)
-    SELECT booking_id, platform, requested_platform, external_id, join_url, start_time, end_time, generation, 'live'
+        (booking_id, platform, requested_platform, external_id, join_url, start_time, end_time, generation, state,
+         owner_id, integration_id, account)
+    SELECT booking_id, platform, requested_platform, external_id, join_url, start_time, end_time, generation, 'live',
+           owner_id, integration_id, account
       FROM linked",
             upsert_meeting_on_conflict!(),
             "
 ), shown AS (
+    -- Only over a link meetingd wrote (or none): a link the app or the provider set meanwhile
+    -- is theirs, and the next run treats the booking as manual.
     UPDATE bookings b
        SET meeting_link = x.join_url, meeting_id = x.external_id, meeting_platform = x.platform,
            meeting_settings = x.settings, meeting_status = 'ready', meeting_error = NULL
       FROM linked x
+      LEFT JOIN meetingd.meetings mo ON mo.booking_id = x.booking_id
      WHERE b.id = ANY (ARRAY(SELECT booking_id FROM linked WHERE current)) AND b.id = x.booking_id AND x.current
+       AND b.meeting_status IS DISTINCT FROM 'manual'
+       AND (COALESCE(b.meeting_link::text, '') IN ('', x.join_url) OR b.meeting_link::text = mo.join_url)
 ), unlinked AS (
     SELECT fd.booking_id, fd.current, x.deleted
       FROM unnest($21::bigint[], $22::bool[]) AS x(entry, deleted)
       JOIN fenced fd ON fd.entry = x.entry
+), gone AS (
+    -- The recorded meeting was deleted by a run whose outcome is not `Unlinked` (a replacement
+    -- whose create failed, an update that found it deleted): recorded as deleted all the same.
+    SELECT fd.booking_id, fd.current, fd.entry
+      FROM fenced fd WHERE fd.entry = ANY ($43::bigint[])
 ), removed AS (
     UPDATE meetingd.meetings SET state = 'deleted', updated_at = now()
-     WHERE booking_id = ANY (ARRAY(SELECT booking_id FROM unlinked WHERE deleted))
+     WHERE booking_id = ANY (ARRAY(SELECT booking_id FROM unlinked WHERE deleted) || ARRAY(SELECT booking_id FROM gone))
 ), cleared AS (
-    -- A manual link is the provider's own: it stays. A booking that never had meeting state
-    -- (confirmed, then cancelled before any work) is left as it is: no meeting at all.
+    -- A manual link is the provider's own: it stays, and so does a link the app wrote itself
+    -- (the booking is then marked manual). A booking that never had meeting state (confirmed,
+    -- then cancelled before any work) is left as it is: no meeting at all.
     UPDATE bookings b
-       SET meeting_link = NULL, meeting_id = NULL, meeting_error = NULL, meeting_status = 'deleted'
-      FROM unlinked x
-     WHERE b.id = ANY (ARRAY(SELECT booking_id FROM unlinked WHERE current)) AND b.id = x.booking_id
-       AND x.current AND b.meeting_status IS DISTINCT FROM 'manual' AND (x.deleted OR b.meeting_status IS NOT NULL)
+       SET meeting_link = CASE WHEN o.ours THEN NULL ELSE b.meeting_link END,
+           meeting_id = CASE WHEN o.ours THEN NULL ELSE b.meeting_id END,
+           meeting_error = NULL,
+           meeting_status = CASE WHEN o.ours THEN 'deleted' ELSE 'manual' END
+      FROM (SELECT x.booking_id, x.deleted,
+                   COALESCE(bb.meeting_link::text, '') IN ('', COALESCE(m.join_url, '')) AS ours
+              FROM unlinked x
+              JOIN bookings bb ON bb.id = x.booking_id
+              LEFT JOIN meetingd.meetings m ON m.booking_id = x.booking_id
+             WHERE x.current) o
+     WHERE b.id = ANY (ARRAY(SELECT booking_id FROM unlinked WHERE current)) AND b.id = o.booking_id
+       AND b.meeting_status IS DISTINCT FROM 'manual' AND (o.deleted OR b.meeting_status IS NOT NULL)
 ), retrying AS (
-    UPDATE bookings SET meeting_status = 'pending'
-     WHERE id = ANY (ARRAY(SELECT booking_id FROM fenced WHERE current AND entry = ANY ($23::bigint[])))
-       AND meeting_status IS DISTINCT FROM 'pending' AND meeting_status IS DISTINCT FROM 'manual'
-       AND status = 'confirmed'
+    -- A booking whose meeting was deleted on the way shows no dead link while it waits.
+    UPDATE bookings b
+       SET meeting_status = 'pending',
+           meeting_link = CASE WHEN r.dead THEN NULL ELSE b.meeting_link END,
+           meeting_id = CASE WHEN r.dead THEN NULL ELSE b.meeting_id END
+      FROM (SELECT fd.booking_id,
+                   fd.entry = ANY ($43::bigint[]) AND bb.meeting_link::text = m.join_url AS dead
+              FROM fenced fd
+              JOIN bookings bb ON bb.id = fd.booking_id
+              LEFT JOIN meetingd.meetings m ON m.booking_id = fd.booking_id
+             WHERE fd.current AND fd.entry = ANY ($23::bigint[])) r
+     WHERE b.id = ANY (ARRAY(SELECT booking_id FROM fenced WHERE current AND entry = ANY ($23::bigint[])))
+       AND b.id = r.booking_id
+       AND (b.meeting_status IS DISTINCT FROM 'pending' OR r.dead)
+       AND b.meeting_status IS DISTINCT FROM 'manual'
+       AND b.status::text = 'confirmed'
 ), failing AS (
-    SELECT fd.booking_id, x.error
+    SELECT fd.booking_id, x.error, fd.entry = ANY ($43::bigint[]) AS removed
       FROM unnest($24::bigint[], $25::text[]) AS x(entry, error)
       JOIN fenced fd ON fd.entry = x.entry AND fd.current
 ), failed AS (
-    UPDATE bookings b SET meeting_status = 'failed', meeting_error = x.error
+    UPDATE bookings b
+       SET meeting_status = 'failed', meeting_error = x.error,
+           meeting_link = CASE WHEN x.removed AND b.meeting_link::text = m.join_url THEN NULL ELSE b.meeting_link END,
+           meeting_id = CASE WHEN x.removed AND b.meeting_link::text = m.join_url THEN NULL ELSE b.meeting_id END
       FROM failing x
+      LEFT JOIN meetingd.meetings m ON m.booking_id = x.booking_id
      WHERE b.id = ANY (ARRAY(SELECT booking_id FROM failing)) AND b.id = x.booking_id
        AND b.meeting_status IS DISTINCT FROM 'manual'
 ), audited AS (

@@ -217,24 +217,34 @@ pub async fn update(
     let (_, role) = load(&state, &caller, id).await?;
     provider_only(role)?;
     let client = state.pool.get().await?;
+    // The link and the job's re-arm commit together: the write-back of a run that read the
+    // booking before the change is then stale, and never writes over the new link.
     match request.meeting_link {
         Some(link) => {
             let link = validate_link(&link)?;
             client
-                .execute(
-                    "UPDATE bookings SET meeting_status = 'manual', meeting_link = $2, meeting_id = NULL,
-                                         meeting_platform = NULL, meeting_error = NULL
-                      WHERE id = $1",
+                .query(
+                    "WITH u AS (
+                        UPDATE bookings SET meeting_status = 'manual', meeting_link = $2, meeting_id = NULL,
+                                            meeting_platform = NULL, meeting_error = NULL
+                         WHERE id = $1 RETURNING id)
+                     SELECT meetingd.touch_job(id) FROM u",
                     &[&id, &link],
                 )
                 .await?;
         }
         None => {
+            // Back to meetingd's meeting: a link meetingd did not write goes.
             client
-                .execute(
-                    "UPDATE bookings SET meeting_status = 'pending', meeting_error = NULL,
-                                         meeting_link = CASE WHEN meeting_status = 'manual' THEN NULL ELSE meeting_link END
-                      WHERE id = $1",
+                .query(
+                    "WITH u AS (
+                        UPDATE bookings SET meeting_status = 'pending', meeting_error = NULL,
+                               meeting_link = CASE WHEN meeting_status = 'manual'
+                                                     OR meeting_link IS DISTINCT FROM
+                                                        (SELECT m.join_url FROM meetingd.meetings m WHERE m.booking_id = $1)
+                                                   THEN NULL ELSE meeting_link END
+                         WHERE id = $1 RETURNING id)
+                     SELECT meetingd.touch_job(id) FROM u",
                     &[&id],
                 )
                 .await?;
@@ -242,7 +252,6 @@ pub async fn update(
     }
     audit(&client, &caller, id, "meeting.manual_update").await?;
     drop(client);
-    touch(&state, id).await?;
     let (after, role) = load(&state, &caller, id).await?;
     Ok(accepted(view(&after, role)))
 }

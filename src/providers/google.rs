@@ -23,10 +23,10 @@ use google_calendar3::{CalendarHub, hyper_util};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
-use super::{Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after};
+use super::{Account, Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after};
 use crate::config::GoogleConfig;
 use crate::oauth::OAuthClient;
-use crate::tokens::{TokenError, TokenStore};
+use crate::tokens::{TokenError, TokenStore, Whose};
 
 type Connector = HttpsConnector<HttpConnector>;
 
@@ -121,28 +121,38 @@ impl GoogleMeet {
         Duration::from_millis(self.config.request_timeout_ms)
     }
 
-    async fn token(&self, user: Uuid, refused: Option<&SecretString>) -> Result<SecretString, ProviderError> {
-        self.tokens.access_token(user, Platform::GoogleMeet, &self.oauth, refused).await.map_err(|e| match e {
-            TokenError::NotConnected(_) | TokenError::Revoked(_) => ProviderError::Revoked,
-            TokenError::Unreadable(_, _) => ProviderError::AccountUnusable(e.to_string()),
-            TokenError::OAuth(crate::oauth::OAuthError::Client(m)) => {
-                ProviderError::Permanent(format!("Google refused meetingd's OAuth client ({m}); an administrator must check google.client_id and the client secret"))
-            }
-            TokenError::OAuth(e) => ProviderError::Transient(e.to_string()),
-            TokenError::Db(e) => ProviderError::Transient(e.to_string()),
-        })
+    async fn token(&self, who: &Who, refused: Option<&SecretString>) -> Result<SecretString, ProviderError> {
+        let pinned = who.account.get();
+        let whose = pinned.map_or(Whose::Provider(who.user), Whose::Account);
+        let (token, account) =
+            self.tokens.access_token(whose, Platform::GoogleMeet, &self.oauth, refused).await.map_err(|e| match e {
+                TokenError::NotConnected(_) | TokenError::Revoked(_) if who.existing => {
+                    ProviderError::AccountGone(e.to_string())
+                }
+                TokenError::NotConnected(_) | TokenError::Revoked(_) => ProviderError::Revoked,
+                TokenError::AccountGone(_) => ProviderError::AccountGone(e.to_string()),
+                TokenError::Unreadable(_, _) => ProviderError::AccountUnusable(e.to_string()),
+                TokenError::OAuth(crate::oauth::OAuthError::Client(m)) => {
+                    ProviderError::Permanent(format!("Google refused meetingd's OAuth client ({m}); an administrator must check google.client_id and the client secret"))
+                }
+                TokenError::OAuth(e) => ProviderError::Transient(e.to_string()),
+                TokenError::Db(e) => ProviderError::Transient(e.to_string()),
+            })?;
+        // Every later call of this operation acts in the same account.
+        let _ = who.account.set(account);
+        Ok(token)
     }
 
-    /// Runs `call` with a valid token; a 401 forces one refresh and one more try.
-    async fn authorized<T, F, Fut>(&self, user: Uuid, call: F) -> Result<T, CallError>
+    /// Runs `call` with a valid token of `who`'s account; a 401 forces one refresh and one more try.
+    async fn authorized<T, F, Fut>(&self, who: &Who, call: F) -> Result<T, CallError>
     where
         F: Fn(SecretString) -> Fut,
         Fut: std::future::Future<Output = Result<T, CallError>>,
     {
-        let token = self.token(user, None).await.map_err(CallError::Other)?;
+        let token = self.token(who, None).await.map_err(CallError::Other)?;
         match call(token.clone()).await {
             Err(CallError::Unauthorized) => {
-                let fresh = self.token(user, Some(&token)).await.map_err(CallError::Other)?;
+                let fresh = self.token(who, Some(&token)).await.map_err(CallError::Other)?;
                 match call(fresh).await {
                     Err(CallError::Unauthorized) => Err(CallError::Other(ProviderError::Unauthorized)),
                     other => other,
@@ -223,14 +233,16 @@ impl GoogleMeet {
     }
 
     /// Waits (within `google.conference_wait_ms`) for the Meet conference of `event`.
-    async fn ready_link(&self, user: Uuid, req: &MeetingRequest, mut event: Event) -> Result<Meeting, ProviderError> {
+    async fn ready_link(&self, who: &Who, req: &MeetingRequest, mut event: Event) -> Result<Meeting, ProviderError> {
         let id = event.id.clone().unwrap_or_else(|| event_id(req.booking_id, req.generation));
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.conference_wait_ms);
         let mut pause = Duration::from_millis(100);
         let mut round = 0;
         loop {
             match conference_state(&event) {
-                Conference::Ready(link) => return Ok(Meeting { external_id: id, join_url: link }),
+                Conference::Ready(link) => {
+                    return Ok(Meeting { external_id: id, join_url: link, account: who.account.get().cloned() });
+                }
                 Conference::Failed if round < 3 => {
                     // Google could not make the conference: ask again with a new requestId.
                     round += 1;
@@ -238,8 +250,7 @@ impl GoogleMeet {
                         conference_data: Some(conference_request(req.booking_id, req.generation, round)),
                         ..Default::default()
                     };
-                    event =
-                        self.authorized(user, |t| self.patch(t, &id, patch.clone())).await.map_err(into_provider)?;
+                    event = self.authorized(who, |t| self.patch(t, &id, patch.clone())).await.map_err(into_provider)?;
                     continue;
                 }
                 Conference::Failed => {
@@ -252,8 +263,31 @@ impl GoogleMeet {
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(2));
-            event = self.authorized(user, |t| self.get(t, &id)).await.map_err(into_provider)?;
+            event = self.authorized(who, |t| self.get(t, &id)).await.map_err(into_provider)?;
         }
+    }
+}
+
+/// Whose account one operation acts in: pinned to the meeting's account when it has one, else
+/// to the provider's account as the first token read finds it.
+struct Who {
+    user: Uuid,
+    account: std::sync::OnceLock<Account>,
+    /// Acting on an existing meeting: an account that cannot be used leaves it unreachable.
+    existing: bool,
+}
+
+impl Who {
+    fn provider(user: Uuid) -> Who {
+        Who { user, account: std::sync::OnceLock::new(), existing: false }
+    }
+
+    fn of(meeting: &Meeting, provider: Uuid) -> Who {
+        let account = std::sync::OnceLock::new();
+        if let Some(a) = &meeting.account {
+            let _ = account.set(a.clone());
+        }
+        Who { user: meeting.account.as_ref().map_or(provider, |a| a.user_id), account, existing: true }
     }
 }
 
@@ -386,14 +420,14 @@ impl MeetingProvider for GoogleMeet {
     }
 
     async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
-        let user = req.provider_user_id;
+        let who = Who::provider(req.provider_user_id);
         let event = self.new_event(req);
         let id = event.id.clone().unwrap_or_default();
-        let created = match self.authorized(user, |t| self.insert(t, event.clone())).await {
+        let created = match self.authorized(&who, |t| self.insert(t, event.clone())).await {
             Ok(created) => created,
             // Created by an earlier attempt whose answer was lost: adopt it.
             Err(CallError::Duplicate) => {
-                let existing = self.authorized(user, |t| self.get(t, &id)).await.map_err(into_provider)?;
+                let existing = self.authorized(&who, |t| self.get(t, &id)).await.map_err(into_provider)?;
                 if existing.status.as_deref() == Some("cancelled") {
                     return Err(ProviderError::Permanent(format!(
                         "the Google Calendar event {id} was deleted in Google Calendar; meetingd will not reuse its id"
@@ -405,29 +439,34 @@ impl MeetingProvider for GoogleMeet {
                 if at(&existing.start) == Some(req.start) && at(&existing.end) == Some(req.end) {
                     existing
                 } else {
-                    self.authorized(user, |t| self.patch(t, &id, schedule(req))).await.map_err(into_provider)?
+                    self.authorized(&who, |t| self.patch(t, &id, schedule(req))).await.map_err(into_provider)?
                 }
             }
             Err(e) => return Err(into_provider(e)),
         };
-        self.ready_link(user, req, created).await
+        self.ready_link(&who, req, created).await
     }
 
     async fn update(&self, existing: &Meeting, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
-        let user = req.provider_user_id;
+        let who = Who::of(existing, req.provider_user_id);
         let patch = schedule(req);
         let updated = self
-            .authorized(user, |t| self.patch(t, &existing.external_id, patch.clone()))
+            .authorized(&who, |t| self.patch(t, &existing.external_id, patch.clone()))
             .await
             .map_err(into_provider)?;
         match conference_state(&updated) {
-            Conference::Ready(link) => Ok(Meeting { external_id: existing.external_id.clone(), join_url: link }),
-            _ => Ok(existing.clone()),
+            Conference::Ready(link) => Ok(Meeting {
+                external_id: existing.external_id.clone(),
+                join_url: link,
+                account: who.account.get().cloned(),
+            }),
+            _ => Ok(Meeting { account: who.account.get().cloned(), ..existing.clone() }),
         }
     }
 
     async fn delete(&self, existing: &Meeting, provider: Uuid) -> Result<(), ProviderError> {
-        match self.authorized(provider, |t| self.remove(t, &existing.external_id)).await {
+        let who = Who::of(existing, provider);
+        match self.authorized(&who, |t| self.remove(t, &existing.external_id)).await {
             Ok(()) | Err(CallError::NotFound) => Ok(()),
             Err(e) => Err(into_provider(e)),
         }

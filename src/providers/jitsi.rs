@@ -42,7 +42,7 @@ impl MeetingProvider for Jitsi {
 
     async fn create(&self, _req: &MeetingRequest) -> Result<Meeting, ProviderError> {
         let room = room_name();
-        Ok(Meeting { join_url: self.room_url(&room)?, external_id: room })
+        Ok(Meeting { join_url: self.room_url(&room)?, external_id: room, account: None })
     }
 
     async fn update(&self, existing: &Meeting, _req: &MeetingRequest) -> Result<Meeting, ProviderError> {

@@ -97,6 +97,21 @@ pub struct Meeting {
     pub external_id: String,
     /// The link participants open (`bookings.meeting_link`).
     pub join_url: String,
+    /// The account it lives in; `None` on a platform without accounts (Jitsi), and for meetings
+    /// recorded before meetingd recorded accounts (they are acted on in the provider's current one).
+    pub account: Option<Account>,
+}
+
+/// A provider's connected account on a platform, as a meeting made in it remembers it: updates
+/// and deletes of that meeting go through this account, not whatever the provider connects later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The provider who connected it.
+    pub user_id: Uuid,
+    /// Their `user_meeting_integrations` row (its ciphertexts are bound to this id).
+    pub integration_id: Uuid,
+    /// The platform's identity of the account (`platform_user_id`, else its e-mail), when known.
+    pub identity: Option<String>,
 }
 
 /// Why a platform call failed, in the classes the worker acts on.
@@ -118,9 +133,16 @@ pub enum ProviderError {
     /// retried on this platform: the booking falls back.
     #[error("access to the provider's account was revoked")]
     Revoked,
-    /// The stored account cannot be used (its tokens do not decrypt); the booking falls back.
+    /// The stored account cannot be used (its tokens do not decrypt: an operator's key or a
+    /// tampered row, not the provider's doing). A new booking falls back; an existing meeting is
+    /// retried, never given up as deleted.
     #[error("{0}")]
     AccountUnusable(String),
+    /// The account an existing meeting lives in is gone (revoked, disconnected, replaced by
+    /// another account, its provider deleted) and no credentials for it are left: the meeting is
+    /// out of meetingd's reach and is reported as orphaned.
+    #[error("{0}")]
+    AccountGone(String),
     /// The meeting no longer exists at the platform (deleted there by someone else).
     #[error("the meeting no longer exists at the platform")]
     NotFound,
@@ -147,6 +169,15 @@ impl ProviderError {
         )
     }
 
+    /// How an error on an existing meeting is retried: an account whose tokens do not decrypt is
+    /// an operator's problem to fix (a key, a tampered row), not a reason to give the meeting up.
+    pub fn retried_on_existing(self) -> ProviderError {
+        match self {
+            ProviderError::AccountUnusable(m) => ProviderError::Transient(m),
+            other => other,
+        }
+    }
+
     /// The provider's account on this platform cannot be used: use the fallback platform instead.
     pub fn needs_fallback(&self) -> bool {
         matches!(self, ProviderError::Revoked | ProviderError::AccountUnusable(_))
@@ -161,6 +192,7 @@ impl ProviderError {
             ProviderError::Unauthorized => "unauthorized",
             ProviderError::Revoked => "revoked",
             ProviderError::AccountUnusable(_) => "account_unusable",
+            ProviderError::AccountGone(_) => "account_gone",
             ProviderError::NotFound => "not_found",
             ProviderError::Permanent(_) => "permanent",
         }

@@ -409,7 +409,25 @@ async fn customers_see_the_link_only_once_confirmed_and_providers_can_set_a_manu
         .unwrap();
     assert!(!ics.contains("meet.example"), "{ics}");
 
+    // The app's own link is the provider's: confirming keeps it, and now the customer sees it.
     market::set_status(&api.c, b, "confirmed").await;
+    eventually("the job done", Duration::from_secs(20), || async {
+        market::job(&api.c, b).await.filter(|j| j.state == "done").map(|_| ())
+    })
+    .await;
+    assert_eq!(meeting(&api.c, b).await.link.as_deref(), Some("https://meet.example/early"));
+    let seen: Value = api
+        .call("GET", &format!("/api/bookings/{b}/meeting"), Some(api.as_user(api.customer)), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["meeting_link"], "https://meet.example/early");
+    assert_eq!(market::count(&api.c, "SELECT count(*) FROM meetingd.meetings").await, 0, "no meeting made");
+
+    // The provider asks for meetingd's meeting instead.
+    let r = api.call("PUT", &format!("/api/meetings/{b}/update"), Some(api.as_user(api.provider)), None).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
     let link = eventually("link", Duration::from_secs(20), || async {
         let m = meeting(&api.c, b).await;
         (m.status.as_deref() == Some("ready")).then(|| m.link.unwrap())

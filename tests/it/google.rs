@@ -41,6 +41,19 @@ pub fn worker_for(config: &Config) -> Worker {
 
 /// Stores a Google connection for `user` whose access token expires in `expires_in_secs`.
 pub async fn connect_google(config: &Config, user: Uuid, access: &str, refresh: &str, expires_in_secs: i64) {
+    connect_google_as(config, user, access, refresh, expires_in_secs, crate::helpers::fake_google::DEFAULT_ACCOUNT)
+        .await
+}
+
+/// [`connect_google`] for the Google account `email`.
+pub async fn connect_google_as(
+    config: &Config,
+    user: Uuid,
+    access: &str,
+    refresh: &str,
+    expires_in_secs: i64,
+    email: &str,
+) {
     let mut client = crate::helpers::db::connect(secrecy::ExposeSecret::expose_secret(&config.database.url)).await;
     let new = meetingd::admin::NewIntegration {
         user_id: user,
@@ -50,7 +63,7 @@ pub async fn connect_google(config: &Config, user: Uuid, access: &str, refresh: 
         expires_at: Some(Utc::now() + chrono::Duration::seconds(expires_in_secs)),
         scopes: vec!["https://www.googleapis.com/auth/calendar.events".into()],
         platform_user_id: None,
-        email: Some("provider@example.com".into()),
+        email: Some(email.into()),
     };
     let keyring = config.encryption.keyring().unwrap();
     let tx = client.transaction().await.unwrap();

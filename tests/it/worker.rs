@@ -400,7 +400,15 @@ async fn a_claim_lost_with_the_server_cannot_pass_for_the_next_claim_of_its_numb
     assert_ne!(next.claim.token, lost.claim.token);
 
     // The lost claim's holder can record neither a create intent nor an outcome.
-    assert!(!jobs::record_intent(&client, &lost.claim, "google_meet", 1).await.unwrap());
+    assert!(
+        !jobs::record_intent(
+            &client,
+            &lost.claim,
+            &jobs::Intent { platform: "google_meet".into(), generation: 1, owner: None }
+        )
+        .await
+        .unwrap()
+    );
     assert_eq!(s.worker.process(lost).await, Processed::Recorded(WriteBack::LeaseLost));
     assert_eq!(s.worker.process(next).await, Processed::Recorded(WriteBack::Done));
     assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
@@ -422,11 +430,16 @@ async fn a_lost_claim_and_its_successor_in_one_batch_write_only_the_successor() 
             outcome: Outcome::Linked {
                 platform: "jitsi".into(),
                 requested_platform: Some("jitsi".into()),
-                meeting: Meeting { external_id: room.into(), join_url: format!("https://meet.example/{room}") },
-                start: booking.start,
-                end: booking.end,
+                meeting: Meeting {
+                    external_id: room.into(),
+                    join_url: format!("https://meet.example/{room}"),
+                    account: None,
+                },
+                start: booking.start.unwrap(),
+                end: booking.end.unwrap(),
                 generation: 1,
                 settings: serde_json::json!({}),
+                owner: booking.provider_id,
             },
             audit: vec![jobs::AuditEntry {
                 action: "meeting.create",
@@ -437,6 +450,7 @@ async fn a_lost_claim_and_its_successor_in_one_batch_write_only_the_successor() 
             }],
             event: Some(jobs::Event { kind: "meeting_ready", platform: None, message: room.into() }),
             resolved: None,
+            removed: false,
         }
     };
     let batch = [finished(&lost, "ghost"), finished(&current, "real")];
@@ -568,11 +582,16 @@ async fn batch_write_back_fences_each_job_and_leaves_app_locked_bookings_to_thei
         Outcome::Linked {
             platform: "jitsi".into(),
             requested_platform: Some("jitsi".into()),
-            meeting: Meeting { external_id: format!("room-{b}"), join_url: format!("https://meet.example/{b}") },
-            start: booking.start,
-            end: booking.end,
+            meeting: Meeting {
+                external_id: format!("room-{b}"),
+                join_url: format!("https://meet.example/{b}"),
+                account: None,
+            },
+            start: booking.start.unwrap(),
+            end: booking.end.unwrap(),
             generation: 1,
             settings: serde_json::json!({}),
+            owner: booking.provider_id,
         }
     };
     let batch: Vec<Finished> = snapshots
@@ -592,7 +611,7 @@ async fn batch_write_back_fences_each_job_and_leaves_app_locked_bookings_to_thei
                 detail: None,
             }];
             let event = Some(jobs::Event { kind: "meeting_ready", platform: None, message: "ready".into() });
-            Finished { snapshot: snap.clone(), outcome, audit, event, resolved: None }
+            Finished { snapshot: snap.clone(), outcome, audit, event, resolved: None, removed: false }
         })
         .collect();
     let written = jobs::write_back(&client, "test", &batch, jobs::BookingLocks::Skip);

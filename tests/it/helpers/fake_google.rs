@@ -21,6 +21,9 @@ use serde_json::{Value, json};
 pub const CLIENT_ID: &str = "test-client.apps.googleusercontent.com";
 pub const CLIENT_SECRET: &str = "GOCSPX-test-secret";
 
+/// The Google account tokens act for unless issued for another.
+pub const DEFAULT_ACCOUNT: &str = "provider@example.com";
+
 /// A scripted failure for the next Calendar call.
 #[derive(Debug, Clone)]
 pub struct Fail {
@@ -43,6 +46,8 @@ impl Fail {
 pub struct StoredEvent {
     pub body: Value,
     pub deleted: bool,
+    /// The Google account whose calendar holds it: other accounts' tokens get 404 for it.
+    pub owner: String,
     /// events.get calls left before a pending conference succeeds.
     pending_gets: u32,
 }
@@ -51,6 +56,8 @@ pub struct StoredEvent {
 pub struct Inner {
     /// access token -> still valid
     access: HashMap<String, bool>,
+    /// access or refresh token -> the Google account it acts for
+    accounts: HashMap<String, String>,
     /// refresh token -> revoked
     refresh: HashMap<String, bool>,
     pub refresh_calls: usize,
@@ -136,12 +143,19 @@ impl FakeGoogle {
 
     /// Issues a token pair as Google would at consent; returns (access, refresh).
     pub fn issue(&self) -> (String, String) {
+        self.issue_for(DEFAULT_ACCOUNT)
+    }
+
+    /// Issues a token pair of the Google account `account` (its own calendar).
+    pub fn issue_for(&self, account: &str) -> (String, String) {
         let mut s = self.state.lock().unwrap();
         s.counter += 1;
         let (access, refresh) =
             (format!("ya29.a0-access-{}-secret", s.counter), format!("1//0g-refresh-{}-secret", s.counter));
         s.access.insert(access.clone(), true);
         s.refresh.insert(refresh.clone(), false);
+        s.accounts.insert(access.clone(), account.to_string());
+        s.accounts.insert(refresh.clone(), account.to_string());
         (access, refresh)
     }
 
@@ -273,6 +287,8 @@ async fn token(State(state): Shared, Form(form): Form<HashMap<String, String>>) 
     s.counter += 1;
     let access = format!("ya29.a0-refreshed-{}-secret", s.counter);
     s.access.insert(access.clone(), true);
+    let account = s.accounts.get(&refresh).cloned().unwrap_or_else(|| DEFAULT_ACCOUNT.to_string());
+    s.accounts.insert(access.clone(), account);
     reply(
         200,
         json!({"access_token": access, "expires_in": 3599, "scope": "https://www.googleapis.com/auth/calendar.events", "token_type": "Bearer"}),
@@ -306,6 +322,15 @@ async fn calendar(State(state): Shared, Path(cal): Path<String>, headers: Header
 /// Authorization and scripted failures shared by the Calendar endpoints. `Ok(Some(f))`: do the
 /// work, then answer with `f`.
 async fn gate(state: &Arc<Mutex<Inner>>, headers: &HeaderMap, call: String) -> Result<Option<Fail>, Response> {
+    gate_as(state, headers, call).await.map(|(after, _)| after)
+}
+
+/// [`gate`], also saying which Google account the caller's token acts for.
+async fn gate_as(
+    state: &Arc<Mutex<Inner>>,
+    headers: &HeaderMap,
+    call: String,
+) -> Result<(Option<Fail>, String), Response> {
     let scripted = {
         let mut s = state.lock().unwrap();
         s.calls.push(call);
@@ -329,19 +354,20 @@ async fn gate(state: &Arc<Mutex<Inner>>, headers: &HeaderMap, call: String) -> R
                 }
             }
         }
-        (next, s.latency)
+        let account = bearer.and_then(|t| s.accounts.get(t)).cloned().unwrap_or_else(|| DEFAULT_ACCOUNT.to_string());
+        (next, s.latency, account)
     };
-    let (scripted, latency) = scripted;
+    let (scripted, latency, account) = scripted;
     if let Some(d) = latency {
         tokio::time::sleep(d).await;
     }
     match scripted {
-        None => Ok(None),
+        None => Ok((None, account)),
         Some(f) => {
             if let Some(d) = f.delay {
                 tokio::time::sleep(d).await;
             }
-            if f.after_work { Ok(Some(f)) } else { Err(failure(&f)) }
+            if f.after_work { Ok((Some(f), account)) } else { Err(failure(&f)) }
         }
     }
 }
@@ -357,8 +383,8 @@ async fn insert(
     headers: HeaderMap,
     axum::Json(mut event): axum::Json<Value>,
 ) -> Response {
-    let after = match gate(&state, &headers, format!("insert {cal}")).await {
-        Ok(after) => after,
+    let (after, account) = match gate_as(&state, &headers, format!("insert {cal}")).await {
+        Ok(gated) => gated,
         Err(r) => return r,
     };
     let mut s = state.lock().unwrap();
@@ -397,7 +423,8 @@ async fn insert(
         event.as_object_mut().unwrap().remove("conferenceData");
     }
     s.inserts += 1;
-    s.events.insert(id.clone(), StoredEvent { body: event.clone(), deleted: false, pending_gets: pending });
+    s.events
+        .insert(id.clone(), StoredEvent { body: event.clone(), deleted: false, owner: account, pending_gets: pending });
     match after {
         Some(f) => failure(&f),
         None => reply(200, event),
@@ -421,13 +448,14 @@ fn conference(n: u64, request_id: Value) -> Value {
 }
 
 async fn get_event(State(state): Shared, Path((cal, id)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    if let Err(r) = gate(&state, &headers, format!("get {cal} {id}")).await {
-        return r;
-    }
+    let account = match gate_as(&state, &headers, format!("get {cal} {id}")).await {
+        Ok((_, account)) => account,
+        Err(r) => return r,
+    };
     let mut s = state.lock().unwrap();
     s.counter += 1;
     let n = s.counter;
-    let Some(stored) = s.events.get_mut(&id) else {
+    let Some(stored) = s.events.get_mut(&id).filter(|e| e.owner == account) else {
         return reply(404, google_error(404, "notFound", "Not Found"));
     };
     if stored.deleted {
@@ -452,12 +480,12 @@ async fn patch_event(
     headers: HeaderMap,
     axum::Json(patch): axum::Json<Value>,
 ) -> Response {
-    let after = match gate(&state, &headers, format!("patch {cal} {id}")).await {
-        Ok(after) => after,
+    let (after, account) = match gate_as(&state, &headers, format!("patch {cal} {id}")).await {
+        Ok(gated) => gated,
         Err(r) => return r,
     };
     let mut s = state.lock().unwrap();
-    let Some(stored) = s.events.get_mut(&id) else {
+    let Some(stored) = s.events.get_mut(&id).filter(|e| e.owner == account) else {
         return reply(404, google_error(404, "notFound", "Not Found"));
     };
     if stored.deleted {
@@ -476,12 +504,12 @@ async fn patch_event(
 }
 
 async fn delete_event(State(state): Shared, Path((cal, id)): Path<(String, String)>, headers: HeaderMap) -> Response {
-    let after = match gate(&state, &headers, format!("delete {cal} {id}")).await {
-        Ok(after) => after,
+    let (after, account) = match gate_as(&state, &headers, format!("delete {cal} {id}")).await {
+        Ok(gated) => gated,
         Err(r) => return r,
     };
     let mut s = state.lock().unwrap();
-    let Some(stored) = s.events.get_mut(&id) else {
+    let Some(stored) = s.events.get_mut(&id).filter(|e| e.owner == account) else {
         return reply(404, google_error(404, "notFound", "Not Found"));
     };
     if stored.deleted {

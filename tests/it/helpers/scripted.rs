@@ -126,7 +126,7 @@ impl MeetingProvider for Scripted {
         let id = format!("m{}-{}", s.next, req.generation);
         s.live.insert(id.clone(), req.booking_id);
         s.creates.push((req.booking_id, req.generation));
-        Ok(Meeting { join_url: format!("https://meet.example.test/{id}"), external_id: id })
+        Ok(Meeting { join_url: format!("https://meet.example.test/{id}"), external_id: id, account: None })
     }
 
     async fn update(&self, existing: &Meeting, _req: &MeetingRequest) -> Result<Meeting, ProviderError> {

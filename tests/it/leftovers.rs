@@ -1,0 +1,161 @@
+//! Nothing left behind when the marketplace changes around a booking: deleted services and
+//! providers, services switched to in-person or moved to another provider, providers who
+//! reconnect with another account, accounts that are gone or unreadable, links the app wrote.
+
+use uuid::Uuid;
+
+use crate::google::{G, connect_google_as, setup_with};
+use crate::helpers::market::{self, events, job, meeting};
+
+async fn linked(g: &G) -> (Uuid, String) {
+    let b = market::book(&g.c, g.service, g.m.customer, "confirmed").await;
+    g.worker.run_once().await.unwrap();
+    let state = meeting(&g.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
+    let event = state.meeting_id.unwrap();
+    assert!(g.google.event(&event).is_some_and(|e| !e.deleted));
+    (b, event)
+}
+
+fn deleted(g: &G, event: &str) -> bool {
+    g.google.event(event).is_some_and(|e| e.deleted)
+}
+
+#[tokio::test]
+async fn deleting_a_service_deletes_the_events_of_its_cascaded_bookings() {
+    let g = setup_with(3600, |_| {}).await;
+    let (b, event) = linked(&g).await;
+    g.c.execute("DELETE FROM services WHERE id = $1", &[&g.service]).await.unwrap();
+    assert_eq!(job(&g.c, b).await.unwrap().state, "pending", "the cascaded delete re-armed the job");
+    g.worker.run_once().await.unwrap();
+    assert!(deleted(&g, &event), "the event of a booking deleted with its service is deleted");
+    let state: String =
+        g.c.query_one("SELECT state FROM meetingd.meetings WHERE booking_id = $1", &[&b]).await.unwrap().get(0);
+    assert_eq!(state, "deleted");
+}
+
+#[tokio::test]
+async fn deleting_the_provider_deletes_their_events_through_the_account_meetingd_kept() {
+    let g = setup_with(3600, |_| {}).await;
+    let (b, event) = linked(&g).await;
+    // Cascades to the services, their bookings and the integration row with its tokens.
+    g.c.execute("DELETE FROM users WHERE id = $1", &[&g.m.provider]).await.unwrap();
+    assert_eq!(market::count(&g.c, "SELECT count(*) FROM user_meeting_integrations").await, 0);
+    assert_eq!(market::count(&g.c, "SELECT count(*) FROM meetingd.retired_integrations").await, 1);
+    g.worker.run_once().await.unwrap();
+    assert!(deleted(&g, &event), "the deleted provider's event is deleted");
+    assert_eq!(job(&g.c, b).await.unwrap().state, "done");
+    assert_eq!(market::count(&g.c, "SELECT count(*) FROM meetingd.orphaned_meetings").await, 0);
+}
+
+#[tokio::test]
+async fn a_service_switched_to_in_person_loses_its_events_and_a_later_cancel_changes_nothing() {
+    let g = setup_with(3600, |_| {}).await;
+    let (b, event) = linked(&g).await;
+    g.c.execute("UPDATE services SET is_online = false WHERE id = $1", &[&g.service]).await.unwrap();
+    assert_eq!(job(&g.c, b).await.unwrap().state, "pending", "the service change re-armed its bookings");
+    g.worker.run_once().await.unwrap();
+    assert!(deleted(&g, &event));
+    assert_eq!(meeting(&g.c, b).await.link, None);
+
+    // Back online, then cancelled while in-person: the cancel still reaches meetingd.
+    g.c.execute("UPDATE services SET is_online = true WHERE id = $1", &[&g.service]).await.unwrap();
+    g.worker.run_once().await.unwrap();
+    let again = meeting(&g.c, b).await.meeting_id.unwrap();
+    assert_ne!(again, event, "a new generation after the deletion");
+    g.c.execute("UPDATE services SET is_online = false WHERE id = $1", &[&g.service]).await.unwrap();
+    g.c.execute("UPDATE bookings SET status = 'cancelled' WHERE id = $1", &[&b]).await.unwrap();
+    g.worker.run_once().await.unwrap();
+    assert!(deleted(&g, &again));
+    assert!(g.google.live_events().is_empty());
+}
+
+#[tokio::test]
+async fn a_service_moved_to_another_provider_moves_the_meeting_to_their_account() {
+    let g = setup_with(3600, |_| {}).await;
+    let (b, event) = linked(&g).await;
+    let other = market::user(&g.c, "provider").await;
+    let (access, refresh) = g.google.issue_for("other@example.com");
+    connect_google_as(&g.config, other, &access, &refresh, 3600, "other@example.com").await;
+    g.c.execute("UPDATE services SET provider_id = $2 WHERE id = $1", &[&g.service, &other]).await.unwrap();
+    g.worker.run_once().await.unwrap();
+    assert!(deleted(&g, &event), "the first provider's event is gone");
+    let live = g.google.live_events();
+    assert_eq!(live.len(), 1, "exactly one live event");
+    assert_eq!(live[0].owner, "other@example.com");
+    assert_eq!(live[0].booking_id(), Some(b.to_string()));
+    assert_eq!(meeting(&g.c, b).await.status.as_deref(), Some("ready"));
+}
+
+#[tokio::test]
+async fn a_provider_who_reconnects_another_account_keeps_one_event_in_the_account_that_made_it() {
+    let g = setup_with(3600, |_| {}).await;
+    let (b, event) = linked(&g).await;
+    let (access, refresh) = g.google.issue_for("second@example.com");
+    connect_google_as(&g.config, g.m.provider, &access, &refresh, 3600, "second@example.com").await;
+
+    // A reschedule moves the event where it lives, through the first account's kept credentials.
+    market::reschedule_hours(&g.c, b, 2).await;
+    g.worker.run_once().await.unwrap();
+    let live = g.google.live_events();
+    assert_eq!(live.len(), 1, "no second event: {:?}", g.google.calls());
+    assert_eq!(live[0].owner, crate::helpers::fake_google::DEFAULT_ACCOUNT);
+    assert_eq!(meeting(&g.c, b).await.meeting_id.as_deref(), Some(event.as_str()));
+
+    // A cancel deletes it there too.
+    market::set_status(&g.c, b, "cancelled").await;
+    g.worker.run_once().await.unwrap();
+    assert!(deleted(&g, &event));
+    assert!(g.google.live_events().is_empty());
+}
+
+#[tokio::test]
+async fn a_meeting_whose_account_is_gone_is_reported_orphaned_not_counted_as_deleted() {
+    let g = setup_with(3600, |_| {}).await;
+    let (b, event) = linked(&g).await;
+    // The provider connects another account, and the first one's credentials are lost.
+    let (access, refresh) = g.google.issue_for("second@example.com");
+    connect_google_as(&g.config, g.m.provider, &access, &refresh, 3600, "second@example.com").await;
+    g.c.execute("DELETE FROM meetingd.retired_integrations", &[]).await.unwrap();
+
+    market::set_status(&g.c, b, "cancelled").await;
+    g.worker.run_once().await.unwrap();
+    assert!(!deleted(&g, &event), "nobody could delete it");
+    let row =
+        g.c.query_one("SELECT external_id, reason FROM meetingd.orphaned_meetings WHERE booking_id = $1", &[&b])
+            .await
+            .unwrap();
+    assert_eq!(row.get::<_, String>(0), event);
+    assert!(row.get::<_, String>(1).contains("no longer connected"), "{}", row.get::<_, String>(1));
+    let reported = events(&g.c, b).await;
+    assert!(
+        reported.iter().any(|(kind, message)| kind == "meeting_orphaned" && message.contains(&event)),
+        "{reported:?}"
+    );
+    let trail = market::audit(&g.c, b).await;
+    assert!(trail.contains(&("meeting.orphaned".to_string(), "failed".to_string())), "{trail:?}");
+    assert_eq!(meeting(&g.c, b).await.link, None, "the booking shows no dead link");
+}
+
+#[tokio::test]
+async fn an_account_whose_tokens_do_not_decrypt_is_retried_and_its_meeting_stays_recorded_live() {
+    let g = setup_with(3600, |_| {}).await;
+    let (b, event) = linked(&g).await;
+    g.c.execute(
+        "UPDATE user_meeting_integrations
+            SET access_token = overlay(access_token placing (CASE WHEN substr(access_token, 20, 1) = 'A' THEN 'B' ELSE 'A' END) from 20 for 1)",
+        &[],
+    )
+    .await
+    .unwrap();
+    market::set_status(&g.c, b, "cancelled").await;
+    g.worker.run_once().await.unwrap();
+    let j = job(&g.c, b).await.unwrap();
+    assert_eq!(j.state, "pending", "retried: {j:?}");
+    assert!(j.due_later);
+    let state: String =
+        g.c.query_one("SELECT state FROM meetingd.meetings WHERE booking_id = $1", &[&b]).await.unwrap().get(0);
+    assert_eq!(state, "live", "never recorded as deleted");
+    assert!(!deleted(&g, &event));
+    assert_eq!(market::count(&g.c, "SELECT count(*) FROM meetingd.orphaned_meetings").await, 0);
+}
