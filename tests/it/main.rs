@@ -7,5 +7,6 @@ mod google;
 mod helpers;
 mod migrations;
 mod ops;
+mod tls;
 mod trigger;
 mod worker;
