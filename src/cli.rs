@@ -422,7 +422,12 @@ pub async fn check(file: Option<PathBuf>) -> bool {
     let shown = redact_url(config.database.url.expose_secret());
     let client = match crate::db::connect(&config.database).await {
         Ok(client) => {
-            report(true, "database", format!("connected to {shown}"));
+            let tls = match (crate::db::tls(&config.database), crate::db::session_encrypted(&client).await) {
+                (Ok(tls), Ok(encrypted)) => tls.describe(encrypted),
+                (Ok(tls), Err(_)) => format!("sslmode={}", tls.mode),
+                (Err(e), _) => e.to_string(),
+            };
+            report(true, "database", format!("connected to {shown}  ({tls})"));
             client
         }
         Err(e) => {

@@ -110,6 +110,9 @@ impl HttpConfig {
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub url: SecretString,
+    /// Trusted root certificates (PEM file, or `system`) when the URL names no `sslrootcert`;
+    /// empty = the system's store. See `db::tls`.
+    pub sslrootcert: String,
     pub pool_size: usize,
     pub connect_timeout_ms: u64,
     pub keepalive_idle_secs: u64,
@@ -120,6 +123,7 @@ impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatabaseConfig")
             .field("url", &redact_url(self.url.expose_secret()))
+            .field("sslrootcert", &self.sslrootcert)
             .field("pool_size", &self.pool_size)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("keepalive_idle_secs", &self.keepalive_idle_secs)
@@ -348,8 +352,13 @@ impl Config {
     /// Every problem at once, so `meetingd check` can list them all in one run.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if let Err(e) = self.database.url.expose_secret().parse::<tokio_postgres::Config>() {
-            problems.push(format!("database.url is not a PostgreSQL connection string: {e}"));
+        match crate::db::tls::split(self.database.url.expose_secret(), None) {
+            Ok((rest, _)) => {
+                if let Err(e) = rest.parse::<tokio_postgres::Config>() {
+                    problems.push(format!("database.url is not a PostgreSQL connection string: {e}"));
+                }
+            }
+            Err(e) => problems.push(format!("database.url: {e}")),
         }
         let w = &self.worker;
         if w.concurrency == 0 || w.concurrency > 1024 {

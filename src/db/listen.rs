@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::DbError;
@@ -98,7 +98,8 @@ impl Listener {
 
     /// One connected session; returns when the connection fails.
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), DbError> {
-        let (client, mut connection) = super::pg_config(&self.db)?.connect(NoTls).await.map_err(DbError::Connect)?;
+        let (pg, tls) = super::pg_config(&self.db)?;
+        let (client, mut connection) = pg.connect(tls).await.map_err(DbError::Connect)?;
         let wake = self.wake.clone();
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         let mut driver = tokio::spawn(async move {

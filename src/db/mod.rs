@@ -2,18 +2,18 @@
 //!
 //! Owns how connections are configured (keepalives, timeouts, application name), the worker pool,
 //! and the error type of the data layer. The SQL itself lives in the submodules: `migrate` (schema),
-//! `listen` (the LISTEN connection), `jobs` (the queue and the write-back).
+//! `listen` (the LISTEN connection), `jobs` (the queue and the write-back); TLS is decided in `tls`.
 
 pub mod integrations;
 pub mod jobs;
 pub mod listen;
 pub mod migrate;
+pub mod tls;
 
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime};
 use secrecy::ExposeSecret;
-use tokio_postgres::NoTls;
 
 use crate::config::DatabaseConfig;
 
@@ -23,9 +23,11 @@ pub type Pool = deadpool_postgres::Pool;
 pub enum DbError {
     #[error("database.url is not a PostgreSQL connection string: {0}")]
     Config(String),
+    #[error("cannot set up TLS to the database: {0}")]
+    Tls(String),
     #[error("cannot connect to the database: {}", describe(.0))]
     Connect(#[source] tokio_postgres::Error),
-    #[error("no database connection available: {0}")]
+    #[error("no database connection available: {}", describe_pool(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database error: {}", describe(.0))]
     Query(#[from] tokio_postgres::Error),
@@ -45,7 +47,14 @@ impl DbError {
             Some(code) => {
                 [SqlState::CANNOT_CONNECT_NOW, SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN].contains(code)
             }
-            None => e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+            // An I/O error is the network's, unless it carries a TLS verdict (a certificate
+            // refused, a name that does not parse): trying again changes nothing then.
+            None => {
+                e.is_closed()
+                    || std::error::Error::source(e)
+                        .and_then(|s| s.downcast_ref::<std::io::Error>())
+                        .is_some_and(|io| !io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()))
+            }
         };
         match self {
             DbError::Connect(e) | DbError::Query(e) => unavailable(e),
@@ -75,10 +84,22 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// The connection settings every meetingd connection uses.
-pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError> {
+/// A pool error as one line; a failed connection says why (deadpool's own text leaves out the
+/// cause, such as a refused certificate).
+fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => format!("cannot connect to the database: {}", describe(e)),
+        other => other.to_string(),
+    }
+}
+
+/// The connection settings every meetingd connection uses, and the TLS connector that goes with
+/// them (`sslmode`, `sslrootcert`: see `tls`).
+pub fn pg_config(cfg: &DatabaseConfig) -> Result<(tokio_postgres::Config, tls::MakeRustlsConnect), DbError> {
+    let (url, tls) = tls_settings(cfg)?;
     let mut pg: tokio_postgres::Config =
-        cfg.url.expose_secret().parse().map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+        url.parse().map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+    pg.ssl_mode(tls.mode.negotiation());
     if pg.get_application_name().is_none() {
         pg.application_name("meetingd");
     }
@@ -88,7 +109,25 @@ pub fn pg_config(cfg: &DatabaseConfig) -> Result<tokio_postgres::Config, DbError
     pg.keepalives_idle(Duration::from_secs(cfg.keepalive_idle_secs.max(1)));
     pg.keepalives_interval(Duration::from_secs(10));
     pg.keepalives_retries(3);
-    Ok(pg)
+    Ok((pg, tls.connector().map_err(DbError::Tls)?))
+}
+
+/// The TLS settings `database.url` and `database.sslrootcert` ask for, and the URL without them.
+fn tls_settings(cfg: &DatabaseConfig) -> Result<(String, tls::Tls), DbError> {
+    tls::split(cfg.url.expose_secret(), Some(&cfg.sslrootcert)).map_err(DbError::Config)
+}
+
+/// The TLS settings connections to this database use.
+pub fn tls(cfg: &DatabaseConfig) -> Result<tls::Tls, DbError> {
+    Ok(tls_settings(cfg)?.1)
+}
+
+/// Whether this session is encrypted, as the server sees it.
+pub async fn session_encrypted(client: &tokio_postgres::Client) -> Result<bool, DbError> {
+    Ok(client
+        .query_one("SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)", &[])
+        .await?
+        .get(0))
 }
 
 /// How long a worker statement waits for a row lock the app holds (a booking row in a long
@@ -98,13 +137,13 @@ const WORKER_LOCK_TIMEOUT: &str = "-c lock_timeout=10s";
 
 /// The pool the worker (and the admin commands) run queries on.
 pub fn pool(cfg: &DatabaseConfig, size: usize) -> Result<Pool, DbError> {
-    let mut pg = pg_config(cfg)?;
+    let (mut pg, tls) = pg_config(cfg)?;
     let options = match pg.get_options() {
         Some(existing) => format!("{existing} {WORKER_LOCK_TIMEOUT}"),
         None => WORKER_LOCK_TIMEOUT.to_string(),
     };
     pg.options(options);
-    let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let manager = Manager::from_config(pg, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager)
         .max_size(size)
         // The most recently used connection first: under light load a few connections, whose
@@ -118,7 +157,8 @@ pub fn pool(cfg: &DatabaseConfig, size: usize) -> Result<Pool, DbError> {
 
 /// One connection outside the pool (migrations, admin commands), its driver spawned on the runtime.
 pub async fn connect(cfg: &DatabaseConfig) -> Result<tokio_postgres::Client, DbError> {
-    let (client, connection) = pg_config(cfg)?.connect(NoTls).await.map_err(DbError::Connect)?;
+    let (pg, tls) = pg_config(cfg)?;
+    let (client, connection) = pg.connect(tls).await.map_err(DbError::Connect)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %describe(&e), "database connection closed");

@@ -26,12 +26,12 @@ fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
     cmd
 }
 
-fn meetingd(args: &[&str], envs: &[(&str, &str)]) -> Output {
+pub fn meetingd(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = command(args, envs);
     cmd.output().expect("run meetingd")
 }
 
-fn text(o: &Output) -> String {
+pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 

@@ -9,5 +9,6 @@ mod leftovers;
 mod migrations;
 mod odd_rows;
 mod ops;
+mod tls;
 mod trigger;
 mod worker;

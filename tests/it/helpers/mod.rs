@@ -1,3 +1,4 @@
+pub mod certs;
 pub mod cluster;
 pub mod db;
 pub mod fake_google;
