@@ -18,6 +18,7 @@ pub mod providers;
 pub mod ratelimit;
 pub mod retry;
 pub mod settings;
+pub mod supervise;
 pub mod systemd;
 pub mod telemetry;
 pub mod tokens;
@@ -113,9 +114,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
 pub async fn run_with(config: Config, options: RunOptions, shutdown: CancellationToken) -> Result<(), RunError> {
     // Tokens are never stored or read in plaintext: no key, no daemon.
     let keyring = Arc::new(config.encryption.keyring().map_err(RunError::Config)?);
+    // The API is opt-in: without a JWT key to verify the app's callers it is not served, and
+    // the daemon still links meetings (database.url and the encryption key are enough).
+    let api_key = http::auth::JwtVerifier::from_config(&config.http).map_err(RunError::Config)?.is_some();
     let listener = match options.http_listener {
         Some(listener) => Some(listener),
         None if config.http.listen.is_empty() => None,
+        None if !api_key => {
+            tracing::info!(
+                "HTTP API off: no JWT key is configured (http.jwt_secret, jwt_secret_file or jwt_public_key_file); meetings are linked without it"
+            );
+            None
+        }
         None => Some(
             tokio::net::TcpListener::bind(&config.http.listen)
                 .await
@@ -146,14 +156,15 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
         ),
     };
     let listener_state = config.worker.listen.then(|| Arc::new(ListenerState::default()));
-    let health = http::health::Health { pool: pool.clone(), listener: listener_state.clone() };
+    let liveness = systemd::Liveness::new(config.worker.listen);
+    let health =
+        http::health::Health { pool: pool.clone(), listener: listener_state.clone(), liveness: Some(liveness.clone()) };
     let api = match listener {
         Some(listener) => {
             Some((listener, http::AppState::new(pool.clone(), keyring.clone(), &config).map_err(RunError::Config)?))
         }
         None => None,
     };
-    let liveness = systemd::Liveness::new(config.worker.listen);
     let wake = Arc::new(Notify::new());
     let sampler_pool = pool.clone();
     let worker = Arc::new(
@@ -170,7 +181,10 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
             wake: wake.clone(),
             state: state.clone(),
         };
-        tasks.spawn(listener.run(shutdown.clone()));
+        let stop = shutdown.clone();
+        tasks.spawn(supervise::supervise(systemd::Loop::Listener, liveness.clone(), shutdown.clone(), move || {
+            listener.clone().run(stop.clone())
+        }));
     } else {
         tracing::info!(poll_interval_ms = config.worker.poll_interval_ms, "LISTEN disabled: polling for due jobs");
     }
@@ -198,7 +212,10 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
         std::time::Duration::from_secs(5),
         shutdown.clone(),
     ));
-    tasks.spawn(worker.clone().run(shutdown.clone()));
+    let (dispatcher, stop) = (worker.clone(), shutdown.clone());
+    tasks.spawn(supervise::supervise(systemd::Loop::Dispatcher, liveness.clone(), shutdown.clone(), move || {
+        dispatcher.clone().run(stop.clone())
+    }));
 
     // Ready only when the work really happens: LISTEN up (when enabled), everything else bound.
     if let Some(state) = &listener_state {

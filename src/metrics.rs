@@ -24,6 +24,7 @@ pub const FAILED_JOBS: &str = "meetingd_failed_jobs";
 pub const NEEDS_RECONNECT: &str = "meetingd_integrations_needing_reconnect";
 pub const NOTIFY_QUEUE_USAGE: &str = "meetingd_pg_notification_queue_usage";
 pub const LISTENER_UP: &str = "meetingd_listener_connected";
+pub const LOOP_RESTARTS: &str = "meetingd_loop_restarts_total";
 
 /// The process-wide recorder (installed once; later calls return the same handle).
 pub fn install() -> PrometheusHandle {
@@ -57,6 +58,10 @@ fn describe() {
     describe_counter!(PROVIDER_CALLS, "Meeting platform calls, by platform, operation and outcome class");
     describe_histogram!(PROVIDER_CALL_SECONDS, metrics::Unit::Seconds, "Meeting platform call latency");
     describe_counter!(TOKEN_REFRESHES, "OAuth token refreshes, by platform and outcome");
+    describe_counter!(
+        LOOP_RESTARTS,
+        "Daemon loops (dispatcher, listener) that stopped on their own and were restarted"
+    );
     describe_gauge!(QUEUE_DEPTH, "Pending jobs in meetingd.jobs");
     describe_gauge!(OLDEST_DUE_AGE, "Age of the oldest job that is due and unclaimed, in seconds");
     describe_gauge!(FAILED_JOBS, "Jobs that ran out of attempts (bookings with meeting_status failed)");

@@ -6,19 +6,38 @@
 //! no-op, so this costs nothing outside systemd.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-/// When each loop last proved it is alive.
+/// The loops the daemon cannot work without.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loop {
+    Dispatcher,
+    Listener,
+}
+
+impl Loop {
+    pub fn name(self) -> &'static str {
+        match self {
+            Loop::Dispatcher => "dispatcher",
+            Loop::Listener => "listener",
+        }
+    }
+}
+
+/// When each loop last proved it is alive, and whether it is running at all (a loop that died
+/// is down until its supervisor has started it again).
 #[derive(Debug)]
 pub struct Liveness {
     start: Instant,
     worker: AtomicU64,
     listener: AtomicU64,
     listener_enabled: bool,
+    dispatcher_running: AtomicBool,
+    listener_running: AtomicBool,
 }
 
 impl Liveness {
@@ -28,7 +47,29 @@ impl Liveness {
             worker: AtomicU64::new(0),
             listener: AtomicU64::new(0),
             listener_enabled,
+            dispatcher_running: AtomicBool::new(true),
+            listener_running: AtomicBool::new(true),
         })
+    }
+
+    fn running_flag(&self, which: Loop) -> &AtomicBool {
+        match which {
+            Loop::Dispatcher => &self.dispatcher_running,
+            Loop::Listener => &self.listener_running,
+        }
+    }
+
+    pub fn set_running(&self, which: Loop, up: bool) {
+        self.running_flag(which).store(up, Ordering::Relaxed);
+    }
+
+    /// The loops that are down right now (stopped, waiting to be restarted).
+    pub fn down(&self) -> Vec<Loop> {
+        let mut loops = vec![Loop::Dispatcher];
+        if self.listener_enabled {
+            loops.push(Loop::Listener);
+        }
+        loops.into_iter().filter(|l| !self.running_flag(*l).load(Ordering::Relaxed)).collect()
     }
 
     fn now_ms(&self) -> u64 {
@@ -43,11 +84,11 @@ impl Liveness {
         self.listener.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    /// Every loop beat within `within`.
+    /// Every loop is running and beat within `within`.
     pub fn alive(&self, within: Duration) -> bool {
         let now = self.now_ms();
         let fresh = |beat: &AtomicU64| now.saturating_sub(beat.load(Ordering::Relaxed)) <= within.as_millis() as u64;
-        fresh(&self.worker) && (!self.listener_enabled || fresh(&self.listener))
+        self.down().is_empty() && fresh(&self.worker) && (!self.listener_enabled || fresh(&self.listener))
     }
 }
 

@@ -213,8 +213,9 @@ pub struct Worker {
     stats: Stats,
     liveness: Option<Arc<crate::systemd::Liveness>>,
     limiter: Option<crate::ratelimit::RateLimiter>,
-    /// Finished jobs on their way to the batch writer (started on first use).
-    writer: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<ToWrite>>,
+    /// Finished jobs on their way to the batch writer (started on first use, and again if it
+    /// ever stops).
+    writer: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<ToWrite>>>,
     /// Jobs being reconciled or recorded right now.
     active: AtomicUsize,
 }
@@ -264,7 +265,7 @@ impl Worker {
             stats: Stats::default(),
             liveness: None,
             limiter: None,
-            writer: std::sync::OnceLock::new(),
+            writer: std::sync::Mutex::new(None),
             active: AtomicUsize::new(0),
         }
     }
@@ -445,7 +446,7 @@ impl Worker {
             let (outcome, audit, event) = match reconciled {
                 Ok(result) => result,
                 Err(panic) => {
-                    let what = panic_message(&panic);
+                    let what = crate::supervise::panic_message(panic);
                     tracing::error!(panic = %what, "internal error while reconciling; recorded on the job");
                     let error = format!("internal error in meetingd: {what}");
                     (self.after_error(&s, ProviderError::Transient(error.clone()), "reconcile", None), Vec::new(), None)
@@ -479,11 +480,7 @@ impl Worker {
             // Nothing to group it with: its own write-back takes fewer round trips.
             return self.record_alone(&finished).await;
         }
-        let writer = self.writer.get_or_init(|| {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(write_batches(self.pool.clone(), self.actor.clone(), rx));
-            tx
-        });
+        let writer = self.batch_writer();
         let (reply, answer) = tokio::sync::oneshot::channel();
         let finished = match writer.send(ToWrite { finished, reply }) {
             Err(unsent) => unsent.0.finished,
@@ -495,6 +492,24 @@ impl Worker {
             },
         };
         self.record_alone(&finished).await
+    }
+
+    /// The batch writer's queue; a writer that stopped (a panic) is logged and started again.
+    fn batch_writer(&self) -> tokio::sync::mpsc::UnboundedSender<ToWrite> {
+        let mut writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match writer.as_ref() {
+            Some(tx) if !tx.is_closed() => tx.clone(),
+            stopped => {
+                if stopped.is_some() {
+                    tracing::error!("the batch writer stopped; restarting it");
+                    metrics::counter!(crate::metrics::LOOP_RESTARTS, "loop" => "batch_writer").increment(1);
+                }
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(write_batches(self.pool.clone(), self.actor.clone(), rx));
+                *writer = Some(tx.clone());
+                tx
+            }
+        }
     }
 
     async fn record_alone(&self, f: &Finished) -> Processed {
@@ -1133,14 +1148,6 @@ fn failed(outcome: &Outcome, platform: &str) -> Option<Event> {
         }
         _ => None,
     }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".to_string())
 }
 
 fn log_task_end(result: Result<(), tokio::task::JoinError>) {

@@ -48,6 +48,7 @@ impl ListenerState {
     }
 }
 
+#[derive(Clone)]
 pub struct Listener {
     pub db: DatabaseConfig,
     /// Beats on every pass of the loops (for the systemd watchdog).

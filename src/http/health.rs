@@ -19,6 +19,8 @@ pub struct Health {
     pub pool: Pool,
     /// `None` in poll-only mode.
     pub listener: Option<Arc<ListenerState>>,
+    /// Whether the daemon's loops are running (`None`: not reported).
+    pub liveness: Option<Arc<crate::systemd::Liveness>>,
 }
 
 pub fn routes(health: Health) -> Router {
@@ -54,7 +56,17 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
         Some(l) if l.is_connected() => "ok".into(),
         Some(_) => "reconnecting".into(),
     };
-    let ready = database == "ok" && migrations == "current" && (listener == "ok" || h.listener.is_none());
+    let down = h.liveness.as_ref().map(|l| l.down()).unwrap_or_default();
+    let dispatcher = if down.contains(&crate::systemd::Loop::Dispatcher) { "down: restarting" } else { "ok" };
+    let listener =
+        if down.contains(&crate::systemd::Loop::Listener) { "down: restarting".to_string() } else { listener };
+    let ready =
+        database == "ok" && migrations == "current" && down.is_empty() && (listener == "ok" || h.listener.is_none());
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"ready": ready, "database": database, "migrations": migrations, "listener": listener})))
+    (
+        status,
+        Json(
+            json!({"ready": ready, "database": database, "migrations": migrations, "listener": listener, "dispatcher": dispatcher}),
+        ),
+    )
 }

@@ -108,11 +108,13 @@ async fn run_links_bookings_and_stops_cleanly_on_sigterm() {
     let db = TestDb::migrated().await;
     let c = db.client().await;
     let m = market::seed(&c).await;
+    // database.url and the encryption key are a working configuration: http.listen keeps its
+    // default, and without a JWT key the API is simply not served.
     let child = Command::new(env!("CARGO_BIN_EXE_meetingd"))
         .args(["--log-format", "json", "run"])
+        .env_remove("DATABASE_URL")
         .env("MEETINGD_DATABASE__URL", &db.url)
         .env("MEETINGD_ENCRYPTION__KEY", KEY)
-        .env("MEETINGD_HTTP__LISTEN", "")
         .env("MEETINGD_HTTP__METRICS_LISTEN", "")
         .stderr(Stdio::piped())
         .spawn()
@@ -132,6 +134,7 @@ async fn run_links_bookings_and_stops_cleanly_on_sigterm() {
     }
     assert!(log.contains("SIGTERM received") && log.contains("meetingd stopped"), "{log}");
     assert!(log.contains("\"operation\":\"meeting.create\""), "one line per meeting operation: {log}");
+    assert!(log.contains("HTTP API off: no JWT key is configured"), "{log}");
 }
 
 #[tokio::test]

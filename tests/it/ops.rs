@@ -149,3 +149,55 @@ async fn metrics_move_and_health_answers() {
     ops.shutdown.cancel();
     ops.task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_that_dies_is_restarted_and_readiness_says_so_meanwhile() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let m = market::seed(&c).await;
+    let ops = start_with_ops(&db).await;
+    let http = reqwest::Client::new();
+    let readyz = || {
+        let (http, url) = (http.clone(), format!("{}/readyz", ops.base));
+        async move {
+            let r = http.get(url).send().await.ok()?;
+            let status = r.status().as_u16();
+            Some((status, r.json::<serde_json::Value>().await.ok()?))
+        }
+    };
+    eventually("ready", Duration::from_secs(20), || async { readyz().await.filter(|(s, _)| *s == 200) }).await;
+
+    // A row of meetingd's own that the claim cannot read makes the dispatcher panic.
+    c.batch_execute("ALTER TABLE meetingd.meetings ALTER COLUMN join_url DROP NOT NULL").await.unwrap();
+    let poisoned = market::book(&c, m.online, m.customer, "pending").await;
+    c.execute(
+        "INSERT INTO meetingd.meetings (booking_id, platform, external_id, join_url, start_time, end_time, generation, state)
+         VALUES ($1, 'jitsi', 'room', NULL, now(), now() + interval '1 hour', 1, 'live')",
+        &[&poisoned],
+    )
+    .await
+    .unwrap();
+    market::set_status(&c, poisoned, "confirmed").await;
+    let (_, down) = eventually("not ready while the dispatcher is down", Duration::from_secs(20), || async {
+        readyz().await.filter(|(s, _)| *s == 503)
+    })
+    .await;
+    assert_eq!(down["dispatcher"], "down: restarting", "{down}");
+
+    // Restarted: bookings are linked again, the one that broke it too once it can be read.
+    c.execute("UPDATE meetingd.meetings SET join_url = 'https://meet.jit.si/room' WHERE booking_id = $1", &[&poisoned])
+        .await
+        .unwrap();
+    eventually("ready again", Duration::from_secs(20), || async { readyz().await.filter(|(s, _)| *s == 200) }).await;
+    let b = market::book(&c, m.online, m.customer, "confirmed").await;
+    for booking in [b, poisoned] {
+        eventually("linked after the restart", Duration::from_secs(20), || async {
+            (market::meeting(&c, booking).await.status.as_deref() == Some("ready")).then_some(())
+        })
+        .await;
+    }
+    let metrics = http.get(format!("{}/metrics", ops.base)).send().await.unwrap().text().await.unwrap();
+    assert!(sample(&metrics, "meetingd_loop_restarts_total{loop=\"dispatcher\"}") >= 1.0, "{metrics}");
+    ops.shutdown.cancel();
+    ops.task.await.unwrap().unwrap();
+}
