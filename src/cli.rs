@@ -436,6 +436,14 @@ pub async fn check(file: Option<PathBuf>) -> bool {
         Ok(status) => report(status.is_current(), "schema", status.explain()),
         Err(e) => report(false, "schema", e.to_string()),
     }
+    match crate::db::marketplace::inspect(&client).await {
+        Ok(columns) => {
+            for c in columns {
+                report(c.ok, "column", format!("{} {}", c.column, c.detail));
+            }
+        }
+        Err(e) => report(false, "column", format!("cannot inspect the marketplace columns: {e}")),
+    }
     ok
 }
 

@@ -109,3 +109,29 @@ async fn a_booking_column_meetingd_cannot_read_fails_that_job_with_a_sentence() 
     let error = state.error.unwrap();
     assert!(error.contains("start_time cannot be read as a time"), "{error}");
 }
+
+#[tokio::test]
+async fn check_says_what_meetingd_does_with_each_odd_column() {
+    let (db, _c) = odd_marketplace().await;
+    let out = crate::cli::meetingd(&["check"], &[("MEETINGD_DATABASE__URL", &db.url)]);
+    let text = crate::cli::text(&out);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "ok   column         bookings.start_time timestamp without time zone: read as UTC (no time zone stored); NULL: the booking fails with a sentence",
+        "ok   column         services.title text: as expected; NULL: a booking's meeting is titled \"Online meeting\"",
+        "ok   column         bookings.status booking_state NOT NULL: an enum, read as its text",
+        "ok   column         bookings.customer_id uuid: as expected; NULL: treated as missing",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+
+    // A column meetingd cannot read is a problem check reports.
+    let db = TestDb::marketplace_only().await;
+    let mut c = db.client().await;
+    c.batch_execute("ALTER TABLE bookings ALTER COLUMN end_time TYPE text USING end_time::text").await.unwrap();
+    meetingd::db::migrate::migrate(&mut c).await.unwrap();
+    let out = crate::cli::meetingd(&["check"], &[("MEETINGD_DATABASE__URL", &db.url)]);
+    let text = crate::cli::text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("FAIL column         bookings.end_time text NOT NULL: not a timestamp"), "{text}");
+}

@@ -1,0 +1,110 @@
+//! The daemon as a least-privileged role: only the grants of `sql/grants.sql`, migrations run by
+//! the tables' owner.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meetingd::providers::{ProviderDeps, Providers};
+use meetingd::worker::Worker;
+use secrecy::SecretString;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::google::connect_google;
+use crate::helpers::db::{TestDb, eventually};
+use crate::helpers::fake_google::FakeGoogle;
+use crate::helpers::market::{self, meeting};
+
+const GRANTS: &str = include_str!("../../sql/grants.sql");
+
+/// A login role with exactly the documented grants on `db`; dropped (with its grants) on drop.
+struct Role {
+    name: String,
+    db_url: String,
+}
+
+impl Role {
+    async fn create(db: &TestDb) -> Role {
+        let name = format!("meetingd_daemon_{}", Uuid::new_v4().simple());
+        let owner = db.client().await;
+        owner.batch_execute(&format!("CREATE ROLE {name} LOGIN")).await.unwrap();
+        owner.batch_execute(&GRANTS.replace(":\"role\"", &name)).await.expect("the grants apply");
+        let db_url = db.url.clone();
+        Role { name, db_url }
+    }
+
+    fn url(&self) -> String {
+        let mut url = url::Url::parse(&self.db_url).unwrap();
+        url.set_username(&self.name).unwrap();
+        url.to_string()
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let (name, url) = (self.name.clone(), self.db_url.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let c = crate::helpers::db::connect(&url).await;
+                let _ = c.batch_execute(&format!("DROP OWNED BY {name}; DROP ROLE {name}")).await;
+            });
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_works_with_only_the_documented_grants() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let m = market::seed(&c).await;
+    let role = Role::create(&db).await;
+    let mut config = db.config();
+    config.database.url = SecretString::from(role.url());
+
+    // The whole daemon: start-up (schema check), LISTEN, claims and write-backs.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let daemon = tokio::spawn(meetingd::run_with(config.clone(), meetingd::RunOptions::default(), shutdown.clone()));
+    let b = market::book(&c, m.online, m.customer, "confirmed").await;
+    let linked = || async {
+        assert!(!daemon.is_finished(), "the daemon stopped: it lacks a right");
+        (meeting(&c, b).await.status.as_deref() == Some("ready")).then_some(())
+    };
+    eventually("linked by the restricted role", Duration::from_secs(20), linked).await;
+    market::set_status(&c, b, "cancelled").await;
+    eventually("unlinked by the restricted role", Duration::from_secs(20), || async {
+        (meeting(&c, b).await.status.as_deref() == Some("deleted")).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    daemon.await.unwrap().expect("the daemon ran as the restricted role");
+
+    // A Google booking with an expired token: the refresh writes the integration row.
+    let google = FakeGoogle::start().await;
+    google.configure(&mut config);
+    let service = market::service(&c, m.provider, true, Some("google_meet")).await;
+    let (access, refresh) = google.issue();
+    connect_google(&config, m.provider, &access, &refresh, -60).await;
+    let pool = meetingd::db::pool(&config.database, 4).unwrap();
+    let instance = Uuid::new_v4();
+    let deps = ProviderDeps {
+        pool: pool.clone(),
+        keyring: Arc::new(config.encryption.keyring().unwrap()),
+        actor: meetingd::worker::actor(instance),
+    };
+    let providers = Providers::real(&config, &deps).unwrap();
+    let worker = Worker::new(
+        pool,
+        providers,
+        config.worker.clone(),
+        config.fallback.platform,
+        Arc::new(Notify::new()),
+        instance,
+    );
+    let g = market::book(&c, service, m.customer, "confirmed").await;
+    worker.run_once().await.unwrap();
+    let state = meeting(&c, g).await;
+    assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("google_meet")), "{state:?}");
+    assert_eq!(google.refresh_calls(), 1);
+}
