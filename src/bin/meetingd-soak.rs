@@ -18,14 +18,20 @@
 //! * runs two `meetingd run` child processes (the binary built next to this one) and, while they
 //!   work, confirms the bookings in batches, SIGKILLs a daemon every few seconds (alternating) and
 //!   restarts it, crashes and restarts PostgreSQL once (`-m immediate`), terminates the LISTEN
-//!   connections once, and reschedules, cancels and re-confirms random bookings;
+//!   connections once, and reschedules, cancels and re-confirms random bookings; deletes two
+//!   services with confirmed bookings (the bookings go with them, `ON DELETE CASCADE`) and
+//!   reconnects two providers with another Google account; a few rows have NULL columns (a
+//!   service without a title, bookings without a customer, bookings without a start time);
 //! * stops the chaos, waits until no job is pending or leased, stops the daemons with SIGTERM and
 //!   checks: every confirmed booking has exactly one live event at the fake Google, a live
 //!   `meetingd.meetings` row with the booking's times, an event starting when the booking starts
 //!   and the event's Meet link on the booking; every cancelled booking has neither a live event nor
-//!   a live meetings row; no job is left pending or failed.
+//!   a live meetings row; no job is left pending or failed but those of the bookings without a
+//!   start time, which failed with a sentence; no live event is left for a deleted booking
+//!   (an orphan), and no meeting was reported orphaned.
 //!
-//! The last line is `soak: N bookings, lost=…, duplicates=…, stuck=…, mismatched=…: ok` (or `FAILED`).
+//! The last line is `soak: N bookings, lost=…, duplicates=…, orphans=…, stuck=…, mismatched=…: ok`
+//! (or `FAILED`).
 
 #[allow(dead_code)]
 #[path = "../../tests/it/helpers/fake_google.rs"]
@@ -58,6 +64,15 @@ const DAEMONS: usize = 2;
 const DBNAME: &str = "meetingd_soak";
 /// Tag in `bookings.notes` for the soak's bookings.
 const TAG: &str = "soak";
+/// Bookings without a start time: each must fail with a sentence, and nothing else may stop.
+const ODD_TAG: &str = "soak-odd";
+const ODD_BOOKINGS: i32 = 3;
+/// Confirmed bookings of the services the chaos deletes.
+const DOOMED_TAG: &str = "soak-doomed";
+const DOOMED_SERVICES: usize = 2;
+const DOOMED_BOOKINGS: i32 = 10;
+/// Providers the chaos reconnects with another Google account.
+const RECONNECTED: usize = 2;
 
 /// meetingd's HTTP time-out towards Google, and the fake's slow answers, which exceed it.
 const GOOGLE_TIMEOUT_MS: u64 = 1000;
@@ -175,6 +190,7 @@ async fn soak(args: &Args, cluster: &Cluster, started: Instant) -> Result<Verdic
     let mut history = History::new();
     let chaos = Chaos {
         db: &mut db,
+        key: &env.key,
         cluster,
         google: &google,
         daemons: &mut daemons,
@@ -492,6 +508,13 @@ fn summary(sql: &str) -> String {
 /// The marketplace's tables first (meetingd's migrations refuse to run without them), then meetingd's.
 async fn prepare_schema(db: &mut Client) -> Result<()> {
     db.batch_execute(MARKETPLACE_FIXTURE).await.context("loading the marketplace fixture")?;
+    // Real marketplaces are looser than the reference schema.
+    db.batch_execute(
+        "ALTER TABLE services ALTER COLUMN title DROP NOT NULL;
+         ALTER TABLE bookings ALTER COLUMN start_time DROP NOT NULL, ALTER COLUMN customer_id DROP NOT NULL",
+    )
+    .await
+    .context("loosening the marketplace columns")?;
     meetingd::db::migrate::migrate(db).await.context("running meetingd's migrations")?;
     Ok(())
 }
@@ -520,7 +543,53 @@ async fn seed(db: &mut Db, google: &FakeGoogle, key: &SecretString, n: u32) -> R
     .await
     .context("seeding services")?;
     connect_providers(db, google, key).await?;
-    seed_bookings(db, n).await
+    seed_bookings(db, n).await?;
+    seed_odd_rows(db).await
+}
+
+/// NULL columns: the first provider's service has no title, every 25th booking no customer, and
+/// a few bookings no start time; plus the services the chaos deletes, with their own bookings.
+async fn seed_odd_rows(db: &mut Db) -> Result<()> {
+    db.query(
+        "UPDATE services SET title = NULL
+          WHERE id = (SELECT s.id FROM services s JOIN users u ON u.id = s.provider_id ORDER BY u.email LIMIT 1)",
+        &[],
+    )
+    .await
+    .context("a service without a title")?;
+    db.query(
+        "UPDATE bookings SET customer_id = NULL
+          WHERE id IN (SELECT id FROM bookings WHERE notes = $1 ORDER BY start_time OFFSET 3 LIMIT 1000)
+            AND extract(hour FROM start_time)::int % 25 = 0",
+        &[&TAG],
+    )
+    .await
+    .context("bookings without a customer")?;
+    db.query(
+        "INSERT INTO bookings (service_id, customer_id, start_time, end_time, status, notes)
+         SELECT (SELECT id FROM services ORDER BY id LIMIT 1), NULL, NULL,
+                date_trunc('hour', now()) + make_interval(days => 2, hours => g), 'pending', $1
+           FROM generate_series(1, $2::int) g",
+        &[&ODD_TAG, &ODD_BOOKINGS],
+    )
+    .await
+    .context("bookings without a start time")?;
+    let doomed = i64::try_from(DOOMED_SERVICES).context("doomed services")?;
+    db.query(
+        "WITH p AS (SELECT id FROM users WHERE role = 'provider' ORDER BY email DESC LIMIT $1),
+              s AS (INSERT INTO services (provider_id, title, description, duration_minutes, is_online, meeting_platform)
+                    SELECT id, 'Doomed session', 'Deleted during the soak', 60, true, 'google_meet' FROM p
+                    RETURNING id)
+         INSERT INTO bookings (service_id, customer_id, start_time, end_time, status, notes)
+         SELECT s.id, (SELECT id FROM users WHERE role = 'customer' ORDER BY id LIMIT 1),
+                date_trunc('hour', now()) + make_interval(days => 3, hours => g),
+                date_trunc('hour', now()) + make_interval(days => 3, hours => g + 1), 'pending', $2
+           FROM s, generate_series(1, $3::int) g",
+        &[&doomed, &DOOMED_TAG, &DOOMED_BOOKINGS],
+    )
+    .await
+    .context("the services the chaos deletes")?;
+    Ok(())
 }
 
 /// A Google connection per provider, tokens issued by the fake; every other one expires in 30 s
@@ -531,22 +600,59 @@ async fn connect_providers(db: &mut Db, google: &FakeGoogle, key: &SecretString)
     let client = db.client_mut();
     let tx = client.transaction().await.context("starting the integrations transaction")?;
     for (i, row) in rows.iter().enumerate() {
-        let (access, refresh) = google.issue();
         let expires_in = if i % 2 == 0 { 3600 } else { 30 };
-        let new = NewIntegration {
-            user_id: row.get(0),
-            platform: Platform::GoogleMeet,
-            access_token: SecretString::from(access),
-            refresh_token: Some(SecretString::from(refresh)),
-            expires_at: Some(Utc::now() + chrono::Duration::seconds(expires_in)),
-            scopes: vec!["https://www.googleapis.com/auth/calendar.events".into()],
-            platform_user_id: None,
-            email: Some(format!("provider-{i}@soak.example")),
-        };
+        let new = google_account(google, row.get(0), &format!("provider-{i}@soak.example"), expires_in);
         store_integration(&tx, &keyring, "soak", &new).await.context("storing a Google integration")?;
     }
     tx.commit().await.context("committing the integrations")?;
     Ok(())
+}
+
+/// A Google connection of `user` to the fake's account `email`.
+fn google_account(google: &FakeGoogle, user: Uuid, email: &str, expires_in: i64) -> NewIntegration {
+    let (access, refresh) = google.issue_for(email);
+    NewIntegration {
+        user_id: user,
+        platform: Platform::GoogleMeet,
+        access_token: SecretString::from(access),
+        refresh_token: Some(SecretString::from(refresh)),
+        expires_at: Some(Utc::now() + chrono::Duration::seconds(expires_in)),
+        scopes: vec!["https://www.googleapis.com/auth/calendar.events".into()],
+        platform_user_id: None,
+        email: Some(email.to_string()),
+    }
+}
+
+/// The provider `n` (by e-mail order) connects another Google account, as a provider who
+/// switches accounts on the consent screen does; their existing events stay in the first one.
+async fn reconnect_provider(db: &mut Db, google: &FakeGoogle, key: &SecretString, n: usize) -> Result<String> {
+    let keyring = Keyring::new(key, &[]).context("building the keyring")?;
+    let offset = i64::try_from(n).context("provider index")?;
+    let row = db
+        .query_one("SELECT id FROM users WHERE role = 'provider' ORDER BY email OFFSET $1 LIMIT 1", &[&offset])
+        .await?;
+    let email = format!("second-account-{n}@soak.example");
+    let new = google_account(google, row.get(0), &email, 3600);
+    let client = db.client_mut();
+    let tx = client.transaction().await.context("starting the reconnect")?;
+    store_integration(&tx, &keyring, "soak", &new).await.context("reconnecting a provider")?;
+    tx.commit().await.context("committing the reconnect")?;
+    Ok(email)
+}
+
+/// Deletes one of the doomed services; its bookings go with it. How many bookings went.
+async fn delete_doomed_service(db: &mut Db) -> Result<u64> {
+    let rows = db
+        .query(
+            "WITH gone AS (DELETE FROM services WHERE id = (SELECT id FROM services WHERE title = 'Doomed session'
+                                                             ORDER BY id LIMIT 1)
+                           RETURNING id)
+             SELECT count(*) FROM bookings b JOIN gone ON b.service_id = gone.id",
+            &[],
+        )
+        .await
+        .context("deleting a service")?;
+    Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0) as u64))
 }
 
 async fn seed_bookings(db: &mut Db, n: u32) -> Result<()> {
@@ -812,13 +918,16 @@ struct Counters {
     cancels: u64,
     reconfirms: u64,
     pending_switches: u32,
+    services_deleted: u32,
+    reconnected: u32,
 }
 
 impl Counters {
     fn print(&self, reconnects: u32) {
         println!(
             "chaos: {} confirmed, {} rescheduled, {} cancelled, {} re-confirmed; {} daemon kills ({} restarts, {} unexpected exits), \
-             {} PostgreSQL restart(s), {} LISTEN connection(s) terminated, {} conference-pending switches, {} soak reconnects",
+             {} PostgreSQL restart(s), {} LISTEN connection(s) terminated, {} conference-pending switches, \
+             {} service(s) deleted, {} provider(s) reconnected to another account, {} soak reconnects",
             self.confirmed,
             self.reschedules,
             self.cancels,
@@ -829,6 +938,8 @@ impl Counters {
             self.pg_restarts,
             self.listen_terminated,
             self.pending_switches,
+            self.services_deleted,
+            self.reconnected,
             reconnects
         );
     }
@@ -843,6 +954,10 @@ enum Action {
     RestartPostgres,
     Mutate,
     SwitchPending(u32),
+    /// Confirms the bookings with odd rows and those of the services to be deleted.
+    ConfirmOdd,
+    DeleteService,
+    Reconnect(usize),
 }
 
 /// When each action falls due, from the start of the chaos.
@@ -856,6 +971,9 @@ struct Timeline {
     next_mutation: Duration,
     next_pending: Duration,
     pending_step: usize,
+    odd_done: bool,
+    services_deleted: usize,
+    reconnects: usize,
 }
 
 impl Timeline {
@@ -870,6 +988,9 @@ impl Timeline {
             next_mutation: MUTATE_EVERY,
             next_pending: PENDING_EVERY,
             pending_step: 1,
+            odd_done: false,
+            services_deleted: 0,
+            reconnects: 0,
         }
     }
 
@@ -911,6 +1032,21 @@ impl Timeline {
             self.next_mutation += MUTATE_EVERY;
             due.push(Action::Mutate);
         }
+        if !self.odd_done {
+            self.odd_done = true;
+            due.push(Action::ConfirmOdd);
+        }
+        // The doomed services go at 40 % and 70 %, after their meetings were made (or while).
+        if self.services_deleted < DOOMED_SERVICES && t >= self.length.mul_f64(0.4 + 0.3 * self.services_deleted as f64)
+        {
+            self.services_deleted += 1;
+            due.push(Action::DeleteService);
+        }
+        // Reconnects at 30 % and 55 %: later reschedules and cancels reach the first account.
+        if self.reconnects < RECONNECTED && t >= self.length.mul_f64(0.3 + 0.25 * self.reconnects as f64) {
+            due.push(Action::Reconnect(self.reconnects + 3));
+            self.reconnects += 1;
+        }
         if t >= self.next_pending {
             self.next_pending += PENDING_EVERY;
             due.push(Action::SwitchPending(PENDING_CYCLE[self.pending_step % PENDING_CYCLE.len()]));
@@ -923,6 +1059,7 @@ impl Timeline {
 /// The chaos phase: confirmations, kills, a PostgreSQL restart, a LISTEN termination, edits.
 struct Chaos<'a, 'e> {
     db: &'a mut Db,
+    key: &'a SecretString,
     cluster: &'a Cluster,
     google: &'a FakeGoogle,
     daemons: &'a mut Daemons<'e>,
@@ -932,7 +1069,7 @@ struct Chaos<'a, 'e> {
 
 impl Chaos<'_, '_> {
     async fn run(self, args: &Args) -> Result<()> {
-        let Chaos { db, cluster, google, daemons, counters, history } = self;
+        let Chaos { db, key, cluster, google, daemons, counters, history } = self;
         let length = Duration::from_secs(args.chaos_secs);
         let mut timeline = Timeline::new(length);
         let per_round =
@@ -1004,6 +1141,29 @@ impl Chaos<'_, '_> {
                     Action::SwitchPending(gets) => {
                         google.set_pending_gets(gets);
                         counters.pending_switches += 1;
+                    }
+                    Action::ConfirmOdd => {
+                        let rows = db
+                            .query(
+                                "UPDATE bookings SET status = 'confirmed' WHERE notes IN ($1, $2) RETURNING id",
+                                &[&ODD_TAG, &DOOMED_TAG],
+                            )
+                            .await
+                            .context("confirming the odd and doomed bookings")?;
+                        stamp(
+                            t0,
+                            &format!("confirmed {} bookings with NULL start times or of doomed services", rows.len()),
+                        );
+                    }
+                    Action::DeleteService => {
+                        let gone = delete_doomed_service(db).await?;
+                        counters.services_deleted += 1;
+                        stamp(t0, &format!("deleted a service and its {gone} confirmed bookings"));
+                    }
+                    Action::Reconnect(n) => {
+                        let email = reconnect_provider(db, google, key, n).await?;
+                        counters.reconnected += 1;
+                        stamp(t0, &format!("provider {n} reconnected Google as {email}"));
                     }
                 }
             }
@@ -1253,6 +1413,10 @@ struct Check {
     good: usize,
     lost: usize,
     duplicates: usize,
+    /// Live events of deleted bookings, and meetings reported out of meetingd's reach.
+    orphans: usize,
+    /// Bookings without a start time that did not fail with a sentence.
+    odd_unfailed: i64,
     mismatched: usize,
     stuck: i64,
     jobs: String,
@@ -1274,7 +1438,22 @@ impl Check {
             bookings: bookings.len(),
             live_events: live.len(),
             live_rows: db.count("SELECT count(*) FROM meetingd.meetings WHERE state = 'live'", &[]).await?,
-            stuck: db.count("SELECT count(*) FROM meetingd.jobs WHERE state IN ('pending', 'failed')", &[]).await?,
+            // The bookings without a start time fail, and stay failed: they are not stuck.
+            stuck: db
+                .count(
+                    "SELECT count(*) FROM meetingd.jobs j WHERE state IN ('pending', 'failed')
+                        AND NOT EXISTS (SELECT 1 FROM bookings b WHERE b.id = j.booking_id AND b.notes = $1)",
+                    &[&ODD_TAG],
+                )
+                .await?,
+            odd_unfailed: db
+                .count(
+                    "SELECT count(*) FROM bookings WHERE notes = $1
+                        AND (meeting_status IS DISTINCT FROM 'failed' OR meeting_error NOT LIKE '%no start or end time%')",
+                    &[&ODD_TAG],
+                )
+                .await?,
+            orphans: db.count("SELECT count(*) FROM meetingd.orphaned_meetings", &[]).await? as usize,
             jobs: job_states(db).await?,
             ..Check::default()
         };
@@ -1282,11 +1461,11 @@ impl Check {
             let evs = events.remove(&b.id.to_string()).unwrap_or_default();
             check.booking(b, meetings.get(&b.id), &evs);
         }
-        // Live events whose booking the soak does not know.
+        // Live events whose booking is gone (deleted with its service) or unknown: orphans.
         for (booking, evs) in events {
-            check.duplicates += evs.len();
+            check.orphans += evs.len();
             let ids: Vec<&str> = evs.iter().map(|e| e.id.as_str()).collect();
-            println!("check: {} live event(s) for unknown booking {booking:?}: {ids:?}", evs.len());
+            println!("check: {} live event(s) for deleted or unknown booking {booking:?}: {ids:?}", evs.len());
         }
         Ok(check)
     }
@@ -1351,6 +1530,8 @@ impl Check {
     fn ok(&self) -> bool {
         self.lost == 0
             && self.duplicates == 0
+            && self.orphans == 0
+            && self.odd_unfailed == 0
             && self.stuck == 0
             && self.mismatched == 0
             && self.settled
@@ -1379,10 +1560,12 @@ impl Check {
             self.good, self.confirmed
         );
         println!(
-            "check: lost {}, duplicates {}, mismatched {}, stuck jobs {}{}",
+            "check: lost {}, duplicates {}, orphans {}, mismatched {}, odd rows not failed {}, stuck jobs {}{}",
             self.lost,
             self.duplicates,
+            self.orphans,
             self.mismatched,
+            self.odd_unfailed,
             self.stuck,
             if self.settled { "" } else { " (the queue never settled)" }
         );
@@ -1608,9 +1791,10 @@ impl Verdict {
         let c = &self.check;
         println!("soak: finished in {:.1} s", took.as_secs_f64());
         println!(
-            "soak: {bookings} bookings, lost={}, duplicates={}, stuck={}, mismatched={}: {}",
+            "soak: {bookings} bookings, lost={}, duplicates={}, orphans={}, stuck={}, mismatched={}: {}",
             c.lost,
             c.duplicates,
+            c.orphans,
             c.stuck,
             c.mismatched,
             if self.ok() { "ok" } else { "FAILED" }
