@@ -166,7 +166,7 @@ pub async fn retry_booking(client: &tokio_postgres::Client, booking: Uuid) -> Re
 pub async fn retry_all_failed(client: &tokio_postgres::Client) -> Result<u64, DbError> {
     let n = client
         .execute(
-            "UPDATE meetingd.jobs SET state = 'pending', run_at = now(), attempts = 0, last_error = NULL, updated_at = now()
+            "UPDATE meetingd.jobs SET state = 'pending', run_at = now(), attempts = 0, write_failures = 0, last_error = NULL, updated_at = now()
               WHERE state = 'failed'",
             &[],
         )

@@ -441,6 +441,9 @@ impl Worker {
         let _active = ActiveJob(&self.active);
         let span = tracing::info_span!("job", booking_id = %s.claim.booking_id, attempt = s.claim.attempt);
         async {
+            if s.claim.write_failures >= self.config.max_attempts as i32 {
+                return self.give_up(s).await;
+            }
             let mut intents = Intents { current: s.claim.intent.clone(), discarded: None, held: false, removed: false };
             let reconciled = AssertUnwindSafe(self.reconcile(&s, &mut intents)).catch_unwind().await;
             let (outcome, audit, event) = match reconciled {
@@ -524,9 +527,63 @@ impl Worker {
             Ok(results) => results.first().copied().flatten().map_or(Processed::NotRecorded, Processed::Recorded),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot record the job's outcome; it runs again when its lease expires");
+                drop(client);
+                self.note_write_failure(&f.snapshot, &e).await;
                 Processed::NotRecorded
             }
         }
+    }
+
+    /// A write-back the database refused for a reason of its own (an app trigger or CHECK on
+    /// `bookings`, a lock held past `lock_timeout`), not because it could not be reached: it
+    /// counts against `worker.max_attempts` (see [`Worker::give_up`]), and the job is tried again
+    /// after the retry back-off.
+    async fn note_write_failure(&self, s: &Snapshot, error: &DbError) {
+        if error.is_unavailable() {
+            return;
+        }
+        let policy = self.config.retry_policy();
+        let tries = (s.claim.write_failures + 1).max(1) as u32;
+        let delay = policy.next_delay(tries, None, jitter_unit()).unwrap_or(policy.max);
+        let sentence = format!("the booking refused meetingd's update: {error}");
+        let noted = async {
+            let client = self.pool.get().await?;
+            jobs::note_write_failure(&client, &s.claim, &sentence, delay).await
+        }
+        .await;
+        if let Err(e) = noted {
+            tracing::debug!(error = %e, "could not note the failed write-back on the job");
+        }
+    }
+
+    /// Fails a job whose write-backs the database refused `worker.max_attempts` times, without
+    /// calling the platform again; the provider is told.
+    async fn give_up(&self, s: Snapshot) -> (Processed, Outcome) {
+        let error = format!(
+            "meetingd could not record the meeting on the booking after {} attempts: something in the database refuses the update of its meeting columns (a trigger, a CHECK constraint, a lock held for minutes). Fix it, then run `meetingd bookings retry {}`.",
+            s.claim.write_failures, s.claim.booking_id
+        );
+        tracing::error!(
+            write_failures = s.claim.write_failures,
+            "giving up on a booking whose write-back keeps being refused"
+        );
+        let user = s.booking.as_ref().and_then(|b| b.provider_id);
+        let given_up = async {
+            let client = self.pool.get().await?;
+            jobs::give_up(&client, &self.actor, &s.claim, user, &error).await
+        }
+        .await;
+        let processed = match given_up {
+            Ok(true) => Processed::Recorded(WriteBack::Done),
+            Ok(false) => Processed::Recorded(WriteBack::LeaseLost),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the job's failure; it runs again when its lease expires");
+                Processed::NotRecorded
+            }
+        };
+        let outcome = Outcome::Failed { error };
+        self.count(s.claim.requested_at, &outcome, processed);
+        (processed, outcome)
     }
 
     /// Metrics and the status-line counters for one finished job.

@@ -128,3 +128,23 @@ CREATE TRIGGER meetingd_service_update AFTER UPDATE OF is_online, meeting_platfo
                   OR OLD.meeting_platform IS DISTINCT FROM NEW.meeting_platform
                   OR OLD.provider_id IS DISTINCT FROM NEW.provider_id)
   EXECUTE FUNCTION meetingd.rearm_service();
+
+-- Write-backs that failed for a reason of the database's own (an app trigger or CHECK on bookings
+-- refusing the meeting columns, a row locked for longer than lock_timeout), since the last booking
+-- change. They count against worker.max_attempts: past it the job fails without calling the
+-- platform again.
+ALTER TABLE meetingd.jobs ADD COLUMN write_failures INTEGER NOT NULL DEFAULT 0;
+
+CREATE OR REPLACE FUNCTION meetingd.touch_job(p_booking UUID) RETURNS BIGINT
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+  v_job BIGINT;
+BEGIN
+  INSERT INTO meetingd.jobs AS j (booking_id) VALUES (p_booking)
+  ON CONFLICT (booking_id) DO UPDATE
+    SET state = 'pending', version = j.version + 1, attempts = 0, write_failures = 0, run_at = now(),
+        requested_at = clock_timestamp(), last_error = NULL, completed_at = NULL, updated_at = now()
+  RETURNING j.id INTO v_job;
+  PERFORM pg_notify('meetingd', v_job::text);
+  RETURN v_job;
+END $$;

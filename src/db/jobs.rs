@@ -40,6 +40,8 @@ pub struct Claim {
     pub intent: Option<Intent>,
     /// The highest generation a create was ever recorded for (0: none): never used again.
     pub intended_generation: i32,
+    /// Write-backs the database refused since the booking last changed (see [`note_write_failure`]).
+    pub write_failures: i32,
 }
 
 /// A create recorded before its platform call (`meetingd.jobs.intent_*`).
@@ -105,10 +107,10 @@ const CLAIM: &str = "WITH due AS (
      WHERE j.id = ANY (ARRAY(SELECT id FROM due))
        AND j.xmin = (SELECT seen.xmin FROM meetingd.jobs seen WHERE seen.id = j.id)
  RETURNING j.id, j.booking_id, j.claim_seq, j.lease_token, j.version, j.attempts, j.requested_at,
-           j.intent_platform, j.intent_generation, j.intent_owner
+           j.intent_platform, j.intent_generation, j.intent_owner, j.write_failures
 )
 SELECT c.id AS job_id, c.booking_id AS job_booking_id, c.claim_seq, c.lease_token, c.version,
-       c.attempts, c.requested_at, c.intent_platform, c.intent_generation, c.intent_owner,
+       c.attempts, c.requested_at, c.intent_platform, c.intent_generation, c.intent_owner, c.write_failures,
        b.id AS booking_id, b.status::text AS status, b.start_time, b.end_time, b.customer_id,
        b.meeting_status, b.meeting_link::text AS meeting_link,
        s.id AS service_id, s.provider_id, s.title::text AS title, s.description::text AS description,
@@ -148,6 +150,7 @@ fn snapshot_of(r: &tokio_postgres::Row) -> Snapshot {
             .zip(intent_generation)
             .map(|(platform, generation)| Intent { platform, generation, owner: r.get("intent_owner") }),
         intended_generation: intent_generation.unwrap_or(0),
+        write_failures: r.get("write_failures"),
     };
     let meeting = r.get::<_, Option<String>>("m_platform").map(|platform| {
         let account = r
@@ -316,6 +319,61 @@ pub async fn record_orphan(
     ];
     client.execute(&statement, &params).await?;
     Ok(())
+}
+
+/// Notes, fenced on the claim, that the write-back of `claim` was refused by the database for a
+/// reason of its own (not an unreachable server): the error becomes the job's `last_error`, the
+/// count grows, and the job is claimed again after `retry_in`. Touches only the job row.
+pub async fn note_write_failure(
+    client: &impl Cached,
+    claim: &Claim,
+    error: &str,
+    retry_in: Duration,
+) -> Result<bool, DbError> {
+    let statement = client
+        .prepare_cached(
+            "UPDATE meetingd.jobs
+                SET write_failures = write_failures + 1, last_error = $4,
+                    lease_until = now() + make_interval(secs => $5), updated_at = now()
+              WHERE id = $1 AND claim_seq = $2 AND lease_token = $3",
+        )
+        .await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&claim.job_id, &claim.claim_seq, &claim.token, &error, &retry_in.as_secs_f64()];
+    Ok(client.execute(&statement, &params).await? == 1)
+}
+
+/// Fails the job of `claim` without touching the booking (whose row refuses the write-back):
+/// the job row, an audit line and a `meeting_failed` event for `user`. Fenced on the claim.
+pub async fn give_up(
+    client: &impl Cached,
+    actor: &str,
+    claim: &Claim,
+    user: Option<Uuid>,
+    error: &str,
+) -> Result<bool, DbError> {
+    let statement = client
+        .prepare_cached(
+            "WITH j AS (
+                UPDATE meetingd.jobs
+                   SET state = 'failed', last_error = $4 || COALESCE(' Last error: ' || last_error, ''),
+                       lease_owner = NULL, lease_until = NULL, lease_token = NULL,
+                       completed_at = clock_timestamp(), updated_at = now()
+                 WHERE id = $1 AND claim_seq = $2 AND lease_token = $3
+             RETURNING booking_id, last_error
+             ), audited AS (
+                INSERT INTO meetingd.audit_log (actor, action, booking_id, user_id, outcome, attempt, detail)
+                SELECT $5, 'meeting.record', booking_id, $6, 'failed', $7, last_error FROM j
+             ), told AS (
+                INSERT INTO meetingd.events (kind, user_id, booking_id, message)
+                SELECT 'meeting_failed', $6, booking_id, last_error FROM j
+             )
+             SELECT count(*) FROM j",
+        )
+        .await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+        [&claim.job_id, &claim.claim_seq, &claim.token, &error, &actor, &user, &claim.attempt];
+    Ok(client.query_one(&statement, &params).await?.get::<_, i64>(0) == 1)
 }
 
 /// How long until the next pending job becomes due (zero if one is due now), `None` if none is pending.

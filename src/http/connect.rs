@@ -224,7 +224,7 @@ pub async fn requeue_failed(client: &tokio_postgres::Client, provider: Uuid) -> 
     let n = client
         .execute(
             "UPDATE meetingd.jobs j
-                SET state = 'pending', run_at = now(), attempts = 0, last_error = NULL, updated_at = now()
+                SET state = 'pending', run_at = now(), attempts = 0, write_failures = 0, last_error = NULL, updated_at = now()
                FROM bookings b JOIN services s ON s.id = b.service_id
               WHERE j.booking_id = b.id AND s.provider_id = $1 AND j.state = 'failed'",
             &[&provider],

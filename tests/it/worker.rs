@@ -660,3 +660,42 @@ async fn batch_write_back_fences_each_job_and_leaves_app_locked_bookings_to_thei
         assert_eq!(events(&s.c, b).await.len(), told, "events of {b}");
     }
 }
+
+#[tokio::test]
+async fn a_write_back_the_app_keeps_refusing_counts_against_max_attempts() {
+    let s = setup_with(|c| c.worker.max_attempts = 3).await;
+    // The app's own trigger refuses any meeting link on its bookings.
+    s.c.batch_execute(
+        "CREATE FUNCTION app_refuses_links() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.meeting_link IS NOT NULL THEN RAISE EXCEPTION 'links are set by the app only'; END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER app_refuses_links BEFORE UPDATE ON bookings FOR EACH ROW EXECUTE FUNCTION app_refuses_links();",
+    )
+    .await
+    .unwrap();
+    let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
+    for round in 1..=6 {
+        s.c.execute(
+            "UPDATE meetingd.jobs SET lease_until = now() - interval '1 second' WHERE lease_until IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+        make_due(&s.c).await;
+        s.worker.run_once().await.unwrap();
+        let j = job(&s.c, b).await.unwrap();
+        if round <= 3 {
+            assert_eq!(j.state, "pending", "round {round}: {j:?}");
+            assert!(j.last_error.as_deref().unwrap().contains("links are set by the app only"), "{j:?}");
+        }
+    }
+    let j = job(&s.c, b).await.unwrap();
+    assert_eq!(j.state, "failed", "{j:?}");
+    let error = j.last_error.unwrap();
+    assert!(error.contains("after 3 attempts") && error.contains("links are set by the app only"), "{error}");
+    assert_eq!(s.platform.creates().len(), 3, "the platform is not called again once the job gave up");
+    let told = events(&s.c, b).await;
+    assert!(told.iter().any(|(kind, m)| kind == "meeting_failed" && m.contains("refuses the update")), "{told:?}");
+}
