@@ -305,7 +305,13 @@ impl Worker {
 
     async fn claim(&self, limit: usize) -> Result<Vec<Snapshot>, DbError> {
         let client = self.pool.get().await?;
-        let snapshots = jobs::claim(&client, self.instance, limit, self.config.lease()).await?;
+        let snapshots = match jobs::claim(&client, self.instance, limit, self.config.lease()).await {
+            Ok(snapshots) => snapshots,
+            Err(e) => {
+                crate::db::discard_if_read_only(&self.pool, client, &e);
+                return Err(e);
+            }
+        };
         metrics::counter!(crate::metrics::JOBS_CLAIMED).increment(snapshots.len() as u64);
         Ok(snapshots)
     }
@@ -527,7 +533,7 @@ impl Worker {
             Ok(results) => results.first().copied().flatten().map_or(Processed::NotRecorded, Processed::Recorded),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot record the job's outcome; it runs again when its lease expires");
-                drop(client);
+                crate::db::discard_if_read_only(&self.pool, client, &e);
                 self.note_write_failure(&f.snapshot, &e).await;
                 Processed::NotRecorded
             }

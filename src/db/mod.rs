@@ -46,7 +46,15 @@ impl DbError {
         use tokio_postgres::error::SqlState;
         let unavailable = |e: &tokio_postgres::Error| match e.code() {
             Some(code) => {
-                [SqlState::CANNOT_CONNECT_NOW, SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN].contains(code)
+                // A read-only server (a standby after a failover) is as good as unavailable:
+                // the connection is dropped (see `discard_if_read_only`) and a new one made.
+                [
+                    SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::READ_ONLY_SQL_TRANSACTION,
+                ]
+                .contains(code)
             }
             // An I/O error is the network's, unless it carries a TLS verdict (a certificate
             // refused, a name that does not parse): trying again changes nothing then.
@@ -69,6 +77,33 @@ impl DbError {
             },
             _ => false,
         }
+    }
+}
+
+impl DbError {
+    /// The server refused a write because it is read-only (SQLSTATE 25006): after a failover the
+    /// connection still leads to the old primary, now a standby.
+    pub fn is_read_only(&self) -> bool {
+        let code = match self {
+            DbError::Connect(e) | DbError::Query(e) => e.code(),
+            DbError::Pool(deadpool_postgres::PoolError::Backend(e)) => e.code(),
+            _ => None,
+        };
+        code == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+    }
+}
+
+/// After `error` on `client`: a connection to a read-only server is not returned to the pool,
+/// and the idle ones are closed too (they lead to the same server), so the next statements run
+/// on new connections, which find the writable server.
+pub fn discard_if_read_only(pool: &Pool, client: deadpool_postgres::Client, error: &DbError) {
+    if error.is_read_only() {
+        let _ = deadpool_postgres::Object::take(client);
+        let closed = pool.retain(|_, _| false).removed.len();
+        tracing::warn!(
+            closed_idle = closed,
+            "the database server is read-only (a standby after a failover?); reconnecting"
+        );
     }
 }
 
@@ -103,6 +138,12 @@ pub fn pg_config(cfg: &DatabaseConfig) -> Result<(tokio_postgres::Config, tls::M
     pg.ssl_mode(tls.mode.negotiation());
     if pg.get_application_name().is_none() {
         pg.application_name("meetingd");
+    }
+    // Only a writable server will do (libpq's target_session_attrs=read-write): with several
+    // hosts, or a name that moves on failover, a new connection finds the primary. The URL may
+    // say otherwise.
+    if !url.contains("target_session_attrs") {
+        pg.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
     }
     pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
     // A dead peer is otherwise noticed only when the kernel gives up, hours later.

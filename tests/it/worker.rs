@@ -699,3 +699,32 @@ async fn a_write_back_the_app_keeps_refusing_counts_against_max_attempts() {
     let told = events(&s.c, b).await;
     assert!(told.iter().any(|(kind, m)| kind == "meeting_failed" && m.contains("refuses the update")), "{told:?}");
 }
+
+#[tokio::test]
+async fn connections_to_a_read_only_server_are_dropped_and_made_again() {
+    let s = setup().await;
+    let mut config = s.db.config();
+    // Connect wherever the URL leads (the default insists on a writable server at connect time).
+    config.database.url = secrecy::SecretString::from(format!("{}?target_session_attrs=any", s.db.url));
+    let pool = meetingd::db::pool(&config.database, 4).unwrap();
+    let worker = Worker::new(
+        pool.clone(),
+        Providers::default().with(s.platform.clone()),
+        config.worker.clone(),
+        config.fallback.platform,
+        Arc::new(Notify::new()),
+        Uuid::new_v4(),
+    );
+    // The pool's connections lead to a server that is read-only (a standby after a failover);
+    // then the writable server answers under the same address.
+    s.c.batch_execute(&format!("ALTER DATABASE {} SET default_transaction_read_only = on", s.db.name)).await.unwrap();
+    let held = [pool.get().await.unwrap(), pool.get().await.unwrap()];
+    drop(held);
+    s.c.batch_execute(&format!("ALTER DATABASE {} RESET default_transaction_read_only", s.db.name)).await.unwrap();
+
+    let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
+    let refused = worker.run_once().await.unwrap_err();
+    assert!(refused.is_read_only(), "{refused}");
+    assert_eq!(worker.run_once().await.unwrap(), 1, "the next claim runs on a new, writable connection");
+    assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
+}
