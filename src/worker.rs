@@ -367,7 +367,7 @@ impl Worker {
                         if claimed == 0
                             && std::mem::take(&mut ask_next_due)
                             && let Ok(client) = self.pool.get().await
-                            && let Ok(Some(due)) = jobs::next_due_in(&client).await
+                            && let Ok(Some(due)) = jobs::next_due_in(client.sql()).await
                         {
                             wake_at(&mut due_at, tokio::time::Instant::now() + due.max(Duration::from_millis(5)));
                         }
@@ -752,7 +752,7 @@ impl Worker {
         }
         let recorded = async {
             let client = self.pool.get().await?;
-            jobs::record_intent(&client, &s.claim, &intent).await
+            jobs::record_intent(client.sql(), &s.claim, &intent).await
         }
         .await;
         let problem = match recorded {
@@ -788,7 +788,7 @@ impl Worker {
         }
         let held = async {
             let client = self.pool.get().await?;
-            jobs::hold_claim(&client, &s.claim).await
+            jobs::hold_claim(client.sql(), &s.claim).await
         }
         .await;
         let problem = match held {
@@ -891,7 +891,7 @@ impl Worker {
         }
         let recorded = async {
             let client = self.pool.get().await?;
-            jobs::record_orphan(&client, s.claim.booking_id, platform, meeting, owner, reason).await
+            jobs::record_orphan(client.sql(), s.claim.booking_id, platform, meeting, owner, reason).await
         }
         .await;
         match recorded {

@@ -543,7 +543,14 @@ async fn connect_providers(db: &mut Db, google: &FakeGoogle, key: &SecretString)
             platform_user_id: None,
             email: Some(format!("provider-{i}@soak.example")),
         };
-        store_integration(&tx, &keyring, "soak", &new).await.context("storing a Google integration")?;
+        store_integration(
+            meetingd::db::Sql::new(tx.client(), meetingd::db::Mode::DIRECT).in_transaction(),
+            &keyring,
+            "soak",
+            &new,
+        )
+        .await
+        .context("storing a Google integration")?;
     }
     tx.commit().await.context("committing the integrations")?;
     Ok(())

@@ -6,7 +6,7 @@
 
 use tokio_postgres::Client;
 
-use super::DbError;
+use super::{DbError, Mode, Sql};
 
 refinery::embed_migrations!("sql/migrations");
 
@@ -33,7 +33,7 @@ pub struct Applied {
 
 /// Applies every pending migration. A second run is a no-op.
 pub async fn migrate(client: &mut Client) -> Result<Applied, DbError> {
-    let missing = missing_marketplace_tables(client).await?;
+    let missing = missing_marketplace_tables(Sql::new(client, Mode::DIRECT)).await?;
     if !missing.is_empty() {
         return Err(DbError::Schema(format!(
             "the marketplace tables {} are missing: meetingd runs beside the marketplace database, whose schema must exist first (sql/fixtures/marketplace.sql is the reference)",
@@ -89,7 +89,7 @@ impl SchemaStatus {
     }
 }
 
-pub async fn status(client: &Client) -> Result<SchemaStatus, DbError> {
+pub async fn status(client: Sql<'_>) -> Result<SchemaStatus, DbError> {
     let missing_marketplace_tables = missing_marketplace_tables(client).await?;
     let history: Option<String> = client.query_one("SELECT to_regclass($1)::text", &[&HISTORY_TABLE]).await?.get(0);
     let applied = match history {
@@ -101,7 +101,7 @@ pub async fn status(client: &Client) -> Result<SchemaStatus, DbError> {
     Ok(SchemaStatus { applied, latest: latest_version(), missing_marketplace_tables })
 }
 
-async fn missing_marketplace_tables(client: &Client) -> Result<Vec<String>, DbError> {
+async fn missing_marketplace_tables(client: Sql<'_>) -> Result<Vec<String>, DbError> {
     let mut missing = Vec::new();
     for table in MARKETPLACE_TABLES {
         let found: Option<String> = client.query_one("SELECT to_regclass($1)::text", &[&table]).await?.get(0);
