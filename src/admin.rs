@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::crypto::{Column, Keyring};
 use crate::db::jobs::{AuditEntry, insert_audit};
-use crate::db::{DbError, integrations};
+use crate::db::{DbError, Session, Sql, Tx, integrations};
 use crate::providers::Platform;
 
 /// A connection to store.
@@ -27,7 +27,7 @@ pub struct NewIntegration {
 /// Stores (or replaces) a provider's connection, encrypted, active, in the caller's transaction
 /// (the caller commits); returns the row id.
 pub async fn store_integration(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: Sql<'_>,
     keyring: &Keyring,
     actor: &str,
     new: &NewIntegration,
@@ -59,15 +59,10 @@ pub async fn store_integration(
     Ok(id)
 }
 
-/// Marks an integration inactive and wipes its tokens. `false` when there was none.
-pub async fn disable_integration(
-    client: &mut tokio_postgres::Client,
-    actor: &str,
-    user_id: Uuid,
-    platform: Platform,
-) -> Result<bool, DbError> {
-    let tx = client.transaction().await?;
+/// Marks an integration inactive and wipes its tokens, and commits `tx`. `false` when there was none.
+pub async fn disable_integration(tx: Tx<'_>, actor: &str, user_id: Uuid, platform: Platform) -> Result<bool, DbError> {
     let n = tx
+        .sql()
         .execute(
             "UPDATE user_meeting_integrations
                 SET is_active = false, access_token = '', refresh_token = NULL, expires_at = NULL, updated_at = now()
@@ -83,7 +78,7 @@ pub async fn disable_integration(
             duration_ms: None,
             detail: Some("tokens wiped".into()),
         };
-        insert_audit(&tx, actor, None, Some(user_id), None, &entry).await?;
+        insert_audit(tx.sql(), actor, None, Some(user_id), None, &entry).await?;
     }
     tx.commit().await?;
     Ok(n > 0)
@@ -100,15 +95,11 @@ pub struct Rotation {
 
 /// Re-encrypts every stored token with the current key, `batch` rows at a time. Each row is
 /// rewritten under the same row lock a token refresh takes, so daemons may keep running.
-pub async fn rotate_keys(
-    client: &mut tokio_postgres::Client,
-    keyring: &Keyring,
-    batch: i64,
-) -> Result<Rotation, DbError> {
+pub async fn rotate_keys(client: &mut Session, keyring: &Keyring, batch: i64) -> Result<Rotation, DbError> {
     let mut report = Rotation::default();
     let mut after = Uuid::nil();
     loop {
-        let page = integrations::page(&*client, after, batch).await?;
+        let page = integrations::page(client.sql(), after, batch).await?;
         let Some(last) = page.last() else { break };
         after = last.id;
         for row in page {
@@ -118,7 +109,7 @@ pub async fn rotate_keys(
                 continue;
             }
             let tx = client.transaction().await?;
-            let Some(row) = integrations::lock_by_id(&tx, row.id).await? else { continue };
+            let Some(row) = integrations::lock_by_id(tx.sql(), row.id).await? else { continue };
             let reseal = |stored: &str, column| -> Result<String, String> {
                 if stored.is_empty() || keyring.is_current(stored) {
                     return Ok(stored.to_string());
@@ -130,7 +121,7 @@ pub async fn rotate_keys(
             let refresh = row.refresh_token.as_deref().map(|t| reseal(t, Column::RefreshToken)).transpose();
             match (access, refresh) {
                 (Ok(access), Ok(refresh)) => {
-                    integrations::rewrite_tokens(&tx, row.id, &access, refresh.as_deref()).await?;
+                    integrations::rewrite_tokens(tx.sql(), row.id, &access, refresh.as_deref()).await?;
                     tx.commit().await?;
                     report.rotated += 1;
                 }
@@ -146,7 +137,7 @@ pub async fn rotate_keys(
 
 /// Re-queues one booking's job (a new attempt series, now). `false` if meetingd has no job for it
 /// and the booking is not of an online service.
-pub async fn retry_booking(client: &tokio_postgres::Client, booking: Uuid) -> Result<bool, DbError> {
+pub async fn retry_booking(client: Sql<'_>, booking: Uuid) -> Result<bool, DbError> {
     let online: Option<bool> = client
         .query_opt(
             "SELECT COALESCE(s.is_online, false) FROM bookings b JOIN services s ON s.id = b.service_id WHERE b.id = $1",
@@ -163,7 +154,7 @@ pub async fn retry_booking(client: &tokio_postgres::Client, booking: Uuid) -> Re
 }
 
 /// Re-queues every failed job; returns how many.
-pub async fn retry_all_failed(client: &tokio_postgres::Client) -> Result<u64, DbError> {
+pub async fn retry_all_failed(client: Sql<'_>) -> Result<u64, DbError> {
     let n = client
         .execute(
             "UPDATE meetingd.jobs SET state = 'pending', run_at = now(), attempts = 0, write_failures = 0, last_error = NULL, updated_at = now()
@@ -194,7 +185,7 @@ pub struct Status {
     pub notification_queue_usage: f64,
 }
 
-pub async fn status(client: &tokio_postgres::Client) -> Result<Status, DbError> {
+pub async fn status(client: Sql<'_>) -> Result<Status, DbError> {
     let q = client
         .query_one(
             "SELECT count(*) FILTER (WHERE state = 'pending'),
@@ -245,7 +236,7 @@ pub async fn status(client: &tokio_postgres::Client) -> Result<Status, DbError> 
 }
 
 /// A booking's meeting state and audit trail, as lines for `meetingd bookings show`.
-pub async fn show_booking(client: &tokio_postgres::Client, booking: Uuid) -> Result<Option<Vec<String>>, DbError> {
+pub async fn show_booking(client: Sql<'_>, booking: Uuid) -> Result<Option<Vec<String>>, DbError> {
     let Some(b) = client
         .query_opt(
             "SELECT b.status, b.start_time, b.end_time, s.title, s.is_online, s.meeting_platform, s.provider_id,

@@ -145,7 +145,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             let config = Config::load(cli.config.as_deref())?;
-            let mut client = crate::db::connect(&config.database).await?;
+            let mut client = crate::db::connect_for_migrations(&config.database).await?;
             let applied = crate::db::migrate::migrate(&mut client).await?;
             if applied.applied.is_empty() {
                 println!("schema already current at V{}; nothing to do", applied.version);
@@ -170,7 +170,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(KeysCommand::Rotate { batch }) => {
             let config = Config::load(cli.config.as_deref())?;
             let keyring = config.encryption.keyring().map_err(anyhow::Error::msg)?;
-            let mut client = crate::db::connect(&config.database).await?;
+            let mut client = crate::db::session(&config.database).await?;
             let report = crate::admin::rotate_keys(&mut client, &keyring, batch.max(1)).await?;
             println!(
                 "re-encrypted {} integration(s) with key {}; {} already current; {} failed",
@@ -187,15 +187,15 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Integrations(command) => integrations(cli.config, command).await,
         Command::Status => {
             let config = Config::load(cli.config.as_deref())?;
-            let client = crate::db::connect(&config.database).await?;
-            print_status(&crate::admin::status(&client).await?);
+            let client = crate::db::session(&config.database).await?;
+            print_status(&crate::admin::status(client.sql()).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Bookings(command) => {
             let config = Config::load(cli.config.as_deref())?;
-            let client = crate::db::connect(&config.database).await?;
+            let client = crate::db::session(&config.database).await?;
             match command {
-                BookingsCommand::Show { booking } => match crate::admin::show_booking(&client, booking).await? {
+                BookingsCommand::Show { booking } => match crate::admin::show_booking(client.sql(), booking).await? {
                     Some(lines) => lines.iter().for_each(|l| println!("{l}")),
                     None => {
                         println!("no booking {booking}");
@@ -203,10 +203,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 },
                 BookingsCommand::Retry { all_failed: true, .. } => {
-                    println!("queued {} failed booking(s) again", crate::admin::retry_all_failed(&client).await?);
+                    println!("queued {} failed booking(s) again", crate::admin::retry_all_failed(client.sql()).await?);
                 }
                 BookingsCommand::Retry { booking: Some(booking), .. } => {
-                    if crate::admin::retry_booking(&client, booking).await? {
+                    if crate::admin::retry_booking(client.sql(), booking).await? {
                         println!("queued booking {booking}; `meetingd bookings show {booking}` shows the outcome");
                     } else {
                         println!("booking {booking} is not a booking of an online service meetingd knows");
@@ -262,7 +262,7 @@ fn print_status(s: &crate::admin::Status) {
 
 async fn integrations(file: Option<PathBuf>, command: IntegrationsCommand) -> anyhow::Result<ExitCode> {
     let config = Config::load(file.as_deref())?;
-    let mut client = crate::db::connect(&config.database).await?;
+    let mut client = crate::db::session(&config.database).await?;
     match command {
         IntegrationsCommand::Add {
             user,
@@ -290,7 +290,7 @@ async fn integrations(file: Option<PathBuf>, command: IntegrationsCommand) -> an
                 email,
             };
             let tx = client.transaction().await?;
-            let id = crate::admin::store_integration(&tx, &keyring, "admin", &new).await?;
+            let id = crate::admin::store_integration(tx.sql(), &keyring, "admin", &new).await?;
             tx.commit().await?;
             println!(
                 "stored {platform} integration {id} for user {user} (tokens encrypted with key {})",
@@ -303,7 +303,7 @@ async fn integrations(file: Option<PathBuf>, command: IntegrationsCommand) -> an
                 "{:<36}  {:<11}  {:<15}  {:<28}  {:<20}  key",
                 "user", "platform", "status", "account", "token expires"
             );
-            for row in crate::db::integrations::list(&client).await? {
+            for row in crate::db::integrations::list(client.sql()).await? {
                 let key = match &keyring {
                     None => "?",
                     Some(k) if k.is_current(&row.access_token) => "current",
@@ -324,7 +324,7 @@ async fn integrations(file: Option<PathBuf>, command: IntegrationsCommand) -> an
             }
         }
         IntegrationsCommand::Disable { user, platform } => {
-            if crate::admin::disable_integration(&mut client, "admin", user, platform).await? {
+            if crate::admin::disable_integration(client.transaction().await?, "admin", user, platform).await? {
                 println!("disabled {platform} for user {user}; its tokens were wiped");
             } else {
                 println!("user {user} has no {platform} integration");
@@ -417,9 +417,9 @@ pub async fn check(file: Option<PathBuf>) -> bool {
         }
     }
     let shown = redact_url(config.database.url.expose_secret());
-    let client = match crate::db::connect(&config.database).await {
+    let client = match crate::db::session(&config.database).await {
         Ok(client) => {
-            let tls = match (crate::db::tls(&config.database), crate::db::session_encrypted(&client).await) {
+            let tls = match (crate::db::tls(&config.database), crate::db::session_encrypted(client.sql()).await) {
                 (Ok(tls), Ok(encrypted)) => tls.describe(encrypted),
                 (Ok(tls), Err(_)) => format!("sslmode={}", tls.mode),
                 (Err(e), _) => e.to_string(),
@@ -432,11 +432,11 @@ pub async fn check(file: Option<PathBuf>) -> bool {
             return ok;
         }
     };
-    match crate::db::migrate::status(&client).await {
+    match crate::db::migrate::status(client.sql()).await {
         Ok(status) => report(status.is_current(), "schema", status.explain()),
         Err(e) => report(false, "schema", e.to_string()),
     }
-    match crate::db::marketplace::inspect(&client).await {
+    match crate::db::marketplace::inspect(client.sql()).await {
         Ok(columns) => {
             for c in columns {
                 report(c.ok, "column", format!("{} {}", c.column, c.detail));

@@ -117,6 +117,30 @@ pub struct DatabaseConfig {
     pub connect_timeout_ms: u64,
     pub keepalive_idle_secs: u64,
     pub startup_wait_secs: u64,
+    /// What sits between meetingd and PostgreSQL (see `db::sql`).
+    pub pooler: Pooler,
+    /// Where migrations run; empty = `url`. Required with a transaction pooler, since
+    /// migrations hold a session-level advisory lock.
+    pub migration_url: SecretString,
+    /// How long a pooled statement waits for a row lock (a booking the app holds) before giving up.
+    pub lock_timeout_ms: u64,
+}
+
+/// What `database.url` leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pooler {
+    /// PostgreSQL itself (or a pooler in session mode): prepared statements and session settings work.
+    None,
+    /// PgBouncer in transaction pooling mode: no named prepared statements, no session state.
+    PgbouncerTransaction,
+}
+
+impl DatabaseConfig {
+    /// The URL migrations run on.
+    pub fn migration_url(&self) -> &SecretString {
+        if self.migration_url.expose_secret().is_empty() { &self.url } else { &self.migration_url }
+    }
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -128,6 +152,9 @@ impl std::fmt::Debug for DatabaseConfig {
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("keepalive_idle_secs", &self.keepalive_idle_secs)
             .field("startup_wait_secs", &self.startup_wait_secs)
+            .field("pooler", &self.pooler)
+            .field("migration_url", &redact_url(self.migration_url.expose_secret()))
+            .field("lock_timeout_ms", &self.lock_timeout_ms)
             .finish()
     }
 }
@@ -359,6 +386,34 @@ impl Config {
                 }
             }
             Err(e) => problems.push(format!("database.url: {e}")),
+        }
+        let d = &self.database;
+        if !d.migration_url.expose_secret().is_empty() {
+            match crate::db::tls::split(d.migration_url.expose_secret(), None) {
+                Ok((rest, _)) => {
+                    if let Err(e) = rest.parse::<tokio_postgres::Config>() {
+                        problems.push(format!("database.migration_url is not a PostgreSQL connection string: {e}"));
+                    }
+                }
+                Err(e) => problems.push(format!("database.migration_url: {e}")),
+            }
+        }
+        if d.lock_timeout_ms == 0 {
+            problems.push("database.lock_timeout_ms must be greater than 0".into());
+        }
+        if d.pooler == Pooler::PgbouncerTransaction {
+            if self.worker.listen {
+                problems.push(
+                    "worker.listen must be false with database.pooler = \"pgbouncer-transaction\": LISTEN does not work through transaction pooling (the daemon then polls, see worker.poll_interval_ms)"
+                        .into(),
+                );
+            }
+            if d.migration_url.expose_secret().is_empty() {
+                problems.push(
+                    "database.migration_url must be set with database.pooler = \"pgbouncer-transaction\": migrations hold a session advisory lock, so they need a direct connection to PostgreSQL (or a session-mode pool)"
+                        .into(),
+                );
+            }
         }
         let w = &self.worker;
         if w.concurrency == 0 || w.concurrency > 1024 {

@@ -216,7 +216,7 @@ async fn wait_for_schema(
     daemon: &tokio::task::JoinHandle<Result<(), crate::RunError>>,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !crate::db::migrate::status(db).await?.is_current() {
+    while !crate::db::migrate::status(crate::db::Sql::new(db, crate::db::Mode::DIRECT)).await?.is_current() {
         if daemon.is_finished() {
             bail!("meetingd stopped during start-up");
         }

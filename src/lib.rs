@@ -74,7 +74,7 @@ async fn start_database(
     let mut pause = std::time::Duration::from_millis(250);
     loop {
         let attempt = async {
-            let mut client = db::connect(&config.database).await?;
+            let mut client = db::connect_for_migrations(&config.database).await?;
             let applied = db::migrate::migrate(&mut client).await?;
             for name in &applied.applied {
                 tracing::info!(migration = %name, "applied migration");

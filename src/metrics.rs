@@ -89,6 +89,7 @@ pub async fn sample(
         }
         let Ok(client) = pool.get().await else { continue };
         let row = client
+            .sql()
             .query_one(
                 "SELECT (SELECT count(*) FROM meetingd.jobs WHERE state = 'pending')::float8,
                         COALESCE((SELECT EXTRACT(EPOCH FROM now() - min(run_at)) FROM meetingd.jobs

@@ -86,14 +86,18 @@ impl TokenStore {
         let (user, retired) = match whose {
             Whose::Provider(user) => (user, None),
             Whose::Account(account) => {
-                let current = integrations::load(&**client, account.user_id, platform.as_str(), false).await?;
+                let current = integrations::load(client.sql(), account.user_id, platform.as_str(), false).await?;
                 match current {
                     Some(row) if row.id == account.integration_id && same_identity(&row, account) => {
                         (account.user_id, None)
                     }
                     _ => {
-                        match integrations::find_retired(&**client, account.integration_id, account.identity.as_deref())
-                            .await?
+                        match integrations::find_retired(
+                            client.sql(),
+                            account.integration_id,
+                            account.identity.as_deref(),
+                        )
+                        .await?
                         {
                             Some(id) => (account.user_id, Some(id)),
                             None => return Err(TokenError::AccountGone(platform)),
@@ -102,7 +106,8 @@ impl TokenStore {
                 }
             }
         };
-        let row = load(&client, user, retired, platform, false).await?.ok_or(TokenError::NotConnected(platform))?;
+        let row =
+            load(client.sql(), user, retired, platform, false).await?.ok_or(TokenError::NotConnected(platform))?;
         if !row.is_active {
             return Err(TokenError::Revoked(platform));
         }
@@ -112,7 +117,7 @@ impl TokenStore {
         }
 
         let tx = client.transaction().await?;
-        let row = load(tx.client(), user, retired, platform, true).await?.ok_or(TokenError::NotConnected(platform))?;
+        let row = load(tx.sql(), user, retired, platform, true).await?.ok_or(TokenError::NotConnected(platform))?;
         if !row.is_active {
             return Err(TokenError::Revoked(platform));
         }
@@ -135,7 +140,7 @@ impl TokenStore {
                 let access_ct = self.keyring.encrypt(&fresh.access_token, row.id, Column::AccessToken);
                 let refresh_ct =
                     fresh.refresh_token.as_ref().map(|t| self.keyring.encrypt(t, row.id, Column::RefreshToken));
-                integrations::save_tokens(&*tx, &row, &access_ct, refresh_ct.as_deref(), Some(expires_at)).await?;
+                integrations::save_tokens(tx.sql(), &row, &access_ct, refresh_ct.as_deref(), Some(expires_at)).await?;
                 let rotated = if fresh.refresh_token.is_some() { "; refresh token rotated" } else { "" };
                 let entry = audit(
                     "integration.refresh",
@@ -143,7 +148,7 @@ impl TokenStore {
                     "ok",
                     Some(format!("expires in {} s{rotated}", lifetime.as_secs())),
                 );
-                insert_audit(&*tx, &self.actor, None, Some(user), None, &with_duration(entry, started)).await?;
+                insert_audit(tx.sql(), &self.actor, None, Some(user), None, &with_duration(entry, started)).await?;
                 tx.commit().await?;
                 metrics::counter!(crate::metrics::TOKEN_REFRESHES, "platform" => platform.as_str(), "outcome" => "ok")
                     .increment(1);
@@ -171,13 +176,13 @@ impl TokenStore {
     /// Marks the integration as needing a reconnect and tells the provider, in the lock's transaction.
     async fn revoke(
         &self,
-        tx: deadpool_postgres::Transaction<'_>,
+        tx: crate::db::Tx<'_>,
         row: &integrations::IntegrationRow,
         platform: Platform,
         why: &str,
     ) -> TokenError {
         let result = async {
-            integrations::deactivate(&*tx, row).await?;
+            integrations::deactivate(tx.sql(), row).await?;
             let message = format!(
                 "{} access was revoked or has expired. Reconnect {} under Integrations; until then bookings get the fallback meeting platform.",
                 platform.display_name(),
@@ -187,9 +192,9 @@ impl TokenStore {
             if row.retired.is_none() {
                 let event =
                     Event { kind: "integration_needs_reconnect", platform: Some(platform.as_str().into()), message };
-                insert_event(&*tx, &event, Some(row.user_id), None).await?;
+                insert_event(tx.sql(), &event, Some(row.user_id), None).await?;
             }
-            insert_audit(&*tx, &self.actor, None, Some(row.user_id), None, &audit("integration.deactivate", platform, "ok", Some(why.into())))
+            insert_audit(tx.sql(), &self.actor, None, Some(row.user_id), None, &audit("integration.deactivate", platform, "ok", Some(why.into())))
                 .await?;
             tx.commit().await?;
             Ok::<_, TokenError>(())
@@ -208,7 +213,7 @@ impl TokenStore {
 
 /// The provider's integration row, or the retired copy `retired`.
 async fn load(
-    client: &tokio_postgres::Client,
+    client: crate::db::Sql<'_>,
     user: Uuid,
     retired: Option<i64>,
     platform: Platform,

@@ -373,7 +373,7 @@ impl Worker {
                         if claimed == 0
                             && std::mem::take(&mut ask_next_due)
                             && let Ok(client) = self.pool.get().await
-                            && let Ok(Some(due)) = jobs::next_due_in(&client).await
+                            && let Ok(Some(due)) = jobs::next_due_in(client.sql()).await
                         {
                             wake_at(&mut due_at, tokio::time::Instant::now() + due.max(Duration::from_millis(5)));
                         }
@@ -554,7 +554,7 @@ impl Worker {
         let sentence = format!("the booking refused meetingd's update: {error}");
         let noted = async {
             let client = self.pool.get().await?;
-            jobs::note_write_failure(&client, &s.claim, &sentence, delay).await
+            jobs::note_write_failure(client.sql(), &s.claim, &sentence, delay).await
         }
         .await;
         if let Err(e) = noted {
@@ -576,7 +576,7 @@ impl Worker {
         let user = s.booking.as_ref().and_then(|b| b.provider_id);
         let given_up = async {
             let client = self.pool.get().await?;
-            jobs::give_up(&client, &self.actor, &s.claim, user, &error).await
+            jobs::give_up(client.sql(), &self.actor, &s.claim, user, &error).await
         }
         .await;
         let processed = match given_up {
@@ -815,7 +815,7 @@ impl Worker {
         }
         let recorded = async {
             let client = self.pool.get().await?;
-            jobs::record_intent(&client, &s.claim, &intent).await
+            jobs::record_intent(client.sql(), &s.claim, &intent).await
         }
         .await;
         let problem = match recorded {
@@ -851,7 +851,7 @@ impl Worker {
         }
         let held = async {
             let client = self.pool.get().await?;
-            jobs::hold_claim(&client, &s.claim).await
+            jobs::hold_claim(client.sql(), &s.claim).await
         }
         .await;
         let problem = match held {
@@ -954,7 +954,7 @@ impl Worker {
         }
         let recorded = async {
             let client = self.pool.get().await?;
-            jobs::record_orphan(&client, s.claim.booking_id, platform, meeting, owner, reason).await
+            jobs::record_orphan(client.sql(), s.claim.booking_id, platform, meeting, owner, reason).await
         }
         .await;
         match recorded {

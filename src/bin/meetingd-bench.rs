@@ -428,7 +428,14 @@ async fn seed_slow(db: &mut Client, google: &FakeGoogle, key: &SecretString, n: 
             platform_user_id: None,
             email: Some(format!("slow-provider-{i}@bench.example")),
         };
-        store_integration(&tx, &keyring, "bench", &new).await.context("storing a Google integration")?;
+        store_integration(
+            meetingd::db::Sql::new(tx.client(), meetingd::db::Mode::DIRECT).in_transaction(),
+            &keyring,
+            "bench",
+            &new,
+        )
+        .await
+        .context("storing a Google integration")?;
     }
     tx.commit().await.context("committing the integrations")?;
     let count = i32::try_from(n).context("--slow-bookings")?;

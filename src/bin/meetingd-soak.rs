@@ -602,7 +602,14 @@ async fn connect_providers(db: &mut Db, google: &FakeGoogle, key: &SecretString)
     for (i, row) in rows.iter().enumerate() {
         let expires_in = if i % 2 == 0 { 3600 } else { 30 };
         let new = google_account(google, row.get(0), &format!("provider-{i}@soak.example"), expires_in);
-        store_integration(&tx, &keyring, "soak", &new).await.context("storing a Google integration")?;
+        store_integration(
+            meetingd::db::Sql::new(tx.client(), meetingd::db::Mode::DIRECT).in_transaction(),
+            &keyring,
+            "soak",
+            &new,
+        )
+        .await
+        .context("storing a Google integration")?;
     }
     tx.commit().await.context("committing the integrations")?;
     Ok(())
@@ -635,7 +642,14 @@ async fn reconnect_provider(db: &mut Db, google: &FakeGoogle, key: &SecretString
     let new = google_account(google, row.get(0), &email, 3600);
     let client = db.client_mut();
     let tx = client.transaction().await.context("starting the reconnect")?;
-    store_integration(&tx, &keyring, "soak", &new).await.context("reconnecting a provider")?;
+    store_integration(
+        meetingd::db::Sql::new(tx.client(), meetingd::db::Mode::DIRECT).in_transaction(),
+        &keyring,
+        "soak",
+        &new,
+    )
+    .await
+    .context("reconnecting a provider")?;
     tx.commit().await.context("committing the reconnect")?;
     Ok(email)
 }

@@ -4,10 +4,9 @@
 //! sees a plaintext token (encryption happens in `tokens.rs` / `crypto.rs`).
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use super::DbError;
+use super::{DbError, Sql};
 
 /// One integration row as stored.
 #[derive(Clone)]
@@ -68,7 +67,7 @@ fn from_row(r: &tokio_postgres::Row) -> IntegrationRow {
 
 /// The row for a provider and platform; `lock` takes `FOR UPDATE` (inside a transaction).
 pub async fn load(
-    client: &impl GenericClient,
+    client: Sql<'_>,
     user_id: Uuid,
     platform: &str,
     lock: bool,
@@ -83,7 +82,7 @@ pub async fn load(
 /// The newest retired copy of integration `integration_id` for the platform account `identity`
 /// (any copy of that integration when `identity` is unknown).
 pub async fn find_retired(
-    client: &impl GenericClient,
+    client: Sql<'_>,
     integration_id: Uuid,
     identity: Option<&str>,
 ) -> Result<Option<i64>, DbError> {
@@ -100,7 +99,7 @@ pub async fn find_retired(
 }
 
 /// A retired copy by its own id; `lock` takes `FOR UPDATE` (inside a transaction).
-pub async fn load_retired(client: &impl GenericClient, id: i64, lock: bool) -> Result<Option<IntegrationRow>, DbError> {
+pub async fn load_retired(client: Sql<'_>, id: i64, lock: bool) -> Result<Option<IntegrationRow>, DbError> {
     let sql = format!(
         "SELECT {RETIRED_COLUMNS} FROM meetingd.retired_integrations WHERE id = $1{}",
         if lock { " FOR UPDATE" } else { "" }
@@ -110,7 +109,7 @@ pub async fn load_retired(client: &impl GenericClient, id: i64, lock: bool) -> R
 
 /// Stores refreshed tokens (ciphertext) and their expiry, in the row (or retired copy) they came from.
 pub async fn save_tokens(
-    client: &impl GenericClient,
+    client: Sql<'_>,
     row: &IntegrationRow,
     access_token: &str,
     refresh_token: Option<&str>,
@@ -138,7 +137,7 @@ pub async fn save_tokens(
 }
 
 /// Marks the integration (or retired copy) as needing a reconnect.
-pub async fn deactivate(client: &impl GenericClient, row: &IntegrationRow) -> Result<(), DbError> {
+pub async fn deactivate(client: Sql<'_>, row: &IntegrationRow) -> Result<(), DbError> {
     match row.retired {
         None => {
             client
@@ -159,7 +158,7 @@ pub async fn deactivate(client: &impl GenericClient, row: &IntegrationRow) -> Re
 
 /// Locks (creating if needed) the row for `(user_id, platform)` and returns its id, so tokens can
 /// be encrypted for that id before they are written. Call inside a transaction.
-pub async fn lock_or_create(client: &impl GenericClient, user_id: Uuid, platform: &str) -> Result<Uuid, DbError> {
+pub async fn lock_or_create(client: Sql<'_>, user_id: Uuid, platform: &str) -> Result<Uuid, DbError> {
     client
         .execute(
             "INSERT INTO user_meeting_integrations (user_id, platform, access_token, is_active)
@@ -187,7 +186,7 @@ pub struct Connected<'a> {
 }
 
 /// Writes a (re)connection: new ciphertexts, active again.
-pub async fn connect(client: &impl GenericClient, id: Uuid, c: &Connected<'_>) -> Result<(), DbError> {
+pub async fn connect(client: Sql<'_>, id: Uuid, c: &Connected<'_>) -> Result<(), DbError> {
     client
         .execute(
             "UPDATE user_meeting_integrations
@@ -202,7 +201,7 @@ pub async fn connect(client: &impl GenericClient, id: Uuid, c: &Connected<'_>) -
 }
 
 /// Every integration, for listings (the token columns are read but callers must not show them).
-pub async fn list(client: &impl GenericClient) -> Result<Vec<IntegrationRow>, DbError> {
+pub async fn list(client: Sql<'_>) -> Result<Vec<IntegrationRow>, DbError> {
     Ok(client
         .query(&format!("SELECT {COLUMNS} FROM user_meeting_integrations ORDER BY user_id, platform"), &[])
         .await?
@@ -212,7 +211,7 @@ pub async fn list(client: &impl GenericClient) -> Result<Vec<IntegrationRow>, Db
 }
 
 /// A page of rows after `after` (by id), for key rotation.
-pub async fn page(client: &impl GenericClient, after: Uuid, limit: i64) -> Result<Vec<IntegrationRow>, DbError> {
+pub async fn page(client: Sql<'_>, after: Uuid, limit: i64) -> Result<Vec<IntegrationRow>, DbError> {
     Ok(client
         .query(
             &format!("SELECT {COLUMNS} FROM user_meeting_integrations WHERE id > $1 ORDER BY id LIMIT $2"),
@@ -225,7 +224,7 @@ pub async fn page(client: &impl GenericClient, after: Uuid, limit: i64) -> Resul
 }
 
 /// Locks one row by id (key rotation), `None` if it disappeared.
-pub async fn lock_by_id(client: &impl GenericClient, id: Uuid) -> Result<Option<IntegrationRow>, DbError> {
+pub async fn lock_by_id(client: Sql<'_>, id: Uuid) -> Result<Option<IntegrationRow>, DbError> {
     Ok(client
         .query_opt(&format!("SELECT {COLUMNS} FROM user_meeting_integrations WHERE id = $1 FOR UPDATE"), &[&id])
         .await?
@@ -235,7 +234,7 @@ pub async fn lock_by_id(client: &impl GenericClient, id: Uuid) -> Result<Option<
 
 /// Replaces both token ciphertexts (key rotation).
 pub async fn rewrite_tokens(
-    client: &impl GenericClient,
+    client: Sql<'_>,
     id: Uuid,
     access_token: &str,
     refresh_token: Option<&str>,

@@ -8,13 +8,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::GenericClient;
-
-/// A pooled connection or its transaction: statements are prepared once per connection.
-use deadpool_postgres::GenericClient as Cached;
 use uuid::Uuid;
 
-use super::DbError;
+use super::{Conn, DbError, Param, Sql};
 use crate::providers::{Account, Meeting};
 
 /// A job this daemon holds the lease on.
@@ -70,15 +66,11 @@ pub struct Intent {
 /// batch, on a table of any size.
 ///
 /// Takes a connection of its own (not a transaction): the claim is its own transaction.
-pub async fn claim(
-    client: &deadpool_postgres::Client,
-    owner: Uuid,
-    limit: usize,
-    lease: Duration,
-) -> Result<Vec<Snapshot>, DbError> {
-    let statement = client.prepare_cached(CLAIM).await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&(limit as i64), &owner, &lease.as_secs_f64()];
-    let rows = in_own_transaction(client, CLAIM_SETTINGS, &statement, &params).await?;
+pub async fn claim(client: &Conn, owner: Uuid, limit: usize, lease: Duration) -> Result<Vec<Snapshot>, DbError> {
+    let rows = client
+        .sql()
+        .in_own_transaction(CLAIM_SETTINGS, CLAIM, &[&(limit as i64), &owner, &lease.as_secs_f64()])
+        .await?;
     Ok(rows.iter().map(snapshot_of).collect())
 }
 
@@ -254,60 +246,48 @@ fn time_of(r: &tokio_postgres::Row, column: &str, problems: &mut Vec<String>) ->
 /// Records, fenced on the claim, that a create of `generation` on `platform` is about to be
 /// attempted. Commits on its own before the platform call; `false` when the lease was lost (the
 /// call must not be made).
-pub async fn record_intent(client: &impl Cached, claim: &Claim, intent: &Intent) -> Result<bool, DbError> {
-    let statement = client
-        .prepare_cached(
-            "UPDATE meetingd.jobs SET intent_platform = $3, intent_generation = $4, intent_owner = $6
-              WHERE id = $1 AND claim_seq = $2 AND lease_token = $5",
-        )
-        .await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+pub async fn record_intent(db: Sql<'_>, claim: &Claim, intent: &Intent) -> Result<bool, DbError> {
+    let params: [&dyn Param; 6] =
         [&claim.job_id, &claim.claim_seq, &intent.platform, &intent.generation, &claim.token, &intent.owner];
-    Ok(client.execute(&statement, &params).await? == 1)
+    let sql = "UPDATE meetingd.jobs SET intent_platform = $3, intent_generation = $4, intent_owner = $6
+                WHERE id = $1 AND claim_seq = $2 AND lease_token = $5";
+    Ok(db.execute(sql, &params).await? == 1)
 }
 
 /// Confirms, fenced on the claim, that `claim` still holds, with a write (an update that changes
 /// nothing) so that its synchronous commit also makes the claim itself durable. `false` when the
 /// claim is gone (its lease was taken over, or a server crash lost it).
-pub async fn hold_claim(client: &impl Cached, claim: &Claim) -> Result<bool, DbError> {
-    let statement = client
-        .prepare_cached(
-            "UPDATE meetingd.jobs SET lease_owner = lease_owner
-              WHERE id = $1 AND claim_seq = $2 AND lease_token = $3",
-        )
-        .await?;
-    Ok(client.execute(&statement, &[&claim.job_id, &claim.claim_seq, &claim.token]).await? == 1)
+pub async fn hold_claim(db: Sql<'_>, claim: &Claim) -> Result<bool, DbError> {
+    let sql = "UPDATE meetingd.jobs SET lease_owner = lease_owner
+                WHERE id = $1 AND claim_seq = $2 AND lease_token = $3";
+    Ok(db.execute(sql, &[&claim.job_id, &claim.claim_seq, &claim.token]).await? == 1)
 }
 
 /// Records that a meeting exists at its platform out of meetingd's reach (the account it lives in
 /// is gone), and tells the provider with a `meeting_orphaned` event. Not fenced: it is a fact
 /// about the platform, recorded once per meeting however many runs find it.
 pub async fn record_orphan(
-    client: &impl Cached,
+    db: Sql<'_>,
     booking_id: Uuid,
     platform: &str,
     meeting: &Meeting,
     owner: Option<Uuid>,
     reason: &str,
 ) -> Result<(), DbError> {
-    let statement = client
-        .prepare_cached(
-            "WITH o AS (
+    let sql = "WITH o AS (
                 INSERT INTO meetingd.orphaned_meetings
                     (booking_id, platform, external_id, owner_id, integration_id, account, reason)
                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                 ON CONFLICT (platform, external_id) DO NOTHING RETURNING id
              )
              INSERT INTO meetingd.events (kind, user_id, booking_id, platform, message)
-             SELECT 'meeting_orphaned', $4, $1, $2, $8 FROM o",
-        )
-        .await?;
+             SELECT 'meeting_orphaned', $4, $1, $2, $8 FROM o";
     let account = meeting.account.as_ref();
     let message = format!(
         "meetingd could not remove the meeting {} because {reason}; delete it yourself in that account if it is still there.",
         meeting.external_id
     );
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+    let params: [&dyn Param; 8] = [
         &booking_id,
         &platform,
         &meeting.external_id,
@@ -317,44 +297,32 @@ pub async fn record_orphan(
         &reason,
         &message,
     ];
-    client.execute(&statement, &params).await?;
+    db.execute(sql, &params).await?;
     Ok(())
 }
 
 /// Notes, fenced on the claim, that the write-back of `claim` was refused by the database for a
 /// reason of its own (not an unreachable server): the error becomes the job's `last_error`, the
 /// count grows, and the job is claimed again after `retry_in`. Touches only the job row.
-pub async fn note_write_failure(
-    client: &impl Cached,
-    claim: &Claim,
-    error: &str,
-    retry_in: Duration,
-) -> Result<bool, DbError> {
-    let statement = client
-        .prepare_cached(
-            "UPDATE meetingd.jobs
-                SET write_failures = write_failures + 1, last_error = $4,
-                    lease_until = now() + make_interval(secs => $5), updated_at = now()
-              WHERE id = $1 AND claim_seq = $2 AND lease_token = $3",
-        )
-        .await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
-        [&claim.job_id, &claim.claim_seq, &claim.token, &error, &retry_in.as_secs_f64()];
-    Ok(client.execute(&statement, &params).await? == 1)
+pub async fn note_write_failure(db: Sql<'_>, claim: &Claim, error: &str, retry_in: Duration) -> Result<bool, DbError> {
+    let sql = "UPDATE meetingd.jobs
+                  SET write_failures = write_failures + 1, last_error = $4,
+                      lease_until = now() + make_interval(secs => $5), updated_at = now()
+                WHERE id = $1 AND claim_seq = $2 AND lease_token = $3";
+    let params: [&dyn Param; 5] = [&claim.job_id, &claim.claim_seq, &claim.token, &error, &retry_in.as_secs_f64()];
+    Ok(db.execute(sql, &params).await? == 1)
 }
 
 /// Fails the job of `claim` without touching the booking (whose row refuses the write-back):
 /// the job row, an audit line and a `meeting_failed` event for `user`. Fenced on the claim.
 pub async fn give_up(
-    client: &impl Cached,
+    db: Sql<'_>,
     actor: &str,
     claim: &Claim,
     user: Option<Uuid>,
     error: &str,
 ) -> Result<bool, DbError> {
-    let statement = client
-        .prepare_cached(
-            "WITH j AS (
+    let sql = "WITH j AS (
                 UPDATE meetingd.jobs
                    SET state = 'failed', last_error = $4 || COALESCE(' Last error: ' || last_error, ''),
                        lease_owner = NULL, lease_until = NULL, lease_token = NULL,
@@ -368,23 +336,17 @@ pub async fn give_up(
                 INSERT INTO meetingd.events (kind, user_id, booking_id, message)
                 SELECT 'meeting_failed', $6, booking_id, last_error FROM j
              )
-             SELECT count(*) FROM j",
-        )
-        .await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+             SELECT count(*) FROM j";
+    let params: [&dyn Param; 7] =
         [&claim.job_id, &claim.claim_seq, &claim.token, &error, &actor, &user, &claim.attempt];
-    Ok(client.query_one(&statement, &params).await?.get::<_, i64>(0) == 1)
+    Ok(db.query_one(sql, &params).await?.get::<_, i64>(0) == 1)
 }
 
 /// How long until the next pending job becomes due (zero if one is due now), `None` if none is pending.
-pub async fn next_due_in(client: &impl Cached) -> Result<Option<Duration>, DbError> {
-    let statement = client
-        .prepare_cached(
-            "SELECT EXTRACT(EPOCH FROM min(GREATEST(run_at, COALESCE(lease_until, run_at))) - now())::float8
-               FROM meetingd.jobs WHERE state = 'pending'",
-        )
-        .await?;
-    let secs: Option<f64> = client.query_one(&statement, &[]).await?.get(0);
+pub async fn next_due_in(db: Sql<'_>) -> Result<Option<Duration>, DbError> {
+    let sql = "SELECT EXTRACT(EPOCH FROM min(GREATEST(run_at, COALESCE(lease_until, run_at))) - now())::float8
+                 FROM meetingd.jobs WHERE state = 'pending'";
+    let secs: Option<f64> = db.query_one(sql, &[]).await?.get(0);
     Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
 }
 
@@ -518,40 +480,39 @@ const INSERT_EVENT: &str =
 
 /// Records a notification for the app (a trigger also sends it on channel `meetingd_events`).
 pub async fn insert_event(
-    client: &impl GenericClient,
+    db: Sql<'_>,
     event: &Event,
     user_id: Option<Uuid>,
     booking_id: Option<Uuid>,
 ) -> Result<(), DbError> {
-    client.execute(INSERT_EVENT, &[&event.kind, &user_id, &booking_id, &event.platform, &event.message]).await?;
+    db.execute(INSERT_EVENT, &[&event.kind, &user_id, &booking_id, &event.platform, &event.message]).await?;
     Ok(())
 }
 
 /// Appends one audit row.
 pub async fn insert_audit(
-    client: &impl GenericClient,
+    db: Sql<'_>,
     actor: &str,
     booking_id: Option<Uuid>,
     user_id: Option<Uuid>,
     attempt: Option<i32>,
     entry: &AuditEntry,
 ) -> Result<(), DbError> {
-    client
-        .execute(
-            INSERT_AUDIT,
-            &[
-                &actor,
-                &entry.action,
-                &booking_id,
-                &user_id,
-                &entry.platform,
-                &entry.outcome,
-                &attempt,
-                &entry.duration_ms,
-                &entry.detail,
-            ],
-        )
-        .await?;
+    db.execute(
+        INSERT_AUDIT,
+        &[
+            &actor,
+            &entry.action,
+            &booking_id,
+            &user_id,
+            &entry.platform,
+            &entry.outcome,
+            &attempt,
+            &entry.duration_ms,
+            &entry.detail,
+        ],
+    )
+    .await?;
     Ok(())
 }
 
@@ -591,7 +552,7 @@ pub enum BookingLocks {
 /// Like the claim, the statement runs on its generic plan of index lookups, kept per connection;
 /// its commit is synchronous.
 pub async fn write_back(
-    client: &deadpool_postgres::Client,
+    client: &Conn,
     actor: &str,
     batch: &[Finished],
     locks: BookingLocks,
@@ -604,8 +565,7 @@ pub async fn write_back(
         BookingLocks::Wait => WRITE_BACK_WAITING,
         BookingLocks::Skip => WRITE_BACK_SKIPPING,
     };
-    let statement = client.prepare_cached(sql).await?;
-    let rows = in_own_transaction(client, PLAN_SETTINGS, &statement, &w.params()).await?;
+    let rows = client.sql().in_own_transaction(PLAN_SETTINGS, sql, &w.params()).await?;
     // By entry (1-based); an entry whose booking was not locked has no row.
     let mut results = vec![None; batch.len()];
     for row in rows {
@@ -629,29 +589,6 @@ macro_rules! plan_settings {
 }
 const PLAN_SETTINGS: &str = plan_settings!();
 const CLAIM_SETTINGS: &str = concat!("SET LOCAL synchronous_commit = off; ", plan_settings!());
-
-/// Runs one statement in a transaction of its own with `settings` (`SET LOCAL …`), in one round
-/// trip: BEGIN, the settings, the statement and COMMIT are queued on the connection together.
-/// `join!`, not `try_join!`, so BEGIN is never sent without the COMMIT that ends it; after a
-/// failed statement that COMMIT rolls back, and the connection goes back to the pool outside any
-/// transaction, with its own settings.
-async fn in_own_transaction(
-    client: &deadpool_postgres::Client,
-    settings: &str,
-    statement: &tokio_postgres::Statement,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Result<Vec<tokio_postgres::Row>, DbError> {
-    let begin = format!("BEGIN; {settings}");
-    let (begun, rows, committed) = futures_util::join!(
-        client.batch_execute(&begin),
-        client.query(statement, params),
-        client.batch_execute("COMMIT"),
-    );
-    begun?;
-    let rows = rows?;
-    committed?;
-    Ok(rows)
-}
 
 /// The job row's `run_at` delay and `last_error` for an outcome.
 fn fence_values(outcome: &Outcome) -> (f64, Option<&str>) {
@@ -786,7 +723,7 @@ impl<'a> Writes<'a> {
     }
 
     /// In the order of the statement's `$n`.
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 43] {
+    fn params(&self) -> [&dyn Param; 43] {
         [
             &self.job_ids,
             &self.booking_ids,

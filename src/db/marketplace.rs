@@ -5,9 +5,7 @@
 //! NULLs and with the odd types below (see `jobs::claim`); this module only tells an operator,
 //! before the first booking, what will happen with each oddity. It must not change anything.
 
-use tokio_postgres::GenericClient;
-
-use super::DbError;
+use super::{DbError, Sql};
 
 /// One column meetingd reads, and what its type and nullability mean for the bookings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,9 +50,9 @@ enum Kind {
 }
 
 /// Inspects every column meetingd reads.
-pub async fn inspect(client: &impl GenericClient) -> Result<Vec<ColumnReport>, DbError> {
+pub async fn inspect(db: Sql<'_>) -> Result<Vec<ColumnReport>, DbError> {
     let (tables, names): (Vec<&str>, Vec<&str>) = COLUMNS.iter().map(|(t, c, _)| (*t, *c)).unzip();
-    let rows = client
+    let rows = db
         .query(
             "SELECT w.n, t.typname, format_type(a.atttypid, a.atttypmod), a.attnotnull, t.typtype::text
                FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS w(tbl, col, n)

@@ -6,7 +6,7 @@
 
 use tokio_postgres::Client;
 
-use super::DbError;
+use super::{DbError, Mode, Sql};
 
 refinery::embed_migrations!("sql/migrations");
 
@@ -33,7 +33,7 @@ pub struct Applied {
 
 /// Applies every pending migration. A second run is a no-op.
 pub async fn migrate(client: &mut Client) -> Result<Applied, DbError> {
-    let missing = missing_marketplace_tables(client).await?;
+    let missing = missing_marketplace_tables(Sql::new(client, Mode::DIRECT)).await?;
     if !missing.is_empty() {
         return Err(DbError::Schema(format!(
             "the marketplace tables {} are missing: meetingd runs beside the marketplace database, whose schema must exist first (sql/fixtures/marketplace.sql is the reference)",
@@ -42,7 +42,7 @@ pub async fn migrate(client: &mut Client) -> Result<Applied, DbError> {
     }
     // Nothing to do: touch nothing, so a daemon role without the right to create schemas (the
     // migrations are the tables' owner's to run) starts on a current schema.
-    if status(client).await?.is_current() {
+    if status(Sql::new(client, Mode::DIRECT)).await?.is_current() {
         return Ok(Applied { applied: Vec::new(), version: latest_version() });
     }
     client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]).await?;
@@ -94,7 +94,7 @@ impl SchemaStatus {
     }
 }
 
-pub async fn status(client: &Client) -> Result<SchemaStatus, DbError> {
+pub async fn status(client: Sql<'_>) -> Result<SchemaStatus, DbError> {
     let missing_marketplace_tables = missing_marketplace_tables(client).await?;
     let history: Option<String> = client.query_one("SELECT to_regclass($1)::text", &[&HISTORY_TABLE]).await?.get(0);
     let applied = match history {
@@ -106,7 +106,7 @@ pub async fn status(client: &Client) -> Result<SchemaStatus, DbError> {
     Ok(SchemaStatus { applied, latest: latest_version(), missing_marketplace_tables })
 }
 
-async fn missing_marketplace_tables(client: &Client) -> Result<Vec<String>, DbError> {
+async fn missing_marketplace_tables(client: Sql<'_>) -> Result<Vec<String>, DbError> {
     let mut missing = Vec::new();
     for table in MARKETPLACE_TABLES {
         let found: Option<String> = client.query_one("SELECT to_regclass($1)::text", &[&table]).await?.get(0);

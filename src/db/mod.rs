@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod listen;
 pub mod marketplace;
 pub mod migrate;
+pub mod sql;
 pub mod tls;
 
 use std::time::Duration;
@@ -18,7 +19,99 @@ use secrecy::ExposeSecret;
 
 use crate::config::DatabaseConfig;
 
-pub type Pool = deadpool_postgres::Pool;
+pub use sql::{Mode, Param, Sql};
+
+/// The worker pool, and how its connections send statements (`database.pooler`).
+#[derive(Clone, Debug)]
+pub struct Pool {
+    inner: deadpool_postgres::Pool,
+    mode: Mode,
+}
+
+impl Pool {
+    pub async fn get(&self) -> Result<Conn, deadpool_postgres::PoolError> {
+        Ok(Conn { client: self.inner.get().await?, mode: self.mode })
+    }
+
+    pub fn status(&self) -> deadpool_postgres::Status {
+        self.inner.status()
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+}
+
+/// A pooled connection; its statements go through [`Conn::sql`].
+pub struct Conn {
+    client: deadpool_postgres::Client,
+    mode: Mode,
+}
+
+impl Conn {
+    pub fn sql(&self) -> Sql<'_> {
+        Sql::cached(&self.client, &self.client.statement_cache, self.mode)
+    }
+
+    /// Opens a transaction (with the mode's `SET LOCAL` settings).
+    pub async fn transaction(&mut self) -> Result<Tx<'_>, tokio_postgres::Error> {
+        Tx::begin(&mut self.client, self.mode).await
+    }
+}
+
+/// The connection itself, for tests that look at it; meetingd's own statements go through
+/// [`Conn::sql`].
+impl std::ops::Deref for Conn {
+    type Target = deadpool_postgres::Client;
+    fn deref(&self) -> &deadpool_postgres::Client {
+        &self.client
+    }
+}
+
+/// A connection outside the pool and how it sends statements.
+pub struct Session {
+    pub client: tokio_postgres::Client,
+    pub mode: Mode,
+}
+
+impl Session {
+    pub fn sql(&self) -> Sql<'_> {
+        Sql::new(&self.client, self.mode)
+    }
+
+    pub async fn transaction(&mut self) -> Result<Tx<'_>, tokio_postgres::Error> {
+        Tx::begin(&mut self.client, self.mode).await
+    }
+}
+
+/// A transaction on either kind of connection; dropped without `commit`, it rolls back.
+pub struct Tx<'a> {
+    tx: tokio_postgres::Transaction<'a>,
+    mode: Mode,
+}
+
+impl<'a> Tx<'a> {
+    async fn begin(client: &'a mut tokio_postgres::Client, mode: Mode) -> Result<Tx<'a>, tokio_postgres::Error> {
+        let tx = client.transaction().await?;
+        let settings = mode.local_settings();
+        if !settings.is_empty() {
+            tx.batch_execute(&settings).await?;
+        }
+        Ok(Tx { tx, mode })
+    }
+
+    pub fn sql(&self) -> Sql<'_> {
+        Sql::new(self.tx.client(), self.mode).in_transaction()
+    }
+
+    pub async fn commit(self) -> Result<(), tokio_postgres::Error> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), tokio_postgres::Error> {
+        self.tx.rollback().await
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -96,10 +189,10 @@ impl DbError {
 /// After `error` on `client`: a connection to a read-only server is not returned to the pool,
 /// and the idle ones are closed too (they lead to the same server), so the next statements run
 /// on new connections, which find the writable server.
-pub fn discard_if_read_only(pool: &Pool, client: deadpool_postgres::Client, error: &DbError) {
+pub fn discard_if_read_only(pool: &Pool, conn: Conn, error: &DbError) {
     if error.is_read_only() {
-        let _ = deadpool_postgres::Object::take(client);
-        let closed = pool.retain(|_, _| false).removed.len();
+        let _ = deadpool_postgres::Object::take(conn.client);
+        let closed = pool.inner.retain(|_, _| false).removed.len();
         tracing::warn!(
             closed_idle = closed,
             "the database server is read-only (a standby after a failover?); reconnecting"
@@ -165,28 +258,33 @@ pub fn tls(cfg: &DatabaseConfig) -> Result<tls::Tls, DbError> {
 }
 
 /// Whether this session is encrypted, as the server sees it.
-pub async fn session_encrypted(client: &tokio_postgres::Client) -> Result<bool, DbError> {
-    Ok(client
+pub async fn session_encrypted(db: Sql<'_>) -> Result<bool, DbError> {
+    Ok(db
         .query_one("SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)", &[])
         .await?
         .get(0))
 }
 
-/// How long a worker statement waits for a row lock the app holds (a booking row in a long
-/// transaction) before giving up; the job then runs again after its lease expires instead of
-/// occupying a worker slot indefinitely.
-const WORKER_LOCK_TIMEOUT: &str = "-c lock_timeout=10s";
-
-/// The pool the worker (and the admin commands) run queries on.
+/// The pool the worker (and the HTTP API) run queries on.
+///
+/// A worker statement waits at most `database.lock_timeout_ms` for a row lock the app holds (a
+/// booking row in a long transaction); the job then runs again after its lease expires instead
+/// of occupying a worker slot indefinitely. Directly on PostgreSQL the setting comes with every
+/// connection (startup `options`), so it costs nothing per statement; PgBouncer refuses startup
+/// options, so behind it the [`Mode`] sets it with `SET LOCAL` in every transaction.
 pub fn pool(cfg: &DatabaseConfig, size: usize) -> Result<Pool, DbError> {
     let (mut pg, tls) = pg_config(cfg)?;
-    let options = match pg.get_options() {
-        Some(existing) => format!("{existing} {WORKER_LOCK_TIMEOUT}"),
-        None => WORKER_LOCK_TIMEOUT.to_string(),
-    };
-    pg.options(options);
+    let mode = Mode::pooled(cfg);
+    if mode.lock_timeout_ms.is_none() {
+        let lock_timeout = format!("-c lock_timeout={}", cfg.lock_timeout_ms);
+        let options = match pg.get_options() {
+            Some(existing) => format!("{existing} {lock_timeout}"),
+            None => lock_timeout,
+        };
+        pg.options(options);
+    }
     let manager = Manager::from_config(pg, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    Pool::builder(manager)
+    let inner = deadpool_postgres::Pool::builder(manager)
         .max_size(size)
         // The most recently used connection first: under light load a few connections, whose
         // statements are already prepared, serve everything.
@@ -194,10 +292,23 @@ pub fn pool(cfg: &DatabaseConfig, size: usize) -> Result<Pool, DbError> {
         .runtime(Runtime::Tokio1)
         .create_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
         .build()
-        .map_err(|e| DbError::Config(e.to_string()))
+        .map_err(|e| DbError::Config(e.to_string()))?;
+    Ok(Pool { inner, mode })
 }
 
-/// One connection outside the pool (migrations, admin commands), its driver spawned on the runtime.
+/// One connection outside the pool (admin commands), its driver spawned on the runtime.
+pub async fn session(cfg: &DatabaseConfig) -> Result<Session, DbError> {
+    Ok(Session { client: connect(cfg).await?, mode: Mode::session(cfg) })
+}
+
+/// The connection migrations run on: `database.migration_url` (else `database.url`), always sent
+/// as to PostgreSQL itself (refinery prepares statements and holds a session advisory lock).
+pub async fn connect_for_migrations(cfg: &DatabaseConfig) -> Result<tokio_postgres::Client, DbError> {
+    let direct = DatabaseConfig { url: cfg.migration_url().clone(), ..cfg.clone() };
+    connect(&direct).await
+}
+
+/// One connection outside the pool, its driver spawned on the runtime.
 pub async fn connect(cfg: &DatabaseConfig) -> Result<tokio_postgres::Client, DbError> {
     let (pg, tls) = pg_config(cfg)?;
     let (client, connection) = pg.connect(tls).await.map_err(DbError::Connect)?;

@@ -97,6 +97,7 @@ impl FromRequestParts<AppState> for Caller {
         })?;
         let client = state.pool.get().await?;
         let row = client
+            .sql()
             .query_opt(
                 "SELECT u.role = 'provider' OR EXISTS (SELECT 1 FROM services s WHERE s.provider_id = u.id)
                    FROM users u WHERE u.id = $1",

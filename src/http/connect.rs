@@ -96,10 +96,11 @@ pub async fn connect(
     let authorization = oauth.authorize(&state.config.google.auth_url, &redirect, &GOOGLE_SCOPES, &oauth_state);
 
     let client = state.pool.get().await?;
-    client.execute("DELETE FROM meetingd.oauth_states WHERE expires_at < now()", &[]).await?;
+    client.sql().execute("DELETE FROM meetingd.oauth_states WHERE expires_at < now()", &[]).await?;
     let row_id = Uuid::new_v4();
     let verifier = state.keyring.encrypt(&authorization.pkce_verifier, row_id, Column::PkceVerifier);
     client
+        .sql()
         .execute(
             "INSERT INTO meetingd.oauth_states (state_hash, id, user_id, platform, pkce_verifier, expires_at)
              VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
@@ -158,6 +159,7 @@ async fn finish_connect(
     // happens next (a state seen without its cookie is burnt too).
     let mut client = state.pool.get().await.map_err(|e| internal(e.to_string()))?;
     let row = client
+        .sql()
         .query_opt(
             "DELETE FROM meetingd.oauth_states WHERE state_hash = $1 AND platform = $2
              RETURNING id, user_id, pkce_verifier, expires_at > now()",
@@ -210,17 +212,17 @@ async fn finish_connect(
         email,
     };
     let tx = client.transaction().await.map_err(|e| internal(e.to_string()))?;
-    crate::admin::store_integration(&tx, &state.keyring, &format!("user:{user_id}"), &new)
+    crate::admin::store_integration(tx.sql(), &state.keyring, &format!("user:{user_id}"), &new)
         .await
         .map_err(|e| internal(e.to_string()))?;
     tx.commit().await.map_err(|e| internal(e.to_string()))?;
-    let requeued = requeue_failed(&client, user_id).await.map_err(|e| internal(e.to_string()))?;
+    let requeued = requeue_failed(client.sql(), user_id).await.map_err(|e| internal(e.to_string()))?;
     tracing::info!(user_id = %user_id, platform = %platform, requeued, "provider connected {}", platform.display_name());
     Ok(platform)
 }
 
 /// The provider's bookings whose meeting failed get another try now that an account is connected.
-pub async fn requeue_failed(client: &tokio_postgres::Client, provider: Uuid) -> Result<u64, tokio_postgres::Error> {
+pub async fn requeue_failed(client: crate::db::Sql<'_>, provider: Uuid) -> Result<u64, tokio_postgres::Error> {
     let n = client
         .execute(
             "UPDATE meetingd.jobs j

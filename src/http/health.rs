@@ -45,7 +45,7 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     let (database, migrations) = match h.pool.get().await {
         Err(e) => (format!("down: {e}"), "unknown".to_string()),
-        Ok(client) => match crate::db::migrate::status(&client).await {
+        Ok(client) => match crate::db::migrate::status(client.sql()).await {
             Ok(s) if s.is_current() => ("ok".into(), "current".into()),
             Ok(s) => ("ok".into(), s.explain()),
             Err(e) => (format!("error: {e}"), "unknown".into()),

@@ -36,6 +36,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
     caller.require_provider()?;
     let client = state.pool.get().await?;
     let rows = client
+        .sql()
         .query(
             "SELECT platform, platform_user_email, COALESCE(is_active, false) AND access_token <> '', created_at
                FROM user_meeting_integrations WHERE user_id = $1 ORDER BY platform",
@@ -69,7 +70,7 @@ pub async fn remove(
     caller.require_provider()?;
     let platform = path_platform(&segment)?;
     let mut client = state.pool.get().await?;
-    let row = integrations::load(&**client, caller.user_id, platform.as_str(), false)
+    let row = integrations::load(client.sql(), caller.user_id, platform.as_str(), false)
         .await?
         .ok_or_else(|| ApiError::not_found("integration"))?;
     // Revoking the refresh token ends the whole grant at Google; fall back to the access token.
@@ -88,7 +89,12 @@ pub async fn remove(
             }
         }
     }
-    crate::admin::disable_integration(&mut client, &format!("user:{}", caller.user_id), caller.user_id, platform)
-        .await?;
+    crate::admin::disable_integration(
+        client.transaction().await?,
+        &format!("user:{}", caller.user_id),
+        caller.user_id,
+        platform,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -78,6 +78,7 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 async fn load(state: &AppState, caller: &Caller, id: Uuid) -> Result<(Booking, Role), ApiError> {
     let client = state.pool.get().await?;
     let row = client
+        .sql()
         .query_opt(
             "SELECT b.id, b.status, COALESCE(s.is_online, false), b.start_time, b.end_time, s.title, s.description,
                     pu.full_name, b.meeting_link, b.meeting_platform, b.meeting_status, b.meeting_error,
@@ -138,7 +139,7 @@ fn view(b: &Booking, role: Role) -> MeetingView {
 /// Re-arms the booking's job (the daemon then reconciles it) and returns the view after the change.
 async fn touch(state: &AppState, id: Uuid) -> Result<(), ApiError> {
     let client = state.pool.get().await?;
-    client.query_one("SELECT meetingd.touch_job($1)", &[&id]).await?;
+    client.sql().query_one("SELECT meetingd.touch_job($1)", &[&id]).await?;
     Ok(())
 }
 
@@ -223,6 +224,7 @@ pub async fn update(
         Some(link) => {
             let link = validate_link(&link)?;
             client
+                .sql()
                 .query(
                     "WITH u AS (
                         UPDATE bookings SET meeting_status = 'manual', meeting_link = $2, meeting_id = NULL,
@@ -236,6 +238,7 @@ pub async fn update(
         None => {
             // Back to meetingd's meeting: a link meetingd did not write goes.
             client
+                .sql()
                 .query(
                     "WITH u AS (
                         UPDATE bookings SET meeting_status = 'pending', meeting_error = NULL,
@@ -250,7 +253,7 @@ pub async fn update(
                 .await?;
         }
     }
-    audit(&client, &caller, id, "meeting.manual_update").await?;
+    audit(client.sql(), &caller, id, "meeting.manual_update").await?;
     drop(client);
     let (after, role) = load(&state, &caller, id).await?;
     Ok(accepted(view(&after, role)))
@@ -276,13 +279,14 @@ pub async fn delete(
     provider_only(role)?;
     let client = state.pool.get().await?;
     client
+        .sql()
         .execute(
             "UPDATE bookings SET meeting_status = 'manual', meeting_link = NULL, meeting_id = NULL, meeting_error = NULL
               WHERE id = $1",
             &[&id],
         )
         .await?;
-    audit(&client, &caller, id, "meeting.manual_delete").await?;
+    audit(client.sql(), &caller, id, "meeting.manual_delete").await?;
     drop(client);
     touch(&state, id).await?;
     let (after, role) = load(&state, &caller, id).await?;
@@ -290,7 +294,7 @@ pub async fn delete(
 }
 
 async fn audit(
-    client: &tokio_postgres::Client,
+    client: crate::db::Sql<'_>,
     caller: &Caller,
     booking: Uuid,
     action: &'static str,

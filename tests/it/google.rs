@@ -67,7 +67,14 @@ pub async fn connect_google_as(
     };
     let keyring = config.encryption.keyring().unwrap();
     let tx = client.transaction().await.unwrap();
-    meetingd::admin::store_integration(&tx, &keyring, "test", &new).await.unwrap();
+    meetingd::admin::store_integration(
+        meetingd::db::Sql::new(tx.client(), meetingd::db::Mode::DIRECT).in_transaction(),
+        &keyring,
+        "test",
+        &new,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 }
 

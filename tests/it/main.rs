@@ -9,6 +9,7 @@ mod leftovers;
 mod migrations;
 mod odd_rows;
 mod ops;
+mod pgbouncer;
 mod privileges;
 mod tls;
 mod trigger;

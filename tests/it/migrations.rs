@@ -25,7 +25,7 @@ async fn migrate_onto_populated_database_keeps_rows_and_second_run_is_noop() {
     let before = market::count(&c, "SELECT count(*) FROM bookings").await;
 
     let mut client = connect(&db.url).await;
-    let status = migrate::status(&client).await.unwrap();
+    let status = migrate::status(meetingd::db::Sql::new(&client, meetingd::db::Mode::DIRECT)).await.unwrap();
     assert_eq!(status.applied, None);
     assert!(!status.is_current());
     assert!(status.explain().contains("meetingd migrate"), "{}", status.explain());
@@ -34,7 +34,7 @@ async fn migrate_onto_populated_database_keeps_rows_and_second_run_is_noop() {
     assert_eq!(first.applied.len(), latest_version() as usize, "{:?}", first.applied);
     let second = migrate::migrate(&mut client).await.unwrap();
     assert!(second.applied.is_empty(), "second run applied {:?}", second.applied);
-    assert!(migrate::status(&client).await.unwrap().is_current());
+    assert!(migrate::status(meetingd::db::Sql::new(&client, meetingd::db::Mode::DIRECT)).await.unwrap().is_current());
 
     assert_eq!(market::count(&c, "SELECT count(*) FROM bookings").await, before);
     let row = c
@@ -122,6 +122,6 @@ async fn missing_marketplace_tables_are_a_clear_error() {
     let mut client = connect(&db.url).await;
     let err = migrate::migrate(&mut client).await.unwrap_err().to_string();
     assert!(err.contains("users, services, bookings are missing"), "{err}");
-    let status = migrate::status(&client).await.unwrap();
+    let status = migrate::status(meetingd::db::Sql::new(&client, meetingd::db::Mode::DIRECT)).await.unwrap();
     assert_eq!(status.missing_marketplace_tables, ["users", "services", "bookings"]);
 }

@@ -363,7 +363,7 @@ async fn a_holder_whose_lease_was_taken_over_does_not_call_the_platform() {
 
 /// Claims up to 10 due jobs, as another daemon would, on a connection of its own (returned, for
 /// statements that must run as that daemon).
-async fn claim_as_another_daemon(s: &Setup) -> (deadpool_postgres::Client, Vec<meetingd::db::jobs::Snapshot>) {
+async fn claim_as_another_daemon(s: &Setup) -> (meetingd::db::Conn, Vec<meetingd::db::jobs::Snapshot>) {
     let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
     let client = pool.get().await.unwrap();
     let claimed = meetingd::db::jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
@@ -376,7 +376,7 @@ async fn claim_as_another_daemon(s: &Setup) -> (deadpool_postgres::Client, Vec<m
 async fn claim_lost_with_the_server_then_claimed_again(
     s: &Setup,
     b: Uuid,
-) -> (deadpool_postgres::Client, meetingd::db::jobs::Snapshot, meetingd::db::jobs::Snapshot) {
+) -> (meetingd::db::Conn, meetingd::db::jobs::Snapshot, meetingd::db::jobs::Snapshot) {
     let (client, mut lost) = claim_as_another_daemon(s).await;
     let lost = lost.remove(0);
     s.c.execute(
@@ -402,7 +402,7 @@ async fn a_claim_lost_with_the_server_cannot_pass_for_the_next_claim_of_its_numb
     // The lost claim's holder can record neither a create intent nor an outcome.
     assert!(
         !jobs::record_intent(
-            &client,
+            client.sql(),
             &lost.claim,
             &jobs::Intent { platform: "google_meet".into(), generation: 1, owner: None }
         )

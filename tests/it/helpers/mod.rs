@@ -3,6 +3,7 @@ pub mod cluster;
 pub mod db;
 pub mod fake_google;
 pub mod market;
+pub mod pgbouncer;
 pub mod scripted;
 
 /// A child process that is killed (SIGKILL) when dropped, so a failing test leaves no daemon behind.

@@ -1,0 +1,230 @@
+//! meetingd behind PgBouncer in transaction pooling mode (`database.pooler =
+//! "pgbouncer-transaction"`, `worker.listen = false`): statements of different clients share two
+//! server connections, so nothing may rely on a named prepared statement or on session state.
+
+use std::time::Duration;
+
+use meetingd::RunError;
+use meetingd::config::{Config, Pooler};
+use meetingd::providers::Providers;
+use secrecy::SecretString;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::cli::{meetingd, text};
+use crate::helpers::db::{TestDb, eventually};
+use crate::helpers::market::{self, count, meeting};
+use crate::helpers::pgbouncer::PgBouncer;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Daemon {
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), RunError>>,
+}
+
+impl Daemon {
+    fn start(config: Config) -> Daemon {
+        let shutdown = CancellationToken::new();
+        let providers = Providers::from_config(&config);
+        let options = meetingd::RunOptions {
+            providers: Some(Box::new(move |_| Ok(providers))),
+            http_listener: None,
+            ops_listener: None,
+        };
+        let task = tokio::spawn(meetingd::run_with(config, options, shutdown.clone()));
+        Daemon { shutdown, task }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task).await.expect("daemon stops in time").unwrap().unwrap();
+    }
+}
+
+/// The daemon's configuration for `db` reached through `bouncer`.
+fn pooled_config(db: &TestDb, bouncer: &PgBouncer) -> Config {
+    let mut c = db.config();
+    c.database.url = SecretString::from(bouncer.url_for(&db.url));
+    c.database.migration_url = SecretString::from(db.url.clone());
+    c.database.pooler = Pooler::PgbouncerTransaction;
+    c.worker.listen = false;
+    c.worker.concurrency = 8;
+    c
+}
+
+async fn assert_one_live_meeting_each(c: &tokio_postgres::Client, ids: &[Uuid]) {
+    let rows = c
+        .query(
+            "SELECT b.id,
+                    (SELECT count(*) FROM meetingd.meetings m WHERE m.booking_id = b.id AND m.state = 'live'
+                        AND m.join_url = b.meeting_link AND m.start_time = b.start_time),
+                    (SELECT count(*) FROM meetingd.audit_log a
+                      WHERE a.booking_id = b.id AND a.action = 'meeting.create' AND a.outcome = 'ok')
+               FROM bookings b WHERE b.id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), ids.len());
+    for r in rows {
+        let (id, live, creates): (Uuid, i64, i64) = (r.get(0), r.get(1), r.get(2));
+        assert_eq!((live, creates), (1, 1), "booking {id}: live meetings matching its link, recorded creates");
+    }
+}
+
+async fn wait_ready(c: &tokio_postgres::Client, ids: &[Uuid]) {
+    eventually(&format!("{} bookings linked", ids.len()), WAIT, || async {
+        let ready: i64 = c
+            .query_one("SELECT count(*) FROM bookings WHERE id = ANY($1) AND meeting_status = 'ready'", &[&ids])
+            .await
+            .unwrap()
+            .get(0);
+        (ready == ids.len() as i64).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_burst_reschedule_and_cancel_through_pgbouncer() {
+    let db = TestDb::migrated().await;
+    let bouncer = PgBouncer::start(2);
+    let c = db.client().await;
+    let m = market::seed(&c).await;
+    let ids = market::book_many(&c, m.online, m.customer, 200).await;
+    let daemon = Daemon::start(pooled_config(&db, &bouncer));
+    c.execute("UPDATE bookings SET status = 'confirmed' WHERE id = ANY($1)", &[&ids]).await.unwrap();
+    wait_ready(&c, &ids).await;
+    assert_one_live_meeting_each(&c, &ids).await;
+
+    let (moved, cancelled) = (ids[0], ids[1]);
+    let before = meeting(&c, moved).await;
+    market::reschedule_hours(&c, moved, 3).await;
+    market::set_status(&c, cancelled, "cancelled").await;
+    eventually("the reschedule and the cancel followed", WAIT, || async {
+        let moved_ok = count(
+            &c,
+            &format!(
+                "SELECT count(*) FROM meetingd.meetings m JOIN bookings b ON b.id = m.booking_id
+                  WHERE b.id = '{moved}' AND m.state = 'live' AND m.start_time = b.start_time"
+            ),
+        )
+        .await
+            == 1;
+        let cancel_ok = meeting(&c, cancelled).await.status.as_deref() == Some("deleted");
+        (moved_ok && cancel_ok).then_some(())
+    })
+    .await;
+    assert_eq!(meeting(&c, moved).await.link, before.link, "a move keeps the link");
+    assert!(meeting(&c, cancelled).await.link.is_none(), "a cancel clears the link");
+    daemon.stop().await;
+    assert!(!bouncer.log().contains("unsupported startup parameter"), "{}", bouncer.log());
+}
+
+#[tokio::test]
+async fn two_daemons_through_pgbouncer_link_every_booking_once() {
+    let db = TestDb::migrated().await;
+    let bouncer = PgBouncer::start(2);
+    let c = db.client().await;
+    let m = market::seed(&c).await;
+    let ids = market::book_many(&c, m.online, m.customer, 150).await;
+    let config = pooled_config(&db, &bouncer);
+    let (a, b) = (Daemon::start(config.clone()), Daemon::start(config));
+    c.execute("UPDATE bookings SET status = 'confirmed' WHERE id = ANY($1)", &[&ids]).await.unwrap();
+    wait_ready(&c, &ids).await;
+    a.stop().await;
+    b.stop().await;
+    assert_one_live_meeting_each(&c, &ids).await;
+    let daemons = count(
+        &c,
+        "SELECT count(DISTINCT actor) FROM meetingd.audit_log WHERE action = 'meeting.create' AND outcome = 'ok'",
+    )
+    .await;
+    assert!(daemons >= 1, "creates were recorded");
+}
+
+#[tokio::test]
+async fn status_and_check_work_through_pgbouncer() {
+    let db = TestDb::migrated().await;
+    let bouncer = PgBouncer::start(2);
+    let url = bouncer.url_for(&db.url);
+    let envs = [
+        ("MEETINGD_DATABASE__URL", url.as_str()),
+        ("MEETINGD_DATABASE__POOLER", "pgbouncer-transaction"),
+        ("MEETINGD_DATABASE__MIGRATION_URL", db.url.as_str()),
+        ("MEETINGD_WORKER__LISTEN", "false"),
+    ];
+    let out = meetingd(&["status"], &envs);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("pending"), "{}", text(&out));
+    let out = meetingd(&["check"], &envs);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = meetingd(&["bookings", "retry", "--all-failed"], &envs);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let listening = [
+        ("MEETINGD_DATABASE__URL", url.as_str()),
+        ("MEETINGD_DATABASE__POOLER", "pgbouncer-transaction"),
+        ("MEETINGD_DATABASE__MIGRATION_URL", db.url.as_str()),
+    ];
+    let out = meetingd(&["check"], &listening);
+    assert!(!out.status.success() && text(&out).contains("worker.listen must be false"), "{}", text(&out));
+}
+
+/// A worker statement behind an app transaction that holds the booking row gives up after
+/// `database.lock_timeout_ms`, and the booking is linked once the app lets go.
+async fn lock_timeout_holds(config: Config, db: &TestDb) {
+    let c = db.client().await;
+    let m = market::seed(&c).await;
+    let booking = market::book(&c, m.online, m.customer, "confirmed").await;
+    // The app holds the booking row (and the job row its trigger wrote) for longer than the timeout.
+    let mut app = db.client().await;
+    let tx = app.transaction().await.unwrap();
+    tx.execute("UPDATE bookings SET notes = 'app holds this' WHERE id = $1", &[&booking]).await.unwrap();
+    let daemon = Daemon::start(config);
+    eventually("a worker statement gave up on the app's row lock", WAIT, || async {
+        let lock_timeouts = count(
+            &c,
+            "SELECT count(*) FROM pg_stat_activity a
+              WHERE a.datname = current_database() AND a.wait_event_type = 'Lock'
+                AND a.backend_type = 'client backend' AND a.query NOT LIKE 'UPDATE bookings SET notes%'",
+        )
+        .await;
+        (lock_timeouts > 0).then_some(())
+    })
+    .await;
+    // Waiting longer than the timeout, nobody is still waiting: every wait ended by itself.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let still_waiting_long = count(
+        &c,
+        "SELECT count(*) FROM pg_stat_activity a
+          WHERE a.datname = current_database() AND a.wait_event_type = 'Lock'
+            AND now() - a.query_start > interval '1 second'",
+    )
+    .await;
+    assert_eq!(still_waiting_long, 0, "a statement waited for the app's lock past lock_timeout");
+    tx.commit().await.unwrap();
+    eventually("linked once the app let go", WAIT, || async {
+        (meeting(&c, booking).await.status.as_deref() == Some("ready")).then_some(())
+    })
+    .await;
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn lock_timeout_through_pgbouncer() {
+    let db = TestDb::migrated().await;
+    let bouncer = PgBouncer::start(2);
+    let mut config = pooled_config(&db, &bouncer);
+    config.database.lock_timeout_ms = 300;
+    lock_timeout_holds(config, &db).await;
+}
+
+#[tokio::test]
+async fn lock_timeout_direct() {
+    let db = TestDb::migrated().await;
+    let mut config = db.config();
+    config.database.lock_timeout_ms = 300;
+    lock_timeout_holds(config, &db).await;
+}
