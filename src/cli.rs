@@ -48,6 +48,15 @@ pub enum Command {
     Integrations(IntegrationsCommand),
     /// Queue depth, failures, integrations needing reconnect, last errors.
     Status,
+    /// Queue every confirmed future booking of an online service that has no meeting yet (after
+    /// installing meetingd on a marketplace with bookings); past bookings and hand-set links stay.
+    Backfill {
+        /// Only count them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete what `[retention]` no longer keeps (the daemon also does this on a schedule).
+    Prune,
     /// One booking's meeting: state, audit trail, retries.
     #[command(subcommand)]
     Bookings(BookingsCommand),
@@ -189,6 +198,35 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::load(cli.config.as_deref())?;
             let client = crate::db::session(&config.database).await?;
             print_status(&crate::admin::status(client.sql()).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backfill { dry_run } => {
+            let config = Config::load(cli.config.as_deref())?;
+            let client = crate::db::session(&config.database).await?;
+            let n = crate::db::maintenance::backfill(client.sql(), dry_run).await?;
+            if dry_run {
+                println!(
+                    "{n} confirmed future booking(s) of online services have no meeting yet; run without --dry-run to queue them"
+                );
+            } else {
+                println!("queued {n} confirmed future booking(s); `meetingd status` shows the queue");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prune => {
+            let config = Config::load(cli.config.as_deref())?;
+            let client = crate::db::session(&config.database).await?;
+            let p = crate::db::maintenance::prune(client.sql(), &config.retention).await?;
+            println!(
+                "pruned {} row(s): {} audit, {} events, {} finished jobs, {} expired OAuth states, {} retired integrations, {} orphan reports",
+                p.total(),
+                p.audit_log,
+                p.events,
+                p.jobs,
+                p.oauth_states,
+                p.retired_integrations,
+                p.orphaned_meetings
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Bookings(command) => {

@@ -45,6 +45,22 @@ pub struct Config {
     pub google: GoogleConfig,
     pub http: HttpConfig,
     pub limits: LimitsConfig,
+    pub retention: RetentionConfig,
+}
+
+/// How long meetingd keeps what it wrote (see `db/maintenance.rs`); the daemon prunes every
+/// `interval_secs`, `meetingd prune` on demand.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// 0: the daemon never prunes (`meetingd prune` still does).
+    pub interval_secs: u64,
+    pub audit_log_days: u32,
+    pub events_days: u32,
+    /// Finished jobs whose booking has no live meeting and no pending create.
+    pub finished_jobs_days: u32,
+    /// Orphaned-meeting reports.
+    pub orphaned_meetings_days: u32,
 }
 
 /// Rate limits per platform (see `ratelimit.rs`).

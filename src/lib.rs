@@ -206,6 +206,14 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
             }
         });
     }
+    if config.retention.interval_secs > 0 {
+        tasks.spawn(db::maintenance::prune_every(
+            sampler_pool.clone(),
+            config.retention.clone(),
+            std::time::Duration::from_secs(config.retention.interval_secs),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(crate::metrics::sample(
         sampler_pool,
         listener_state.clone(),

@@ -7,6 +7,7 @@
 pub mod integrations;
 pub mod jobs;
 pub mod listen;
+pub mod maintenance;
 pub mod marketplace;
 pub mod migrate;
 pub mod sql;

@@ -6,6 +6,7 @@ mod daemon;
 mod google;
 mod helpers;
 mod leftovers;
+mod maintenance;
 mod migrations;
 mod odd_rows;
 mod ops;
