@@ -96,6 +96,11 @@ pub struct HttpConfig {
     pub jwt_public_key_file: PathBuf,
     pub cookie_secure: bool,
     pub body_limit_bytes: usize,
+    /// Connections of the API's own pool (apart from the worker's, so API traffic cannot
+    /// starve it).
+    pub pool_size: usize,
+    /// How long a request waits for one of them before it is answered 503.
+    pub pool_wait_ms: u64,
 }
 
 impl std::fmt::Debug for HttpConfig {
@@ -111,6 +116,8 @@ impl std::fmt::Debug for HttpConfig {
             .field("jwt_public_key_file", &self.jwt_public_key_file)
             .field("cookie_secure", &self.cookie_secure)
             .field("body_limit_bytes", &self.body_limit_bytes)
+            .field("pool_size", &self.pool_size)
+            .field("pool_wait_ms", &self.pool_wait_ms)
             .finish()
     }
 }
@@ -509,6 +516,9 @@ impl Config {
         }
         if let Err(e) = h.jwt_secret() {
             problems.push(e);
+        }
+        if h.pool_size == 0 {
+            problems.push("http.pool_size must be at least 1".into());
         }
         if h.body_limit_bytes < 256 {
             problems.push("http.body_limit_bytes must be at least 256".into());

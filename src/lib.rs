@@ -161,7 +161,13 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
         http::health::Health { pool: pool.clone(), listener: listener_state.clone(), liveness: Some(liveness.clone()) };
     let api = match listener {
         Some(listener) => {
-            Some((listener, http::AppState::new(pool.clone(), keyring.clone(), &config).map_err(RunError::Config)?))
+            // A pool of its own, so API traffic never takes the worker's connections.
+            let api_pool = db::pool_waiting(
+                &config.database,
+                config.http.pool_size,
+                Some(std::time::Duration::from_millis(config.http.pool_wait_ms)),
+            )?;
+            Some((listener, http::AppState::new(api_pool, keyring.clone(), &config).map_err(RunError::Config)?))
         }
         None => None,
     };

@@ -274,6 +274,11 @@ pub async fn session_encrypted(db: Sql<'_>) -> Result<bool, DbError> {
 /// connection (startup `options`), so it costs nothing per statement; PgBouncer refuses startup
 /// options, so behind it the [`Mode`] sets it with `SET LOCAL` in every transaction.
 pub fn pool(cfg: &DatabaseConfig, size: usize) -> Result<Pool, DbError> {
+    pool_waiting(cfg, size, None)
+}
+
+/// [`pool`], whose callers give up after `wait` for a free connection (`PoolError::Timeout`).
+pub fn pool_waiting(cfg: &DatabaseConfig, size: usize, wait: Option<Duration>) -> Result<Pool, DbError> {
     let (mut pg, tls) = pg_config(cfg)?;
     let mode = Mode::pooled(cfg);
     if mode.lock_timeout_ms.is_none() {
@@ -292,6 +297,7 @@ pub fn pool(cfg: &DatabaseConfig, size: usize) -> Result<Pool, DbError> {
         .queue_mode(deadpool_postgres::QueueMode::Lifo)
         .runtime(Runtime::Tokio1)
         .create_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
+        .wait_timeout(wait)
         .build()
         .map_err(|e| DbError::Config(e.to_string()))?;
     Ok(Pool { inner, mode })

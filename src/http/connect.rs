@@ -157,7 +157,7 @@ async fn finish_connect(
     let oauth_state = query.state.as_deref().filter(|s| !s.is_empty()).ok_or("invalid_state")?;
     // Single use: the row is consumed by the first callback that presents the state, whatever
     // happens next (a state seen without its cookie is burnt too).
-    let mut client = state.pool.get().await.map_err(|e| internal(e.to_string()))?;
+    let client = state.pool.get().await.map_err(|e| internal(e.to_string()))?;
     let row = client
         .sql()
         .query_opt(
@@ -168,6 +168,8 @@ async fn finish_connect(
         .await
         .map_err(|e| internal(e.to_string()))?
         .ok_or("invalid_state")?;
+    // No connection is held while Google answers: API traffic cannot tie up the pool.
+    drop(client);
     let (row_id, user_id, verifier_ct, fresh): (Uuid, Uuid, String, bool) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
     if jar.get(STATE_COOKIE).map(|c| c.value()) != Some(oauth_state) {
@@ -211,6 +213,7 @@ async fn finish_connect(
         platform_user_id: None,
         email,
     };
+    let mut client = state.pool.get().await.map_err(|e| internal(e.to_string()))?;
     let tx = client.transaction().await.map_err(|e| internal(e.to_string()))?;
     crate::admin::store_integration(tx.sql(), &state.keyring, &format!("user:{user_id}"), &new)
         .await

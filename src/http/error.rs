@@ -80,6 +80,10 @@ impl From<tokio_postgres::Error> for ApiError {
 
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
+        if matches!(e, deadpool_postgres::PoolError::Timeout(_)) {
+            tracing::warn!("every API database connection is busy (http.pool_size); answered 503");
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "meetingd is busy; try again in a moment");
+        }
         ApiError::internal(crate::db::DbError::Pool(e))
     }
 }

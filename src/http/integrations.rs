@@ -69,10 +69,12 @@ pub async fn remove(
 ) -> Result<StatusCode, ApiError> {
     caller.require_provider()?;
     let platform = path_platform(&segment)?;
-    let mut client = state.pool.get().await?;
+    let client = state.pool.get().await?;
     let row = integrations::load(client.sql(), caller.user_id, platform.as_str(), false)
         .await?
         .ok_or_else(|| ApiError::not_found("integration"))?;
+    // No connection is held while the platform answers.
+    drop(client);
     // Revoking the refresh token ends the whole grant at Google; fall back to the access token.
     let stored = row.refresh_token.as_deref().filter(|t| !t.is_empty()).map(|t| (t, Column::RefreshToken));
     let stored = stored.or(Some((row.access_token.as_str(), Column::AccessToken)).filter(|(t, _)| !t.is_empty()));
@@ -89,6 +91,7 @@ pub async fn remove(
             }
         }
     }
+    let mut client = state.pool.get().await?;
     crate::admin::disable_integration(
         client.transaction().await?,
         &format!("user:{}", caller.user_id),

@@ -55,6 +55,10 @@ fn unsigned_jwt(user: Uuid) -> String {
 
 impl Api {
     async fn start() -> Api {
+        Api::start_with(|_| {}).await
+    }
+
+    async fn start_with(adjust: impl FnOnce(&mut meetingd::config::Config)) -> Api {
         let db = TestDb::migrated().await;
         let c = db.client().await;
         let google = FakeGoogle::start().await;
@@ -65,6 +69,7 @@ impl Api {
         config.http.jwt_secret = SecretString::from(JWT_SECRET);
         config.http.app_url = APP_URL.parse().unwrap();
         config.http.public_url = base.parse().unwrap();
+        adjust(&mut config);
         let shutdown = CancellationToken::new();
         let options = meetingd::RunOptions { providers: None, http_listener: Some(listener), ops_listener: None };
         let task = tokio::spawn(meetingd::run_with(config, options, shutdown.clone()));
@@ -695,5 +700,38 @@ fn asymmetric_jwts_verify_with_the_public_key_and_algorithm_confusion_fails() {
         assert!(verifier.verify(&confused).is_err(), "{name}: HS256 with the public key refused");
         let expired = json!({"sub": user.to_string(), "exp": chrono::Utc::now().timestamp() - 3600});
         assert!(verifier.verify(&encode(&Header::new(alg), &expired, &key).unwrap()).is_err(), "{name}: expired");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_traffic_waiting_on_google_never_holds_the_workers_connections() {
+    let api = Api::start_with(|c| {
+        c.http.pool_size = 1;
+        c.http.pool_wait_ms = 5000;
+        c.google.request_timeout_ms = 10_000;
+    })
+    .await;
+    api.google.state.lock().unwrap().refresh_delay = Some(Duration::from_secs(3));
+    let api = std::sync::Arc::new(api);
+    // More OAuth callbacks than the worker has connections, each waiting on Google's token endpoint.
+    let callbacks: Vec<_> = (0..8)
+        .map(|_| {
+            let api = api.clone();
+            tokio::spawn(async move {
+                let provider = market::user(&api.c, "provider").await;
+                api.connect_google(provider).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = market::book(&api.c, api.service, api.customer, "confirmed").await;
+    eventually("a booking linked while the callbacks wait", Duration::from_secs(2), || async {
+        (meeting(&api.c, b).await.status.as_deref() == Some("ready")).then_some(())
+    })
+    .await;
+    assert!(callbacks.iter().all(|c| !c.is_finished()), "linked while Google was still answering the callbacks");
+    for c in callbacks {
+        let location = c.await.unwrap();
+        assert!(location.contains("connected=google_meet"), "{location}");
     }
 }
