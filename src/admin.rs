@@ -183,6 +183,9 @@ pub struct Status {
     pub needs_reconnect: Vec<NeedsReconnect>,
     pub recent_failures: Vec<(Uuid, DateTime<Utc>, String)>,
     pub notification_queue_usage: f64,
+    /// Meetings out of meetingd's reach, newest first: (booking, platform, meeting id, found, reason).
+    pub orphans: Vec<(Uuid, String, String, DateTime<Utc>, String)>,
+    pub orphan_count: i64,
 }
 
 pub async fn status(client: Sql<'_>) -> Result<Status, DbError> {
@@ -221,7 +224,20 @@ pub async fn status(client: Sql<'_>) -> Result<Status, DbError> {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
+    let orphans = client
+        .query(
+            "SELECT booking_id, platform, external_id, found_at, reason FROM meetingd.orphaned_meetings
+              ORDER BY found_at DESC LIMIT 10",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    let orphan_count = client.query_one("SELECT count(*) FROM meetingd.orphaned_meetings", &[]).await?.get(0);
     Ok(Status {
+        orphans,
+        orphan_count,
         pending: q.get(0),
         due_now: q.get(1),
         oldest_due_secs: q.get(2),

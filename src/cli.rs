@@ -57,6 +57,16 @@ pub enum Command {
     },
     /// Delete what `[retention]` no longer keeps (the daemon also does this on a schedule).
     Prune,
+    /// Compare the meetings meetingd marked at each platform with the bookings: delete the ones no
+    /// booking wants, re-arm bookings whose meeting vanished (the daemon does this daily).
+    Reconcile {
+        /// Only report what it would do.
+        #[arg(long)]
+        dry_run: bool,
+        /// Only this provider's (users.id) accounts.
+        #[arg(long)]
+        provider: Option<Uuid>,
+    },
     /// One booking's meeting: state, audit trail, retries.
     #[command(subcommand)]
     Bookings(BookingsCommand),
@@ -213,6 +223,40 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reconcile { dry_run, provider } => {
+            let config = Config::load(cli.config.as_deref())?;
+            let keyring = std::sync::Arc::new(config.encryption.keyring().map_err(anyhow::Error::msg)?);
+            let pool = crate::db::pool(&config.database, 2)?;
+            let actor = "admin:reconcile".to_string();
+            let deps = crate::providers::ProviderDeps { pool: pool.clone(), keyring, actor: actor.clone() };
+            let providers = crate::providers::Providers::real(&config, &deps).map_err(anyhow::Error::msg)?;
+            let options = crate::reconcile::Options {
+                dry_run,
+                provider,
+                pause: std::time::Duration::from_millis(config.reconcile.pause_ms),
+            };
+            let r = crate::reconcile::sweep(&pool, &providers, &actor, options).await?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            println!(
+                "{} account(s), {} marked meeting(s) listed; {} no booking wants ({verb} {}); {} booking(s) whose meeting vanished{}",
+                r.accounts,
+                r.listed,
+                r.strays.len(),
+                if dry_run { r.strays.len() } else { r.deleted },
+                r.vanished.len(),
+                if dry_run { "" } else { " re-armed" }
+            );
+            for (meeting, booking) in &r.strays {
+                println!("  stray    {meeting} (booking {booking})");
+            }
+            for booking in &r.vanished {
+                println!("  vanished booking {booking}");
+            }
+            for problem in &r.problems {
+                println!("  problem  {problem}");
+            }
+            Ok(if r.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Command::Prune => {
             let config = Config::load(cli.config.as_deref())?;
             let client = crate::db::session(&config.database).await?;
@@ -288,6 +332,17 @@ fn print_status(s: &crate::admin::Status) {
                 email.as_deref().unwrap_or("-"),
                 since.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_default()
             );
+        }
+    }
+    if s.orphan_count == 0 {
+        println!("orphans       none (every meeting meetingd made is within its reach)");
+    } else {
+        println!(
+            "orphans       {} meeting(s) exist at their platform out of meetingd's reach; the providers were told:",
+            s.orphan_count
+        );
+        for (booking, platform, meeting, at, reason) in &s.orphans {
+            println!("  {booking}  {}  {platform} {meeting}: {reason}", at.format("%Y-%m-%d %H:%M UTC"));
         }
     }
     if !s.recent_failures.is_empty() {

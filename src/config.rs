@@ -46,6 +46,18 @@ pub struct Config {
     pub http: HttpConfig,
     pub limits: LimitsConfig,
     pub retention: RetentionConfig,
+    pub reconcile: ReconcileConfig,
+}
+
+/// The daily reconcile sweep from the platforms' side (see `reconcile.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    pub enabled: bool,
+    /// The hour (UTC, 0–23) it starts.
+    pub hour_utc: u32,
+    /// Pause between platform calls of one account.
+    pub pause_ms: u64,
 }
 
 /// How long meetingd keeps what it wrote (see `db/maintenance.rs`); the daemon prunes every
@@ -516,6 +528,9 @@ impl Config {
         }
         if let Err(e) = h.jwt_secret() {
             problems.push(e);
+        }
+        if self.reconcile.hour_utc > 23 {
+            problems.push("reconcile.hour_utc must be an hour from 0 to 23".into());
         }
         if h.pool_size == 0 {
             problems.push("http.pool_size must be at least 1".into());

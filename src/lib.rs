@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod providers;
 pub mod ratelimit;
+pub mod reconcile;
 pub mod retry;
 pub mod settings;
 pub mod supervise;
@@ -173,12 +174,24 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
     };
     let wake = Arc::new(Notify::new());
     let sampler_pool = pool.clone();
+    let sweep = config.reconcile.enabled.then(|| {
+        reconcile::every_day(
+            pool.clone(),
+            providers.clone(),
+            worker::actor(instance),
+            config.reconcile.clone(),
+            shutdown.clone(),
+        )
+    });
     let worker = Arc::new(
         Worker::new(pool, providers, config.worker.clone(), config.fallback.platform, wake.clone(), instance)
             .with_liveness(liveness.clone())
             .with_limits(config.limits.clone()),
     );
     let tasks = TaskTracker::new();
+    if let Some(sweep) = sweep {
+        tasks.spawn(sweep);
+    }
     if let Some(state) = &listener_state {
         let listener = Listener {
             db: config.database.clone(),

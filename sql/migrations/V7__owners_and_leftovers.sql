@@ -148,3 +148,18 @@ BEGIN
   PERFORM pg_notify('meetingd', v_job::text);
   RETURN v_job;
 END $$;
+
+-- When periodic work (the reconcile sweep) last ran, so that of many daemons one does it.
+CREATE TABLE meetingd.maintenance (
+  task      TEXT PRIMARY KEY,
+  last_run  TIMESTAMPTZ NOT NULL
+);
+
+-- Whether a booking's link is meetingd's own (or there is none): the link of the meeting it
+-- recorded for the booking. Anything else is the provider's or the app's, never replaced.
+-- One primary-key lookup; the write-back calls it per booking.
+CREATE FUNCTION meetingd.link_is_ours(p_booking UUID, p_link TEXT) RETURNS BOOLEAN
+LANGUAGE sql STABLE AS $$
+  SELECT COALESCE(p_link, '') = ''
+      OR p_link = (SELECT m.join_url FROM meetingd.meetings m WHERE m.booking_id = p_booking)
+$$;

@@ -848,15 +848,16 @@ macro_rules! write_back_sql {
             "
 ), shown AS (
     -- Only over a link meetingd wrote (or none): a link the app or the provider set meanwhile
-    -- is theirs, and the next run treats the booking as manual.
+    -- is theirs, and the next run treats the booking as manual. The recorded meeting is read by
+    -- `meetingd.link_is_ours` and correlated subqueries: index lookups in any plan, like every
+    -- `= ANY` here.
     UPDATE bookings b
        SET meeting_link = x.join_url, meeting_id = x.external_id, meeting_platform = x.platform,
            meeting_settings = x.settings, meeting_status = 'ready', meeting_error = NULL
       FROM linked x
-      LEFT JOIN meetingd.meetings mo ON mo.booking_id = x.booking_id
      WHERE b.id = ANY (ARRAY(SELECT booking_id FROM linked WHERE current)) AND b.id = x.booking_id AND x.current
        AND b.meeting_status IS DISTINCT FROM 'manual'
-       AND (COALESCE(b.meeting_link::text, '') IN ('', x.join_url) OR b.meeting_link::text = mo.join_url)
+       AND (COALESCE(b.meeting_link::text, '') = x.join_url OR meetingd.link_is_ours(b.id, b.meeting_link::text))
 ), unlinked AS (
     SELECT fd.booking_id, fd.current, x.deleted
       FROM unnest($21::bigint[], $22::bool[]) AS x(entry, deleted)
@@ -874,33 +875,26 @@ macro_rules! write_back_sql {
     -- (the booking is then marked manual). A booking that never had meeting state (confirmed,
     -- then cancelled before any work) is left as it is: no meeting at all.
     UPDATE bookings b
-       SET meeting_link = CASE WHEN o.ours THEN NULL ELSE b.meeting_link END,
-           meeting_id = CASE WHEN o.ours THEN NULL ELSE b.meeting_id END,
+       SET meeting_link = CASE WHEN meetingd.link_is_ours(b.id, b.meeting_link::text) THEN NULL ELSE b.meeting_link END,
+           meeting_id = CASE WHEN meetingd.link_is_ours(b.id, b.meeting_link::text) THEN NULL ELSE b.meeting_id END,
            meeting_error = NULL,
-           meeting_status = CASE WHEN o.ours THEN 'deleted' ELSE 'manual' END
-      FROM (SELECT x.booking_id, x.deleted,
-                   COALESCE(bb.meeting_link::text, '') IN ('', COALESCE(m.join_url, '')) AS ours
-              FROM unlinked x
-              JOIN bookings bb ON bb.id = x.booking_id
-              LEFT JOIN meetingd.meetings m ON m.booking_id = x.booking_id
-             WHERE x.current) o
-     WHERE b.id = ANY (ARRAY(SELECT booking_id FROM unlinked WHERE current)) AND b.id = o.booking_id
-       AND b.meeting_status IS DISTINCT FROM 'manual' AND (o.deleted OR b.meeting_status IS NOT NULL)
+           meeting_status = CASE WHEN meetingd.link_is_ours(b.id, b.meeting_link::text) THEN 'deleted' ELSE 'manual' END
+      FROM unlinked x
+     WHERE b.id = ANY (ARRAY(SELECT booking_id FROM unlinked WHERE current)) AND b.id = x.booking_id AND x.current
+       AND b.meeting_status IS DISTINCT FROM 'manual' AND (x.deleted OR b.meeting_status IS NOT NULL)
 ), retrying AS (
     -- A booking whose meeting was deleted on the way shows no dead link while it waits.
     UPDATE bookings b
        SET meeting_status = 'pending',
-           meeting_link = CASE WHEN r.dead THEN NULL ELSE b.meeting_link END,
-           meeting_id = CASE WHEN r.dead THEN NULL ELSE b.meeting_id END
-      FROM (SELECT fd.booking_id,
-                   fd.entry = ANY ($43::bigint[]) AND bb.meeting_link::text = m.join_url AS dead
-              FROM fenced fd
-              JOIN bookings bb ON bb.id = fd.booking_id
-              LEFT JOIN meetingd.meetings m ON m.booking_id = fd.booking_id
-             WHERE fd.current AND fd.entry = ANY ($23::bigint[])) r
+           meeting_link = CASE WHEN r.removed AND meetingd.link_is_ours(b.id, b.meeting_link::text)
+                               THEN NULL ELSE b.meeting_link END,
+           meeting_id = CASE WHEN r.removed AND meetingd.link_is_ours(b.id, b.meeting_link::text)
+                             THEN NULL ELSE b.meeting_id END
+      FROM (SELECT fd.booking_id, fd.entry = ANY ($43::bigint[]) AS removed
+              FROM fenced fd WHERE fd.current AND fd.entry = ANY ($23::bigint[])) r
      WHERE b.id = ANY (ARRAY(SELECT booking_id FROM fenced WHERE current AND entry = ANY ($23::bigint[])))
        AND b.id = r.booking_id
-       AND (b.meeting_status IS DISTINCT FROM 'pending' OR r.dead)
+       AND (b.meeting_status IS DISTINCT FROM 'pending' OR (r.removed AND b.meeting_link IS NOT NULL))
        AND b.meeting_status IS DISTINCT FROM 'manual'
        AND b.status::text = 'confirmed'
 ), failing AS (
@@ -910,10 +904,11 @@ macro_rules! write_back_sql {
 ), failed AS (
     UPDATE bookings b
        SET meeting_status = 'failed', meeting_error = x.error,
-           meeting_link = CASE WHEN x.removed AND b.meeting_link::text = m.join_url THEN NULL ELSE b.meeting_link END,
-           meeting_id = CASE WHEN x.removed AND b.meeting_link::text = m.join_url THEN NULL ELSE b.meeting_id END
+           meeting_link = CASE WHEN x.removed AND meetingd.link_is_ours(b.id, b.meeting_link::text)
+                               THEN NULL ELSE b.meeting_link END,
+           meeting_id = CASE WHEN x.removed AND meetingd.link_is_ours(b.id, b.meeting_link::text)
+                             THEN NULL ELSE b.meeting_id END
       FROM failing x
-      LEFT JOIN meetingd.meetings m ON m.booking_id = x.booking_id
      WHERE b.id = ANY (ARRAY(SELECT booking_id FROM failing)) AND b.id = x.booking_id
        AND b.meeting_status IS DISTINCT FROM 'manual'
 ), audited AS (

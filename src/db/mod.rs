@@ -10,6 +10,7 @@ pub mod listen;
 pub mod maintenance;
 pub mod marketplace;
 pub mod migrate;
+pub mod reconcile;
 pub mod sql;
 pub mod tls;
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use google_calendar3::api::{
     ConferenceData, ConferenceSolutionKey, CreateConferenceRequest, Event, EventAttendee, EventDateTime,
-    EventExtendedProperties,
+    EventExtendedProperties, Events,
 };
 use google_calendar3::common::{self, GetToken};
 use google_calendar3::hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -23,7 +23,7 @@ use google_calendar3::{CalendarHub, hyper_util};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
-use super::{Account, Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after};
+use super::{Account, Marked, Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after};
 use crate::config::GoogleConfig;
 use crate::oauth::OAuthClient;
 use crate::tokens::{TokenError, TokenStore, Whose};
@@ -173,6 +173,24 @@ impl GoogleMeet {
             .delegate(&mut capture)
             .doit();
         let result = tokio::time::timeout(self.timeout(), call).await;
+        finish(result, capture)
+    }
+
+    /// One page of the calendar's events that have not ended yet.
+    async fn list_page(&self, token: SecretString, page: Option<String>) -> Result<Events, CallError> {
+        let hub = self.hub(&token);
+        let mut capture = Capture::default();
+        let mut call = hub
+            .events()
+            .list(&self.config.calendar_id)
+            .time_min(chrono::Utc::now())
+            .show_deleted(false)
+            .single_events(true)
+            .max_results(250);
+        if let Some(page) = &page {
+            call = call.page_token(page);
+        }
+        let result = tokio::time::timeout(self.timeout(), call.delegate(&mut capture).doit()).await;
         finish(result, capture)
     }
 
@@ -475,6 +493,44 @@ impl MeetingProvider for GoogleMeet {
     fn intent_id(&self, booking_id: Uuid, generation: i32) -> Option<String> {
         Some(event_id(booking_id, generation))
     }
+
+    /// Every page of the calendar's events that have not ended, keeping those meetingd made: an
+    /// id of [`event_id`]'s shape whose `extendedProperties.private.booking_id` names the same
+    /// booking.
+    async fn list_marked(&self, account: &Account) -> Option<Result<Vec<Marked>, ProviderError>> {
+        let who = Who::of(
+            &Meeting { external_id: String::new(), join_url: String::new(), account: Some(account.clone()) },
+            account.user_id,
+        );
+        let mut marked = Vec::new();
+        let mut page: Option<String> = None;
+        loop {
+            let events = match self.authorized(&who, |t| self.list_page(t, page.clone())).await {
+                Ok(events) => events,
+                Err(e) => return Some(Err(into_provider(e))),
+            };
+            for event in events.items.unwrap_or_default() {
+                if let Some(m) = marked_by_meetingd(&event) {
+                    marked.push(m);
+                }
+            }
+            match events.next_page_token {
+                Some(next) if !next.is_empty() => page = Some(next),
+                _ => return Some(Ok(marked)),
+            }
+        }
+    }
+}
+
+/// The booking an event of meetingd's names, when both its id and its private property say so.
+fn marked_by_meetingd(event: &Event) -> Option<Marked> {
+    let id = event.id.as_deref()?;
+    let rest = id.strip_prefix("meetingd")?;
+    let (hex, generation) = rest.rsplit_once('g')?;
+    generation.parse::<u32>().ok()?;
+    let booking = Uuid::parse_str(hex).ok()?;
+    let named = event.extended_properties.as_ref()?.private.as_ref()?.get("booking_id")?;
+    (Uuid::parse_str(named).ok()? == booking).then(|| Marked { external_id: id.to_string(), booking_id: booking })
 }
 
 #[cfg(test)]

@@ -223,6 +223,19 @@ pub trait MeetingProvider: Send + Sync {
     fn keeps_meetings(&self) -> bool {
         true
     }
+    /// The meetings meetingd made in `account` that have not ended yet, found by the mark it puts
+    /// on each (see `reconcile.rs`). `None`: the platform cannot list them.
+    async fn list_marked(&self, _account: &Account) -> Option<Result<Vec<Marked>, ProviderError>> {
+        None
+    }
+}
+
+/// A meeting found at its platform by meetingd's mark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marked {
+    pub external_id: String,
+    /// The booking the mark names.
+    pub booking_id: Uuid,
 }
 
 /// A `Retry-After` header: delay-seconds or an HTTP date (RFC 9110 §10.2.3).

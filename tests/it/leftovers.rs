@@ -135,6 +135,12 @@ async fn a_meeting_whose_account_is_gone_is_reported_orphaned_not_counted_as_del
     let trail = market::audit(&g.c, b).await;
     assert!(trail.contains(&("meeting.orphaned".to_string(), "failed".to_string())), "{trail:?}");
     assert_eq!(meeting(&g.c, b).await.link, None, "the booking shows no dead link");
+    let url = secrecy::ExposeSecret::expose_secret(&g.config.database.url).to_string();
+    let status = crate::cli::text(&crate::cli::meetingd(&["status"], &[("MEETINGD_DATABASE__URL", &url)]));
+    assert!(
+        status.contains("orphans       1 meeting(s) exist at their platform") && status.contains(&event),
+        "{status}"
+    );
 }
 
 #[tokio::test]
@@ -158,4 +164,64 @@ async fn an_account_whose_tokens_do_not_decrypt_is_retried_and_its_meeting_stays
     assert_eq!(state, "live", "never recorded as deleted");
     assert!(!deleted(&g, &event));
     assert_eq!(market::count(&g.c, "SELECT count(*) FROM meetingd.orphaned_meetings").await, 0);
+}
+
+/// The reconcile sweep with the test's configuration.
+async fn sweep(g: &G, dry_run: bool) -> meetingd::reconcile::Report {
+    let pool = meetingd::db::pool(&g.config.database, 2).unwrap();
+    let deps = meetingd::providers::ProviderDeps {
+        pool: pool.clone(),
+        keyring: std::sync::Arc::new(g.config.encryption.keyring().unwrap()),
+        actor: "admin:reconcile".into(),
+    };
+    let providers = meetingd::providers::Providers::real(&g.config, &deps).unwrap();
+    let options = meetingd::reconcile::Options { dry_run, provider: None, pause: std::time::Duration::ZERO };
+    meetingd::reconcile::sweep(&pool, &providers, "admin:reconcile", options).await.unwrap()
+}
+
+/// Puts an event straight into the fake's calendar of the default account.
+fn plant(g: &G, id: &str, booking: Option<Uuid>) {
+    let start = chrono::Utc::now() + chrono::Duration::days(2);
+    let mut body = serde_json::json!({
+        "id": id, "status": "confirmed", "summary": "planted",
+        "start": {"dateTime": start.to_rfc3339()}, "end": {"dateTime": (start + chrono::Duration::hours(1)).to_rfc3339()},
+    });
+    if let Some(b) = booking {
+        body["extendedProperties"] = serde_json::json!({"private": {"booking_id": b.to_string()}});
+    }
+    g.google.plant(body);
+}
+
+#[tokio::test]
+async fn the_reconcile_sweep_deletes_what_no_booking_wants_and_remakes_what_vanished() {
+    use meetingd::providers::google::event_id;
+    let g = setup_with(3600, |_| {}).await;
+    let (b, event) = linked(&g).await;
+    let (vanishing, lost_event) = linked(&g).await;
+    // Leaks from outside meetingd's bookkeeping: an event for a booking that no longer exists, a
+    // second event for a booking that has its own, and the provider's own event (no mark).
+    let nobody = Uuid::new_v4();
+    plant(&g, &event_id(nobody, 1), Some(nobody));
+    plant(&g, &event_id(b, 7), Some(b));
+    plant(&g, "holidayinthesun", None);
+    // Deleted in Google Calendar by someone else.
+    g.google.state.lock().unwrap().events.get_mut(&lost_event).unwrap().deleted = true;
+
+    let looked = sweep(&g, true).await;
+    assert_eq!(looked.strays.len(), 2, "{looked:?}");
+    assert_eq!(looked.vanished, vec![vanishing]);
+    assert_eq!(looked.deleted, 0);
+    assert!(!deleted(&g, &event_id(nobody, 1)), "a dry run deletes nothing");
+
+    let done = sweep(&g, false).await;
+    assert_eq!((done.deleted, done.vanished.len()), (2, 1), "{done:?}");
+    assert!(deleted(&g, &event_id(nobody, 1)) && deleted(&g, &event_id(b, 7)));
+    assert!(!deleted(&g, &event), "the booking's own event stays");
+    assert!(g.google.event("holidayinthesun").is_some_and(|e| !e.deleted), "an event without meetingd's mark stays");
+    g.worker.run_once().await.unwrap();
+    let remade = meeting(&g.c, vanishing).await;
+    assert_eq!(remade.status.as_deref(), Some("ready"));
+    assert_ne!(remade.meeting_id.as_deref(), Some(lost_event.as_str()), "a new event for the vanished one");
+    assert!(g.google.event(&remade.meeting_id.unwrap()).is_some_and(|e| !e.deleted));
+    assert_eq!(sweep(&g, false).await.strays.len(), 0, "a second sweep finds nothing");
 }

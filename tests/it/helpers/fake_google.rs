@@ -116,7 +116,7 @@ impl FakeGoogle {
             .route("/token", post(token))
             .route("/revoke", post(revoke))
             .route("/calendar/v3/calendars/{cal}", get(calendar))
-            .route("/calendar/v3/calendars/{cal}/events", post(insert))
+            .route("/calendar/v3/calendars/{cal}/events", post(insert).get(list_events))
             .route("/calendar/v3/calendars/{cal}/events/{id}", get(get_event).patch(patch_event).delete(delete_event))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -213,6 +213,13 @@ impl FakeGoogle {
 
     pub fn live_events(&self) -> Vec<StoredEvent> {
         self.state.lock().unwrap().events.values().filter(|e| !e.deleted).cloned().collect()
+    }
+
+    /// Puts an event into the default account's calendar as if someone else had made it.
+    pub fn plant(&self, body: Value) {
+        let id = body["id"].as_str().unwrap_or_default().to_string();
+        let event = StoredEvent { body, deleted: false, owner: DEFAULT_ACCOUNT.to_string(), pending_gets: 0 };
+        self.state.lock().unwrap().events.insert(id, event);
     }
 
     pub fn event(&self, id: &str) -> Option<StoredEvent> {
@@ -429,6 +436,40 @@ async fn insert(
         Some(f) => failure(&f),
         None => reply(200, event),
     }
+}
+
+/// events.list: the caller's account's events that end after `timeMin`, not deleted, in pages
+/// of `maxResults` (the page token is the offset, as opaque to the client as Google's).
+async fn list_events(
+    State(state): Shared,
+    Path(cal): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let account = match gate_as(&state, &headers, format!("list {cal}")).await {
+        Ok((_, account)) => account,
+        Err(r) => return r,
+    };
+    let s = state.lock().unwrap();
+    let after = query.get("timeMin").and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok());
+    let mut mine: Vec<&StoredEvent> = s
+        .events
+        .values()
+        .filter(|e| e.owner == account && !e.deleted)
+        .filter(|e| {
+            let end = e.body["end"]["dateTime"].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok());
+            after.is_none_or(|a| end.is_none_or(|end| end > a))
+        })
+        .collect();
+    mine.sort_by(|a, b| a.body["id"].as_str().cmp(&b.body["id"].as_str()));
+    let size = query.get("maxResults").and_then(|m| m.parse::<usize>().ok()).unwrap_or(250).clamp(1, 2500);
+    let from = query.get("pageToken").and_then(|p| p.parse::<usize>().ok()).unwrap_or(0);
+    let items: Vec<Value> = mine.iter().skip(from).take(size).map(|e| e.body.clone()).collect();
+    let mut body = json!({"kind": "calendar#events", "items": items});
+    if from + size < mine.len() {
+        body["nextPageToken"] = json!((from + size).to_string());
+    }
+    reply(200, body)
 }
 
 fn meet_link(n: u64) -> String {
