@@ -602,16 +602,16 @@ async fn connect_providers(db: &mut Db, google: &FakeGoogle, key: &SecretString)
     for (i, row) in rows.iter().enumerate() {
         let expires_in = if i % 2 == 0 { 3600 } else { 30 };
         let new = google_account(google, row.get(0), &format!("provider-{i}@soak.example"), expires_in);
-        store_integration(
-            meetingd::db::Sql::new(tx.client(), meetingd::db::Mode::DIRECT).in_transaction(),
-            &keyring,
-            "soak",
-            &new,
-        )
-        .await
-        .context("storing a Google integration")?;
+        store(&tx, &keyring, &new).await.context("storing a Google integration")?;
     }
     tx.commit().await.context("committing the integrations")?;
+    Ok(())
+}
+
+/// Stores a Google connection in the soak's own transaction.
+async fn store(tx: &tokio_postgres::Transaction<'_>, keyring: &Keyring, new: &NewIntegration) -> Result<()> {
+    let sql = meetingd::db::Sql::new(tx.client(), meetingd::db::Mode::DIRECT).in_transaction();
+    store_integration(sql, keyring, "soak", new).await?;
     Ok(())
 }
 
@@ -642,14 +642,7 @@ async fn reconnect_provider(db: &mut Db, google: &FakeGoogle, key: &SecretString
     let new = google_account(google, row.get(0), &email, 3600);
     let client = db.client_mut();
     let tx = client.transaction().await.context("starting the reconnect")?;
-    store_integration(
-        meetingd::db::Sql::new(tx.client(), meetingd::db::Mode::DIRECT).in_transaction(),
-        &keyring,
-        "soak",
-        &new,
-    )
-    .await
-    .context("reconnecting a provider")?;
+    store(&tx, &keyring, &new).await.context("reconnecting a provider")?;
     tx.commit().await.context("committing the reconnect")?;
     Ok(email)
 }

@@ -51,7 +51,7 @@ async fn wait_ready(c: &tokio_postgres::Client, n: i64) {
 }
 
 /// Every booking in `ids` has exactly one live meeting, the one its link shows, created once.
-async fn assert_exactly_one_live_meeting_each(c: &tokio_postgres::Client, ids: &[Uuid]) {
+pub async fn assert_exactly_one_live_meeting_each(c: &tokio_postgres::Client, ids: &[Uuid]) {
     let rows = c
         .query(
             "SELECT b.id,

@@ -78,6 +78,17 @@ pub async fn connect_google_as(
     tx.commit().await.unwrap();
 }
 
+/// Flips one character of every stored access token ciphertext.
+pub async fn tamper_access_tokens(c: &tokio_postgres::Client) {
+    c.execute(
+        "UPDATE user_meeting_integrations
+            SET access_token = overlay(access_token placing (CASE WHEN substr(access_token, 20, 1) = 'A' THEN 'B' ELSE 'A' END) from 20 for 1)",
+        &[],
+    )
+    .await
+    .unwrap();
+}
+
 pub async fn setup_with(expires_in_secs: i64, adjust: impl FnOnce(&mut Config)) -> G {
     let db = TestDb::migrated().await;
     let c = db.client().await;
@@ -432,13 +443,7 @@ async fn two_daemons_refreshing_the_same_integration_refresh_once() {
 async fn tampered_or_moved_ciphertext_fails_that_integration_clearly() {
     let g = setup_with(3600, |_| {}).await;
     // Flip one character of the stored access token ciphertext.
-    g.c.execute(
-        "UPDATE user_meeting_integrations
-            SET access_token = overlay(access_token placing (CASE WHEN substr(access_token, 20, 1) = 'A' THEN 'B' ELSE 'A' END) from 20 for 1)",
-        &[],
-    )
-    .await
-    .unwrap();
+    tamper_access_tokens(&g.c).await;
     let b = g.book().await;
     g.run().await;
     let state = meeting(&g.c, b).await;

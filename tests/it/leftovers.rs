@@ -147,13 +147,7 @@ async fn a_meeting_whose_account_is_gone_is_reported_orphaned_not_counted_as_del
 async fn an_account_whose_tokens_do_not_decrypt_is_retried_and_its_meeting_stays_recorded_live() {
     let g = setup_with(3600, |_| {}).await;
     let (b, event) = linked(&g).await;
-    g.c.execute(
-        "UPDATE user_meeting_integrations
-            SET access_token = overlay(access_token placing (CASE WHEN substr(access_token, 20, 1) = 'A' THEN 'B' ELSE 'A' END) from 20 for 1)",
-        &[],
-    )
-    .await
-    .unwrap();
+    crate::google::tamper_access_tokens(&g.c).await;
     market::set_status(&g.c, b, "cancelled").await;
     g.worker.run_once().await.unwrap();
     let j = job(&g.c, b).await.unwrap();

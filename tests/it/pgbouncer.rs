@@ -54,26 +54,6 @@ fn pooled_config(db: &TestDb, bouncer: &PgBouncer) -> Config {
     c
 }
 
-async fn assert_one_live_meeting_each(c: &tokio_postgres::Client, ids: &[Uuid]) {
-    let rows = c
-        .query(
-            "SELECT b.id,
-                    (SELECT count(*) FROM meetingd.meetings m WHERE m.booking_id = b.id AND m.state = 'live'
-                        AND m.join_url = b.meeting_link AND m.start_time = b.start_time),
-                    (SELECT count(*) FROM meetingd.audit_log a
-                      WHERE a.booking_id = b.id AND a.action = 'meeting.create' AND a.outcome = 'ok')
-               FROM bookings b WHERE b.id = ANY($1)",
-            &[&ids],
-        )
-        .await
-        .unwrap();
-    assert_eq!(rows.len(), ids.len());
-    for r in rows {
-        let (id, live, creates): (Uuid, i64, i64) = (r.get(0), r.get(1), r.get(2));
-        assert_eq!((live, creates), (1, 1), "booking {id}: live meetings matching its link, recorded creates");
-    }
-}
-
 async fn wait_ready(c: &tokio_postgres::Client, ids: &[Uuid]) {
     eventually(&format!("{} bookings linked", ids.len()), WAIT, || async {
         let ready: i64 = c
@@ -96,7 +76,7 @@ async fn a_burst_reschedule_and_cancel_through_pgbouncer() {
     let daemon = Daemon::start(pooled_config(&db, &bouncer));
     c.execute("UPDATE bookings SET status = 'confirmed' WHERE id = ANY($1)", &[&ids]).await.unwrap();
     wait_ready(&c, &ids).await;
-    assert_one_live_meeting_each(&c, &ids).await;
+    crate::daemon::assert_exactly_one_live_meeting_each(&c, &ids).await;
 
     let (moved, cancelled) = (ids[0], ids[1]);
     let before = meeting(&c, moved).await;
@@ -135,7 +115,7 @@ async fn two_daemons_through_pgbouncer_link_every_booking_once() {
     wait_ready(&c, &ids).await;
     a.stop().await;
     b.stop().await;
-    assert_one_live_meeting_each(&c, &ids).await;
+    crate::daemon::assert_exactly_one_live_meeting_each(&c, &ids).await;
     let daemons = count(
         &c,
         "SELECT count(DISTINCT actor) FROM meetingd.audit_log WHERE action = 'meeting.create' AND outcome = 'ok'",
