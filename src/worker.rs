@@ -107,6 +107,7 @@ pub fn plan(s: &Snapshot, available: impl Fn(Platform) -> bool, fallback: Fallba
         Some(i)
             if i.platform == choice.platform.as_str()
                 && i.owner.is_none_or(|o| o == provider)
+                && same_account(i, b.integration.as_ref())
                 && i.generation > s.meeting.as_ref().map_or(0, |m| m.generation) =>
         {
             i.generation
@@ -172,6 +173,17 @@ fn is_manual(b: &crate::db::jobs::BookingView, recorded: Option<&MeetingRecord>)
     match b.meeting_link.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
         None => false,
         Some(link) => recorded.is_none_or(|m| m.meeting.join_url != link),
+    }
+}
+
+/// Whether a create recorded in `intent` was made in the account a new create would use now.
+fn same_account(intent: &Intent, now: Option<&crate::providers::Account>) -> bool {
+    match (&intent.account, now) {
+        (Some(then), Some(now)) => {
+            then.integration_id == now.integration_id
+                && (then.identity.is_none() || now.identity.is_none() || then.identity == now.identity)
+        }
+        _ => true,
     }
 }
 
@@ -631,7 +643,17 @@ impl Worker {
     async fn reconcile(&self, s: &Snapshot, intents: &mut Intents) -> (Outcome, Vec<AuditEntry>, Option<Event>) {
         let available = |p: Platform| self.providers.get(p).is_some();
         let mut audit = Vec::new();
-        let plan = plan(s, available, self.fallback);
+        let plan = match plan(s, available, self.fallback) {
+            // A platform that keeps meetings is asked, not trusted: the record can outlive the
+            // meeting (a delete whose answer was lost, then the booking wanted it again), and an
+            // update of a meeting that is gone makes a new one.
+            Plan::Keep { record, req }
+                if self.provider_for(&record.platform).is_ok_and(|(_, p)| p.keeps_meetings()) =>
+            {
+                Plan::Update { record, req }
+            }
+            other => other,
+        };
         // A meeting an earlier create may have made, which this plan does not adopt: delete it first.
         if let Some(stray) = s.claim.intent.as_ref().filter(|i| !plan.reuses(i)) {
             if let Err(outcome) = self.discard(s, stray, &mut audit, intents).await {
@@ -809,7 +831,8 @@ impl Worker {
             return Ok(());
         }
         let owner = s.booking.as_ref().and_then(|b| b.provider_id);
-        let intent = Intent { platform: platform.as_str().to_string(), generation, owner };
+        let account = s.booking.as_ref().and_then(|b| b.integration.clone());
+        let intent = Intent { platform: platform.as_str().to_string(), generation, owner, account };
         if intents.current.as_ref() == Some(&intent) {
             return Ok(());
         }
@@ -883,7 +906,8 @@ impl Worker {
             }
         };
         let Some(external_id) = external_id else { return Ok(()) };
-        let meeting = Meeting { external_id, join_url: String::new(), account: None };
+        // Deleted where it was made: the account recorded with the intent.
+        let meeting = Meeting { external_id, join_url: String::new(), account: intent.account.clone() };
         match self.delete(s, &intent.platform, &meeting, intent.owner, audit, intents).await {
             Outcome::Unlinked { .. } => Ok(()),
             other => Err(other),

@@ -15,7 +15,12 @@ ALTER TABLE meetingd.meetings
 
 -- The provider a recorded create intent was made for: a booking deleted mid-create still has its
 -- possible meeting deleted through the right account.
-ALTER TABLE meetingd.jobs ADD COLUMN intent_owner UUID;
+ALTER TABLE meetingd.jobs
+  ADD COLUMN intent_owner UUID,
+  -- and the account it was attempted in: after a reconnect to another account the meeting is
+  -- deleted there, not adopted (or duplicated) in the new one.
+  ADD COLUMN intent_integration UUID,
+  ADD COLUMN intent_account TEXT;
 
 -- Credentials of accounts that left user_meeting_integrations (the row was deleted, by cascade
 -- from a deleted user too, or reconnected to another platform account) while meetings may still

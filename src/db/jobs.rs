@@ -47,6 +47,9 @@ pub struct Intent {
     pub generation: i32,
     /// The provider whose account the create was for (`None`: recorded before owners were).
     pub owner: Option<Uuid>,
+    /// The account the create was made in, when the provider had one connected: a retry adopts
+    /// the meeting only in that account, and the meeting is deleted through it otherwise.
+    pub account: Option<Account>,
 }
 
 /// Claims up to `limit` due jobs for `owner`, with a lease on the database clock, and reads the
@@ -99,18 +102,18 @@ const CLAIM: &str = "WITH due AS (
      WHERE j.id = ANY (ARRAY(SELECT id FROM due))
        AND j.xmin = (SELECT seen.xmin FROM meetingd.jobs seen WHERE seen.id = j.id)
  RETURNING j.id, j.booking_id, j.claim_seq, j.lease_token, j.version, j.attempts, j.requested_at,
-           j.intent_platform, j.intent_generation, j.intent_owner, j.write_failures
+           j.intent_platform, j.intent_generation, j.intent_owner, j.intent_integration, j.intent_account,
+           j.write_failures
 )
 SELECT c.id AS job_id, c.booking_id AS job_booking_id, c.claim_seq, c.lease_token, c.version,
-       c.attempts, c.requested_at, c.intent_platform, c.intent_generation, c.intent_owner, c.write_failures,
+       c.attempts, c.requested_at, c.intent_platform, c.intent_generation, c.intent_owner, c.intent_integration,
+       c.intent_account, c.write_failures,
        b.id AS booking_id, b.status::text AS status, b.start_time, b.end_time, b.customer_id,
        b.meeting_status, b.meeting_link::text AS meeting_link,
        s.id AS service_id, s.provider_id, s.title::text AS title, s.description::text AS description,
        COALESCE(s.is_online, false) AS is_online, s.meeting_platform::text AS meeting_platform,
        s.meeting_settings::text AS meeting_settings,
-       EXISTS (SELECT 1 FROM user_meeting_integrations i
-                WHERE i.user_id = s.provider_id AND i.platform = s.meeting_platform::text
-                  AND i.is_active IS TRUE) AS connected,
+       COALESCE(ig.is_active, false) AS connected, ig.id AS integration_id, ig.identity AS integration_identity,
        m.platform AS m_platform, m.requested_platform AS m_requested_platform, m.external_id AS m_external_id,
        m.join_url AS m_join_url, m.start_time AS m_start, m.end_time AS m_end, m.generation AS m_generation,
        m.state = 'live' AS m_live, m.owner_id AS m_owner_id, m.integration_id AS m_integration_id,
@@ -121,6 +124,10 @@ SELECT c.id AS job_id, c.booking_id AS job_booking_id, c.claim_seq, c.lease_toke
   LEFT JOIN LATERAL (SELECT * FROM services s WHERE s.id = b.service_id OFFSET 0) s ON true
   LEFT JOIN LATERAL (SELECT * FROM users u WHERE u.id = b.customer_id OFFSET 0) cu ON true
   LEFT JOIN LATERAL (SELECT * FROM users u WHERE u.id = s.provider_id OFFSET 0) pu ON true
+  LEFT JOIN LATERAL (SELECT i.id, i.is_active IS TRUE AS is_active,
+                            COALESCE(i.platform_user_id, i.platform_user_email) AS identity
+                       FROM user_meeting_integrations i
+                      WHERE i.user_id = s.provider_id AND i.platform = s.meeting_platform::text OFFSET 0) ig ON true
   LEFT JOIN LATERAL (SELECT * FROM meetingd.meetings m WHERE m.booking_id = c.booking_id OFFSET 0) m ON true";
 
 /// One row of [`CLAIM`] as a snapshot. The job and meeting columns are meetingd's own; the
@@ -137,10 +144,13 @@ fn snapshot_of(r: &tokio_postgres::Row) -> Snapshot {
         version: r.get("version"),
         attempt: r.get("attempts"),
         requested_at: r.get("requested_at"),
-        intent: r
-            .get::<_, Option<String>>("intent_platform")
-            .zip(intent_generation)
-            .map(|(platform, generation)| Intent { platform, generation, owner: r.get("intent_owner") }),
+        intent: r.get::<_, Option<String>>("intent_platform").zip(intent_generation).map(|(platform, generation)| {
+            let owner: Option<Uuid> = r.get("intent_owner");
+            let account = owner.zip(r.get::<_, Option<Uuid>>("intent_integration")).map(|(user_id, integration_id)| {
+                Account { user_id, integration_id, identity: r.get("intent_account") }
+            });
+            Intent { platform, generation, owner, account }
+        }),
         intended_generation: intent_generation.unwrap_or(0),
         write_failures: r.get("write_failures"),
     };
@@ -222,6 +232,13 @@ fn booking_of(r: &tokio_postgres::Row) -> Option<BookingView> {
         meeting_platform,
         meeting_settings,
         connected: r.try_get("connected").unwrap_or(false),
+        integration: provider_id.zip(r.try_get::<_, Option<Uuid>>("integration_id").ok().flatten()).map(
+            |(user_id, integration_id)| Account {
+                user_id,
+                integration_id,
+                identity: r.try_get("integration_identity").ok().flatten(),
+            },
+        ),
         customer_name,
         customer_email,
         provider_name,
@@ -247,9 +264,20 @@ fn time_of(r: &tokio_postgres::Row, column: &str, problems: &mut Vec<String>) ->
 /// attempted. Commits on its own before the platform call; `false` when the lease was lost (the
 /// call must not be made).
 pub async fn record_intent(db: Sql<'_>, claim: &Claim, intent: &Intent) -> Result<bool, DbError> {
-    let params: [&dyn Param; 6] =
-        [&claim.job_id, &claim.claim_seq, &intent.platform, &intent.generation, &claim.token, &intent.owner];
-    let sql = "UPDATE meetingd.jobs SET intent_platform = $3, intent_generation = $4, intent_owner = $6
+    let integration = intent.account.as_ref().map(|a| a.integration_id);
+    let identity = intent.account.as_ref().and_then(|a| a.identity.as_deref());
+    let params: [&dyn Param; 8] = [
+        &claim.job_id,
+        &claim.claim_seq,
+        &intent.platform,
+        &intent.generation,
+        &claim.token,
+        &intent.owner,
+        &integration,
+        &identity,
+    ];
+    let sql = "UPDATE meetingd.jobs SET intent_platform = $3, intent_generation = $4, intent_owner = $6,
+                                        intent_integration = $7, intent_account = $8
                 WHERE id = $1 AND claim_seq = $2 AND lease_token = $5";
     Ok(db.execute(sql, &params).await? == 1)
 }
@@ -372,6 +400,8 @@ pub struct BookingView {
     pub meeting_settings: serde_json::Value,
     /// The provider has an active integration for `meeting_platform`.
     pub connected: bool,
+    /// That integration (active or not), as the account a new meeting would be made in.
+    pub integration: Option<Account>,
     pub customer_name: Option<String>,
     pub customer_email: Option<String>,
     pub provider_name: Option<String>,

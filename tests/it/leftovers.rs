@@ -219,3 +219,47 @@ async fn the_reconcile_sweep_deletes_what_no_booking_wants_and_remakes_what_vani
     assert!(g.google.event(&remade.meeting_id.unwrap()).is_some_and(|e| !e.deleted));
     assert_eq!(sweep(&g, false).await.strays.len(), 0, "a second sweep finds nothing");
 }
+
+#[tokio::test]
+async fn a_create_whose_answer_was_lost_before_a_reconnect_is_deleted_where_it_was_made() {
+    use crate::helpers::fake_google::{DEFAULT_ACCOUNT, Fail};
+    let g = setup_with(3600, |_| {}).await;
+    // Google makes the event, and the answer is lost.
+    g.google.fail_next([Fail { after_work: true, ..Fail::status(503, "backendError") }]);
+    let b = market::book(&g.c, g.service, g.m.customer, "confirmed").await;
+    g.worker.run_once().await.unwrap();
+    let first = meetingd::providers::google::event_id(b, 1);
+    assert!(g.google.event(&first).is_some_and(|e| !e.deleted && e.owner == DEFAULT_ACCOUNT));
+    assert_eq!(job(&g.c, b).await.unwrap().state, "pending");
+
+    // The provider reconnects with another account before the retry.
+    let (access, refresh) = g.google.issue_for("second@example.com");
+    connect_google_as(&g.config, g.m.provider, &access, &refresh, 3600, "second@example.com").await;
+    market::make_due(&g.c).await;
+    g.worker.run_once().await.unwrap();
+    assert!(deleted(&g, &first), "the unrecorded event is deleted in the account it was made in");
+    let live = g.google.live_events();
+    assert_eq!(live.len(), 1, "{:?}", g.google.calls());
+    assert_eq!(live[0].owner, "second@example.com");
+    assert_eq!(meeting(&g.c, b).await.status.as_deref(), Some("ready"));
+}
+
+#[tokio::test]
+async fn a_delete_whose_answer_was_lost_then_a_reconfirm_ends_with_a_live_meeting() {
+    use crate::helpers::fake_google::Fail;
+    let g = setup_with(3600, |_| {}).await;
+    let (b, event) = linked(&g).await;
+    // The cancel's delete is done at Google, and its answer lost.
+    g.google.fail_next([Fail { after_work: true, ..Fail::status(502, "backendError") }]);
+    market::set_status(&g.c, b, "cancelled").await;
+    g.worker.run_once().await.unwrap();
+    assert!(deleted(&g, &event));
+    // The booking is confirmed again before the delete's retry.
+    market::set_status(&g.c, b, "confirmed").await;
+    g.worker.run_once().await.unwrap();
+    let state = meeting(&g.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
+    let now = state.meeting_id.unwrap();
+    assert!(g.google.event(&now).is_some_and(|e| !e.deleted), "the booking shows a live event, not {event}");
+    assert_eq!(g.google.live_events().len(), 1);
+}

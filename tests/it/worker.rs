@@ -404,7 +404,7 @@ async fn a_claim_lost_with_the_server_cannot_pass_for_the_next_claim_of_its_numb
         !jobs::record_intent(
             client.sql(),
             &lost.claim,
-            &jobs::Intent { platform: "google_meet".into(), generation: 1, owner: None }
+            &jobs::Intent { platform: "google_meet".into(), generation: 1, owner: None, account: None }
         )
         .await
         .unwrap()
