@@ -12,6 +12,7 @@ pub mod db;
 pub mod demo;
 pub mod http;
 pub mod ics;
+pub mod job;
 pub mod metrics;
 pub mod oauth;
 pub mod providers;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meetingd::config::{Config, Fallback};
-use meetingd::db::jobs::WriteBack;
+use meetingd::job::WriteBack;
 use meetingd::providers::{Platform, Providers};
 use meetingd::worker::{Processed, Worker};
 use tokio::sync::Notify;
@@ -363,7 +363,7 @@ async fn a_holder_whose_lease_was_taken_over_does_not_call_the_platform() {
 
 /// Claims up to 10 due jobs, as another daemon would, on a connection of its own (returned, for
 /// statements that must run as that daemon).
-async fn claim_as_another_daemon(s: &Setup) -> (meetingd::db::Conn, Vec<meetingd::db::jobs::Snapshot>) {
+async fn claim_as_another_daemon(s: &Setup) -> (meetingd::db::Conn, Vec<meetingd::job::Snapshot>) {
     let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
     let client = pool.get().await.unwrap();
     let claimed = meetingd::db::jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60)).await.unwrap();
@@ -376,7 +376,7 @@ async fn claim_as_another_daemon(s: &Setup) -> (meetingd::db::Conn, Vec<meetingd
 async fn claim_lost_with_the_server_then_claimed_again(
     s: &Setup,
     b: Uuid,
-) -> (meetingd::db::Conn, meetingd::db::jobs::Snapshot, meetingd::db::jobs::Snapshot) {
+) -> (meetingd::db::Conn, meetingd::job::Snapshot, meetingd::job::Snapshot) {
     let (client, mut lost) = claim_as_another_daemon(s).await;
     let lost = lost.remove(0);
     s.c.execute(
@@ -404,7 +404,7 @@ async fn a_claim_lost_with_the_server_cannot_pass_for_the_next_claim_of_its_numb
         !jobs::record_intent(
             client.sql(),
             &lost.claim,
-            &jobs::Intent { platform: "google_meet".into(), generation: 1, owner: None, account: None }
+            &meetingd::job::Intent { platform: "google_meet".into(), generation: 1, owner: None, account: None }
         )
         .await
         .unwrap()
@@ -418,12 +418,13 @@ async fn a_claim_lost_with_the_server_cannot_pass_for_the_next_claim_of_its_numb
 
 #[tokio::test]
 async fn a_lost_claim_and_its_successor_in_one_batch_write_only_the_successor() {
-    use meetingd::db::jobs::{self, BookingLocks, Finished, Outcome};
+    use meetingd::db::jobs::{self, BookingLocks};
+    use meetingd::job::{Finished, Outcome};
     use meetingd::providers::Meeting;
     let s = setup().await;
     let b = market::book(&s.c, s.m.online, s.m.customer, "confirmed").await;
     let (client, lost, current) = claim_lost_with_the_server_then_claimed_again(&s, b).await;
-    let finished = |snap: &jobs::Snapshot, room: &str| {
+    let finished = |snap: &meetingd::job::Snapshot, room: &str| {
         let booking = snap.booking.as_ref().unwrap();
         Finished {
             snapshot: snap.clone(),
@@ -558,7 +559,8 @@ async fn rate_limits_defer_without_spending_attempts_and_spare_other_providers()
 
 #[tokio::test]
 async fn batch_write_back_fences_each_job_and_leaves_app_locked_bookings_to_their_own_write_back() {
-    use meetingd::db::jobs::{self, Finished, Outcome};
+    use meetingd::db::jobs;
+    use meetingd::job::{Finished, Outcome};
     use meetingd::providers::Meeting;
 
     let s = setup().await;
@@ -577,7 +579,7 @@ async fn batch_write_back_fences_each_job_and_leaves_app_locked_bookings_to_thei
     let app_tx = app.transaction().await.unwrap();
     app_tx.execute("SELECT 1 FROM bookings WHERE id = $1 FOR UPDATE", &[&locked]).await.unwrap();
 
-    let linked = |b: &Uuid, snap: &jobs::Snapshot| {
+    let linked = |b: &Uuid, snap: &meetingd::job::Snapshot| {
         let booking = snap.booking.as_ref().unwrap();
         Outcome::Linked {
             platform: "jitsi".into(),

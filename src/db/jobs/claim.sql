@@ -1,0 +1,57 @@
+-- The claim: takes up to $1 due jobs for daemon $2 with a lease of $3 seconds on the database
+-- clock, and reads each job's booking, service, people, integration and recorded meeting in the
+-- same statement. Sent by `db::jobs::claim`, read back by column name (`snapshot_of`).
+-- This header is dropped before the statement is sent.
+--
+-- The CTE takes the due jobs (a CTE, not `WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP
+-- LOCKED)`, which can claim more than n); the bookings, services, users and meetings are joined
+-- by `LATERAL … OFFSET 0` lookups, so even the generic plan looks each one up by its primary key
+-- instead of hashing a whole table.
+--
+-- The joined rows come from the statement's snapshot, so the claim must take the job row exactly
+-- as that snapshot saw it: a row changed after the snapshot was taken and before the claim locked
+-- it (the app's booking change, a previous holder's write-back) is locked at its newer version,
+-- and would be claimed with an older booking or meeting beside it. The `xmin` check leaves such
+-- a row unclaimed (its lock ends with the claim's transaction); it is claimed on the next round,
+-- with everything read as it is then.
+WITH due AS (
+    SELECT id FROM meetingd.jobs
+     WHERE state = 'pending' AND run_at <= now()
+       AND (lease_until IS NULL OR lease_until < now())
+     ORDER BY run_at, id
+     LIMIT $1
+     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE meetingd.jobs j
+       SET lease_owner = $2, lease_until = now() + make_interval(secs => $3), lease_token = gen_random_uuid(),
+           claim_seq = j.claim_seq + 1, attempts = j.attempts + 1
+     WHERE j.id = ANY (ARRAY(SELECT id FROM due))
+       AND j.xmin = (SELECT seen.xmin FROM meetingd.jobs seen WHERE seen.id = j.id)
+ RETURNING j.id, j.booking_id, j.claim_seq, j.lease_token, j.version, j.attempts, j.requested_at,
+           j.intent_platform, j.intent_generation, j.intent_owner, j.intent_integration, j.intent_account,
+           j.write_failures
+)
+SELECT c.id AS job_id, c.booking_id AS job_booking_id, c.claim_seq, c.lease_token, c.version,
+       c.attempts, c.requested_at, c.intent_platform, c.intent_generation, c.intent_owner, c.intent_integration,
+       c.intent_account, c.write_failures,
+       b.id AS booking_id, b.status::text AS status, b.start_time, b.end_time, b.customer_id,
+       b.meeting_status, b.meeting_link::text AS meeting_link,
+       s.id AS service_id, s.provider_id, s.title::text AS title, s.description::text AS description,
+       COALESCE(s.is_online, false) AS is_online, s.meeting_platform::text AS meeting_platform,
+       s.meeting_settings::text AS meeting_settings,
+       COALESCE(ig.is_active, false) AS connected, ig.id AS integration_id, ig.identity AS integration_identity,
+       m.platform AS m_platform, m.requested_platform AS m_requested_platform, m.external_id AS m_external_id,
+       m.join_url AS m_join_url, m.start_time AS m_start, m.end_time AS m_end, m.generation AS m_generation,
+       m.state = 'live' AS m_live, m.owner_id AS m_owner_id, m.integration_id AS m_integration_id,
+       m.account AS m_account,
+       cu.full_name::text AS customer_name, cu.email::text AS customer_email, pu.full_name::text AS provider_name
+  FROM claimed c
+  LEFT JOIN LATERAL (SELECT * FROM bookings b WHERE b.id = c.booking_id OFFSET 0) b ON true
+  LEFT JOIN LATERAL (SELECT * FROM services s WHERE s.id = b.service_id OFFSET 0) s ON true
+  LEFT JOIN LATERAL (SELECT * FROM users u WHERE u.id = b.customer_id OFFSET 0) cu ON true
+  LEFT JOIN LATERAL (SELECT * FROM users u WHERE u.id = s.provider_id OFFSET 0) pu ON true
+  LEFT JOIN LATERAL (SELECT i.id, i.is_active IS TRUE AS is_active,
+                            COALESCE(i.platform_user_id, i.platform_user_email) AS identity
+                       FROM user_meeting_integrations i
+                      WHERE i.user_id = s.provider_id AND i.platform = s.meeting_platform::text OFFSET 0) ig ON true
+  LEFT JOIN LATERAL (SELECT * FROM meetingd.meetings m WHERE m.booking_id = c.booking_id OFFSET 0) m ON true

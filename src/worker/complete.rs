@@ -1,0 +1,181 @@
+//! Recording finished jobs: alone (one write-back of its own) or batched (the batch writer
+//! groups the write-backs of jobs that finish together into one transaction), and what happens
+//! when the database refuses one.
+//!
+//! Owns the batch writer, the fallback from a batch to a write-back of its own, counting refused
+//! write-backs and giving up on a job after too many. It must not call a platform or decide a
+//! job's outcome (`execute.rs` did).
+
+use std::sync::atomic::Ordering;
+
+use super::{Processed, Worker};
+use crate::db::jobs::{self, BookingLocks};
+use crate::db::{DbError, Pool};
+use crate::job::{Finished, Outcome, Snapshot, WriteBack};
+use crate::retry::jitter_unit;
+
+/// A finished job for the batch writer, and where to say how it went: `None` means "not in the
+/// batch; record it on its own".
+pub(super) struct ToWrite {
+    finished: Finished,
+    reply: tokio::sync::oneshot::Sender<(Option<Processed>, Finished)>,
+}
+
+/// The most write-backs one transaction takes.
+const MAX_WRITE_BATCH: usize = 64;
+
+impl Worker {
+    /// Records a finished job (through the batch writer when other jobs are finishing too, on its
+    /// own otherwise) and warns when its lease was lost meanwhile.
+    pub(super) async fn complete(&self, finished: Finished) -> Processed {
+        let processed = if self.active.load(Ordering::Relaxed) <= 1 {
+            // Nothing to group it with: its own write-back takes fewer round trips.
+            self.complete_alone(&finished).await
+        } else {
+            self.complete_in_batch(finished).await
+        };
+        if processed == Processed::Recorded(WriteBack::LeaseLost) {
+            tracing::warn!("lease on the job expired before its outcome was recorded; another claim owns it now");
+        }
+        processed
+    }
+
+    /// Through the batch writer, which groups the write-backs of jobs that finish together into
+    /// one transaction; on its own when the batch could not take it.
+    async fn complete_in_batch(&self, finished: Finished) -> Processed {
+        let writer = self.batch_writer();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let finished = match writer.send(ToWrite { finished, reply }) {
+            Err(unsent) => unsent.0.finished,
+            Ok(()) => match answer.await {
+                Ok((Some(processed), _)) => return processed,
+                Ok((None, finished)) => finished,
+                // The writer is gone (runtime shutting down): the lease expires and the job runs again.
+                Err(_) => return Processed::NotRecorded,
+            },
+        };
+        self.complete_alone(&finished).await
+    }
+
+    /// The batch writer's queue; a writer that stopped (a panic) is logged and started again.
+    fn batch_writer(&self) -> tokio::sync::mpsc::UnboundedSender<ToWrite> {
+        let mut writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match writer.as_ref() {
+            Some(tx) if !tx.is_closed() => tx.clone(),
+            stopped => {
+                if stopped.is_some() {
+                    tracing::error!("the batch writer stopped; restarting it");
+                    metrics::counter!(crate::metrics::LOOP_RESTARTS, "loop" => "batch_writer").increment(1);
+                }
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(write_batches(self.pool.clone(), self.actor.clone(), rx));
+                *writer = Some(tx.clone());
+                tx
+            }
+        }
+    }
+
+    /// One job's write-back, in a transaction of its own that waits for the booking's lock.
+    async fn complete_alone(&self, f: &Finished) -> Processed {
+        let client = match self.pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the job's outcome; it runs again when its lease expires");
+                return Processed::NotRecorded;
+            }
+        };
+        match jobs::write_back(&client, &self.actor, std::slice::from_ref(f), BookingLocks::Wait).await {
+            Ok(results) => results.first().copied().flatten().map_or(Processed::NotRecorded, Processed::Recorded),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the job's outcome; it runs again when its lease expires");
+                crate::db::discard_if_read_only(&self.pool, client, &e);
+                self.note_write_failure(&f.snapshot, &e).await;
+                Processed::NotRecorded
+            }
+        }
+    }
+
+    /// A write-back the database refused for a reason of its own (an app trigger or CHECK on
+    /// `bookings`, a lock held past `lock_timeout`), not because it could not be reached: it
+    /// counts against `worker.max_attempts` (see [`Worker::give_up`]), and the job is tried again
+    /// after the retry back-off.
+    async fn note_write_failure(&self, s: &Snapshot, error: &DbError) {
+        if error.is_unavailable() {
+            return;
+        }
+        let policy = self.config.retry_policy();
+        let tries = (s.claim.write_failures + 1).max(1) as u32;
+        let delay = policy.next_delay(tries, None, jitter_unit()).unwrap_or(policy.max);
+        let sentence = format!("the booking refused meetingd's update: {error}");
+        let noted = async {
+            let client = self.pool.get().await?;
+            jobs::note_write_failure(client.sql(), &s.claim, &sentence, delay).await
+        }
+        .await;
+        if let Err(e) = noted {
+            tracing::debug!(error = %e, "could not note the failed write-back on the job");
+        }
+    }
+
+    /// Fails a job whose write-backs the database refused `worker.max_attempts` times, without
+    /// calling the platform again; the provider is told.
+    pub(super) async fn give_up(&self, s: Snapshot) -> (Processed, Outcome) {
+        let error = format!(
+            "meetingd could not record the meeting on the booking after {} attempts: something in the database refuses the update of its meeting columns (a trigger, a CHECK constraint, a lock held for minutes). Fix it, then run `meetingd bookings retry {}`.",
+            s.claim.write_failures, s.claim.booking_id
+        );
+        tracing::error!(
+            write_failures = s.claim.write_failures,
+            "giving up on a booking whose write-back keeps being refused"
+        );
+        let user = s.booking.as_ref().and_then(|b| b.provider_id);
+        let given_up = async {
+            let client = self.pool.get().await?;
+            jobs::give_up(client.sql(), &self.actor, &s.claim, user, &error).await
+        }
+        .await;
+        let processed = match given_up {
+            Ok(true) => Processed::Recorded(WriteBack::Done),
+            Ok(false) => Processed::Recorded(WriteBack::LeaseLost),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the job's failure; it runs again when its lease expires");
+                Processed::NotRecorded
+            }
+        };
+        let outcome = Outcome::Failed { error };
+        self.count(s.claim.requested_at, &outcome, processed);
+        (processed, outcome)
+    }
+}
+
+/// The batch writer: takes every finished job waiting (up to `MAX_WRITE_BATCH`) and records
+/// them in one transaction; jobs the batch could not take, or all of them when the batch failed,
+/// are handed back to be recorded one by one. Ends when the worker is dropped.
+async fn write_batches(pool: Pool, actor: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<ToWrite>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (finished, replies): (Vec<Finished>, Vec<_>) = batch.into_iter().map(|w| (w.finished, w.reply)).unzip();
+        let written = async {
+            let client = pool.get().await?;
+            jobs::write_back(&client, &actor, &finished, BookingLocks::Skip).await
+        }
+        .await;
+        let results = match written {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::debug!(error = %e, jobs = finished.len(), "batch write-back failed; recording each job on its own");
+                vec![None; finished.len()]
+            }
+        };
+        for ((f, reply), result) in finished.into_iter().zip(replies).zip(results) {
+            // A job whose task is gone (aborted at shutdown) runs again when its lease expires.
+            let _ = reply.send((result.map(Processed::Recorded), f));
+        }
+    }
+}

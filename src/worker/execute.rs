@@ -1,0 +1,584 @@
+//! One job run: carries out the job's [`Plan`] against the platforms and collects what the run
+//! learned (outcome, audit lines, the event for the app, what became of the create intent).
+//!
+//! Owns the platform calls of one run, the create intent and claim confirmation before them,
+//! and the mapping from platform errors to retries and failures. It must not hold a database
+//! transaction across a platform call, and records nothing itself: `complete.rs` writes the
+//! result back.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::FutureExt;
+use uuid::Uuid;
+
+use super::Worker;
+use super::plan::{Plan, next_generation, plan};
+use crate::config::Fallback;
+use crate::db::jobs;
+use crate::job::{AuditEntry, Event, Finished, Intent, MeetingRecord, Outcome, Snapshot};
+use crate::providers::{Choice, Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError};
+use crate::retry::jitter_unit;
+
+/// One run of one claimed job: the worker, the job's snapshot, and what the run has done so far.
+pub(super) struct Run<'a> {
+    worker: &'a Worker,
+    s: &'a Snapshot,
+    /// Audit lines of the platform calls made, in order.
+    audit: Vec<AuditEntry>,
+    intents: Intents,
+}
+
+/// What a run ends with, before it is recorded.
+pub(super) struct Executed {
+    pub outcome: Outcome,
+    pub audit: Vec<AuditEntry>,
+    pub event: Option<Event>,
+    /// The create intent the run settled (see [`Finished::resolved`]).
+    pub resolved: Option<Intent>,
+    /// The run deleted the booking's recorded meeting.
+    pub removed: bool,
+}
+
+impl Executed {
+    pub(super) fn into_finished(self, snapshot: Snapshot) -> Finished {
+        let Executed { outcome, audit, event, resolved, removed } = self;
+        Finished { snapshot, outcome, audit, event, resolved, removed }
+    }
+}
+
+/// Runs one claimed job. Never panics: a panic inside is that job's (retryable) error.
+pub(super) async fn execute(worker: &Worker, s: &Snapshot) -> Executed {
+    let mut run = Run {
+        worker,
+        s,
+        audit: Vec::new(),
+        intents: Intents { current: s.claim.intent.clone(), discarded: None, held: false, removed: false },
+    };
+    let reconciled = AssertUnwindSafe(run.reconcile()).catch_unwind().await;
+    let (outcome, audit, event) = match reconciled {
+        Ok((outcome, event)) => (outcome, std::mem::take(&mut run.audit), event),
+        Err(panic) => {
+            let what = crate::supervise::panic_message(panic);
+            tracing::error!(panic = %what, "internal error while reconciling; recorded on the job");
+            let error = format!("internal error in meetingd: {what}");
+            (run.after_error(ProviderError::Transient(error.clone()), "reconcile", None), Vec::new(), None)
+        }
+    };
+    let resolved = run.intents.resolved(&outcome);
+    Executed { outcome, audit, event, resolved, removed: run.intents.removed }
+}
+
+impl Run<'_> {
+    async fn reconcile(&mut self) -> (Outcome, Option<Event>) {
+        let (worker, s) = (self.worker, self.s);
+        let available = |p: Platform| worker.providers.get(p).is_some();
+        let plan = match plan(s, available, worker.fallback) {
+            // A platform that keeps meetings is asked, not trusted: the record can outlive the
+            // meeting (a delete whose answer was lost, then the booking wanted it again), and an
+            // update of a meeting that is gone makes a new one.
+            Plan::Keep { record, req }
+                if worker.provider_for(&record.platform).is_ok_and(|(_, p)| p.keeps_meetings()) =>
+            {
+                Plan::Update { record, req }
+            }
+            other => other,
+        };
+        // A meeting an earlier create may have made, which this plan does not adopt: delete it first.
+        if let Some(stray) = s.claim.intent.as_ref().filter(|i| !plan.reuses(i)) {
+            if let Err((outcome, platform)) = self.discard(stray).await {
+                return (outcome.clone(), failed(&outcome, platform));
+            }
+            self.intents.current = None;
+            self.intents.discarded = Some(stray.clone());
+        }
+        match plan {
+            Plan::Record(Outcome::Unlinked { deleted: false }) if self.intents.discarded.is_some() => {
+                (Outcome::Unlinked { deleted: true }, None)
+            }
+            Plan::Record(outcome) => (outcome, None),
+            Plan::Fail(reason) => {
+                tracing::warn!(outcome = "failed", reason = %reason, "booking cannot get a meeting");
+                self.audit.push(entry("meeting.create", None, "failed", None, Some(reason.clone())));
+                let event = Event { kind: "meeting_failed", platform: None, message: reason.clone() };
+                (Outcome::Failed { error: reason }, Some(event))
+            }
+            Plan::Keep { record, req } => (kept(record, &req), None),
+            Plan::Create { choice, req } => self.create(choice, &req).await,
+            Plan::Update { record, req } => self.update(record, req).await,
+            Plan::Delete { record } => {
+                let outcome = match worker.provider_for(&record.platform) {
+                    Err(reason) => Outcome::Failed { error: reason },
+                    Ok((platform, provider)) => self.delete(platform, provider, &record.meeting, record.owner).await,
+                };
+                (outcome, None)
+            }
+            Plan::Replace { old, choice, req } => {
+                let deleted = match worker.provider_for(&old.platform) {
+                    Err(reason) => Outcome::Failed { error: reason },
+                    Ok((platform, provider)) => self.delete(platform, provider, &old.meeting, old.owner).await,
+                };
+                match deleted {
+                    Outcome::Unlinked { .. } => {
+                        self.intents.removed = true;
+                        self.create(choice, &req).await
+                    }
+                    other => {
+                        let event = failed_recorded(&other, &old);
+                        (other, event)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves the recorded meeting to the booking's times; makes a new one when it is gone.
+    async fn update(&mut self, record: MeetingRecord, req: MeetingRequest) -> (Outcome, Option<Event>) {
+        let (worker, s) = (self.worker, self.s);
+        let outcome = match worker.provider_for(&record.platform) {
+            Err(reason) => Outcome::Failed { error: reason },
+            Ok((platform, provider)) => {
+                if let Some(deferred) = worker.held_back(platform, s) {
+                    return (deferred, None);
+                }
+                if let Err(outcome) = self.hold_claim(provider.as_ref(), platform, "update").await {
+                    let event = failed(&outcome, platform);
+                    return (outcome, event);
+                }
+                let started = Instant::now();
+                let result = provider.update(&record.meeting, &req).await;
+                self.note("meeting.update", platform, started, &result);
+                match result {
+                    Ok(meeting) => linked(platform, &record.requested_platform, meeting, &req),
+                    // Deleted at the platform by someone else, or out of reach in an
+                    // account that is gone (reported as orphaned): make a new one.
+                    Err(e @ (ProviderError::NotFound | ProviderError::AccountGone(_))) => {
+                        if let ProviderError::AccountGone(reason) = &e
+                            && let Err(outcome) = self.orphan(platform, &record.meeting, record.owner, reason).await
+                        {
+                            return (outcome, None);
+                        }
+                        self.intents.removed = true;
+                        let again = MeetingRequest { generation: next_generation(s), ..req };
+                        let choice = Choice { platform, fallback: false };
+                        return self.create(choice, &again).await;
+                    }
+                    Err(e) => self.after_error(e.retried_on_existing(), "update", Some(platform)),
+                }
+            }
+        };
+        let event = failed_recorded(&outcome, &record);
+        (outcome, event)
+    }
+
+    /// Creates the meeting on `choice`; when the provider's account there cannot be used
+    /// (revoked, undecryptable), on the fallback platform instead. Returns the event for the app.
+    async fn create(&mut self, mut choice: Choice, req: &MeetingRequest) -> (Outcome, Option<Event>) {
+        let (worker, s) = (self.worker, self.s);
+        let mut fell_back_because: Option<String> = None;
+        loop {
+            let Some(provider) = worker.providers.get(choice.platform) else {
+                let error = format!("{} meetings are not available on this server.", choice.platform.display_name());
+                return (Outcome::Failed { error: error.clone() }, Some(failed_event(choice.platform, &error)));
+            };
+            if let Some(deferred) = worker.held_back(choice.platform, s) {
+                return (deferred, None);
+            }
+            let recorded = match self.record_intent(provider.as_ref(), choice.platform, req.generation).await {
+                Ok(()) => self.hold_claim(provider.as_ref(), choice.platform, "create").await,
+                Err(outcome) => Err(outcome),
+            };
+            if let Err(outcome) = recorded {
+                let event = failed(&outcome, choice.platform);
+                return (outcome, event);
+            }
+            let started = Instant::now();
+            let result = provider.create(req).await;
+            self.note("meeting.create", choice.platform, started, &result);
+            if choice.fallback
+                && let Some(last) = self.audit.last_mut()
+            {
+                let why = fell_back_because.clone().unwrap_or_else(|| {
+                    format!("the service asks for {}", s.requested().as_deref().unwrap_or("no platform"))
+                });
+                last.detail = Some(format!(
+                    "{}; fallback to {} because {why}",
+                    last.detail.as_deref().unwrap_or(""),
+                    choice.platform
+                ));
+            }
+            match result {
+                Ok(meeting) => {
+                    let event = Event {
+                        kind: "meeting_ready",
+                        platform: Some(choice.platform.as_str().to_string()),
+                        message: ready_message(choice, s, fell_back_because.as_deref()),
+                    };
+                    return (linked(choice.platform, &s.requested(), meeting, req), Some(event));
+                }
+                Err(e) if e.needs_fallback() && !choice.fallback => match worker.fallback {
+                    Fallback::Platform(p) if worker.providers.get(p).is_some() => {
+                        fell_back_because = Some(format!("{}: {e}", choice.platform.display_name()));
+                        choice = Choice { platform: p, fallback: true };
+                    }
+                    _ => {
+                        let error = format!(
+                            "Could not create the {} meeting: {e}. Reconnect {} under Integrations.",
+                            choice.platform.display_name(),
+                            choice.platform.display_name()
+                        );
+                        return (Outcome::Failed { error: error.clone() }, Some(failed_event(choice.platform, &error)));
+                    }
+                },
+                Err(e) => {
+                    let outcome = self.after_error(e, "create", Some(choice.platform));
+                    let event = failed(&outcome, choice.platform);
+                    return (outcome, event);
+                }
+            }
+        }
+    }
+
+    /// Records, before the platform call, that `generation` is about to be created on `platform`
+    /// (platforms whose meetings exist before their create answers; see `MeetingProvider::intent_id`).
+    /// `Err(outcome)` when it could not be recorded: the call is not made.
+    async fn record_intent(
+        &mut self,
+        provider: &dyn MeetingProvider,
+        platform: Platform,
+        generation: i32,
+    ) -> Result<(), Outcome> {
+        let (worker, s) = (self.worker, self.s);
+        if provider.intent_id(s.claim.booking_id, generation).is_none() {
+            return Ok(());
+        }
+        let owner = s.booking.as_ref().and_then(|b| b.provider_id);
+        let account = s.booking.as_ref().and_then(|b| b.integration.clone());
+        let intent = Intent { platform: platform.as_str().to_string(), generation, owner, account };
+        if self.intents.current.as_ref() == Some(&intent) {
+            return Ok(());
+        }
+        let recorded = async {
+            let client = worker.pool.get().await?;
+            jobs::record_intent(client.sql(), &s.claim, &intent).await
+        }
+        .await;
+        let problem = match recorded {
+            Ok(true) => {
+                // A fenced, synchronously committed update: it holds the claim too.
+                self.intents.current = Some(intent);
+                self.intents.held = true;
+                return Ok(());
+            }
+            // Another claim owns the job: its write-back is fenced out too.
+            Ok(false) => "the job's lease expired before the meeting was created".to_string(),
+            Err(e) => format!("could not record the create before making it: {e}"),
+        };
+        tracing::warn!(platform = %platform, problem = %problem, "platform call not made");
+        Err(self.after_error(ProviderError::Transient(problem), "create", Some(platform)))
+    }
+
+    /// Makes sure, before the run's first call to a platform that keeps meetings, that the claim
+    /// is durable and still this run's: a claim commits asynchronously (see [`jobs::claim`]), and
+    /// a claim that a server crash lost must not act beside its successor. A fenced update of the
+    /// job row, committed synchronously, does both (a create intent counts as one). Jitsi, which
+    /// keeps nothing, needs none. `Err(outcome)` when the claim is gone: the call is not made.
+    async fn hold_claim(
+        &mut self,
+        provider: &dyn MeetingProvider,
+        platform: Platform,
+        operation: &str,
+    ) -> Result<(), Outcome> {
+        if self.intents.held || !provider.keeps_meetings() {
+            return Ok(());
+        }
+        let held = async {
+            let client = self.worker.pool.get().await?;
+            jobs::hold_claim(client.sql(), &self.s.claim).await
+        }
+        .await;
+        let problem = match held {
+            Ok(true) => {
+                self.intents.held = true;
+                return Ok(());
+            }
+            Ok(false) => format!("the job's lease ended before the meeting could be {operation}d"),
+            Err(e) => format!("could not confirm the job's claim before calling the platform: {e}"),
+        };
+        tracing::warn!(platform = %platform, problem = %problem, "platform call not made");
+        Err(self.after_error(ProviderError::Transient(problem), operation, Some(platform)))
+    }
+
+    /// Deletes the meeting a recorded but unanswered create may have made (a platform answers a
+    /// meeting that never existed as already deleted). `Err` when that must be retried first,
+    /// with the platform it is on.
+    async fn discard(&mut self, intent: &Intent) -> Result<(), (Outcome, Platform)> {
+        let found = match self.worker.provider_for(&intent.platform) {
+            Ok((platform, provider)) => {
+                provider.intent_id(self.s.claim.booking_id, intent.generation).map(|id| (platform, provider, id))
+            }
+            Err(reason) => {
+                tracing::warn!(platform = %intent.platform, reason = %reason, "a meeting an earlier create may have made cannot be deleted");
+                None
+            }
+        };
+        let Some((platform, provider, external_id)) = found else { return Ok(()) };
+        // Deleted where it was made: the account recorded with the intent.
+        let meeting = Meeting { external_id, join_url: String::new(), account: intent.account.clone() };
+        match self.delete(platform, provider, &meeting, intent.owner).await {
+            Outcome::Unlinked { .. } => Ok(()),
+            other => Err((other, platform)),
+        }
+    }
+
+    /// Deletes `meeting` through the account it lives in (`owner`: the provider it was made for,
+    /// when the meeting does not name its account). A meeting whose account is gone is reported
+    /// as orphaned; one whose account cannot be used right now (its tokens do not decrypt) is
+    /// retried: neither is ever recorded as deleted without a report.
+    async fn delete(
+        &mut self,
+        platform: Platform,
+        provider: &Arc<dyn MeetingProvider>,
+        meeting: &Meeting,
+        owner: Option<Uuid>,
+    ) -> Outcome {
+        let s = self.s;
+        let owner = owner.or_else(|| s.booking.as_ref().and_then(|b| b.provider_id));
+        if let Some(deferred) = self.worker.held_back(platform, s) {
+            return deferred;
+        }
+        if let Err(outcome) = self.hold_claim(provider.as_ref(), platform, "delete").await {
+            return outcome;
+        }
+        let started = Instant::now();
+        let result = provider.delete(meeting, owner.unwrap_or(Uuid::nil())).await;
+        self.note("meeting.delete", platform, started, &result);
+        match result {
+            Ok(()) => Outcome::Unlinked { deleted: true },
+            Err(e @ (ProviderError::AccountGone(_) | ProviderError::Revoked)) => {
+                let reason = match e {
+                    ProviderError::AccountGone(reason) => reason,
+                    other => format!(
+                        "the {} account it was made in is no longer connected ({other})",
+                        platform.display_name()
+                    ),
+                };
+                match self.orphan(platform, meeting, owner, &reason).await {
+                    // Out of meetingd's reach, and reported: nothing more to do for the booking.
+                    Ok(()) => Outcome::Unlinked { deleted: true },
+                    Err(outcome) => outcome,
+                }
+            }
+            Err(e) => self.after_error(e.retried_on_existing(), "delete", Some(platform)),
+        }
+    }
+
+    /// Reports `meeting` as orphaned (it exists at the platform, out of meetingd's reach):
+    /// a row in `meetingd.orphaned_meetings`, a `meeting_orphaned` event, an audit line.
+    /// `Err(outcome)` when the report could not be recorded: the job retries.
+    async fn orphan(
+        &mut self,
+        platform: Platform,
+        meeting: &Meeting,
+        owner: Option<Uuid>,
+        reason: &str,
+    ) -> Result<(), Outcome> {
+        if meeting.external_id.is_empty() {
+            return Ok(());
+        }
+        let recorded = async {
+            let client = self.worker.pool.get().await?;
+            jobs::record_orphan(client.sql(), self.s.claim.booking_id, platform.as_str(), meeting, owner, reason).await
+        }
+        .await;
+        match recorded {
+            Ok(()) => {
+                tracing::warn!(platform = platform.as_str(), meeting_id = %meeting.external_id, reason, "meeting out of reach: reported as orphaned");
+                self.audit.push(entry(
+                    "meeting.orphaned",
+                    Some(platform.as_str().to_string()),
+                    "failed",
+                    None,
+                    Some(reason.to_string()),
+                ));
+                Ok(())
+            }
+            Err(e) => {
+                let error = format!("could not report the unreachable meeting {}: {e}", meeting.external_id);
+                Err(self.after_error(ProviderError::Transient(error), "delete", Some(platform)))
+            }
+        }
+    }
+
+    /// Retry with back-off while attempts remain and the error is worth it; otherwise fail.
+    fn after_error(&self, error: ProviderError, operation: &str, platform: Option<Platform>) -> Outcome {
+        let attempt = self.s.claim.attempt;
+        let name = platform.map_or("the platform", |p| p.display_name());
+        if error.is_retryable() {
+            let policy = self.worker.config.retry_policy();
+            if let Some(delay) = policy.next_delay(attempt as u32, error.retry_after(), jitter_unit()) {
+                return Outcome::Retry { error: format!("{operation} on {name}: {error}"), delay };
+            }
+            return Outcome::Failed {
+                error: format!(
+                    "Could not {operation} the {name} meeting after {attempt} attempts (last error: {error}). It is tried again when the booking changes."
+                ),
+            };
+        }
+        Outcome::Failed { error: format!("Could not {operation} the {name} meeting: {error}.") }
+    }
+
+    /// Audit entry and one log line for a platform call.
+    fn note<T: MeetingId>(
+        &mut self,
+        action: &'static str,
+        platform: Platform,
+        started: Instant,
+        result: &Result<T, ProviderError>,
+    ) {
+        let elapsed = started.elapsed();
+        let duration_ms = elapsed.as_millis().min(i32::MAX as u128) as i32;
+        let class = match result {
+            Ok(_) => "ok",
+            Err(e) => e.class(),
+        };
+        let labels = [
+            ("platform", platform.as_str().to_string()),
+            ("operation", action.to_string()),
+            ("outcome", class.to_string()),
+        ];
+        metrics::counter!(crate::metrics::PROVIDER_CALLS, &labels).increment(1);
+        metrics::histogram!(crate::metrics::PROVIDER_CALL_SECONDS, &labels).record(elapsed.as_secs_f64());
+        let (outcome, detail) = match result {
+            Ok(v) => ("ok", v.meeting_id().map(|id| format!("meeting {id}"))),
+            Err(e) if e.is_retryable() && self.s.claim.attempt < self.worker.config.max_attempts as i32 => {
+                ("retry", Some(e.to_string()))
+            }
+            Err(e) => ("failed", Some(e.to_string())),
+        };
+        if outcome == "ok" {
+            tracing::info!(platform = %platform, operation = action, outcome, duration_ms, "meeting operation");
+        } else {
+            tracing::warn!(platform = %platform, operation = action, outcome, duration_ms, error = detail.as_deref().unwrap_or(""), "meeting operation");
+        }
+        self.audit.push(entry(action, Some(platform.as_str().to_string()), outcome, Some(duration_ms), detail));
+    }
+}
+
+/// The job's recorded create intent as one run changes it.
+struct Intents {
+    /// The intent in the job row, as this run left it.
+    current: Option<Intent>,
+    /// An intent whose meeting this run deleted.
+    discarded: Option<Intent>,
+    /// The claim is known to be durable and still this run's (see [`Run::hold_claim`]).
+    held: bool,
+    /// The run deleted (or gave up as orphaned) the booking's recorded meeting.
+    removed: bool,
+}
+
+impl Intents {
+    /// The intent the write-back clears: the one the outcome's meeting stands for, or the one
+    /// whose meeting was deleted when no newer one was recorded.
+    fn resolved(&self, outcome: &Outcome) -> Option<Intent> {
+        match (&self.current, outcome) {
+            (Some(i), Outcome::Linked { platform, generation, .. })
+                if i.platform == *platform && i.generation == *generation =>
+            {
+                Some(i.clone())
+            }
+            (Some(_), _) => None,
+            (None, _) => self.discarded.clone(),
+        }
+    }
+}
+
+/// What an audit line says about a successful call.
+trait MeetingId {
+    fn meeting_id(&self) -> Option<&str>;
+}
+impl MeetingId for Meeting {
+    fn meeting_id(&self) -> Option<&str> {
+        Some(&self.external_id)
+    }
+}
+impl MeetingId for () {
+    fn meeting_id(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A meeting made or moved on `platform` for `req`.
+fn linked(platform: Platform, requested: &Option<String>, meeting: Meeting, req: &MeetingRequest) -> Outcome {
+    Outcome::Linked {
+        owner: Some(req.provider_user_id),
+        platform: platform.as_str().to_string(),
+        requested_platform: requested.clone(),
+        meeting,
+        start: req.start,
+        end: req.end,
+        generation: req.generation,
+        settings: req.settings.clone(),
+    }
+}
+
+/// The recorded meeting, re-asserted as it is recorded (its platform as stored).
+fn kept(record: MeetingRecord, req: &MeetingRequest) -> Outcome {
+    Outcome::Linked {
+        owner: Some(req.provider_user_id),
+        platform: record.platform,
+        requested_platform: record.requested_platform,
+        meeting: record.meeting,
+        start: req.start,
+        end: req.end,
+        generation: req.generation,
+        settings: req.settings.clone(),
+    }
+}
+
+fn entry(
+    action: &'static str,
+    platform: Option<String>,
+    outcome: &'static str,
+    duration_ms: Option<i32>,
+    detail: Option<String>,
+) -> AuditEntry {
+    AuditEntry { action, platform, outcome, duration_ms, detail }
+}
+
+fn ready_message(choice: Choice, s: &Snapshot, account_problem: Option<&str>) -> String {
+    if let (true, Some(problem)) = (choice.fallback, account_problem) {
+        return format!("The meeting is ready on {} because {problem}.", choice.platform.display_name());
+    }
+    match (choice.fallback, s.requested()) {
+        (true, Some(requested)) => format!(
+            "The meeting is ready on {} because {requested} is not connected; connect it under Integrations to use it for future bookings.",
+            choice.platform.display_name()
+        ),
+        _ => format!("The meeting is ready on {}.", choice.platform.display_name()),
+    }
+}
+
+fn failed_event(platform: Platform, error: &str) -> Event {
+    Event { kind: "meeting_failed", platform: Some(platform.as_str().to_string()), message: error.to_string() }
+}
+
+/// The `meeting_failed` event for a failed outcome on `platform`.
+fn failed(outcome: &Outcome, platform: Platform) -> Option<Event> {
+    match outcome {
+        Outcome::Failed { error } => Some(failed_event(platform, error)),
+        _ => None,
+    }
+}
+
+/// [`failed`] for an operation on a recorded meeting, named by its platform as stored (which
+/// may be a platform this build does not know: that is why it failed).
+fn failed_recorded(outcome: &Outcome, record: &MeetingRecord) -> Option<Event> {
+    match outcome {
+        Outcome::Failed { error } => {
+            Some(Event { kind: "meeting_failed", platform: Some(record.platform.clone()), message: error.clone() })
+        }
+        _ => None,
+    }
+}
