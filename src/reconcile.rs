@@ -119,7 +119,7 @@ async fn audit(
     platform: Platform,
     external_id: &str,
 ) -> Result<(), DbError> {
-    let entry = db::jobs::AuditEntry {
+    let entry = crate::job::AuditEntry {
         action: "meeting.reconcile_delete",
         platform: Some(platform.as_str().to_string()),
         outcome: "ok",
