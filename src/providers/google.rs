@@ -3,7 +3,9 @@
 //! A meeting is a Calendar event on the provider's calendar with a Meet conference. Exactly once:
 //! the event id derives from the booking id and the meeting generation, so a repeated insert
 //! answers 409 `duplicate` and the existing event is adopted; the conference `requestId` derives
-//! from the same pair. Google's wire format and error JSON stay in this module.
+//! from the same pair. Google's wire format and error JSON stay in this module, and so do its
+//! OAuth facts ([`OAUTH`], [`GoogleAuth`]: scopes, consent parameters, endpoints, who the
+//! connected account is).
 
 // google-calendar3's error type is large; it only passes through here on the way to `classify`.
 #![allow(clippy::result_large_err)]
@@ -23,6 +25,7 @@ use google_calendar3::{CalendarHub, hyper_util};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
+use super::auth::{Identity, OAuthSpec, PlatformAuth};
 use super::{Account, Marked, Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after};
 use crate::config::GoogleConfig;
 use crate::oauth::OAuthClient;
@@ -92,6 +95,68 @@ fn http_client() -> common::Client<Connector> {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector)
+}
+
+/// Google's OAuth facts: Calendar events (Meet conferences are made through them); offline access
+/// and a consent prompt, so a refresh token is always issued.
+pub static OAUTH: OAuthSpec = OAuthSpec {
+    platform: Platform::GoogleMeet,
+    path_segment: "google-meet",
+    vendor: "Google",
+    scopes: &["https://www.googleapis.com/auth/calendar.events"],
+    authorize_params: &[("access_type", "offline"), ("prompt", "consent"), ("include_granted_scopes", "true")],
+};
+
+/// meetingd's OAuth client at Google's token endpoint; `None` when `google.client_id` or the
+/// client secret is not set.
+pub fn oauth_client(config: &GoogleConfig) -> Result<Option<OAuthClient>, String> {
+    Ok(match config.client_secret()? {
+        Some(secret) if !config.client_id.trim().is_empty() => Some(OAuthClient::new(
+            &config.client_id,
+            secret,
+            config.token_url.clone(),
+            Duration::from_millis(config.request_timeout_ms),
+        )),
+        _ => None,
+    })
+}
+
+/// Connecting a Google account (see `providers::auth`).
+pub struct GoogleAuth {
+    config: GoogleConfig,
+    client: OAuthClient,
+}
+
+impl GoogleAuth {
+    /// `None` when Google is not configured.
+    pub fn from_config(config: &GoogleConfig) -> Result<Option<GoogleAuth>, String> {
+        Ok(oauth_client(config)?.map(|client| GoogleAuth { config: config.clone(), client }))
+    }
+}
+
+#[async_trait::async_trait]
+impl PlatformAuth for GoogleAuth {
+    fn spec(&self) -> &'static OAuthSpec {
+        &OAUTH
+    }
+
+    fn client(&self) -> &OAuthClient {
+        &self.client
+    }
+
+    fn authorize_url(&self) -> &url::Url {
+        &self.config.auth_url
+    }
+
+    fn revoke_url(&self) -> Option<&url::Url> {
+        Some(&self.config.revoke_url)
+    }
+
+    /// Google tells the e-mail address only (the id of the primary calendar).
+    async fn identity(&self, access_token: &SecretString) -> Result<Identity, ProviderError> {
+        let email = account_email(&self.config, access_token).await?;
+        Ok(Identity { platform_user_id: None, email: Some(email) })
+    }
 }
 
 /// The connected account's e-mail address: the id of its primary calendar (needs no scope beyond
