@@ -491,12 +491,21 @@ pub async fn check(file: Option<PathBuf>) -> bool {
         ),
         Err(e) => report(false, "encryption", e),
     }
+    // Platforms that need an account are on when their OAuth client is configured.
+    let connectors = crate::providers::auth::Connectors::from_config(&config).unwrap_or_default();
+    let accounts: String = Platform::ALL
+        .into_iter()
+        .filter_map(crate::providers::auth::spec)
+        .map(|s| match connectors.get(s.platform) {
+            Some(_) => format!(", {}", s.platform),
+            None => format!(" ({} not configured)", s.platform),
+        })
+        .collect();
     report(
         true,
         "platforms",
         format!(
-            "jitsi{}; fallback {}",
-            if config.google.is_configured() { ", google_meet" } else { " (google_meet not configured)" },
+            "jitsi{accounts}; fallback {}",
             match config.fallback.platform {
                 crate::config::Fallback::Platform(p) => p.as_str(),
                 crate::config::Fallback::None => "none",
