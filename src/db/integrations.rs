@@ -258,7 +258,6 @@ pub struct Summary {
 }
 
 /// The provider's integrations, by platform.
-#[tracing::instrument(level = "debug", skip_all)]
 pub async fn of_user(client: Sql<'_>, user_id: Uuid) -> Result<Vec<Summary>, DbError> {
     Ok(client
         .query(
@@ -273,7 +272,6 @@ pub async fn of_user(client: Sql<'_>, user_id: Uuid) -> Result<Vec<Summary>, DbE
 }
 
 /// Marks the provider's integration inactive and wipes its tokens; `false` when there was none.
-#[tracing::instrument(level = "debug", skip_all)]
 pub async fn disable(client: Sql<'_>, user_id: Uuid, platform: &str) -> Result<bool, DbError> {
     let n = client
         .execute(

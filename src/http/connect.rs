@@ -27,8 +27,8 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::crypto::Column;
+use crate::db::oauth_states;
 use crate::db::requeue::{self, Failed};
-use crate::db::{DbError, oauth_states};
 use crate::providers::Platform;
 use crate::providers::auth::{Identity, OAuthSpec, PathPlatform};
 
@@ -218,7 +218,7 @@ async fn finish_connect(
     tx.commit().await.map_err(|e| internal(e.to_string()))?;
     let requeued = requeue::requeue_failed(client.sql(), Failed::OfProvider(user_id))
         .await
-        .map_err(|e: DbError| internal(e.to_string()))?;
+        .map_err(|e| internal(e.to_string()))?;
     tracing::info!(user_id = %user_id, platform = %platform, requeued, "provider connected {}", platform.display_name());
     Ok(platform)
 }
