@@ -140,7 +140,7 @@ pub struct Gauges {
     pub notification_queue_usage: f64,
 }
 
-/// All gauges in one statement.
+/// All gauges in one statement. The error is the driver's: the sampler only logs it (at debug).
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn gauges(db: Sql<'_>) -> Result<Gauges, tokio_postgres::Error> {
     let r = db
