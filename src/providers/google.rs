@@ -4,8 +4,8 @@
 //! the event id derives from the booking id and the meeting generation, so a repeated insert
 //! answers 409 `duplicate` and the existing event is adopted; the conference `requestId` derives
 //! from the same pair. Google's wire format and error JSON stay in this module, and so do its
-//! OAuth facts ([`OAUTH`], [`GoogleAuth`]: scopes, consent parameters, endpoints, who the
-//! connected account is).
+//! OAuth facts (`google/auth.rs`: [`OAUTH`], [`GoogleAuth`]: scopes, consent parameters,
+//! endpoints, who the connected account is).
 
 // google-calendar3's error type is large; it only passes through here on the way to `classify`.
 #![allow(clippy::result_large_err)]
@@ -25,11 +25,14 @@ use google_calendar3::{CalendarHub, hyper_util};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
-use super::auth::{Identity, OAuthSpec, PlatformAuth};
 use super::{Account, Marked, Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after};
 use crate::config::GoogleConfig;
 use crate::oauth::OAuthClient;
 use crate::tokens::{TokenError, TokenStore, Whose};
+
+mod auth;
+
+pub use auth::{GoogleAuth, OAUTH, oauth_client};
 
 type Connector = HttpsConnector<HttpConnector>;
 
@@ -95,68 +98,6 @@ fn http_client() -> common::Client<Connector> {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector)
-}
-
-/// Google's OAuth facts: Calendar events (Meet conferences are made through them); offline access
-/// and a consent prompt, so a refresh token is always issued.
-pub static OAUTH: OAuthSpec = OAuthSpec {
-    platform: Platform::GoogleMeet,
-    path_segment: "google-meet",
-    vendor: "Google",
-    scopes: &["https://www.googleapis.com/auth/calendar.events"],
-    authorize_params: &[("access_type", "offline"), ("prompt", "consent"), ("include_granted_scopes", "true")],
-};
-
-/// meetingd's OAuth client at Google's token endpoint; `None` when `google.client_id` or the
-/// client secret is not set.
-pub fn oauth_client(config: &GoogleConfig) -> Result<Option<OAuthClient>, String> {
-    Ok(match config.client_secret()? {
-        Some(secret) if !config.client_id.trim().is_empty() => Some(OAuthClient::new(
-            &config.client_id,
-            secret,
-            config.token_url.clone(),
-            Duration::from_millis(config.request_timeout_ms),
-        )),
-        _ => None,
-    })
-}
-
-/// Connecting a Google account (see `providers::auth`).
-pub struct GoogleAuth {
-    config: GoogleConfig,
-    client: OAuthClient,
-}
-
-impl GoogleAuth {
-    /// `None` when Google is not configured.
-    pub fn from_config(config: &GoogleConfig) -> Result<Option<GoogleAuth>, String> {
-        Ok(oauth_client(config)?.map(|client| GoogleAuth { config: config.clone(), client }))
-    }
-}
-
-#[async_trait::async_trait]
-impl PlatformAuth for GoogleAuth {
-    fn spec(&self) -> &'static OAuthSpec {
-        &OAUTH
-    }
-
-    fn client(&self) -> &OAuthClient {
-        &self.client
-    }
-
-    fn authorize_url(&self) -> &url::Url {
-        &self.config.auth_url
-    }
-
-    fn revoke_url(&self) -> Option<&url::Url> {
-        Some(&self.config.revoke_url)
-    }
-
-    /// Google tells the e-mail address only (the id of the primary calendar).
-    async fn identity(&self, access_token: &SecretString) -> Result<Identity, ProviderError> {
-        let email = account_email(&self.config, access_token).await?;
-        Ok(Identity { platform_user_id: None, email: Some(email) })
-    }
 }
 
 /// The connected account's e-mail address: the id of its primary calendar (needs no scope beyond
@@ -599,91 +540,4 @@ fn marked_by_meetingd(event: &Event) -> Option<Marked> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn event_ids_use_googles_alphabet_and_differ_per_generation() {
-        let b = Uuid::new_v4();
-        let id = event_id(b, 1);
-        assert!(id.len() >= 5 && id.len() <= 1024);
-        assert!(id.chars().all(|c| matches!(c, 'a'..='v' | '0'..='9')), "{id}");
-        assert_ne!(id, event_id(b, 2));
-        assert_eq!(id, event_id(b, 1));
-    }
-
-    fn capture(status: u16) -> Capture {
-        Capture { status: Some(status), retry_after: Some(Duration::from_secs(7)) }
-    }
-
-    fn google_error(code: u16, reason: &str) -> google_calendar3::Error {
-        google_calendar3::Error::BadRequest(serde_json::json!({
-            "error": {"errors": [{"domain": "usageLimits", "reason": reason, "message": "m"}], "code": code, "message": "m"}
-        }))
-    }
-
-    #[test]
-    fn errors_are_classified_as_google_documents_them() {
-        let cases = [
-            (401, "authError", "unauthorized"),
-            (403, "rateLimitExceeded", "rate_limited"),
-            (403, "userRateLimitExceeded", "rate_limited"),
-            (429, "rateLimitExceeded", "rate_limited"),
-            (403, "quotaExceeded", "rate_limited"),
-            (403, "forbiddenForNonOrganizer", "permanent"),
-            (400, "invalid", "permanent"),
-            (500, "backendError", "transient"),
-            (503, "backendError", "transient"),
-            (404, "notFound", "not_found"),
-            (410, "deleted", "not_found"),
-            (409, "duplicate", "duplicate"),
-        ];
-        for (code, reason, want) in cases {
-            let got = match classify(&google_error(code, reason), &capture(code)) {
-                CallError::Unauthorized => "unauthorized",
-                CallError::NotFound => "not_found",
-                CallError::Duplicate => "duplicate",
-                CallError::Other(p) => p.class(),
-            };
-            assert_eq!(got, want, "{code} {reason}");
-        }
-        let CallError::Other(ProviderError::RateLimited { retry_after }) =
-            classify(&google_error(429, "x"), &capture(429))
-        else {
-            panic!()
-        };
-        assert_eq!(retry_after, Some(Duration::from_secs(7)));
-        let quota = Capture { status: Some(403), retry_after: None };
-        let CallError::Other(ProviderError::RateLimited { retry_after }) =
-            classify(&google_error(403, "quotaExceeded"), &quota)
-        else {
-            panic!()
-        };
-        assert_eq!(retry_after, Some(Duration::from_secs(3600)), "quota exhaustion waits long");
-    }
-
-    #[test]
-    fn link_prefers_the_video_entry_point() {
-        let mut e: Event = serde_json::from_value(serde_json::json!({
-            "hangoutLink": "https://meet.google.com/aaa-bbbb-ccc",
-            "conferenceData": {"entryPoints": [
-                {"entryPointType": "phone", "uri": "tel:+1-555"},
-                {"entryPointType": "video", "uri": "https://meet.google.com/xyz-abcd-efg"}
-            ]}
-        }))
-        .unwrap();
-        assert!(matches!(conference_state(&e), Conference::Ready(l) if l == "https://meet.google.com/xyz-abcd-efg"));
-        e.conference_data = None;
-        assert!(matches!(conference_state(&e), Conference::Ready(l) if l == "https://meet.google.com/aaa-bbbb-ccc"));
-        let pending: Event = serde_json::from_value(serde_json::json!({
-            "conferenceData": {"createRequest": {"requestId": "r", "status": {"statusCode": "pending"}}}
-        }))
-        .unwrap();
-        assert!(matches!(conference_state(&pending), Conference::Pending));
-        let failed: Event = serde_json::from_value(serde_json::json!({
-            "conferenceData": {"createRequest": {"requestId": "r", "status": {"statusCode": "failure"}}}
-        }))
-        .unwrap();
-        assert!(matches!(conference_state(&failed), Conference::Failed));
-    }
-}
+mod tests;
