@@ -1,15 +1,16 @@
-//! Admin operations on integrations and keys, for the `meetingd integrations` and `meetingd keys`
-//! commands (and later the HTTP API's connect callback).
+//! Admin operations: storing and disabling integrations (for `meetingd integrations` and the
+//! HTTP API's connect callback and disconnect), key rotation, `status`, `bookings show/retry`.
 //!
-//! Tokens arrive as `SecretString` and leave only as ciphertext; reports never contain them.
+//! Tokens arrive as `SecretString` and leave only as ciphertext; reports never contain them. It
+//! holds no SQL: statements are `db`'s (`integrations`, `bookings`, `requeue`, `status`, `audit`).
 
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use uuid::Uuid;
 
 use crate::crypto::{Column, Keyring};
-use crate::db::jobs::{AuditEntry, insert_audit};
-use crate::db::{DbError, Session, Sql, Tx, integrations};
+use crate::db::audit::{self, AuditEntry, insert_audit};
+use crate::db::{DbError, Session, Sql, Tx, bookings, integrations, requeue, status};
 use crate::providers::Platform;
 
 /// A connection to store.
@@ -61,16 +62,8 @@ pub async fn store_integration(
 
 /// Marks an integration inactive and wipes its tokens, and commits `tx`. `false` when there was none.
 pub async fn disable_integration(tx: Tx<'_>, actor: &str, user_id: Uuid, platform: Platform) -> Result<bool, DbError> {
-    let n = tx
-        .sql()
-        .execute(
-            "UPDATE user_meeting_integrations
-                SET is_active = false, access_token = '', refresh_token = NULL, expires_at = NULL, updated_at = now()
-              WHERE user_id = $1 AND platform = $2",
-            &[&user_id, &platform.as_str()],
-        )
-        .await?;
-    if n > 0 {
+    let disabled = integrations::disable(tx.sql(), user_id, platform.as_str()).await?;
+    if disabled {
         let entry = AuditEntry {
             action: "integration.disable",
             platform: Some(platform.as_str().into()),
@@ -81,7 +74,7 @@ pub async fn disable_integration(tx: Tx<'_>, actor: &str, user_id: Uuid, platfor
         insert_audit(tx.sql(), actor, None, Some(user_id), None, &entry).await?;
     }
     tx.commit().await?;
-    Ok(n > 0)
+    Ok(disabled)
 }
 
 /// What a key rotation did.
@@ -138,135 +131,38 @@ pub async fn rotate_keys(client: &mut Session, keyring: &Keyring, batch: i64) ->
 /// Re-queues one booking's job (a new attempt series, now). `false` if meetingd has no job for it
 /// and the booking is not of an online service.
 pub async fn retry_booking(client: Sql<'_>, booking: Uuid) -> Result<bool, DbError> {
-    let online: Option<bool> = client
-        .query_opt(
-            "SELECT COALESCE(s.is_online, false) FROM bookings b JOIN services s ON s.id = b.service_id WHERE b.id = $1",
-            &[&booking],
-        )
-        .await?
-        .map(|r| r.get(0));
-    let has_job = client.query_opt("SELECT 1 FROM meetingd.jobs WHERE booking_id = $1", &[&booking]).await?.is_some();
+    let online = bookings::is_online(client, booking).await?;
+    let has_job = requeue::has_job(client, booking).await?;
     if !(has_job || online == Some(true)) {
         return Ok(false);
     }
-    client.query_one("SELECT meetingd.touch_job($1)", &[&booking]).await?;
+    requeue::touch_job(client, booking).await?;
     Ok(true)
 }
 
-/// Re-queues every failed job; returns how many.
-pub async fn retry_all_failed(client: Sql<'_>) -> Result<u64, DbError> {
-    let n = client
-        .execute(
-            "UPDATE meetingd.jobs SET state = 'pending', run_at = now(), attempts = 0, write_failures = 0, last_error = NULL, updated_at = now()
-              WHERE state = 'failed'",
-            &[],
-        )
-        .await?;
-    if n > 0 {
-        client.execute("SELECT pg_notify('meetingd', '0')", &[]).await?;
-    }
-    Ok(n)
-}
-
-/// An integration waiting for its provider: user, platform, account e-mail, since.
-pub type NeedsReconnect = (Uuid, String, Option<String>, Option<DateTime<Utc>>);
-
 /// The queue and what needs attention, for `meetingd status`.
 pub struct Status {
-    pub pending: i64,
-    pub due_now: i64,
-    pub oldest_due_secs: f64,
-    pub leased: i64,
-    pub failed: i64,
-    pub done: i64,
-    pub listening_daemons: i64,
-    pub needs_reconnect: Vec<NeedsReconnect>,
-    pub recent_failures: Vec<(Uuid, DateTime<Utc>, String)>,
-    pub notification_queue_usage: f64,
-    /// Meetings out of meetingd's reach, newest first: (booking, platform, meeting id, found, reason).
-    pub orphans: Vec<(Uuid, String, String, DateTime<Utc>, String)>,
+    pub queue: status::Queue,
+    pub needs_reconnect: Vec<status::NeedsReconnect>,
+    pub recent_failures: Vec<status::Failure>,
+    /// Meetings out of meetingd's reach, newest first.
+    pub orphans: Vec<status::Orphan>,
     pub orphan_count: i64,
 }
 
 pub async fn status(client: Sql<'_>) -> Result<Status, DbError> {
-    let q = client
-        .query_one(
-            "SELECT count(*) FILTER (WHERE state = 'pending'),
-                    count(*) FILTER (WHERE state = 'pending' AND run_at <= now() AND (lease_until IS NULL OR lease_until < now())),
-                    COALESCE(EXTRACT(EPOCH FROM now() - min(run_at) FILTER (WHERE state = 'pending' AND run_at <= now()
-                                     AND (lease_until IS NULL OR lease_until < now()))), 0)::float8,
-                    count(*) FILTER (WHERE state = 'pending' AND lease_until >= now()),
-                    count(*) FILTER (WHERE state = 'failed'),
-                    count(*) FILTER (WHERE state = 'done'),
-                    (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN meetingd%'),
-                    pg_notification_queue_usage()
-               FROM meetingd.jobs",
-            &[],
-        )
-        .await?;
-    let needs_reconnect = client
-        .query(
-            "SELECT user_id, platform, platform_user_email, updated_at FROM user_meeting_integrations
-              WHERE is_active IS NOT TRUE AND access_token <> '' ORDER BY updated_at DESC LIMIT 20",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect();
-    let recent_failures = client
-        .query(
-            "SELECT booking_id, updated_at, COALESCE(last_error, '') FROM meetingd.jobs
-              WHERE state = 'failed' ORDER BY updated_at DESC LIMIT 10",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    let orphans = client
-        .query(
-            "SELECT booking_id, platform, external_id, found_at, reason FROM meetingd.orphaned_meetings
-              ORDER BY found_at DESC LIMIT 10",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-        .collect();
-    let orphan_count = client.query_one("SELECT count(*) FROM meetingd.orphaned_meetings", &[]).await?.get(0);
     Ok(Status {
-        orphans,
-        orphan_count,
-        pending: q.get(0),
-        due_now: q.get(1),
-        oldest_due_secs: q.get(2),
-        leased: q.get(3),
-        failed: q.get(4),
-        done: q.get(5),
-        listening_daemons: q.get(6),
-        notification_queue_usage: q.get(7),
-        needs_reconnect,
-        recent_failures,
+        queue: status::queue(client).await?,
+        needs_reconnect: status::needs_reconnect(client).await?,
+        recent_failures: status::recent_failures(client).await?,
+        orphans: status::recent_orphans(client).await?,
+        orphan_count: status::orphan_count(client).await?,
     })
 }
 
 /// A booking's meeting state and audit trail, as lines for `meetingd bookings show`.
 pub async fn show_booking(client: Sql<'_>, booking: Uuid) -> Result<Option<Vec<String>>, DbError> {
-    let Some(b) = client
-        .query_opt(
-            "SELECT b.status, b.start_time, b.end_time, s.title, s.is_online, s.meeting_platform, s.provider_id,
-                    b.meeting_status, b.meeting_platform, b.meeting_id, b.meeting_link, b.meeting_error,
-                    j.state, j.version, j.attempts, j.run_at, j.lease_until, j.last_error,
-                    m.platform, m.external_id, m.generation, m.state, m.start_time
-               FROM bookings b JOIN services s ON s.id = b.service_id
-               LEFT JOIN meetingd.jobs j ON j.booking_id = b.id
-               LEFT JOIN meetingd.meetings m ON m.booking_id = b.id
-              WHERE b.id = $1",
-            &[&booking],
-        )
-        .await?
-    else {
+    let Some(b) = bookings::report(client, booking).await? else {
         return Ok(None);
     };
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
@@ -274,64 +170,59 @@ pub async fn show_booking(client: Sql<'_>, booking: Uuid) -> Result<Option<Vec<S
         v.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_else(|| "-".into())
     };
     let mut out = vec![
-        format!("booking   {booking}: {} from {} to {}", b.get::<_, String>(0), time(b.get(1)), time(b.get(2))),
+        format!("booking   {booking}: {} from {} to {}", b.status, time(b.start), time(b.end)),
         format!(
             "service   {} ({}, platform {}), provider {}",
-            b.get::<_, String>(3),
-            if b.get::<_, Option<bool>>(4).unwrap_or(false) { "online" } else { "in person" },
-            opt(b.get(5)),
-            b.get::<_, uuid::Uuid>(6)
+            b.service_title,
+            if b.service_online.unwrap_or(false) { "online" } else { "in person" },
+            opt(b.service_platform),
+            b.provider_id
         ),
         format!(
             "meeting   status {}, platform {}, id {}, link {}",
-            opt(b.get(7)),
-            opt(b.get(8)),
-            opt(b.get(9)),
-            opt(b.get(10))
+            opt(b.meeting_status),
+            opt(b.meeting_platform),
+            opt(b.meeting_id),
+            opt(b.meeting_link)
         ),
     ];
-    if let Some(error) = b.get::<_, Option<String>>(11) {
+    if let Some(error) = b.meeting_error {
         out.push(format!("error     {error}"));
     }
-    match b.get::<_, Option<String>>(12) {
+    match b.job {
         None => out.push("job       none (meetingd never had work for this booking)".into()),
-        Some(state) => out.push(format!(
-            "job       {state}, change #{}, attempt {}, next run {}, lease until {}{}",
-            b.get::<_, i64>(13),
-            b.get::<_, i32>(14),
-            time(b.get(15)),
-            time(b.get(16)),
-            b.get::<_, Option<String>>(17).map(|e| format!(", last error: {e}")).unwrap_or_default()
+        Some(j) => out.push(format!(
+            "job       {}, change #{}, attempt {}, next run {}, lease until {}{}",
+            j.state,
+            j.version,
+            j.attempts,
+            time(j.run_at),
+            time(j.lease_until),
+            j.last_error.map(|e| format!(", last error: {e}")).unwrap_or_default()
         )),
     }
-    if let Some(platform) = b.get::<_, Option<String>>(18) {
+    if let Some(m) = b.meeting {
         out.push(format!(
-            "recorded  {platform} meeting {} (generation {}, {}), starts {}",
-            b.get::<_, String>(19),
-            b.get::<_, i32>(20),
-            b.get::<_, String>(21),
-            time(b.get(22))
+            "recorded  {} meeting {} (generation {}, {}), starts {}",
+            m.platform,
+            m.external_id,
+            m.generation,
+            m.state,
+            time(m.start)
         ));
     }
     out.push("audit trail:".into());
-    for r in client
-        .query(
-            "SELECT at, actor, action, COALESCE(platform, '-'), outcome, attempt, duration_ms, COALESCE(detail, '')
-               FROM meetingd.audit_log WHERE booking_id = $1 ORDER BY id",
-            &[&booking],
-        )
-        .await?
-    {
+    for r in audit::trail(client, booking).await? {
         out.push(format!(
             "  {}  {:<16} {:<12} {:<7} attempt {:<2} {:>6} ms  {}  ({})",
-            time(r.get(0)),
-            r.get::<_, String>(2),
-            r.get::<_, String>(3),
-            r.get::<_, String>(4),
-            r.get::<_, Option<i32>>(5).map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
-            r.get::<_, Option<i32>>(6).map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
-            r.get::<_, String>(7),
-            r.get::<_, String>(1),
+            time(r.at),
+            r.action,
+            r.platform,
+            r.outcome,
+            r.attempt.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            r.duration_ms.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
+            r.detail,
+            r.actor,
         ));
     }
     Ok(Some(out))

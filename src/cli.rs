@@ -285,7 +285,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 },
                 BookingsCommand::Retry { all_failed: true, .. } => {
-                    println!("queued {} failed booking(s) again", crate::admin::retry_all_failed(client.sql()).await?);
+                    let n = crate::db::requeue::requeue_failed(client.sql(), crate::db::requeue::Failed::All).await?;
+                    println!("queued {n} failed booking(s) again");
                 }
                 BookingsCommand::Retry { booking: Some(booking), .. } => {
                     if crate::admin::retry_booking(client.sql(), booking).await? {
@@ -316,21 +317,24 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn print_status(s: &crate::admin::Status) {
+    let q = &s.queue;
     println!(
         "queue         {} pending ({} due now, oldest due {:.1} s), {} being worked on, {} failed, {} done",
-        s.pending, s.due_now, s.oldest_due_secs, s.leased, s.failed, s.done
+        q.pending, q.due_now, q.oldest_due_secs, q.leased, q.failed, q.done
     );
-    println!("daemons       {} listening on this database", s.listening_daemons);
-    println!("notify queue  {:.1} % used", s.notification_queue_usage * 100.0);
+    println!("daemons       {} listening on this database", q.listening_daemons);
+    println!("notify queue  {:.1} % used", q.notification_queue_usage * 100.0);
     if s.needs_reconnect.is_empty() {
         println!("integrations  none needs reconnecting");
     } else {
         println!("integrations  {} need reconnecting (the provider must connect again):", s.needs_reconnect.len());
-        for (user, platform, email, since) in &s.needs_reconnect {
+        for n in &s.needs_reconnect {
             println!(
-                "  {user}  {platform:<11}  {:<28}  since {}",
-                email.as_deref().unwrap_or("-"),
-                since.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_default()
+                "  {}  {:<11}  {:<28}  since {}",
+                n.user_id,
+                n.platform,
+                n.email.as_deref().unwrap_or("-"),
+                n.since.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_default()
             );
         }
     }
@@ -341,14 +345,21 @@ fn print_status(s: &crate::admin::Status) {
             "orphans       {} meeting(s) exist at their platform out of meetingd's reach; the providers were told:",
             s.orphan_count
         );
-        for (booking, platform, meeting, at, reason) in &s.orphans {
-            println!("  {booking}  {}  {platform} {meeting}: {reason}", at.format("%Y-%m-%d %H:%M UTC"));
+        for o in &s.orphans {
+            println!(
+                "  {}  {}  {} {}: {}",
+                o.booking_id,
+                o.found_at.format("%Y-%m-%d %H:%M UTC"),
+                o.platform,
+                o.external_id,
+                o.reason
+            );
         }
     }
     if !s.recent_failures.is_empty() {
         println!("last failures (retry with `meetingd bookings retry <id>` or `--all-failed`):");
-        for (booking, at, error) in &s.recent_failures {
-            println!("  {booking}  {}  {error}", at.format("%Y-%m-%d %H:%M UTC"));
+        for f in &s.recent_failures {
+            println!("  {}  {}  {}", f.booking_id, f.at.format("%Y-%m-%d %H:%M UTC"), f.error);
         }
     }
 }
@@ -480,12 +491,21 @@ pub async fn check(file: Option<PathBuf>) -> bool {
         ),
         Err(e) => report(false, "encryption", e),
     }
+    // Platforms that need an account are on when their OAuth client is configured.
+    let connectors = crate::providers::auth::Connectors::from_config(&config).unwrap_or_default();
+    let accounts: String = Platform::ALL
+        .into_iter()
+        .filter_map(crate::providers::auth::spec)
+        .map(|s| match connectors.get(s.platform) {
+            Some(_) => format!(", {}", s.platform),
+            None => format!(" ({} not configured)", s.platform),
+        })
+        .collect();
     report(
         true,
         "platforms",
         format!(
-            "jitsi{}; fallback {}",
-            if config.google.is_configured() { ", google_meet" } else { " (google_meet not configured)" },
+            "jitsi{accounts}; fallback {}",
             match config.fallback.platform {
                 crate::config::Fallback::Platform(p) => p.as_str(),
                 crate::config::Fallback::None => "none",

@@ -1,7 +1,9 @@
 //! Typed configuration: defaults compiled in, a file, then the environment, validated once.
 //!
 //! Owns how settings are found and what makes them valid. It never opens a connection or a file
-//! other than the one config file it is given, and never writes anything.
+//! other than the one config file it is given, and never writes anything. Each platform's section
+//! (`[google]`, `[jitsi]`) is a struct here that validates itself; its tests are in
+//! `config/tests.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -332,8 +334,26 @@ impl GoogleConfig {
         secret_or_file(&self.client_secret, &self.client_secret_file, "google.client_secret")
     }
 
-    pub fn is_configured(&self) -> bool {
-        !self.client_id.trim().is_empty() && matches!(self.client_secret(), Ok(Some(_)))
+    /// What is wrong with the `[google]` section, added to `problems`.
+    fn problems(&self, problems: &mut Vec<String>) {
+        if let Err(e) = self.client_secret() {
+            problems.push(e);
+        }
+        if !matches!(self.send_updates.as_str(), "all" | "externalOnly" | "none") {
+            problems.push(format!(
+                "google.send_updates must be \"all\", \"externalOnly\" or \"none\", not {:?}",
+                self.send_updates
+            ));
+        }
+        if !self.api_base_url.as_str().ends_with('/') {
+            problems.push(format!("google.api_base_url must end with a slash: {}", self.api_base_url));
+        }
+        if self.calendar_id.trim().is_empty() {
+            problems.push("google.calendar_id must not be empty".into());
+        }
+        if self.request_timeout_ms == 0 {
+            problems.push("google.request_timeout_ms must be greater than 0".into());
+        }
     }
 }
 
@@ -483,25 +503,7 @@ impl Config {
                 problems.push(format!("encryption.old_keys: {e}"));
             }
         }
-        let g = &self.google;
-        if let Err(e) = g.client_secret() {
-            problems.push(e);
-        }
-        if !matches!(g.send_updates.as_str(), "all" | "externalOnly" | "none") {
-            problems.push(format!(
-                "google.send_updates must be \"all\", \"externalOnly\" or \"none\", not {:?}",
-                g.send_updates
-            ));
-        }
-        if !g.api_base_url.as_str().ends_with('/') {
-            problems.push(format!("google.api_base_url must end with a slash: {}", g.api_base_url));
-        }
-        if g.calendar_id.trim().is_empty() {
-            problems.push("google.calendar_id must not be empty".into());
-        }
-        if g.request_timeout_ms == 0 {
-            problems.push("google.request_timeout_ms must be greater than 0".into());
-        }
+        self.google.problems(&mut problems);
         for (name, r) in
             [("google_meet", &self.limits.google_meet), ("zoom", &self.limits.zoom), ("teams", &self.limits.teams)]
         {
@@ -569,106 +571,4 @@ pub fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::result_large_err)] // figment's Jail closures return figment::Error
-mod tests {
-    use super::*;
-    use figment::Jail;
-
-    #[test]
-    fn defaults_are_valid() {
-        let c = Config::defaults();
-        assert_eq!(c.worker.concurrency, 32);
-        assert_eq!(c.fallback.platform, Fallback::Platform(Platform::Jitsi));
-        assert_eq!(c.jitsi.base_url.as_str(), "https://meet.jit.si/");
-    }
-
-    #[test]
-    fn env_overrides_file_and_database_url() {
-        Jail::expect_with(|jail| {
-            jail.create_file("m.toml", "[worker]\nconcurrency = 3\nlisten = false\n")?;
-            jail.set_env("DATABASE_URL", "postgres://a@h/db1");
-            jail.set_env("MEETINGD_WORKER__CONCURRENCY", "7");
-            jail.set_env("MEETINGD_LOG", "debug");
-            let c = Config::load(Some(Path::new("m.toml"))).map_err(|e| e.to_string())?;
-            assert_eq!(c.worker.concurrency, 7);
-            assert!(!c.worker.listen);
-            assert_eq!(c.database.url.expose_secret(), "postgres://a@h/db1");
-            jail.set_env("MEETINGD_DATABASE__URL", "postgres://b@h/db2");
-            let c = Config::load(None).map_err(|e| e.to_string())?;
-            assert_eq!(c.database.url.expose_secret(), "postgres://b@h/db2");
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn unknown_keys_are_errors() {
-        Jail::expect_with(|jail| {
-            jail.create_file("m.toml", "[worker]\nconcurency = 3\n")?;
-            let err = Config::load(Some(Path::new("m.toml"))).unwrap_err().to_string();
-            assert!(err.contains("concurency"), "{err}");
-            jail.create_file("m2.toml", "")?;
-            jail.set_env("MEETINGD_WORKR__CONCURRENCY", "3");
-            let err = Config::load(Some(Path::new("m2.toml"))).unwrap_err().to_string();
-            assert!(err.contains("workr"), "{err}");
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn all_problems_reported_together() {
-        Jail::expect_with(|jail| {
-            jail.set_env("MEETINGD_WORKER__CONCURRENCY", "0");
-            jail.set_env("MEETINGD_WORKER__MAX_ATTEMPTS", "0");
-            jail.set_env("MEETINGD_JITSI__BASE_URL", "ftp://x");
-            let ConfigError::Invalid(problems) = Config::load(None).unwrap_err() else { panic!("expected Invalid") };
-            assert_eq!(problems.len(), 3, "{problems:?}");
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn fallback_accepts_only_accountless_platforms() {
-        Jail::expect_with(|jail| {
-            jail.set_env("MEETINGD_FALLBACK__PLATFORM", "none");
-            assert_eq!(Config::load(None).unwrap().fallback.platform, Fallback::None);
-            jail.set_env("MEETINGD_FALLBACK__PLATFORM", "zoom");
-            let err = Config::load(None).unwrap_err().to_string();
-            assert!(err.contains("cannot need an account"), "{err}");
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn systemd_credentials_fill_unset_secrets() {
-        Jail::expect_with(|jail| {
-            let key = crate::crypto::Keyring::generate_key();
-            jail.create_dir("creds")?;
-            jail.create_file("creds/encryption-key", key.expose_secret())?;
-            jail.create_file("creds/jwt-secret", "s3cret")?;
-            jail.create_file("creds/database-url", "postgres://m:pw@db/market\n")?;
-            jail.create_file("own-google-secret", "mine")?;
-            jail.set_env("MEETINGD_GOOGLE__CLIENT_SECRET_FILE", "own-google-secret");
-            jail.set_env("CREDENTIALS_DIRECTORY", jail.directory().join("creds").display().to_string());
-            jail.create_file("creds/google-client-secret", "theirs")?;
-            let c = Config::load(None).map_err(|e| e.to_string())?;
-            assert!(c.encryption.keyring().is_ok());
-            assert_eq!(c.http.jwt_secret().unwrap().unwrap().expose_secret(), "s3cret");
-            assert_eq!(c.database.url.expose_secret(), "postgres://m:pw@db/market");
-            assert_eq!(c.google.client_secret().unwrap().unwrap().expose_secret(), "mine", "explicit settings win");
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn database_url_is_redacted_in_debug() {
-        Jail::expect_with(|jail| {
-            jail.set_env("DATABASE_URL", "postgres://u:hunter2@h/db");
-            let c = Config::load(None).unwrap();
-            let shown = format!("{c:?}");
-            assert!(!shown.contains("hunter2"), "{shown}");
-            assert!(shown.contains("***"));
-            assert_eq!(redact_url("host=h password=hunter2 user=u"), "host=h password=*** user=u");
-            Ok(())
-        });
-    }
-}
+mod tests;

@@ -1,6 +1,7 @@
 //! Prometheus metrics: names, the process recorder, and the sampler of database-side gauges.
 //!
 //! Labels are bounded (platform, operation, outcome, class): never a booking id, user id or e-mail.
+//! The gauges' statement is `db::status::gauges`.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -88,26 +89,13 @@ pub async fn sample(
             gauge!(LISTENER_UP).set(if l.is_connected() { 1.0 } else { 0.0 });
         }
         let Ok(client) = pool.get().await else { continue };
-        let row = client
-            .sql()
-            .query_one(
-                "SELECT (SELECT count(*) FROM meetingd.jobs WHERE state = 'pending')::float8,
-                        COALESCE((SELECT EXTRACT(EPOCH FROM now() - min(run_at)) FROM meetingd.jobs
-                                   WHERE state = 'pending' AND run_at <= now()
-                                     AND (lease_until IS NULL OR lease_until < now())), 0)::float8,
-                        (SELECT count(*) FROM meetingd.jobs WHERE state = 'failed')::float8,
-                        (SELECT count(*) FROM user_meeting_integrations WHERE is_active IS NOT TRUE AND access_token <> '')::float8,
-                        pg_notification_queue_usage()",
-                &[],
-            )
-            .await;
-        match row {
-            Ok(r) => {
-                gauge!(QUEUE_DEPTH).set(r.get::<_, f64>(0));
-                gauge!(OLDEST_DUE_AGE).set(r.get::<_, f64>(1));
-                gauge!(FAILED_JOBS).set(r.get::<_, f64>(2));
-                gauge!(NEEDS_RECONNECT).set(r.get::<_, f64>(3));
-                gauge!(NOTIFY_QUEUE_USAGE).set(r.get::<_, f64>(4));
+        match crate::db::status::gauges(client.sql()).await {
+            Ok(g) => {
+                gauge!(QUEUE_DEPTH).set(g.queue_depth);
+                gauge!(OLDEST_DUE_AGE).set(g.oldest_due_age_secs);
+                gauge!(FAILED_JOBS).set(g.failed_jobs);
+                gauge!(NEEDS_RECONNECT).set(g.needs_reconnect);
+                gauge!(NOTIFY_QUEUE_USAGE).set(g.notification_queue_usage);
             }
             Err(e) => tracing::debug!(error = %crate::db::describe(&e), "metrics sample failed"),
         }

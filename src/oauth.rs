@@ -1,6 +1,8 @@
-//! OAuth 2.0 token-endpoint calls (the `oauth2` crate) for every platform.
+//! OAuth 2.0 calls (the `oauth2` crate) for every platform: the consent-screen URL, the code
+//! and refresh grants, revocation.
 //!
-//! Owns the refresh grant and how its failures are classified. It never touches the database and
+//! Generic: each platform's endpoints, scopes and extra parameters come from its `OAuthSpec`
+//! (`providers::auth`). Owns the grants and how their failures are classified. It never touches the database and
 //! never logs a token: callers get tokens as `SecretString` and errors without response bodies.
 
 use std::time::Duration;
@@ -86,13 +88,14 @@ fn tokens(response: &oauth2::basic::BasicTokenResponse) -> Refreshed {
 }
 
 impl OAuthClient {
-    /// The consent-screen URL (authorization-code flow with PKCE S256), asking for offline access
-    /// and a consent prompt so a refresh token is always issued.
+    /// The consent-screen URL (authorization-code flow with PKCE S256) for `scopes`, with the
+    /// platform's own `extra_params` (in order) after them.
     pub fn authorize(
         &self,
         auth_url: &url::Url,
         redirect_url: &url::Url,
         scopes: &[&str],
+        extra_params: &[(&str, &str)],
         state: &str,
     ) -> Authorization {
         let client = BasicClient::new(ClientId::new(self.client_id.clone()))
@@ -104,12 +107,10 @@ impl OAuthClient {
         for scope in scopes {
             request = request.add_scope(Scope::new(scope.to_string()));
         }
-        let (url, _) = request
-            .add_extra_param("access_type", "offline")
-            .add_extra_param("prompt", "consent")
-            .add_extra_param("include_granted_scopes", "true")
-            .set_pkce_challenge(challenge)
-            .url();
+        for (name, value) in extra_params {
+            request = request.add_extra_param(*name, *value);
+        }
+        let (url, _) = request.set_pkce_challenge(challenge).url();
         Authorization { url, pkce_verifier: SecretString::from(verifier.secret().to_string()) }
     }
 

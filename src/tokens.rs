@@ -16,7 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use crate::crypto::{Column, CryptoError, Keyring};
-use crate::db::jobs::{AuditEntry, Event, insert_audit, insert_event};
+use crate::db::audit::{AuditEntry, Event, insert_audit, insert_event};
 use crate::db::{DbError, Pool, integrations};
 use crate::oauth::{OAuthClient, OAuthError};
 use crate::providers::{Account, Platform};

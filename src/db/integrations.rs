@@ -247,3 +247,39 @@ pub async fn rewrite_tokens(
         .await?;
     Ok(())
 }
+
+/// An integration as its provider sees it in the API (no token, not even its ciphertext).
+pub struct Summary {
+    pub platform: String,
+    pub email: Option<String>,
+    /// Active and holding a token.
+    pub active: bool,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// The provider's integrations, by platform.
+pub async fn of_user(client: Sql<'_>, user_id: Uuid) -> Result<Vec<Summary>, DbError> {
+    Ok(client
+        .query(
+            "SELECT platform, platform_user_email, COALESCE(is_active, false) AND access_token <> '', created_at
+               FROM user_meeting_integrations WHERE user_id = $1 ORDER BY platform",
+            &[&user_id],
+        )
+        .await?
+        .iter()
+        .map(|r| Summary { platform: r.get(0), email: r.get(1), active: r.get(2), created_at: r.get(3) })
+        .collect())
+}
+
+/// Marks the provider's integration inactive and wipes its tokens; `false` when there was none.
+pub async fn disable(client: Sql<'_>, user_id: Uuid, platform: &str) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE user_meeting_integrations
+                SET is_active = false, access_token = '', refresh_token = NULL, expires_at = NULL, updated_at = now()
+              WHERE user_id = $1 AND platform = $2",
+            &[&user_id, &platform],
+        )
+        .await?;
+    Ok(n > 0)
+}

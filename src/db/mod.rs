@@ -4,15 +4,21 @@
 //! and the error type of the data layer. The SQL itself lives in the submodules: `migrate` (schema),
 //! `listen` (the LISTEN connection), `jobs` (the queue and the write-back); TLS is decided in `tls`.
 
+pub mod audit;
+pub mod bookings;
 pub mod integrations;
 pub mod jobs;
 pub mod listen;
 pub mod maintenance;
 pub mod marketplace;
 pub mod migrate;
+pub mod oauth_states;
 pub mod reconcile;
+pub mod requeue;
 pub mod sql;
+pub mod status;
 pub mod tls;
+pub mod users;
 
 use std::time::Duration;
 

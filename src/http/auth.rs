@@ -96,15 +96,9 @@ impl FromRequestParts<AppState> for Caller {
             )
         })?;
         let client = state.pool.get().await?;
-        let row = client
-            .sql()
-            .query_opt(
-                "SELECT u.role = 'provider' OR EXISTS (SELECT 1 FROM services s WHERE s.provider_id = u.id)
-                   FROM users u WHERE u.id = $1",
-                &[&user_id],
-            )
+        let is_provider = crate::db::users::is_provider(client.sql(), user_id)
             .await?
             .ok_or_else(|| ApiError::unauthenticated("the token's user does not exist"))?;
-        Ok(Caller { user_id, is_provider: row.get::<_, Option<bool>>(0).unwrap_or(false) })
+        Ok(Caller { user_id, is_provider })
     }
 }

@@ -5,6 +5,10 @@
 //! browser coming back from the consent screen) requires cookie and query to match that stored
 //! state, exchanges the code, stores the tokens encrypted, re-queues the provider's failed
 //! bookings and redirects to the app — never anywhere but `http.app_url`.
+//!
+//! Platform-neutral: each platform's OAuth facts (path segment, scopes, endpoints, who the
+//! connected account is) come from `providers::auth`; the statements from `db::oauth_states`,
+//! `db::requeue` and `admin::store_integration`.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -23,11 +27,13 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::crypto::Column;
+use crate::db::oauth_states;
+use crate::db::requeue::{self, Failed};
 use crate::providers::Platform;
+use crate::providers::auth::{Identity, OAuthSpec, PathPlatform};
 
 pub const STATE_COOKIE: &str = "meetingd_oauth_state";
 const STATE_TTL_SECS: i64 = 600;
-pub const GOOGLE_SCOPES: [&str; 1] = ["https://www.googleapis.com/auth/calendar.events"];
 
 #[derive(Serialize, ToSchema)]
 pub struct ConnectResponse {
@@ -43,16 +49,19 @@ pub struct CallbackQuery {
     pub error: Option<String>,
 }
 
-/// `google-meet` in paths; the platform names elsewhere.
-pub fn path_platform(segment: &str) -> Result<Platform, ApiError> {
-    match segment {
-        "google-meet" | "google_meet" => Ok(Platform::GoogleMeet),
-        "zoom" | "teams" => Err(ApiError::new(
+/// The platform a path segment names (`google-meet`, or its stored name `google_meet`), with its
+/// OAuth facts; 404 for anything meetingd cannot connect.
+pub fn path_platform(segment: &str) -> Result<&'static OAuthSpec, ApiError> {
+    match PathPlatform::parse(segment) {
+        PathPlatform::Connectable(spec) => Ok(spec),
+        PathPlatform::NotYet => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "platform_unavailable",
             format!("{segment} cannot be connected on this server yet"),
         )),
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_platform", format!("unknown platform {segment:?}"))),
+        PathPlatform::Unknown => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_platform", format!("unknown platform {segment:?}")))
+        }
     }
 }
 
@@ -60,11 +69,8 @@ fn state_hash(state: &str) -> String {
     Sha256::digest(state.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn callback_url(state: &AppState, platform: Platform) -> url::Url {
-    let segment = match platform {
-        Platform::GoogleMeet => "google-meet",
-        other => other.as_str(),
-    };
+fn callback_url(state: &AppState, spec: &OAuthSpec) -> url::Url {
+    let segment = spec.path_segment;
     state.config.http.public_url.join(&format!("/api/auth/{segment}/callback")).expect("a path joins onto an http URL")
 }
 
@@ -86,34 +92,32 @@ pub async fn connect(
     jar: CookieJar,
 ) -> Result<(CookieJar, Json<ConnectResponse>), ApiError> {
     caller.require_provider()?;
-    let platform = path_platform(&segment)?;
-    let oauth = state.google_oauth.as_ref().ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_configured", "Google is not configured on this server")
+    let spec = path_platform(&segment)?;
+    let connector = state.connectors.get(spec.platform).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_configured",
+            format!("{} is not configured on this server", spec.vendor),
+        )
     })?;
     let raw: [u8; 32] = rand::random();
     let oauth_state = URL_SAFE_NO_PAD.encode(raw);
-    let redirect = callback_url(&state, platform);
-    let authorization = oauth.authorize(&state.config.google.auth_url, &redirect, &GOOGLE_SCOPES, &oauth_state);
+    let redirect = callback_url(&state, spec);
+    let authorization = connector.authorize(&redirect, &oauth_state);
 
     let client = state.pool.get().await?;
-    client.sql().execute("DELETE FROM meetingd.oauth_states WHERE expires_at < now()", &[]).await?;
+    oauth_states::delete_expired(client.sql()).await?;
     let row_id = Uuid::new_v4();
     let verifier = state.keyring.encrypt(&authorization.pkce_verifier, row_id, Column::PkceVerifier);
-    client
-        .sql()
-        .execute(
-            "INSERT INTO meetingd.oauth_states (state_hash, id, user_id, platform, pkce_verifier, expires_at)
-             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
-            &[
-                &state_hash(&oauth_state),
-                &row_id,
-                &caller.user_id,
-                &platform.as_str(),
-                &verifier,
-                &(STATE_TTL_SECS as f64),
-            ],
-        )
-        .await?;
+    let pending = oauth_states::NewState {
+        state_hash: &state_hash(&oauth_state),
+        id: row_id,
+        user_id: caller.user_id,
+        platform: spec.platform.as_str(),
+        pkce_verifier: &verifier,
+        ttl_secs: STATE_TTL_SECS as f64,
+    };
+    oauth_states::insert(client.sql(), &pending).await?;
     let cookie = Cookie::build((STATE_COOKIE, oauth_state))
         .http_only(true)
         .secure(state.config.http.cookie_secure)
@@ -153,30 +157,24 @@ async fn finish_connect(
     query: &CallbackQuery,
     jar: &CookieJar,
 ) -> Result<Platform, String> {
-    let platform = path_platform(segment).map_err(|_| "unknown_platform".to_string())?;
+    let spec = path_platform(segment).map_err(|_| "unknown_platform".to_string())?;
+    let platform = spec.platform;
     let oauth_state = query.state.as_deref().filter(|s| !s.is_empty()).ok_or("invalid_state")?;
     // Single use: the row is consumed by the first callback that presents the state, whatever
     // happens next (a state seen without its cookie is burnt too).
     let client = state.pool.get().await.map_err(|e| internal(e.to_string()))?;
-    let row = client
-        .sql()
-        .query_opt(
-            "DELETE FROM meetingd.oauth_states WHERE state_hash = $1 AND platform = $2
-             RETURNING id, user_id, pkce_verifier, expires_at > now()",
-            &[&state_hash(oauth_state), &platform.as_str()],
-        )
+    let pending = oauth_states::take(client.sql(), &state_hash(oauth_state), platform.as_str())
         .await
         .map_err(|e| internal(e.to_string()))?
         .ok_or("invalid_state")?;
-    // No connection is held while Google answers: API traffic cannot tie up the pool.
+    // No connection is held while the platform answers: API traffic cannot tie up the pool.
     drop(client);
-    let (row_id, user_id, verifier_ct, fresh): (Uuid, Uuid, String, bool) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let user_id = pending.user_id;
     if jar.get(STATE_COOKIE).map(|c| c.value()) != Some(oauth_state) {
         tracing::warn!(user_id = %user_id, "OAuth callback without the matching state cookie; state discarded");
         return Err("invalid_state".into());
     }
-    if !fresh {
+    if !pending.fresh {
         return Err("state_expired".into());
     }
     if let Some(error) = &query.error {
@@ -185,23 +183,22 @@ async fn finish_connect(
         return Err(if code.is_empty() { "access_denied".into() } else { code });
     }
     let code = query.code.as_deref().filter(|c| !c.is_empty()).ok_or("missing_code")?;
-    let oauth = state.google_oauth.as_ref().ok_or("not_configured")?;
-    let verifier =
-        state.keyring.decrypt(&verifier_ct, row_id, Column::PkceVerifier).map_err(|e| internal(e.to_string()))?;
-    let tokens = oauth.exchange_code(code, &verifier, &callback_url(state, platform)).await.map_err(|e| {
+    let connector = state.connectors.get(platform).ok_or("not_configured")?;
+    let verifier = state
+        .keyring
+        .decrypt(&pending.pkce_verifier, pending.id, Column::PkceVerifier)
+        .map_err(|e| internal(e.to_string()))?;
+    let tokens = connector.client().exchange_code(code, &verifier, &callback_url(state, spec)).await.map_err(|e| {
         tracing::warn!(user_id = %user_id, platform = %platform, error = %e, "OAuth code exchange failed");
         "exchange_failed".to_string()
     })?;
     if tokens.refresh_token.is_none() {
-        tracing::warn!(user_id = %user_id, "Google issued no refresh token; the connection will need renewing when the access token expires");
+        tracing::warn!(user_id = %user_id, "{} issued no refresh token; the connection will need renewing when the access token expires", spec.vendor);
     }
-    let email = match crate::providers::google::account_email(&state.config.google, &tokens.access_token).await {
-        Ok(email) => Some(email),
-        Err(e) => {
-            tracing::warn!(user_id = %user_id, error = %e, "could not learn the connected account's e-mail");
-            None
-        }
-    };
+    let identity = connector.identity(&tokens.access_token).await.unwrap_or_else(|e| {
+        tracing::warn!(user_id = %user_id, error = %e, "could not learn the connected account's e-mail");
+        Identity::default()
+    });
     let expires_at = tokens.expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| chrono::Utc::now() + d);
     let new = crate::admin::NewIntegration {
         user_id,
@@ -209,9 +206,9 @@ async fn finish_connect(
         access_token: tokens.access_token,
         refresh_token: tokens.refresh_token,
         expires_at,
-        scopes: tokens.scopes.unwrap_or_else(|| GOOGLE_SCOPES.iter().map(|s| s.to_string()).collect()),
-        platform_user_id: None,
-        email,
+        scopes: tokens.scopes.unwrap_or_else(|| spec.scopes.iter().map(|s| s.to_string()).collect()),
+        platform_user_id: identity.platform_user_id,
+        email: identity.email,
     };
     let mut client = state.pool.get().await.map_err(|e| internal(e.to_string()))?;
     let tx = client.transaction().await.map_err(|e| internal(e.to_string()))?;
@@ -219,26 +216,11 @@ async fn finish_connect(
         .await
         .map_err(|e| internal(e.to_string()))?;
     tx.commit().await.map_err(|e| internal(e.to_string()))?;
-    let requeued = requeue_failed(client.sql(), user_id).await.map_err(|e| internal(e.to_string()))?;
+    let requeued = requeue::requeue_failed(client.sql(), Failed::OfProvider(user_id))
+        .await
+        .map_err(|e| internal(e.to_string()))?;
     tracing::info!(user_id = %user_id, platform = %platform, requeued, "provider connected {}", platform.display_name());
     Ok(platform)
-}
-
-/// The provider's bookings whose meeting failed get another try now that an account is connected.
-pub async fn requeue_failed(client: crate::db::Sql<'_>, provider: Uuid) -> Result<u64, tokio_postgres::Error> {
-    let n = client
-        .execute(
-            "UPDATE meetingd.jobs j
-                SET state = 'pending', run_at = now(), attempts = 0, write_failures = 0, last_error = NULL, updated_at = now()
-               FROM bookings b JOIN services s ON s.id = b.service_id
-              WHERE j.booking_id = b.id AND s.provider_id = $1 AND j.state = 'failed'",
-            &[&provider],
-        )
-        .await?;
-    if n > 0 {
-        client.execute("SELECT pg_notify('meetingd', '0')", &[]).await?;
-    }
-    Ok(n)
 }
 
 fn internal(e: String) -> String {

@@ -1,4 +1,7 @@
 //! The caller's connected platform accounts: list and disconnect. Never a token.
+//!
+//! Platform-neutral: revocation goes to the platform's endpoint from `providers::auth`; the
+//! statements are `db::integrations`'.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -35,21 +38,14 @@ pub struct IntegrationView {
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<IntegrationView>>, ApiError> {
     caller.require_provider()?;
     let client = state.pool.get().await?;
-    let rows = client
-        .sql()
-        .query(
-            "SELECT platform, platform_user_email, COALESCE(is_active, false) AND access_token <> '', created_at
-               FROM user_meeting_integrations WHERE user_id = $1 ORDER BY platform",
-            &[&caller.user_id],
-        )
-        .await?;
+    let rows = integrations::of_user(client.sql(), caller.user_id).await?;
     Ok(Json(
-        rows.iter()
+        rows.into_iter()
             .map(|r| IntegrationView {
-                platform: r.get(0),
-                account_email: r.get(1),
-                status: if r.get::<_, bool>(2) { "active" } else { "needs_reconnect" }.into(),
-                connected_since: r.get(3),
+                platform: r.platform,
+                account_email: r.email,
+                status: if r.active { "active" } else { "needs_reconnect" }.into(),
+                connected_since: r.created_at,
             })
             .collect(),
     ))
@@ -68,20 +64,22 @@ pub async fn remove(
     Path(segment): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require_provider()?;
-    let platform = path_platform(&segment)?;
+    let platform = path_platform(&segment)?.platform;
     let client = state.pool.get().await?;
     let row = integrations::load(client.sql(), caller.user_id, platform.as_str(), false)
         .await?
         .ok_or_else(|| ApiError::not_found("integration"))?;
     // No connection is held while the platform answers.
     drop(client);
-    // Revoking the refresh token ends the whole grant at Google; fall back to the access token.
+    // Revoking the refresh token ends the whole grant (at Google, say); fall back to the access token.
     let stored = row.refresh_token.as_deref().filter(|t| !t.is_empty()).map(|t| (t, Column::RefreshToken));
     let stored = stored.or(Some((row.access_token.as_str(), Column::AccessToken)).filter(|(t, _)| !t.is_empty()));
-    if let (Some((ciphertext, column)), Some(oauth)) = (stored, state.google_oauth.as_ref()) {
+    let connector = state.connectors.get(platform);
+    let revoke = connector.and_then(|c| Some((c.client(), c.revoke_url()?)));
+    if let (Some((ciphertext, column)), Some((oauth, revoke_url))) = (stored, revoke) {
         match state.keyring.decrypt(ciphertext, row.id, column) {
             Ok(token) if !token.expose_secret().is_empty() => {
-                if let Err(e) = oauth.revoke(&state.config.google.revoke_url, &token).await {
+                if let Err(e) = oauth.revoke(revoke_url, &token).await {
                     tracing::warn!(user_id = %caller.user_id, platform = %platform, error = %e, "revocation at the platform failed; tokens wiped anyway");
                 }
             }

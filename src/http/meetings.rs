@@ -11,7 +11,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -19,6 +19,8 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
+use crate::db::bookings::{self, ApiBooking as Booking};
+use crate::db::{audit, requeue};
 use crate::providers::Platform;
 
 #[derive(Deserialize, ToSchema)]
@@ -54,22 +56,6 @@ enum Role {
     Customer,
 }
 
-struct Booking {
-    id: Uuid,
-    status: String,
-    is_online: bool,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    title: String,
-    description: Option<String>,
-    provider_name: Option<String>,
-    link: Option<String>,
-    platform: Option<String>,
-    meeting_status: Option<String>,
-    meeting_error: Option<String>,
-    version: i64,
-}
-
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     raw.parse().map_err(|_| ApiError::bad_request("invalid_id", format!("{raw:?} is not a booking id (UUID)")))
 }
@@ -77,43 +63,13 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 /// The booking and the caller's role on it; 404 for anyone without one.
 async fn load(state: &AppState, caller: &Caller, id: Uuid) -> Result<(Booking, Role), ApiError> {
     let client = state.pool.get().await?;
-    let row = client
-        .sql()
-        .query_opt(
-            "SELECT b.id, b.status, COALESCE(s.is_online, false), b.start_time, b.end_time, s.title, s.description,
-                    pu.full_name, b.meeting_link, b.meeting_platform, b.meeting_status, b.meeting_error,
-                    COALESCE(j.version, 0), s.provider_id, b.customer_id
-               FROM bookings b
-               JOIN services s ON s.id = b.service_id
-               LEFT JOIN users pu ON pu.id = s.provider_id
-               LEFT JOIN meetingd.jobs j ON j.booking_id = b.id
-              WHERE b.id = $1",
-            &[&id],
-        )
-        .await?
-        .ok_or_else(|| ApiError::not_found("booking"))?;
-    let (provider, customer): (Uuid, Uuid) = (row.get(13), row.get(14));
-    let role = if caller.user_id == provider {
+    let booking = bookings::for_api(client.sql(), id).await?.ok_or_else(|| ApiError::not_found("booking"))?;
+    let role = if caller.user_id == booking.provider_id {
         Role::Provider
-    } else if caller.user_id == customer {
+    } else if caller.user_id == booking.customer_id {
         Role::Customer
     } else {
         return Err(ApiError::not_found("booking"));
-    };
-    let booking = Booking {
-        id: row.get(0),
-        status: row.get(1),
-        is_online: row.get(2),
-        start: row.get(3),
-        end: row.get(4),
-        title: row.get(5),
-        description: row.get(6),
-        provider_name: row.get(7),
-        link: row.get(8),
-        platform: row.get(9),
-        meeting_status: row.get(10),
-        meeting_error: row.get(11),
-        version: row.get(12),
     };
     Ok((booking, role))
 }
@@ -139,7 +95,7 @@ fn view(b: &Booking, role: Role) -> MeetingView {
 /// Re-arms the booking's job (the daemon then reconciles it) and returns the view after the change.
 async fn touch(state: &AppState, id: Uuid) -> Result<(), ApiError> {
     let client = state.pool.get().await?;
-    client.sql().query_one("SELECT meetingd.touch_job($1)", &[&id]).await?;
+    requeue::touch_job(client.sql(), id).await?;
     Ok(())
 }
 
@@ -221,39 +177,11 @@ pub async fn update(
     // The link and the job's re-arm commit together: the write-back of a run that read the
     // booking before the change is then stale, and never writes over the new link.
     match request.meeting_link {
-        Some(link) => {
-            let link = validate_link(&link)?;
-            client
-                .sql()
-                .query(
-                    "WITH u AS (
-                        UPDATE bookings SET meeting_status = 'manual', meeting_link = $2, meeting_id = NULL,
-                                            meeting_platform = NULL, meeting_error = NULL
-                         WHERE id = $1 RETURNING id)
-                     SELECT meetingd.touch_job(id) FROM u",
-                    &[&id, &link],
-                )
-                .await?;
-        }
-        None => {
-            // Back to meetingd's meeting: a link meetingd did not write goes.
-            client
-                .sql()
-                .query(
-                    "WITH u AS (
-                        UPDATE bookings SET meeting_status = 'pending', meeting_error = NULL,
-                               meeting_link = CASE WHEN meeting_status = 'manual'
-                                                     OR meeting_link IS DISTINCT FROM
-                                                        (SELECT m.join_url FROM meetingd.meetings m WHERE m.booking_id = $1)
-                                                   THEN NULL ELSE meeting_link END
-                         WHERE id = $1 RETURNING id)
-                     SELECT meetingd.touch_job(id) FROM u",
-                    &[&id],
-                )
-                .await?;
-        }
+        Some(link) => bookings::set_manual_link(client.sql(), id, &validate_link(&link)?).await?,
+        // Back to meetingd's meeting: a link meetingd did not write goes.
+        None => bookings::resync(client.sql(), id).await?,
     }
-    audit(client.sql(), &caller, id, "meeting.manual_update").await?;
+    record(client.sql(), &caller, id, "meeting.manual_update").await?;
     drop(client);
     let (after, role) = load(&state, &caller, id).await?;
     Ok(accepted(view(&after, role)))
@@ -278,37 +206,23 @@ pub async fn delete(
     let (_, role) = load(&state, &caller, id).await?;
     provider_only(role)?;
     let client = state.pool.get().await?;
-    client
-        .sql()
-        .execute(
-            "UPDATE bookings SET meeting_status = 'manual', meeting_link = NULL, meeting_id = NULL, meeting_error = NULL
-              WHERE id = $1",
-            &[&id],
-        )
-        .await?;
-    audit(client.sql(), &caller, id, "meeting.manual_delete").await?;
+    bookings::clear_to_manual(client.sql(), id).await?;
+    record(client.sql(), &caller, id, "meeting.manual_delete").await?;
     drop(client);
     touch(&state, id).await?;
     let (after, role) = load(&state, &caller, id).await?;
     Ok(accepted(view(&after, role)))
 }
 
-async fn audit(
+async fn record(
     client: crate::db::Sql<'_>,
     caller: &Caller,
     booking: Uuid,
     action: &'static str,
 ) -> Result<(), ApiError> {
-    let entry = crate::db::jobs::AuditEntry { action, platform: None, outcome: "ok", duration_ms: None, detail: None };
-    crate::db::jobs::insert_audit(
-        client,
-        &format!("user:{}", caller.user_id),
-        Some(booking),
-        Some(caller.user_id),
-        None,
-        &entry,
-    )
-    .await?;
+    let entry = audit::AuditEntry { action, platform: None, outcome: "ok", duration_ms: None, detail: None };
+    audit::insert_audit(client, &format!("user:{}", caller.user_id), Some(booking), Some(caller.user_id), None, &entry)
+        .await?;
     Ok(())
 }
 

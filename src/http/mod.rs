@@ -1,8 +1,9 @@
 //! The HTTP API for the marketplace's web app (axum on hyper).
 //!
 //! Owns routing, the shared state of handlers, body limits and the OpenAPI document. Handlers
-//! never call a meeting platform directly (except OAuth: code exchange and revocation): meeting
-//! changes are queued for the daemon's worker.
+//! never call a meeting platform directly (except OAuth: code exchange, the account lookup and
+//! revocation, through `providers::auth`): meeting changes are queued for the daemon's worker.
+//! Handlers hold no SQL: their statements are `db`'s.
 
 pub mod auth;
 pub mod connect;
@@ -25,7 +26,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::db::Pool;
-use crate::oauth::OAuthClient;
+use crate::providers::auth::Connectors;
 use error::ApiError;
 
 /// What every handler can reach.
@@ -35,8 +36,8 @@ pub struct AppState {
     pub keyring: Arc<Keyring>,
     pub config: Arc<Config>,
     pub jwt: Arc<auth::JwtVerifier>,
-    /// Google's OAuth client, when Google is configured.
-    pub google_oauth: Option<OAuthClient>,
+    /// The platforms whose accounts can be connected (their OAuth clients are configured).
+    pub connectors: Connectors,
 }
 
 impl AppState {
@@ -46,17 +47,8 @@ impl AppState {
              http.jwt_public_key_file for RS256/ES256 — or http.listen = \"\" to run without the API"
                 .to_string()
         })?;
-        let google = &config.google;
-        let google_oauth = match google.client_secret()? {
-            Some(secret) if !google.client_id.trim().is_empty() => Some(OAuthClient::new(
-                &google.client_id,
-                secret,
-                google.token_url.clone(),
-                std::time::Duration::from_millis(google.request_timeout_ms),
-            )),
-            _ => None,
-        };
-        Ok(AppState { pool, keyring, config: Arc::new(config.clone()), jwt: Arc::new(jwt), google_oauth })
+        let connectors = Connectors::from_config(config)?;
+        Ok(AppState { pool, keyring, config: Arc::new(config.clone()), jwt: Arc::new(jwt), connectors })
     }
 }
 

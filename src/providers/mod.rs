@@ -1,9 +1,12 @@
 //! The meeting platforms behind one trait.
 //!
 //! Owns the `MeetingProvider` contract, the platform names, the error classes the worker branches
-//! on, and the choice of platform for a booking (including the fallback). Each platform's wire
-//! format stays inside its own module; nothing here touches the database.
+//! on, the choice of platform for a booking (including the fallback), and the registry of what
+//! the configuration enables ([`Providers::real`]; account connections in `auth`). Each
+//! platform's wire format and OAuth facts stay inside its own module; nothing here touches the
+//! database.
 
+pub mod auth;
 pub mod google;
 pub mod jitsi;
 
@@ -19,7 +22,6 @@ use uuid::Uuid;
 use crate::config::{Config, Fallback};
 use crate::crypto::Keyring;
 use crate::db::Pool;
-use crate::oauth::OAuthClient;
 use crate::tokens::TokenStore;
 
 /// Platform names as stored in `services.meeting_platform` and `bookings.meeting_platform`.
@@ -271,12 +273,9 @@ impl Providers {
     /// Every platform the configuration enables: Jitsi, and Google Meet when its OAuth client is set.
     pub fn real(config: &Config, deps: &ProviderDeps) -> Result<Providers, String> {
         let mut providers = Providers::from_config(config);
-        let google = &config.google;
-        if let Some(secret) = google.client_secret()?.filter(|_| !google.client_id.trim().is_empty()) {
-            let timeout = Duration::from_millis(google.request_timeout_ms);
-            let oauth = OAuthClient::new(&google.client_id, secret, google.token_url.clone(), timeout);
+        if let Some(oauth) = google::oauth_client(&config.google)? {
             let tokens = Arc::new(TokenStore::new(deps.pool.clone(), deps.keyring.clone(), deps.actor.clone()));
-            providers = providers.with(Arc::new(google::GoogleMeet::new(google.clone(), oauth, tokens)));
+            providers = providers.with(Arc::new(google::GoogleMeet::new(config.google.clone(), oauth, tokens)));
         } else {
             tracing::info!(
                 "Google Meet is not configured (google.client_id / client secret); services asking for it get the fallback"

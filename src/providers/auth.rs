@@ -1,0 +1,150 @@
+//! Connecting a provider's account on a platform: each platform's OAuth facts in one place.
+//!
+//! A platform that needs an account ([`Platform::needs_account`]) has an [`OAuthSpec`] (its fixed
+//! facts: the path segment of `/api/auth/{platform}/…`, scopes, consent-screen parameters), found
+//! with [`spec`], and, when the configuration enables it, a [`PlatformAuth`] (its configured
+//! endpoints and client, and how to learn who the connected account is), found in
+//! [`Connectors`]. The HTTP API's connect, callback and disconnect are written against these
+//! alone, so they name no platform. The OAuth calls themselves are `crate::oauth`'s; nothing here
+//! touches the database or logs a token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use secrecy::SecretString;
+
+use super::{Platform, ProviderError, google};
+use crate::config::Config;
+use crate::oauth::{Authorization, OAuthClient};
+
+/// A platform's fixed OAuth facts (the authorization-code flow with PKCE S256).
+#[derive(Debug, PartialEq, Eq)]
+pub struct OAuthSpec {
+    pub platform: Platform,
+    /// The platform in API paths (`/api/auth/google-meet/connect`); its stored name
+    /// ([`Platform::as_str`]) is accepted too.
+    pub path_segment: &'static str,
+    /// Who runs the consent screen, as messages name it ("Google is not configured …").
+    pub vendor: &'static str,
+    /// The scopes asked for, and recorded when the token endpoint does not say which it granted.
+    pub scopes: &'static [&'static str],
+    /// Query parameters of the consent-screen URL beyond OAuth's own, in order.
+    pub authorize_params: &'static [(&'static str, &'static str)],
+}
+
+/// The OAuth facts of a platform whose accounts meetingd can connect; `None` for one it cannot
+/// (yet). Adding a platform adds its arm here.
+pub fn spec(platform: Platform) -> Option<&'static OAuthSpec> {
+    match platform {
+        Platform::GoogleMeet => Some(&google::OAUTH),
+        Platform::Zoom | Platform::Teams | Platform::Jitsi => None,
+    }
+}
+
+/// What a path segment of `/api/auth/{platform}/…` or `/api/integrations/{platform}` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathPlatform {
+    /// A platform whose accounts can be connected.
+    Connectable(&'static OAuthSpec),
+    /// A platform that needs an account, but whose connection this server does not offer yet.
+    NotYet,
+    /// Nothing meetingd connects.
+    Unknown,
+}
+
+impl PathPlatform {
+    pub fn parse(segment: &str) -> PathPlatform {
+        let spec = Platform::ALL
+            .into_iter()
+            .filter_map(spec)
+            .find(|s| s.path_segment == segment || s.platform.as_str() == segment);
+        match (spec, segment.parse::<Platform>()) {
+            (Some(spec), _) => PathPlatform::Connectable(spec),
+            (None, Ok(platform)) if platform.needs_account() => PathPlatform::NotYet,
+            _ => PathPlatform::Unknown,
+        }
+    }
+}
+
+/// Who a connected account is, as the platform tells it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The platform's id of the account (`user_meeting_integrations.platform_user_id`).
+    pub platform_user_id: Option<String>,
+    /// Its e-mail address.
+    pub email: Option<String>,
+}
+
+/// A platform's account connection as configured: its endpoints, meetingd's client, and the
+/// lookup of the connected account.
+#[async_trait::async_trait]
+pub trait PlatformAuth: Send + Sync {
+    fn spec(&self) -> &'static OAuthSpec;
+    /// meetingd's client at the platform's token endpoint (the code and refresh grants).
+    fn client(&self) -> &OAuthClient;
+    /// The consent screen.
+    fn authorize_url(&self) -> &url::Url;
+    /// Where a token is revoked on disconnect; `None`: the platform has no revocation, the token
+    /// is only wiped.
+    fn revoke_url(&self) -> Option<&url::Url>;
+    /// Who the account is, asked with its fresh access token.
+    async fn identity(&self, access_token: &SecretString) -> Result<Identity, ProviderError>;
+
+    /// The consent-screen URL for `state`, sending the browser back to `redirect_url`.
+    fn authorize(&self, redirect_url: &url::Url, state: &str) -> Authorization {
+        let spec = self.spec();
+        self.client().authorize(self.authorize_url(), redirect_url, spec.scopes, spec.authorize_params, state)
+    }
+}
+
+/// The platforms whose accounts this server can connect (their OAuth clients are configured).
+#[derive(Clone, Default)]
+pub struct Connectors {
+    map: HashMap<Platform, Arc<dyn PlatformAuth>>,
+}
+
+impl Connectors {
+    /// Every platform the configuration enables. Adding a platform adds its line here.
+    pub fn from_config(config: &Config) -> Result<Connectors, String> {
+        let mut connectors = Connectors::default();
+        if let Some(google) = google::GoogleAuth::from_config(&config.google)? {
+            connectors = connectors.with(Arc::new(google));
+        }
+        Ok(connectors)
+    }
+
+    pub fn with(mut self, auth: Arc<dyn PlatformAuth>) -> Connectors {
+        self.map.insert(auth.spec().platform, auth);
+        self
+    }
+
+    pub fn get(&self, platform: Platform) -> Option<&Arc<dyn PlatformAuth>> {
+        self.map.get(&platform)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_name_platforms() {
+        for segment in ["google-meet", "google_meet"] {
+            assert_eq!(PathPlatform::parse(segment), PathPlatform::Connectable(&google::OAUTH));
+        }
+        assert_eq!(PathPlatform::parse("zoom"), PathPlatform::NotYet);
+        assert_eq!(PathPlatform::parse("teams"), PathPlatform::NotYet);
+        assert_eq!(PathPlatform::parse("jitsi"), PathPlatform::Unknown);
+        assert_eq!(PathPlatform::parse("skype"), PathPlatform::Unknown);
+    }
+
+    #[test]
+    fn every_spec_is_its_platforms() {
+        for p in Platform::ALL {
+            if let Some(s) = spec(p) {
+                assert_eq!(s.platform, p);
+                assert!(p.needs_account(), "{p}");
+            }
+        }
+    }
+}
