@@ -126,7 +126,7 @@ async fn audit(
         duration_ms: None,
         detail: Some(format!("meeting {external_id} no booking wants")),
     };
-    db::jobs::insert_audit(pool.get().await?.sql(), actor, Some(booking), Some(account.user_id), None, &entry).await
+    db::audit::insert_audit(pool.get().await?.sql(), actor, Some(booking), Some(account.user_id), None, &entry).await
 }
 
 /// The daemon's schedule: once a day at `config.hour_utc`, one daemon of many, until `shutdown`.

@@ -1,8 +1,9 @@
 //! The job queue's statements: claim, read the booking as it is now, create intents, the fenced
 //! write-back, and the mapping between their rows and the job's data (`crate::job`).
 //!
-//! Owns every statement that touches `meetingd.jobs`, `meetingd.meetings`, `meetingd.audit_log`,
-//! `meetingd.events` and the meeting columns of `bookings`. The claim and the write-back live in
+//! Owns the daemon's statements on `meetingd.jobs`, `meetingd.meetings` and the meeting columns of
+//! `bookings`, with the audit rows and events they write in the same statement (the API's and
+//! admin's own are `db/bookings.rs`, `db/requeue.rs`, `db/audit.rs`). The claim and the write-back live in
 //! `db/jobs/claim.sql` and `db/jobs/write_back.sql`; the short ones stay beside their functions.
 //! It never calls a platform and never holds a transaction open across one: a claim commits at
 //! once, the write-back is one short transaction that only the current lease holder can commit.
@@ -19,8 +20,6 @@ use super::{Conn, DbError, Param, Sql};
 use crate::job::{BookingView, Claim, Intent, MeetingRecord, Snapshot};
 use crate::providers::{Account, Meeting};
 
-/// The audit and event lines these statements write (also written by the API and admin commands).
-pub use crate::job::{AuditEntry, Event};
 pub use write_back::{BookingLocks, write_back};
 
 /// Claims up to `limit` due jobs for `owner`, with a lease on the database clock, and reads the
@@ -302,51 +301,6 @@ pub async fn next_due_in(db: Sql<'_>) -> Result<Option<Duration>, DbError> {
                  FROM meetingd.jobs WHERE state = 'pending'";
     let secs: Option<f64> = db.query_one(sql, &[]).await?.get(0);
     Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
-}
-
-const INSERT_AUDIT: &str = "INSERT INTO meetingd.audit_log
-        (actor, action, booking_id, user_id, platform, outcome, attempt, duration_ms, detail)
- VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
-
-const INSERT_EVENT: &str =
-    "INSERT INTO meetingd.events (kind, user_id, booking_id, platform, message) VALUES ($1, $2, $3, $4, $5)";
-
-/// Records a notification for the app (a trigger also sends it on channel `meetingd_events`).
-pub async fn insert_event(
-    db: Sql<'_>,
-    event: &Event,
-    user_id: Option<Uuid>,
-    booking_id: Option<Uuid>,
-) -> Result<(), DbError> {
-    db.execute(INSERT_EVENT, &[&event.kind, &user_id, &booking_id, &event.platform, &event.message]).await?;
-    Ok(())
-}
-
-/// Appends one audit row.
-pub async fn insert_audit(
-    db: Sql<'_>,
-    actor: &str,
-    booking_id: Option<Uuid>,
-    user_id: Option<Uuid>,
-    attempt: Option<i32>,
-    entry: &AuditEntry,
-) -> Result<(), DbError> {
-    db.execute(
-        INSERT_AUDIT,
-        &[
-            &actor,
-            &entry.action,
-            &booking_id,
-            &user_id,
-            &entry.platform,
-            &entry.outcome,
-            &attempt,
-            &entry.duration_ms,
-            &entry.detail,
-        ],
-    )
-    .await?;
-    Ok(())
 }
 
 /// Settings for a statement that must run on its generic plan with index lookups (see [`claim`]).

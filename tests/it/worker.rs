@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meetingd::config::{Config, Fallback};
-use meetingd::job::WriteBack;
+use meetingd::job::{AuditEntry, Event, WriteBack};
 use meetingd::providers::{Platform, Providers};
 use meetingd::worker::{Processed, Worker};
 use tokio::sync::Notify;
@@ -442,14 +442,14 @@ async fn a_lost_claim_and_its_successor_in_one_batch_write_only_the_successor() 
                 settings: serde_json::json!({}),
                 owner: booking.provider_id,
             },
-            audit: vec![jobs::AuditEntry {
+            audit: vec![AuditEntry {
                 action: "meeting.create",
                 platform: Some("jitsi".into()),
                 outcome: "ok",
                 duration_ms: Some(1),
                 detail: Some(room.into()),
             }],
-            event: Some(jobs::Event { kind: "meeting_ready", platform: None, message: room.into() }),
+            event: Some(Event { kind: "meeting_ready", platform: None, message: room.into() }),
             resolved: None,
             removed: false,
         }
@@ -605,14 +605,14 @@ async fn batch_write_back_fences_each_job_and_leaves_app_locked_bookings_to_thei
             } else {
                 linked(&b, snap)
             };
-            let audit = vec![jobs::AuditEntry {
+            let audit = vec![AuditEntry {
                 action: "meeting.create",
                 platform: Some("jitsi".into()),
                 outcome: "ok",
                 duration_ms: Some(1),
                 detail: None,
             }];
-            let event = Some(jobs::Event { kind: "meeting_ready", platform: None, message: "ready".into() });
+            let event = Some(Event { kind: "meeting_ready", platform: None, message: "ready".into() });
             Finished { snapshot: snap.clone(), outcome, audit, event, resolved: None, removed: false }
         })
         .collect();
