@@ -14,9 +14,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::db::{TestDb, eventually};
-use crate::helpers::fake_google::FakeGoogle;
-use crate::helpers::market::{self, meeting};
+use meetingd_testkit::db::{TestDb, eventually};
+use meetingd_testkit::fake_google::FakeGoogle;
+use meetingd_testkit::market::{self, meeting};
 
 const JWT_SECRET: &str = "app-signing-secret-for-tests-0123456789";
 const APP_URL: &str = "https://app.example.com";

@@ -9,9 +9,9 @@ use secrecy::ExposeSecret;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::Running;
-use crate::helpers::db::{TestDb, eventually};
-use crate::helpers::market;
+use meetingd_testkit::Running;
+use meetingd_testkit::db::{TestDb, eventually};
+use meetingd_testkit::market;
 
 #[tokio::test]
 async fn systemd_sees_ready_then_watchdog_then_stopping() {

@@ -10,9 +10,9 @@ use meetingd::worker::{Processed, Worker};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::helpers::db::TestDb;
-use crate::helpers::market::{self, audit, events, job, make_due, meeting};
 use crate::helpers::scripted::{Failure, Scripted};
+use meetingd_testkit::db::TestDb;
+use meetingd_testkit::market::{self, audit, events, job, make_due, meeting};
 
 struct Setup {
     db: TestDb,
