@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use meetingd::RunError;
 use meetingd::providers::{Platform, Providers};
-use uuid::Uuid;
-
-use crate::helpers::scripted::{Failure, Scripted};
 use meetingd_testkit::Running;
 use meetingd_testkit::daemon::{DaemonCommand, InProcess as Daemon};
 use meetingd_testkit::db::{TestDb, eventually};
 use meetingd_testkit::market::{self, audit, count, meeting};
+use uuid::Uuid;
+
+use crate::helpers::scripted::{Failure, Scripted};
 
 const WAIT: Duration = Duration::from_secs(30);
 

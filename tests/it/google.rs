@@ -7,13 +7,12 @@ use chrono::Utc;
 use meetingd::config::{Config, Fallback};
 use meetingd::providers::{ProviderDeps, Providers};
 use meetingd::worker::Worker;
-use secrecy::SecretString;
-use tokio::sync::Notify;
-use uuid::Uuid;
-
 use meetingd_testkit::db::TestDb;
 use meetingd_testkit::fake_google::{Fail, FakeGoogle};
 use meetingd_testkit::market::{self, Market, audit, events, job, make_due, meeting};
+use secrecy::SecretString;
+use tokio::sync::Notify;
+use uuid::Uuid;
 
 pub struct G {
     pub _db: TestDb,

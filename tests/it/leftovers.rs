@@ -2,10 +2,10 @@
 //! providers, services switched to in-person or moved to another provider, providers who
 //! reconnect with another account, accounts that are gone or unreadable, links the app wrote.
 
+use meetingd_testkit::market::{self, events, job, meeting};
 use uuid::Uuid;
 
 use crate::google::{G, connect_google_as, setup_with};
-use meetingd_testkit::market::{self, events, job, meeting};
 
 async fn linked(g: &G) -> (Uuid, String) {
     let b = market::book(&g.c, g.service, g.m.customer, "confirmed").await;

@@ -1,7 +1,6 @@
 //! Migrations: onto a populated marketplace, twice in a row, concurrently, and what `status` says.
 
 use meetingd::db::migrate::{self, latest_version};
-
 use meetingd_testkit::db::{TestDb, connect};
 use meetingd_testkit::market;
 

@@ -7,13 +7,13 @@ use std::time::Duration;
 use meetingd::config::{Config, Pooler};
 use meetingd::providers::Providers;
 use meetingd_testkit::daemon::InProcess as Daemon;
+use meetingd_testkit::db::{TestDb, eventually};
+use meetingd_testkit::market::{self, count, meeting};
+use meetingd_testkit::pgbouncer::PgBouncer;
 use secrecy::SecretString;
 use uuid::Uuid;
 
 use crate::cli::{meetingd, text};
-use meetingd_testkit::db::{TestDb, eventually};
-use meetingd_testkit::market::{self, count, meeting};
-use meetingd_testkit::pgbouncer::PgBouncer;
 
 const WAIT: Duration = Duration::from_secs(60);
 

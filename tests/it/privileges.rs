@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use meetingd::providers::{ProviderDeps, Providers};
 use meetingd::worker::Worker;
+use meetingd_testkit::db::{TestDb, eventually};
+use meetingd_testkit::fake_google::FakeGoogle;
+use meetingd_testkit::market::{self, meeting};
 use secrecy::SecretString;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::google::connect_google;
-use meetingd_testkit::db::{TestDb, eventually};
-use meetingd_testkit::fake_google::FakeGoogle;
-use meetingd_testkit::market::{self, meeting};
 
 const GRANTS: &str = include_str!("../../sql/grants.sql");
 

@@ -7,12 +7,12 @@ use meetingd::config::{Config, Fallback};
 use meetingd::db::jobs::WriteBack;
 use meetingd::providers::{Platform, Providers};
 use meetingd::worker::{Processed, Worker};
+use meetingd_testkit::db::TestDb;
+use meetingd_testkit::market::{self, audit, events, job, make_due, meeting};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::helpers::scripted::{Failure, Scripted};
-use meetingd_testkit::db::TestDb;
-use meetingd_testkit::market::{self, audit, events, job, make_due, meeting};
 
 struct Setup {
     db: TestDb,
