@@ -14,21 +14,7 @@ use uuid::Uuid;
 
 use crate::cli::DemoArgs;
 use crate::config::Config;
-
-/// The reference marketplace schema (users, services, bookings).
-pub const MARKETPLACE_FIXTURE: &str = include_str!("../sql/fixtures/marketplace.sql");
-
-/// A connection string pointing at another database on the same server.
-pub fn with_dbname(url: &str, dbname: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if matches!(u.scheme(), "postgres" | "postgresql") => {
-            u.set_path(&format!("/{dbname}"));
-            u.to_string()
-        }
-        // key=value form: a later key wins.
-        _ => format!("{url} dbname={dbname}"),
-    }
-}
+use crate::fixtures::{MARKETPLACE_FIXTURE, with_dbname};
 
 pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let server_url = config.database.url.expose_secret().to_string();

@@ -10,6 +10,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod demo;
+pub mod fixtures;
 pub mod http;
 pub mod ics;
 pub mod job;

@@ -6,6 +6,9 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use meetingd::RunError;
+use meetingd_testkit::db::{TestDb, eventually};
+use meetingd_testkit::fake_google::FakeGoogle;
+use meetingd_testkit::market::{self, meeting};
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use secrecy::SecretString;
@@ -13,10 +16,6 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-use crate::helpers::db::{TestDb, eventually};
-use crate::helpers::fake_google::FakeGoogle;
-use crate::helpers::market::{self, meeting};
 
 const JWT_SECRET: &str = "app-signing-secret-for-tests-0123456789";
 const APP_URL: &str = "https://app.example.com";

@@ -3,9 +3,9 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::helpers::cluster::admin_url;
-use crate::helpers::db::{TestDb, eventually};
-use crate::helpers::market;
+use meetingd_testkit::cluster::admin_url;
+use meetingd_testkit::db::{TestDb, eventually};
+use meetingd_testkit::market;
 use uuid::Uuid;
 
 /// A valid key for the commands that need one (32 zero bytes, base64).

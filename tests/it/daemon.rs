@@ -1,46 +1,22 @@
 //! The daemon as a whole: started late, racing another instance, killed, disconnected, stopped.
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use meetingd::RunError;
-use meetingd::config::Config;
 use meetingd::providers::{Platform, Providers};
-use secrecy::ExposeSecret;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use meetingd_testkit::Running;
+use meetingd_testkit::daemon::{DaemonCommand, InProcess as Daemon};
+use meetingd_testkit::db::{TestDb, eventually};
+use meetingd_testkit::market::{self, audit, count, meeting};
 use uuid::Uuid;
 
-use crate::helpers::Running;
-use crate::helpers::db::{TestDb, eventually};
-use crate::helpers::market::{self, audit, count, meeting};
 use crate::helpers::scripted::{Failure, Scripted};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Daemon {
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), RunError>>,
-}
-
-impl Daemon {
-    fn start(config: Config, providers: Providers) -> Daemon {
-        let shutdown = CancellationToken::new();
-        let options = meetingd::RunOptions {
-            providers: Some(Box::new(move |_| Ok(providers))),
-            http_listener: None,
-            ops_listener: None,
-        };
-        let task = tokio::spawn(meetingd::run_with(config, options, shutdown.clone()));
-        Daemon { shutdown, task }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.expect("daemon stops in time").unwrap().unwrap();
-    }
-}
+/// How long a daemon may take to stop once told to.
+const STOP: Duration = Duration::from_secs(10);
 
 async fn ready_count(c: &tokio_postgres::Client) -> i64 {
     count(c, "SELECT count(*) FROM bookings WHERE meeting_status = 'ready'").await
@@ -88,7 +64,7 @@ async fn bookings_confirmed_while_no_daemon_runs_are_linked_when_it_starts() {
     assert_exactly_one_live_meeting_each(&c, &ids).await;
     let link = meeting(&c, ids[0]).await.link.unwrap();
     assert!(link.starts_with("https://meet.jit.si/meetingd-"), "{link}");
-    daemon.stop().await;
+    daemon.stop(STOP).await;
 }
 
 #[tokio::test]
@@ -120,7 +96,7 @@ async fn a_retry_and_a_stale_result_are_taken_up_without_waiting_for_the_sweep()
     gate.release.notify_one();
     wait_ready(&c, 2).await;
     assert_exactly_one_live_meeting_each(&c, &[retried, moved]).await;
-    daemon.stop().await;
+    daemon.stop(STOP).await;
 }
 
 #[tokio::test]
@@ -142,8 +118,8 @@ async fn two_daemons_on_one_database_never_do_the_same_work() {
     assert_exactly_one_live_meeting_each(&c, &ids).await;
     let workers = count(&c, "SELECT count(DISTINCT actor) FROM meetingd.audit_log").await;
     assert_eq!(workers, 2, "both daemons took part");
-    a.stop().await;
-    b.stop().await;
+    a.stop(STOP).await;
+    b.stop(STOP).await;
 }
 
 #[tokio::test]
@@ -161,7 +137,7 @@ async fn junk_on_the_channel_is_ignored_and_the_daemon_keeps_working() {
     wait_ready(&c, 1).await;
     assert!(!daemon.task.is_finished());
     assert_eq!(meeting(&c, b).await.status.as_deref(), Some("ready"));
-    daemon.stop().await;
+    daemon.stop(STOP).await;
 }
 
 #[tokio::test]
@@ -189,7 +165,7 @@ async fn a_killed_listen_connection_reconnects_and_rescans() {
     let b2 = market::book(&c, m.online, m.customer, "confirmed").await;
     wait_ready(&c, 2).await;
     assert_exactly_one_live_meeting_each(&c, &[b, b2]).await;
-    daemon.stop().await;
+    daemon.stop(STOP).await;
 }
 
 #[tokio::test]
@@ -211,25 +187,16 @@ async fn poll_only_mode_works_without_listen() {
         (meeting(&c, b).await.status.as_deref() == Some("deleted")).then_some(())
     })
     .await;
-    daemon.stop().await;
+    daemon.stop(STOP).await;
 }
 
 fn spawn_daemon(db: &TestDb) -> Running {
-    let child = Command::new(env!("CARGO_BIN_EXE_meetingd"))
-        .arg("run")
-        .env("MEETINGD_DATABASE__URL", &db.url)
-        .env("MEETINGD_WORKER__LEASE_SECS", "5")
-        .env("MEETINGD_WORKER__CONCURRENCY", "8")
-        .env("MEETINGD_WORKER__SWEEP_INTERVAL_MS", "500")
-        .env("MEETINGD_LOG", "warn")
-        .env("MEETINGD_HTTP__LISTEN", "")
-        .env("MEETINGD_HTTP__METRICS_LISTEN", "")
-        .env("MEETINGD_ENCRYPTION__KEY", meetingd::crypto::Keyring::generate_key().expose_secret())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start meetingd");
-    Running(child)
+    DaemonCommand::new(env!("CARGO_BIN_EXE_meetingd"), &db.url, &meetingd::crypto::Keyring::generate_key())
+        .set("WORKER__LEASE_SECS", "5")
+        .set("WORKER__CONCURRENCY", "8")
+        .set("WORKER__SWEEP_INTERVAL_MS", "500")
+        .log("warn")
+        .spawn_quiet()
 }
 
 #[tokio::test]
@@ -338,7 +305,7 @@ async fn a_database_not_yet_reachable_at_start_up_is_waited_for() {
     open.store(true, std::sync::atomic::Ordering::SeqCst);
     wait_ready(&c, 1).await;
     assert_eq!(meeting(&c, b).await.status.as_deref(), Some("ready"));
-    daemon.stop().await;
+    daemon.stop(STOP).await;
 }
 
 #[tokio::test]

@@ -7,13 +7,12 @@ use chrono::Utc;
 use meetingd::config::{Config, Fallback};
 use meetingd::providers::{ProviderDeps, Providers};
 use meetingd::worker::Worker;
+use meetingd_testkit::db::TestDb;
+use meetingd_testkit::fake_google::{Fail, FakeGoogle};
+use meetingd_testkit::market::{self, Market, audit, events, job, make_due, meeting};
 use secrecy::SecretString;
 use tokio::sync::Notify;
 use uuid::Uuid;
-
-use crate::helpers::db::TestDb;
-use crate::helpers::fake_google::{Fail, FakeGoogle};
-use crate::helpers::market::{self, Market, audit, events, job, make_due, meeting};
 
 pub struct G {
     pub _db: TestDb,
@@ -41,7 +40,7 @@ pub fn worker_for(config: &Config) -> Worker {
 
 /// Stores a Google connection for `user` whose access token expires in `expires_in_secs`.
 pub async fn connect_google(config: &Config, user: Uuid, access: &str, refresh: &str, expires_in_secs: i64) {
-    connect_google_as(config, user, access, refresh, expires_in_secs, crate::helpers::fake_google::DEFAULT_ACCOUNT)
+    connect_google_as(config, user, access, refresh, expires_in_secs, meetingd_testkit::fake_google::DEFAULT_ACCOUNT)
         .await
 }
 
@@ -54,28 +53,10 @@ pub async fn connect_google_as(
     expires_in_secs: i64,
     email: &str,
 ) {
-    let mut client = crate::helpers::db::connect(secrecy::ExposeSecret::expose_secret(&config.database.url)).await;
-    let new = meetingd::admin::NewIntegration {
-        user_id: user,
-        platform: meetingd::providers::Platform::GoogleMeet,
-        access_token: SecretString::from(access),
-        refresh_token: Some(SecretString::from(refresh)),
-        expires_at: Some(Utc::now() + chrono::Duration::seconds(expires_in_secs)),
-        scopes: vec!["https://www.googleapis.com/auth/calendar.events".into()],
-        platform_user_id: None,
-        email: Some(email.into()),
-    };
+    let mut client = meetingd_testkit::db::connect(secrecy::ExposeSecret::expose_secret(&config.database.url)).await;
+    let new = market::google_connection(user, access, refresh, expires_in_secs, email);
     let keyring = config.encryption.keyring().unwrap();
-    let tx = client.transaction().await.unwrap();
-    meetingd::admin::store_integration(
-        meetingd::db::Sql::new(tx.client(), meetingd::db::Mode::DIRECT).in_transaction(),
-        &keyring,
-        "test",
-        &new,
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    market::store_integrations(&mut client, &keyring, "test", &[new]).await.unwrap();
 }
 
 /// Flips one character of every stored access token ciphertext.
@@ -565,36 +546,23 @@ async fn no_log_line_ever_contains_a_token_or_the_client_secret() {
 }
 
 fn meetingd_client_secret() -> String {
-    crate::helpers::fake_google::CLIENT_SECRET.to_string()
+    meetingd_testkit::fake_google::CLIENT_SECRET.to_string()
 }
 
-fn spawn_google_daemon(db_url: &str, google: &FakeGoogle, key: &str) -> crate::helpers::Running {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_meetingd"))
-        .arg("run")
-        .env_remove("DATABASE_URL")
-        .env("MEETINGD_DATABASE__URL", db_url)
-        .env("MEETINGD_ENCRYPTION__KEY", key)
-        .env("MEETINGD_GOOGLE__CLIENT_ID", crate::helpers::fake_google::CLIENT_ID)
-        .env("MEETINGD_GOOGLE__CLIENT_SECRET", crate::helpers::fake_google::CLIENT_SECRET)
-        .env("MEETINGD_GOOGLE__TOKEN_URL", format!("{}/token", google.base()))
-        .env("MEETINGD_GOOGLE__API_BASE_URL", format!("{}/calendar/v3/", google.base()))
-        .env("MEETINGD_GOOGLE__REQUEST_TIMEOUT_MS", "2000")
-        .env("MEETINGD_WORKER__CONCURRENCY", "16")
+fn spawn_google_daemon(db_url: &str, google: &FakeGoogle, key: &str) -> meetingd_testkit::Running {
+    meetingd_testkit::daemon::DaemonCommand::new(env!("CARGO_BIN_EXE_meetingd"), db_url, &SecretString::from(key))
+        .google(google)
+        .set("GOOGLE__REQUEST_TIMEOUT_MS", "2000")
+        .set("WORKER__CONCURRENCY", "16")
         // Rate limits stay on (burst 10 per provider), refilled fast enough for a test.
-        .env("MEETINGD_LIMITS__GOOGLE_MEET__INTEGRATION_RATE", "50")
-        .env("MEETINGD_WORKER__MAX_ATTEMPTS", "30")
-        .env("MEETINGD_WORKER__RETRY_BASE_MS", "50")
-        .env("MEETINGD_WORKER__RETRY_MAX_MS", "1000")
-        .env("MEETINGD_WORKER__LEASE_SECS", "5")
-        .env("MEETINGD_WORKER__SWEEP_INTERVAL_MS", "500")
-        .env("MEETINGD_LOG", "error")
-        .env("MEETINGD_HTTP__LISTEN", "")
-        .env("MEETINGD_HTTP__METRICS_LISTEN", "")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start meetingd");
-    crate::helpers::Running(child)
+        .set("LIMITS__GOOGLE_MEET__INTEGRATION_RATE", "50")
+        .set("WORKER__MAX_ATTEMPTS", "30")
+        .set("WORKER__RETRY_BASE_MS", "50")
+        .set("WORKER__RETRY_MAX_MS", "1000")
+        .set("WORKER__LEASE_SECS", "5")
+        .set("WORKER__SWEEP_INTERVAL_MS", "500")
+        .log("error")
+        .spawn_quiet()
 }
 
 /// 1,000 bookings across 20 providers through injected 5xx, 429, lost responses and a SIGKILL of
@@ -626,7 +594,7 @@ async fn a_thousand_bookings_through_chaos_and_a_kill_give_a_thousand_events() {
     let mut daemon = spawn_google_daemon(&db.url, &google, &key);
     c.execute("UPDATE bookings SET status = 'confirmed'", &[]).await.unwrap();
     let ready = || async { market::count(&c, "SELECT count(*) FROM bookings WHERE meeting_status = 'ready'").await };
-    crate::helpers::db::eventually("300 bookings linked", Duration::from_secs(120), || async {
+    meetingd_testkit::db::eventually("300 bookings linked", Duration::from_secs(120), || async {
         (ready().await >= 300).then_some(())
     })
     .await;
@@ -635,7 +603,7 @@ async fn a_thousand_bookings_through_chaos_and_a_kill_give_a_thousand_events() {
     assert!(at_kill < 1000, "killed before the end ({at_kill})");
 
     let mut daemon = spawn_google_daemon(&db.url, &google, &key);
-    crate::helpers::db::eventually("1000 bookings linked", Duration::from_secs(240), || async {
+    meetingd_testkit::db::eventually("1000 bookings linked", Duration::from_secs(240), || async {
         (ready().await == 1000).then_some(())
     })
     .await;

@@ -2,10 +2,10 @@
 //! providers, services switched to in-person or moved to another provider, providers who
 //! reconnect with another account, accounts that are gone or unreadable, links the app wrote.
 
+use meetingd_testkit::market::{self, events, job, meeting};
 use uuid::Uuid;
 
 use crate::google::{G, connect_google_as, setup_with};
-use crate::helpers::market::{self, events, job, meeting};
 
 async fn linked(g: &G) -> (Uuid, String) {
     let b = market::book(&g.c, g.service, g.m.customer, "confirmed").await;
@@ -99,7 +99,7 @@ async fn a_provider_who_reconnects_another_account_keeps_one_event_in_the_accoun
     g.worker.run_once().await.unwrap();
     let live = g.google.live_events();
     assert_eq!(live.len(), 1, "no second event: {:?}", g.google.calls());
-    assert_eq!(live[0].owner, crate::helpers::fake_google::DEFAULT_ACCOUNT);
+    assert_eq!(live[0].owner, meetingd_testkit::fake_google::DEFAULT_ACCOUNT);
     assert_eq!(meeting(&g.c, b).await.meeting_id.as_deref(), Some(event.as_str()));
 
     // A cancel deletes it there too.
@@ -222,7 +222,7 @@ async fn the_reconcile_sweep_deletes_what_no_booking_wants_and_remakes_what_vani
 
 #[tokio::test]
 async fn a_create_whose_answer_was_lost_before_a_reconnect_is_deleted_where_it_was_made() {
-    use crate::helpers::fake_google::{DEFAULT_ACCOUNT, Fail};
+    use meetingd_testkit::fake_google::{DEFAULT_ACCOUNT, Fail};
     let g = setup_with(3600, |_| {}).await;
     // Google makes the event, and the answer is lost.
     g.google.fail_next([Fail { after_work: true, ..Fail::status(503, "backendError") }]);
@@ -246,7 +246,7 @@ async fn a_create_whose_answer_was_lost_before_a_reconnect_is_deleted_where_it_w
 
 #[tokio::test]
 async fn a_delete_whose_answer_was_lost_then_a_reconfirm_ends_with_a_live_meeting() {
-    use crate::helpers::fake_google::Fail;
+    use meetingd_testkit::fake_google::Fail;
     let g = setup_with(3600, |_| {}).await;
     let (b, event) = linked(&g).await;
     // The cancel's delete is done at Google, and its answer lost.

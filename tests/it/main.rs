@@ -1,4 +1,4 @@
-//! Integration tests against real PostgreSQL (see helpers/cluster.rs for which server).
+//! Integration tests against real PostgreSQL (see `meetingd_testkit::cluster` for which server).
 
 mod api;
 mod cli;

@@ -1,10 +1,10 @@
 //! Installing on a live marketplace (backfill) and keeping meetingd's tables small (prune).
 
+use meetingd_testkit::db::TestDb;
+use meetingd_testkit::market::{self, count, meeting};
 use uuid::Uuid;
 
 use crate::google::worker_for;
-use crate::helpers::db::TestDb;
-use crate::helpers::market::{self, count, meeting};
 
 #[tokio::test]
 async fn backfill_queues_only_confirmed_future_online_bookings_without_a_link() {

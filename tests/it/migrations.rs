@@ -1,9 +1,8 @@
 //! Migrations: onto a populated marketplace, twice in a row, concurrently, and what `status` says.
 
 use meetingd::db::migrate::{self, latest_version};
-
-use crate::helpers::db::{TestDb, connect};
-use crate::helpers::market;
+use meetingd_testkit::db::{TestDb, connect};
+use meetingd_testkit::market;
 
 #[tokio::test]
 async fn migrate_onto_populated_database_keeps_rows_and_second_run_is_noop() {

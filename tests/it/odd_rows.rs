@@ -3,12 +3,12 @@
 //! linked.
 
 use meetingd::config::Config;
+use meetingd_testkit::db::TestDb;
+use meetingd_testkit::fake_google::FakeGoogle;
+use meetingd_testkit::market::{self, job, meeting};
 use uuid::Uuid;
 
 use crate::google::{connect_google, worker_for};
-use crate::helpers::db::TestDb;
-use crate::helpers::fake_google::FakeGoogle;
-use crate::helpers::market::{self, job, meeting};
 
 /// A marketplace whose columns are looser than the reference schema, with meetingd installed after.
 async fn odd_marketplace() -> (TestDb, tokio_postgres::Client) {

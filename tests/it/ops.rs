@@ -5,13 +5,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meetingd::RunError;
+use meetingd_testkit::Running;
+use meetingd_testkit::db::{TestDb, eventually};
+use meetingd_testkit::market;
 use secrecy::ExposeSecret;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-use crate::helpers::Running;
-use crate::helpers::db::{TestDb, eventually};
-use crate::helpers::market;
 
 #[tokio::test]
 async fn systemd_sees_ready_then_watchdog_then_stopping() {

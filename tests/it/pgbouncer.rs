@@ -4,43 +4,26 @@
 
 use std::time::Duration;
 
-use meetingd::RunError;
 use meetingd::config::{Config, Pooler};
 use meetingd::providers::Providers;
+use meetingd_testkit::daemon::InProcess as Daemon;
+use meetingd_testkit::db::{TestDb, eventually};
+use meetingd_testkit::market::{self, count, meeting};
+use meetingd_testkit::pgbouncer::PgBouncer;
 use secrecy::SecretString;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::cli::{meetingd, text};
-use crate::helpers::db::{TestDb, eventually};
-use crate::helpers::market::{self, count, meeting};
-use crate::helpers::pgbouncer::PgBouncer;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-struct Daemon {
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), RunError>>,
-}
+/// How long a daemon behind PgBouncer may take to stop once told to.
+const STOP: Duration = Duration::from_secs(20);
 
-impl Daemon {
-    fn start(config: Config) -> Daemon {
-        let shutdown = CancellationToken::new();
-        let providers = Providers::from_config(&config);
-        let options = meetingd::RunOptions {
-            providers: Some(Box::new(move |_| Ok(providers))),
-            http_listener: None,
-            ops_listener: None,
-        };
-        let task = tokio::spawn(meetingd::run_with(config, options, shutdown.clone()));
-        Daemon { shutdown, task }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.task).await.expect("daemon stops in time").unwrap().unwrap();
-    }
+/// The daemon in-process with the providers its configuration describes.
+fn start_daemon(config: Config) -> Daemon {
+    let providers = Providers::from_config(&config);
+    Daemon::start(config, providers)
 }
 
 /// The daemon's configuration for `db` reached through `bouncer`.
@@ -73,7 +56,7 @@ async fn a_burst_reschedule_and_cancel_through_pgbouncer() {
     let c = db.client().await;
     let m = market::seed(&c).await;
     let ids = market::book_many(&c, m.online, m.customer, 200).await;
-    let daemon = Daemon::start(pooled_config(&db, &bouncer));
+    let daemon = start_daemon(pooled_config(&db, &bouncer));
     c.execute("UPDATE bookings SET status = 'confirmed' WHERE id = ANY($1)", &[&ids]).await.unwrap();
     wait_ready(&c, &ids).await;
     crate::daemon::assert_exactly_one_live_meeting_each(&c, &ids).await;
@@ -98,7 +81,7 @@ async fn a_burst_reschedule_and_cancel_through_pgbouncer() {
     .await;
     assert_eq!(meeting(&c, moved).await.link, before.link, "a move keeps the link");
     assert!(meeting(&c, cancelled).await.link.is_none(), "a cancel clears the link");
-    daemon.stop().await;
+    daemon.stop(STOP).await;
     assert!(!bouncer.log().contains("unsupported startup parameter"), "{}", bouncer.log());
 }
 
@@ -110,11 +93,11 @@ async fn two_daemons_through_pgbouncer_link_every_booking_once() {
     let m = market::seed(&c).await;
     let ids = market::book_many(&c, m.online, m.customer, 150).await;
     let config = pooled_config(&db, &bouncer);
-    let (a, b) = (Daemon::start(config.clone()), Daemon::start(config));
+    let (a, b) = (start_daemon(config.clone()), start_daemon(config));
     c.execute("UPDATE bookings SET status = 'confirmed' WHERE id = ANY($1)", &[&ids]).await.unwrap();
     wait_ready(&c, &ids).await;
-    a.stop().await;
-    b.stop().await;
+    a.stop(STOP).await;
+    b.stop(STOP).await;
     crate::daemon::assert_exactly_one_live_meeting_each(&c, &ids).await;
     let daemons = count(
         &c,
@@ -162,7 +145,7 @@ async fn lock_timeout_holds(config: Config, db: &TestDb) {
     let mut app = db.client().await;
     let tx = app.transaction().await.unwrap();
     tx.execute("UPDATE bookings SET notes = 'app holds this' WHERE id = $1", &[&booking]).await.unwrap();
-    let daemon = Daemon::start(config);
+    let daemon = start_daemon(config);
     eventually("a worker statement gave up on the app's row lock", WAIT, || async {
         let lock_timeouts = count(
             &c,
@@ -189,7 +172,7 @@ async fn lock_timeout_holds(config: Config, db: &TestDb) {
         (meeting(&c, booking).await.status.as_deref() == Some("ready")).then_some(())
     })
     .await;
-    daemon.stop().await;
+    daemon.stop(STOP).await;
 }
 
 #[tokio::test]

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use meetingd::providers::{ProviderDeps, Providers};
 use meetingd::worker::Worker;
+use meetingd_testkit::db::{TestDb, eventually};
+use meetingd_testkit::fake_google::FakeGoogle;
+use meetingd_testkit::market::{self, meeting};
 use secrecy::SecretString;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::google::connect_google;
-use crate::helpers::db::{TestDb, eventually};
-use crate::helpers::fake_google::FakeGoogle;
-use crate::helpers::market::{self, meeting};
 
 const GRANTS: &str = include_str!("../../sql/grants.sql");
 
@@ -46,7 +46,7 @@ impl Drop for Role {
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
-                let c = crate::helpers::db::connect(&url).await;
+                let c = meetingd_testkit::db::connect(&url).await;
                 let _ = c.batch_execute(&format!("DROP OWNED BY {name}; DROP ROLE {name}")).await;
             });
         })

@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use meetingd::config::Config;
 use meetingd::providers::Providers;
+use meetingd_testkit::certs::Ca;
+use meetingd_testkit::cluster::{self, ServerTls, admin_url};
+use meetingd_testkit::db::{TestDb, connect, eventually};
+use meetingd_testkit::market::{self, count};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
-
-use crate::helpers::certs::Ca;
-use crate::helpers::cluster::{self, ServerTls, admin_url};
-use crate::helpers::db::{TestDb, connect, eventually};
-use crate::helpers::market::{self, count};
 
 const WAIT: Duration = Duration::from_secs(30);
 

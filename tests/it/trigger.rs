@@ -3,10 +3,9 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use meetingd_testkit::db::TestDb;
+use meetingd_testkit::market::{self, job};
 use tokio_postgres::{AsyncMessage, NoTls};
-
-use crate::helpers::db::TestDb;
-use crate::helpers::market::{self, job};
 
 #[tokio::test]
 async fn online_bookings_get_one_job_that_each_relevant_change_rearms() {

@@ -7,11 +7,11 @@ use meetingd::config::{Config, Fallback};
 use meetingd::job::{AuditEntry, Event, WriteBack};
 use meetingd::providers::{Platform, Providers};
 use meetingd::worker::{Processed, Worker};
+use meetingd_testkit::db::TestDb;
+use meetingd_testkit::market::{self, audit, events, job, make_due, meeting};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::helpers::db::TestDb;
-use crate::helpers::market::{self, audit, events, job, make_due, meeting};
 use crate::helpers::scripted::{Failure, Scripted};
 
 struct Setup {

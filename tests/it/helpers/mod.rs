@@ -1,24 +1,4 @@
-pub mod certs;
-pub mod cluster;
-pub mod db;
-pub mod fake_google;
-pub mod market;
-pub mod pgbouncer;
+//! What only the integration tests use: the scripted meeting platform. The rest of the harness
+//! (clusters, databases, the fake Google, daemons, seed data) is the `meetingd-testkit` crate.
+
 pub mod scripted;
-
-/// A child process that is killed (SIGKILL) when dropped, so a failing test leaves no daemon behind.
-pub struct Running(pub std::process::Child);
-
-impl Running {
-    /// SIGKILL now and reap it.
-    pub fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}

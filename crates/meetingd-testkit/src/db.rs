@@ -1,4 +1,6 @@
-//! One fresh database per test, cloned from a migrated template.
+//! One fresh database per test on the shared server, cloned from a migrated template, and the
+//! daemon's configuration for it. Every database it creates it drops again; it never touches one
+//! it did not create.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -6,12 +8,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use meetingd::config::Config;
-use meetingd::demo::{MARKETPLACE_FIXTURE, with_dbname};
+use meetingd::fixtures::{MARKETPLACE_FIXTURE, with_dbname};
 use secrecy::SecretString;
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
-use super::cluster::admin_url;
+use crate::cluster::admin_url;
 
 pub struct TestDb {
     pub name: String,
@@ -93,7 +95,7 @@ impl Drop for TestDb {
 async fn template() -> String {
     let mut hasher = DefaultHasher::new();
     MARKETPLACE_FIXTURE.hash(&mut hasher);
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/migrations");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sql/migrations");
     let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     for f in files {

@@ -1,4 +1,5 @@
-//! Certificates for the TLS tests (rcgen): a CA and the server certificates it signs.
+//! Certificates for the test cluster and the TLS tests (rcgen): a CA and the server certificates
+//! it signs. Made in memory; where they are written is the caller's business.
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 

@@ -4,7 +4,8 @@
 //! client-chosen ids, 409 `duplicate`, `conferenceDataVersion=1` required for a conference, pending
 //! conferences), events.get/patch/delete (404 `notFound`, 410 `deleted`), the usual error bodies
 //! (401 `authError`, 403/429 rate limits with `Retry-After`, 5xx `backendError`), and the token
-//! endpoint's `invalid_grant` / `invalid_client`. Failures are scripted per test.
+//! endpoint's `invalid_grant` / `invalid_client`. Failures are scripted per test (or random, for
+//! the soak). It keeps everything in memory and talks to no real Google.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -1,7 +1,50 @@
-//! Marketplace rows for tests: users, services, bookings, and reading back meeting state.
+//! Seed data: marketplace rows (users, services, bookings), a provider's Google connection stored
+//! as meetingd stores it (tokens encrypted with the daemon's keyring), and reading back the state
+//! meetingd left on a booking. It writes only the rows it is asked for and commits nothing it did
+//! not start; set-based bulk seeding of a benchmark's size stays with the tool that needs it.
 
+use anyhow::Context;
+use meetingd::admin::{NewIntegration, store_integration};
+use meetingd::crypto::Keyring;
+use meetingd::providers::Platform;
+use secrecy::SecretString;
 use tokio_postgres::Client;
 use uuid::Uuid;
+
+/// The scope meetingd asks Google for.
+pub const CALENDAR_SCOPE: &str = "https://www.googleapis.com/auth/calendar.events";
+
+/// A Google connection of `user` to the Google account `email`, with the tokens Google issued at
+/// consent; the access token expires `expires_in_secs` from now.
+pub fn google_connection(user: Uuid, access: &str, refresh: &str, expires_in_secs: i64, email: &str) -> NewIntegration {
+    NewIntegration {
+        user_id: user,
+        platform: Platform::GoogleMeet,
+        access_token: SecretString::from(access.to_string()),
+        refresh_token: Some(SecretString::from(refresh.to_string())),
+        expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(expires_in_secs)),
+        scopes: vec![CALENDAR_SCOPE.into()],
+        platform_user_id: None,
+        email: Some(email.to_string()),
+    }
+}
+
+/// Stores `connections` in one transaction, as meetingd's own connect flow does (`actor` in the
+/// audit trail, tokens encrypted with `keyring`).
+pub async fn store_integrations(
+    client: &mut Client,
+    keyring: &Keyring,
+    actor: &str,
+    connections: &[NewIntegration],
+) -> anyhow::Result<()> {
+    let tx = client.transaction().await.context("starting the integrations transaction")?;
+    for new in connections {
+        let sql = meetingd::db::Sql::new(tx.client(), meetingd::db::Mode::DIRECT).in_transaction();
+        store_integration(sql, keyring, actor, new).await.context("storing a Google integration")?;
+    }
+    tx.commit().await.context("committing the integrations")?;
+    Ok(())
+}
 
 pub struct Market {
     pub provider: Uuid,

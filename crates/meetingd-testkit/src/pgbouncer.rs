@@ -1,12 +1,13 @@
 //! A private PgBouncer (Debian's `pgbouncer`, 1.18) in transaction pooling mode in front of the
-//! tests' cluster, killed when dropped.
+//! tests' shared server, killed when dropped. It configures and runs PgBouncer only; what goes
+//! through it is the test's business.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::Running;
-use super::cluster::admin_url;
+use crate::Running;
+use crate::cluster::admin_url;
 
 pub struct PgBouncer {
     pub port: u16,

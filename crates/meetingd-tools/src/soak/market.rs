@@ -1,0 +1,189 @@
+//! The soak's schema and seed data: the marketplace's tables loosened as real marketplaces are,
+//! meetingd's migrations, providers with Google connections, bookings (some with NULL columns),
+//! the services the chaos deletes, and the fake Google's chaos rules. Set-up only: it changes
+//! nothing once the chaos has begun but what the chaos asks for.
+
+use anyhow::{Context, Result, ensure};
+use meetingd::admin::NewIntegration;
+use meetingd::crypto::Keyring;
+use meetingd::fixtures::MARKETPLACE_FIXTURE;
+use meetingd_testkit::fake_google::{Fail, FakeGoogle};
+use meetingd_testkit::market;
+use secrecy::SecretString;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::db::Db;
+use crate::{DOOMED_BOOKINGS, DOOMED_SERVICES, DOOMED_TAG, ODD_BOOKINGS, ODD_TAG, PROVIDERS, SLOW_ANSWER, TAG};
+
+/// The marketplace's tables first (meetingd's migrations refuse to run without them), then meetingd's.
+pub async fn prepare_schema(db: &mut Client) -> Result<()> {
+    db.batch_execute(MARKETPLACE_FIXTURE).await.context("loading the marketplace fixture")?;
+    // Real marketplaces are looser than the reference schema.
+    db.batch_execute(
+        "ALTER TABLE services ALTER COLUMN title DROP NOT NULL;
+         ALTER TABLE bookings ALTER COLUMN start_time DROP NOT NULL, ALTER COLUMN customer_id DROP NOT NULL",
+    )
+    .await
+    .context("loosening the marketplace columns")?;
+    meetingd::db::migrate::migrate(db).await.context("running meetingd's migrations")?;
+    Ok(())
+}
+
+/// Providers with a `google_meet` service and a Google connection each, customers, and `n`
+/// pending bookings round-robin over the services, one hour apart from tomorrow on.
+pub async fn seed(db: &mut Db, google: &FakeGoogle, key: &SecretString, n: u32) -> Result<()> {
+    let providers = i32::try_from(PROVIDERS).context("provider count")?;
+    let customers = i32::try_from(n.min(50)).context("customer count")?;
+    db.query(
+        "INSERT INTO users (email, full_name, role)
+         SELECT format('provider-%s@soak.example', g), format('Soak provider %s', g), 'provider'
+           FROM generate_series(1, $1::int) g
+         UNION ALL
+         SELECT format('customer-%s@soak.example', g), format('Soak customer %s', g), 'customer'
+           FROM generate_series(1, $2::int) g",
+        &[&providers, &customers],
+    )
+    .await
+    .context("seeding users")?;
+    db.query(
+        "INSERT INTO services (provider_id, title, description, duration_minutes, is_online, meeting_platform)
+         SELECT id, 'Soak session', 'Online session', 60, true, 'google_meet' FROM users WHERE role = 'provider'",
+        &[],
+    )
+    .await
+    .context("seeding services")?;
+    connect_providers(db, google, key).await?;
+    seed_bookings(db, n).await?;
+    seed_odd_rows(db).await
+}
+
+/// NULL columns: the first provider's service has no title, every 25th booking no customer, and
+/// a few bookings no start time; plus the services the chaos deletes, with their own bookings.
+async fn seed_odd_rows(db: &mut Db) -> Result<()> {
+    db.query(
+        "UPDATE services SET title = NULL
+          WHERE id = (SELECT s.id FROM services s JOIN users u ON u.id = s.provider_id ORDER BY u.email LIMIT 1)",
+        &[],
+    )
+    .await
+    .context("a service without a title")?;
+    db.query(
+        "UPDATE bookings SET customer_id = NULL
+          WHERE id IN (SELECT id FROM bookings WHERE notes = $1 ORDER BY start_time OFFSET 3 LIMIT 1000)
+            AND extract(hour FROM start_time)::int % 25 = 0",
+        &[&TAG],
+    )
+    .await
+    .context("bookings without a customer")?;
+    db.query(
+        "INSERT INTO bookings (service_id, customer_id, start_time, end_time, status, notes)
+         SELECT (SELECT id FROM services ORDER BY id LIMIT 1), NULL, NULL,
+                date_trunc('hour', now()) + make_interval(days => 2, hours => g), 'pending', $1
+           FROM generate_series(1, $2::int) g",
+        &[&ODD_TAG, &ODD_BOOKINGS],
+    )
+    .await
+    .context("bookings without a start time")?;
+    let doomed = i64::try_from(DOOMED_SERVICES).context("doomed services")?;
+    db.query(
+        "WITH p AS (SELECT id FROM users WHERE role = 'provider' ORDER BY email DESC LIMIT $1),
+              s AS (INSERT INTO services (provider_id, title, description, duration_minutes, is_online, meeting_platform)
+                    SELECT id, 'Doomed session', 'Deleted during the soak', 60, true, 'google_meet' FROM p
+                    RETURNING id)
+         INSERT INTO bookings (service_id, customer_id, start_time, end_time, status, notes)
+         SELECT s.id, (SELECT id FROM users WHERE role = 'customer' ORDER BY id LIMIT 1),
+                date_trunc('hour', now()) + make_interval(days => 3, hours => g),
+                date_trunc('hour', now()) + make_interval(days => 3, hours => g + 1), 'pending', $2
+           FROM s, generate_series(1, $3::int) g",
+        &[&doomed, &DOOMED_TAG, &DOOMED_BOOKINGS],
+    )
+    .await
+    .context("the services the chaos deletes")?;
+    Ok(())
+}
+
+/// A Google connection per provider, tokens issued by the fake; every other one expires in 30 s
+/// (meetingd refreshes five minutes ahead, so at its first use).
+async fn connect_providers(db: &mut Db, google: &FakeGoogle, key: &SecretString) -> Result<()> {
+    let keyring = Keyring::new(key, &[]).context("building the keyring")?;
+    let rows = db.query("SELECT id FROM users WHERE role = 'provider' ORDER BY email", &[]).await?;
+    let connections: Vec<NewIntegration> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let expires_in = if i % 2 == 0 { 3600 } else { 30 };
+            google_account(google, row.get(0), &format!("provider-{i}@soak.example"), expires_in)
+        })
+        .collect();
+    market::store_integrations(db.client_mut(), &keyring, "soak", &connections).await
+}
+
+/// A Google connection of `user` to the fake's account `email`.
+fn google_account(google: &FakeGoogle, user: Uuid, email: &str, expires_in: i64) -> NewIntegration {
+    let (access, refresh) = google.issue_for(email);
+    market::google_connection(user, &access, &refresh, expires_in, email)
+}
+
+/// The provider `n` (by e-mail order) connects another Google account, as a provider who
+/// switches accounts on the consent screen does; their existing events stay in the first one.
+pub async fn reconnect_provider(db: &mut Db, google: &FakeGoogle, key: &SecretString, n: usize) -> Result<String> {
+    let keyring = Keyring::new(key, &[]).context("building the keyring")?;
+    let offset = i64::try_from(n).context("provider index")?;
+    let row = db
+        .query_one("SELECT id FROM users WHERE role = 'provider' ORDER BY email OFFSET $1 LIMIT 1", &[&offset])
+        .await?;
+    let email = format!("second-account-{n}@soak.example");
+    let new = google_account(google, row.get(0), &email, 3600);
+    market::store_integrations(db.client_mut(), &keyring, "soak", &[new]).await.context("reconnecting a provider")?;
+    Ok(email)
+}
+
+/// Deletes one of the doomed services; its bookings go with it. How many bookings went.
+pub async fn delete_doomed_service(db: &mut Db) -> Result<u64> {
+    let rows = db
+        .query(
+            "WITH gone AS (DELETE FROM services WHERE id = (SELECT id FROM services WHERE title = 'Doomed session'
+                                                             ORDER BY id LIMIT 1)
+                           RETURNING id)
+             SELECT count(*) FROM bookings b JOIN gone ON b.service_id = gone.id",
+            &[],
+        )
+        .await
+        .context("deleting a service")?;
+    Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0) as u64))
+}
+
+async fn seed_bookings(db: &mut Db, n: u32) -> Result<()> {
+    let count = i32::try_from(n).context("--bookings")?;
+    let rows = db
+        .query(
+            "WITH s AS (SELECT array_agg(id ORDER BY id) AS ids FROM services),
+                  c AS (SELECT array_agg(id ORDER BY id) AS ids FROM users WHERE role = 'customer')
+             INSERT INTO bookings (service_id, customer_id, start_time, end_time, status, notes)
+             SELECT s.ids[1 + g % cardinality(s.ids)], c.ids[1 + g % cardinality(c.ids)],
+                    date_trunc('hour', now()) + make_interval(days => 1, hours => g),
+                    date_trunc('hour', now()) + make_interval(days => 1, hours => g + 1),
+                    'pending', $2
+               FROM s, c, generate_series(0, $1::int - 1) g
+             RETURNING id",
+            &[&count, &TAG],
+        )
+        .await
+        .context("seeding bookings")?;
+    ensure!(rows.len() == n as usize, "seeded {} bookings instead of {n}", rows.len());
+    db.query("ANALYZE", &[]).await.context("analyzing the seeded tables")?;
+    Ok(())
+}
+
+/// Random failures on every Calendar call (about 11 % in all).
+pub fn chaos_rules() -> Vec<(f64, Fail)> {
+    vec![
+        (0.05, Fail::status(503, "backendError")),
+        (0.03, Fail { retry_after: Some("1".into()), ..Fail::status(429, "rateLimitExceeded") }),
+        // Slower than meetingd's time-out: it gives up; nothing was done.
+        (0.01, Fail { delay: Some(SLOW_ANSWER), ..Fail::status(200, "slow") }),
+        // Done, but the answer is lost.
+        (0.02, Fail { after_work: true, ..Fail::status(502, "backendError") }),
+    ]
+}
