@@ -532,7 +532,8 @@ pub async fn check(file: Option<PathBuf>) -> bool {
     let shown = redact_url(config.database.url.expose_secret());
     let client = match crate::db::session(&config.database).await {
         Ok(client) => {
-            let tls = match (crate::db::tls(&config.database), crate::db::session_encrypted(client.sql()).await) {
+            let tls = match (crate::db::tls(&config.database), crate::db::status::session_encrypted(client.sql()).await)
+            {
                 (Ok(tls), Ok(encrypted)) => tls.describe(encrypted),
                 (Ok(tls), Err(_)) => format!("sslmode={}", tls.mode),
                 (Err(e), _) => e.to_string(),

@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use crate::cli::DemoArgs;
 use crate::config::Config;
-use crate::fixtures::{MARKETPLACE_FIXTURE, with_dbname};
+use crate::db::demo::{self, BookingState};
+use crate::fixtures::with_dbname;
 
 pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     let server_url = config.database.url.expose_secret().to_string();
@@ -24,7 +25,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
         .await
         .context("the demo needs a PostgreSQL server (set DATABASE_URL, default postgres://postgres@127.0.0.1:5432)")?;
     let dbname = format!("meetingd_demo_{}", &Uuid::new_v4().simple().to_string()[..8]);
-    admin.batch_execute(&format!("CREATE DATABASE {dbname}")).await.context("creating the scratch database")?;
+    demo::create_database(&admin, &dbname).await.context("creating the scratch database")?;
     println!("scratch database {dbname} created");
 
     config.database.url = SecretString::from(with_dbname(&server_url, &dbname));
@@ -42,7 +43,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
     if args.keep {
         println!("kept database {dbname}");
     } else {
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")).await?;
+        demo::drop_database(&admin, &dbname).await?;
         println!("scratch database {dbname} dropped");
     }
     result
@@ -50,7 +51,7 @@ pub async fn run(mut config: Config, args: DemoArgs) -> anyhow::Result<()> {
 
 async fn story(config: &Config) -> anyhow::Result<()> {
     let db = crate::db::connect(&config.database).await?;
-    db.batch_execute(MARKETPLACE_FIXTURE).await.context("loading the marketplace fixture")?;
+    demo::load_marketplace(&db).await.context("loading the marketplace fixture")?;
     println!("marketplace schema loaded (users, services, bookings)");
 
     let shutdown = CancellationToken::new();
@@ -58,29 +59,11 @@ async fn story(config: &Config) -> anyhow::Result<()> {
     wait_for_schema(&db, &daemon).await?;
     println!("meetingd running in-process (migrations applied, listening on channel 'meetingd')\n");
 
-    let booking: Uuid = db
-        .query_one(
-            "WITH provider AS (
-                 INSERT INTO users (email, full_name, role) VALUES ('dana@example.com', 'Dana Rivera', 'provider') RETURNING id
-             ), customer AS (
-                 INSERT INTO users (email, full_name, role) VALUES ('sam@example.com', 'Sam Lee', 'customer') RETURNING id
-             ), service AS (
-                 INSERT INTO services (provider_id, title, description, duration_minutes, is_online, meeting_platform)
-                 SELECT id, 'Online yoga coaching', 'One-to-one session', 60, true, 'jitsi' FROM provider RETURNING id
-             )
-             INSERT INTO bookings (service_id, customer_id, start_time, end_time, status)
-             SELECT service.id, customer.id, date_trunc('day', now()) + interval '1 day 10 hours',
-                    date_trunc('day', now()) + interval '1 day 11 hours', 'pending'
-               FROM service, customer
-             RETURNING id",
-            &[],
-        )
-        .await?
-        .get(0);
+    let booking = demo::book(&db).await?;
     println!("1. Sam books Dana's online service \"Online yoga coaching\" (booking {booking}, pending)");
 
     let confirmed = Instant::now();
-    db.execute("UPDATE bookings SET status = 'confirmed' WHERE id = $1", &[&booking]).await?;
+    demo::set_status(&db, booking, "confirmed").await?;
     println!("2. Dana confirms the booking");
     let link = wait_until(&db, booking, |s| s.status.as_deref() == Some("ready")).await?;
     println!(
@@ -94,11 +77,7 @@ async fn story(config: &Config) -> anyhow::Result<()> {
         link.meeting_id.as_deref().unwrap_or("?")
     );
 
-    db.execute(
-        "UPDATE bookings SET start_time = start_time + interval '1 day', end_time = end_time + interval '1 day' WHERE id = $1",
-        &[&booking],
-    )
-    .await?;
+    demo::reschedule_a_day_later(&db, booking).await?;
     println!("3. Sam reschedules to the next day");
     let moved =
         wait_until(&db, booking, |s| s.meeting_start == s.booking_start && s.status.as_deref() == Some("ready"))
@@ -112,7 +91,7 @@ async fn story(config: &Config) -> anyhow::Result<()> {
         bail!("the link changed on reschedule");
     }
 
-    db.execute("UPDATE bookings SET status = 'cancelled' WHERE id = $1", &[&booking]).await?;
+    demo::set_status(&db, booking, "cancelled").await?;
     println!("4. Dana cancels the booking");
     let gone = wait_until(&db, booking, |s| s.status.as_deref() == Some("deleted")).await?;
     println!(
@@ -122,29 +101,12 @@ async fn story(config: &Config) -> anyhow::Result<()> {
     );
 
     println!("\naudit trail of booking {booking}:");
-    for row in db
-        .query(
-            "SELECT to_char(at, 'HH24:MI:SS.MS'), action, platform, outcome, coalesce(detail, '')
-               FROM meetingd.audit_log WHERE booking_id = $1 ORDER BY id",
-            &[&booking],
-        )
-        .await?
-    {
-        let platform: Option<String> = row.get(2);
-        println!(
-            "   {}  {:<15} {:<7} {:<7} {}",
-            row.get::<_, String>(0),
-            row.get::<_, String>(1),
-            platform.unwrap_or_default(),
-            row.get::<_, String>(3),
-            row.get::<_, String>(4)
-        );
+    for (at, action, platform, outcome, detail) in demo::audit_trail(&db, booking).await? {
+        println!("   {at}  {action:<15} {platform:<7} {outcome:<7} {detail}");
     }
     println!("events for the app:");
-    for row in
-        db.query("SELECT kind, message FROM meetingd.events WHERE booking_id = $1 ORDER BY id", &[&booking]).await?
-    {
-        println!("   {:<15} {}", row.get::<_, String>(0), row.get::<_, String>(1));
+    for (kind, message) in demo::events(&db, booking).await? {
+        println!("   {kind:<15} {message}");
     }
 
     shutdown.cancel();
@@ -153,40 +115,11 @@ async fn story(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Default)]
-struct BookingState {
-    status: Option<String>,
-    link: Option<String>,
-    meeting_id: Option<String>,
-    platform: Option<String>,
-    booking_start: Option<chrono::DateTime<chrono::Utc>>,
-    meeting_start: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-async fn read_state(db: &Client, booking: Uuid) -> anyhow::Result<BookingState> {
-    let row = db
-        .query_one(
-            "SELECT b.meeting_status, b.meeting_link, b.meeting_id, b.meeting_platform, b.start_time, m.start_time
-               FROM bookings b LEFT JOIN meetingd.meetings m ON m.booking_id = b.id AND m.state = 'live'
-              WHERE b.id = $1",
-            &[&booking],
-        )
-        .await?;
-    Ok(BookingState {
-        status: row.get(0),
-        link: row.get(1),
-        meeting_id: row.get(2),
-        platform: row.get(3),
-        booking_start: row.get(4),
-        meeting_start: row.get(5),
-    })
-}
-
 /// Watches the booking until `done` holds (the demo's only polling; 10 s at most).
 async fn wait_until(db: &Client, booking: Uuid, done: impl Fn(&BookingState) -> bool) -> anyhow::Result<BookingState> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let state = read_state(db, booking).await?;
+        let state = demo::state(db, booking).await?;
         if done(&state) {
             return Ok(state);
         }

@@ -1,11 +1,15 @@
 //! Connections to the marketplace database.
 //!
 //! Owns how connections are configured (keepalives, timeouts, application name), the worker pool,
-//! and the error type of the data layer. The SQL itself lives in the submodules: `migrate` (schema),
-//! `listen` (the LISTEN connection), `jobs` (the queue and the write-back); TLS is decided in `tls`.
+//! and the error type of the data layer. The SQL itself lives in the submodules, one per table or
+//! purpose: `jobs` (the queue: claim, create intents, the write-back), `bookings`, `integrations`,
+//! `oauth_states`, `requeue`, `audit`, `users`, `status` (read-only aggregates), `maintenance`,
+//! `reconcile`, `marketplace` (what `check` inspects), `demo`; `migrate` (schema), `listen` (the
+//! LISTEN connection); TLS is decided in `tls`, and every statement is sent through `sql`.
 
 pub mod audit;
 pub mod bookings;
+pub mod demo;
 pub mod integrations;
 pub mod jobs;
 pub mod listen;
@@ -263,14 +267,6 @@ fn tls_settings(cfg: &DatabaseConfig) -> Result<(String, tls::Tls), DbError> {
 /// The TLS settings connections to this database use.
 pub fn tls(cfg: &DatabaseConfig) -> Result<tls::Tls, DbError> {
     Ok(tls_settings(cfg)?.1)
-}
-
-/// Whether this session is encrypted, as the server sees it.
-pub async fn session_encrypted(db: Sql<'_>) -> Result<bool, DbError> {
-    Ok(db
-        .query_one("SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)", &[])
-        .await?
-        .get(0))
 }
 
 /// The pool the worker (and the HTTP API) run queries on.

@@ -1,5 +1,5 @@
-//! What `meetingd status` and the metrics sampler read: the queue's counts, failures,
-//! integrations waiting for a reconnect, orphaned meetings.
+//! What `meetingd status`, `meetingd check` and the metrics sampler read: the queue's counts,
+//! failures, integrations waiting for a reconnect, orphaned meetings, the session's TLS.
 //!
 //! Read-only aggregates over `meetingd.*` and `user_meeting_integrations`; nothing here changes
 //! a row or returns a token.
@@ -162,4 +162,12 @@ pub async fn gauges(db: Sql<'_>) -> Result<Gauges, tokio_postgres::Error> {
         needs_reconnect: r.get(3),
         notification_queue_usage: r.get(4),
     })
+}
+
+/// Whether this session is encrypted, as the server sees it.
+pub async fn session_encrypted(db: Sql<'_>) -> Result<bool, DbError> {
+    Ok(db
+        .query_one("SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)", &[])
+        .await?
+        .get(0))
 }

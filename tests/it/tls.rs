@@ -80,7 +80,9 @@ impl Drop for OtherCa {
 /// Whether a one-off connection with `config` is encrypted, or why it could not connect.
 async fn one_off(config: &Config) -> Result<bool, String> {
     let client = meetingd::db::connect(&config.database).await.map_err(|e| e.to_string())?;
-    Ok(meetingd::db::session_encrypted(meetingd::db::Sql::new(&client, meetingd::db::Mode::DIRECT)).await.unwrap())
+    Ok(meetingd::db::status::session_encrypted(meetingd::db::Sql::new(&client, meetingd::db::Mode::DIRECT))
+        .await
+        .unwrap())
 }
 
 fn expect_certificate_error(result: Result<bool, String>, what: &str) {
@@ -99,7 +101,7 @@ async fn require_encrypts_pooled_and_one_off_connections() {
     let config = with_url(&db, url(&db, None, "sslmode=require"));
     let pool = meetingd::db::pool(&config.database, 2).unwrap();
     let pooled = pool.get().await.expect("a pooled connection with sslmode=require");
-    assert!(meetingd::db::session_encrypted(pooled.sql()).await.unwrap(), "pooled session encrypted");
+    assert!(meetingd::db::status::session_encrypted(pooled.sql()).await.unwrap(), "pooled session encrypted");
     assert_eq!(one_off(&config).await, Ok(true), "one-off session encrypted");
 }
 
