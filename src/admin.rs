@@ -9,8 +9,9 @@ use secrecy::SecretString;
 use uuid::Uuid;
 
 use crate::crypto::{Column, Keyring};
-use crate::db::audit::{self, AuditEntry, insert_audit};
+use crate::db::audit::{self, insert_audit};
 use crate::db::{DbError, Session, Sql, Tx, bookings, integrations, requeue, status};
+use crate::job::AuditEntry;
 use crate::providers::Platform;
 
 /// A connection to store.

@@ -7,7 +7,9 @@
 //! Platform names stay text here where they come from a stored row (`MeetingRecord`, `Intent`,
 //! `Outcome::Linked`, audit and event lines): a row may name a platform this build does not
 //! know, and the worker turns that into a failed job with a sentence, never a failed claim. The
-//! worker itself works with [`crate::providers::Platform`] and converts at this edge.
+//! worker's own functions take [`crate::providers::Platform`]; it parses a stored name where it
+//! needs that platform's provider (`Worker::provider_for`), and `worker::plan` compares a stored
+//! name with the platform it chose by that platform's name.
 
 use std::time::Duration;
 

@@ -16,8 +16,9 @@ use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use crate::crypto::{Column, CryptoError, Keyring};
-use crate::db::audit::{AuditEntry, Event, insert_audit, insert_event};
+use crate::db::audit::{insert_audit, insert_event};
 use crate::db::{DbError, Pool, integrations};
+use crate::job::{AuditEntry, Event};
 use crate::oauth::{OAuthClient, OAuthError};
 use crate::providers::{Account, Platform};
 

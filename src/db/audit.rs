@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{DbError, Sql};
 
-pub use crate::job::{AuditEntry, Event};
+use crate::job::{AuditEntry, Event};
 
 /// One audit row as `meetingd bookings show` prints it.
 pub struct TrailEntry {

@@ -17,23 +17,15 @@ pub enum Failed {
     OfProvider(Uuid),
 }
 
-/// The re-queue: a new attempt series, due now; `$from_where` picks the jobs.
-macro_rules! requeue {
-    ($from_where:literal) => {
-        concat!(
-            "UPDATE meetingd.jobs j
-                SET state = 'pending', run_at = now(), attempts = 0, write_failures = 0, last_error = NULL, updated_at = now()\n",
-            $from_where
-        )
-    };
-}
+// The re-queue: a new attempt series, due now.
+const REQUEUE_ALL: &str = "UPDATE meetingd.jobs j
+                SET state = 'pending', run_at = now(), attempts = 0, write_failures = 0, last_error = NULL, updated_at = now()
+              WHERE j.state = 'failed'";
 
-const REQUEUE_ALL: &str = requeue!("WHERE j.state = 'failed'");
-
-const REQUEUE_PROVIDER: &str = requeue!(
-    "FROM bookings b JOIN services s ON s.id = b.service_id
-              WHERE j.booking_id = b.id AND s.provider_id = $1 AND j.state = 'failed'"
-);
+const REQUEUE_PROVIDER: &str = "UPDATE meetingd.jobs j
+                SET state = 'pending', run_at = now(), attempts = 0, write_failures = 0, last_error = NULL, updated_at = now()
+               FROM bookings b JOIN services s ON s.id = b.service_id
+              WHERE j.booking_id = b.id AND s.provider_id = $1 AND j.state = 'failed'";
 
 /// Re-arms one booking's job (creating it if needed) and wakes the daemons (`meetingd.touch_job`).
 #[tracing::instrument(level = "debug", skip_all)]

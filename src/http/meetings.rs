@@ -220,7 +220,7 @@ async fn record(
     booking: Uuid,
     action: &'static str,
 ) -> Result<(), ApiError> {
-    let entry = audit::AuditEntry { action, platform: None, outcome: "ok", duration_ms: None, detail: None };
+    let entry = crate::job::AuditEntry { action, platform: None, outcome: "ok", duration_ms: None, detail: None };
     audit::insert_audit(client, &format!("user:{}", caller.user_id), Some(booking), Some(caller.user_id), None, &entry)
         .await?;
     Ok(())

@@ -149,7 +149,7 @@ pub fn plan(s: &Snapshot, available: impl Fn(Platform) -> bool, fallback: Fallba
 /// The booking's link is the provider's own: set as manual through meetingd, or written by the
 /// app itself (any link that is not one meetingd recorded for the booking). meetingd never
 /// replaces it.
-pub(crate) fn is_manual(b: &BookingView, recorded: Option<&MeetingRecord>) -> bool {
+fn is_manual(b: &BookingView, recorded: Option<&MeetingRecord>) -> bool {
     if b.meeting_status.as_deref() == Some("manual") {
         return true;
     }
@@ -160,7 +160,7 @@ pub(crate) fn is_manual(b: &BookingView, recorded: Option<&MeetingRecord>) -> bo
 }
 
 /// Whether a create recorded in `intent` was made in the account a new create would use now.
-pub(crate) fn same_account(intent: &Intent, now: Option<&Account>) -> bool {
+fn same_account(intent: &Intent, now: Option<&Account>) -> bool {
     match (&intent.account, now) {
         (Some(then), Some(now)) => {
             then.integration_id == now.integration_id
@@ -171,7 +171,7 @@ pub(crate) fn same_account(intent: &Intent, now: Option<&Account>) -> bool {
 }
 
 /// A generation no meeting of the booking has used: past the recorded meeting and any recorded intent.
-pub(crate) fn next_generation(s: &Snapshot) -> i32 {
+pub(super) fn next_generation(s: &Snapshot) -> i32 {
     let recorded = s.meeting.as_ref().map_or(0, |m| m.generation);
     recorded.max(s.claim.intended_generation) + 1
 }
@@ -179,7 +179,7 @@ pub(crate) fn next_generation(s: &Snapshot) -> i32 {
 impl Plan {
     /// Whether carrying out the plan creates the meeting `intent` stands for (same platform and
     /// generation), so that meeting is adopted rather than deleted first.
-    pub(crate) fn reuses(&self, intent: &Intent) -> bool {
+    pub(super) fn reuses(&self, intent: &Intent) -> bool {
         match self {
             Plan::Create { choice, req } | Plan::Replace { choice, req, .. } => {
                 choice.platform.as_str() == intent.platform && req.generation == intent.generation

@@ -138,10 +138,6 @@ impl Child {
         self.child.id()
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// SIGKILL and reap.
     pub fn kill(&mut self) -> Result<()> {
         self.child.kill().with_context(|| format!("killing {} (pid {})", self.name, self.pid()))?;

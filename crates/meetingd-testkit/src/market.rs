@@ -11,9 +11,6 @@ use secrecy::SecretString;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-/// The scope meetingd asks Google for.
-pub const CALENDAR_SCOPE: &str = "https://www.googleapis.com/auth/calendar.events";
-
 /// A Google connection of `user` to the Google account `email`, with the tokens Google issued at
 /// consent; the access token expires `expires_in_secs` from now.
 pub fn google_connection(user: Uuid, access: &str, refresh: &str, expires_in_secs: i64, email: &str) -> NewIntegration {
@@ -23,7 +20,7 @@ pub fn google_connection(user: Uuid, access: &str, refresh: &str, expires_in_sec
         access_token: SecretString::from(access.to_string()),
         refresh_token: Some(SecretString::from(refresh.to_string())),
         expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(expires_in_secs)),
-        scopes: vec![CALENDAR_SCOPE.into()],
+        scopes: meetingd::providers::google::OAUTH.scopes.iter().map(|s| s.to_string()).collect(),
         platform_user_id: None,
         email: Some(email.to_string()),
     }

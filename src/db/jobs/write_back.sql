@@ -3,9 +3,9 @@
 -- `db/jobs/write_back.rs`, each of which names the `$n` it fills:
 --   $1–$11   the fence of every entry (`Fence`)
 --   $12–$23  meetings that exist at their platform (`Meetings`)
---   $24      entries that deleted the recorded meeting but end otherwise (`Removed`)
+--   $24      entries that deleted the recorded meeting but end otherwise (`Writes::removed`)
 --   $25–$26  entries that need no meeting (`Unlinked`)
---   $27      entries that retry (`Retrying`)
+--   $27      entries that retry (`Writes::retrying`)
 --   $28–$29  entries that failed (`Failures`)
 --   $30      the audit actor
 --   $31–$38  audit lines (`Audit`)
