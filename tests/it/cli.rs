@@ -109,7 +109,8 @@ async fn run_links_bookings_and_stops_cleanly_on_sigterm() {
     let c = db.client().await;
     let m = market::seed(&c).await;
     // database.url and the encryption key are a working configuration: http.listen keeps its
-    // default, and without a JWT key the API is simply not served.
+    // default, and without a JWT key the API is simply not served. Started by hand, not through
+    // the test kit's `DaemonCommand`, because that minimal configuration is what is tested.
     let child = Command::new(env!("CARGO_BIN_EXE_meetingd"))
         .args(["--log-format", "json", "run"])
         .env_remove("DATABASE_URL")

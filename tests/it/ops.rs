@@ -1,14 +1,12 @@
 //! Operations: systemd notifications, metrics, health.
 
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meetingd::RunError;
-use meetingd_testkit::Running;
+use meetingd_testkit::daemon::DaemonCommand;
 use meetingd_testkit::db::{TestDb, eventually};
 use meetingd_testkit::market;
-use secrecy::ExposeSecret;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -21,23 +19,13 @@ async fn systemd_sees_ready_then_watchdog_then_stopping() {
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let key = meetingd::crypto::Keyring::generate_key();
-    let child = Command::new(env!("CARGO_BIN_EXE_meetingd"))
-        .arg("run")
-        .env_remove("DATABASE_URL")
-        .env("MEETINGD_DATABASE__URL", &db.url)
-        .env("MEETINGD_ENCRYPTION__KEY", key.expose_secret())
-        .env("MEETINGD_HTTP__LISTEN", "")
-        .env("MEETINGD_HTTP__METRICS_LISTEN", "")
-        .env("MEETINGD_WORKER__SWEEP_INTERVAL_MS", "200")
-        .env("MEETINGD_WORKER__LISTEN_PING_INTERVAL_MS", "200")
+    let mut daemon = DaemonCommand::new(env!("CARGO_BIN_EXE_meetingd"), &db.url, &key)
+        .set("WORKER__SWEEP_INTERVAL_MS", "200")
+        .set("WORKER__LISTEN_PING_INTERVAL_MS", "200")
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "1000000")
-        .env("MEETINGD_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut daemon = Running(child);
+        .log("warn")
+        .spawn_quiet();
     let mut seen: Vec<String> = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(30);

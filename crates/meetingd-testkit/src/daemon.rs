@@ -85,6 +85,12 @@ impl DaemonCommand {
         self
     }
 
+    /// Sets an environment variable that is not a configuration key (`NOTIFY_SOCKET`, …).
+    pub fn env(mut self, name: &str, value: impl AsRef<OsStr>) -> DaemonCommand {
+        self.command.env(name, value);
+        self
+    }
+
     /// The log filter (`MEETINGD_LOG`).
     pub fn log(self, filter: &str) -> DaemonCommand {
         self.set("LOG", filter)
