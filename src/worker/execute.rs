@@ -88,7 +88,8 @@ impl Run<'_> {
         // A meeting an earlier create may have made, which this plan does not adopt: delete it first.
         if let Some(stray) = s.claim.intent.as_ref().filter(|i| !plan.reuses(i)) {
             if let Err((outcome, platform)) = self.discard(stray).await {
-                return (outcome.clone(), failed(&outcome, platform));
+                let event = failed(&outcome, platform.as_str());
+                return (outcome, event);
             }
             self.intents.current = None;
             self.intents.discarded = Some(stray.clone());
@@ -125,7 +126,7 @@ impl Run<'_> {
                         self.create(choice, &req).await
                     }
                     other => {
-                        let event = failed_recorded(&other, &old);
+                        let event = failed(&other, &old.platform);
                         (other, event)
                     }
                 }
@@ -143,7 +144,7 @@ impl Run<'_> {
                     return (deferred, None);
                 }
                 if let Err(outcome) = self.hold_claim(provider.as_ref(), platform, "update").await {
-                    let event = failed(&outcome, platform);
+                    let event = failed(&outcome, platform.as_str());
                     return (outcome, event);
                 }
                 let started = Instant::now();
@@ -168,7 +169,7 @@ impl Run<'_> {
                 }
             }
         };
-        let event = failed_recorded(&outcome, &record);
+        let event = failed(&outcome, &record.platform);
         (outcome, event)
     }
 
@@ -180,7 +181,7 @@ impl Run<'_> {
         loop {
             let Some(provider) = worker.providers.get(choice.platform) else {
                 let error = format!("{} meetings are not available on this server.", choice.platform.display_name());
-                return (Outcome::Failed { error: error.clone() }, Some(failed_event(choice.platform, &error)));
+                return fail(choice.platform, error);
             };
             if let Some(deferred) = worker.held_back(choice.platform, s) {
                 return (deferred, None);
@@ -190,7 +191,7 @@ impl Run<'_> {
                 Err(outcome) => Err(outcome),
             };
             if let Err(outcome) = recorded {
-                let event = failed(&outcome, choice.platform);
+                let event = failed(&outcome, choice.platform.as_str());
                 return (outcome, event);
             }
             let started = Instant::now();
@@ -228,12 +229,12 @@ impl Run<'_> {
                             choice.platform.display_name(),
                             choice.platform.display_name()
                         );
-                        return (Outcome::Failed { error: error.clone() }, Some(failed_event(choice.platform, &error)));
+                        return fail(choice.platform, error);
                     }
                 },
                 Err(e) => {
                     let outcome = self.after_error(e, "create", Some(choice.platform));
-                    let event = failed(&outcome, choice.platform);
+                    let event = failed(&outcome, choice.platform.as_str());
                     return (outcome, event);
                 }
             }
@@ -560,24 +561,20 @@ fn ready_message(choice: Choice, s: &Snapshot, account_problem: Option<&str>) ->
     }
 }
 
-fn failed_event(platform: Platform, error: &str) -> Event {
-    Event { kind: "meeting_failed", platform: Some(platform.as_str().to_string()), message: error.to_string() }
+/// The job fails on `platform` with `error`, and the provider is told.
+fn fail(platform: Platform, error: String) -> (Outcome, Option<Event>) {
+    let outcome = Outcome::Failed { error };
+    let event = failed(&outcome, platform.as_str());
+    (outcome, event)
 }
 
-/// The `meeting_failed` event for a failed outcome on `platform`.
-fn failed(outcome: &Outcome, platform: Platform) -> Option<Event> {
-    match outcome {
-        Outcome::Failed { error } => Some(failed_event(platform, error)),
-        _ => None,
-    }
-}
-
-/// [`failed`] for an operation on a recorded meeting, named by its platform as stored (which
-/// may be a platform this build does not know: that is why it failed).
-fn failed_recorded(outcome: &Outcome, record: &MeetingRecord) -> Option<Event> {
+/// The `meeting_failed` event for a failed outcome on `platform`: a platform's name, or a
+/// recorded meeting's platform as stored (which may be one this build does not know: that is why
+/// it failed).
+fn failed(outcome: &Outcome, platform: &str) -> Option<Event> {
     match outcome {
         Outcome::Failed { error } => {
-            Some(Event { kind: "meeting_failed", platform: Some(record.platform.clone()), message: error.clone() })
+            Some(Event { kind: "meeting_failed", platform: Some(platform.to_string()), message: error.clone() })
         }
         _ => None,
     }
