@@ -516,6 +516,22 @@ async fn get_event(State(state): Shared, Path((cal, id)): Path<(String, String)>
     reply(200, stored.body.clone())
 }
 
+/// The account's event `id` that is not deleted, or Google's answer for one that is not there
+/// (404) or was deleted (410), as `events.patch` and `events.delete` give them.
+// The answer is the handler's response, returned at once: not worth boxing.
+#[allow(clippy::result_large_err)]
+fn live_event<'a>(
+    events: &'a mut HashMap<String, StoredEvent>,
+    id: &str,
+    account: &str,
+) -> Result<&'a mut StoredEvent, Response> {
+    match events.get_mut(id).filter(|e| e.owner == account) {
+        None => Err(reply(404, google_error(404, "notFound", "Not Found"))),
+        Some(stored) if stored.deleted => Err(reply(410, google_error(410, "deleted", "Resource has been deleted"))),
+        Some(stored) => Ok(stored),
+    }
+}
+
 async fn patch_event(
     State(state): Shared,
     Path((cal, id)): Path<(String, String)>,
@@ -527,12 +543,10 @@ async fn patch_event(
         Err(r) => return r,
     };
     let mut s = state.lock().unwrap();
-    let Some(stored) = s.events.get_mut(&id).filter(|e| e.owner == account) else {
-        return reply(404, google_error(404, "notFound", "Not Found"));
+    let stored = match live_event(&mut s.events, &id, &account) {
+        Ok(stored) => stored,
+        Err(r) => return r,
     };
-    if stored.deleted {
-        return reply(410, google_error(410, "deleted", "Resource has been deleted"));
-    }
     for key in ["summary", "description", "start", "end"] {
         if !patch[key].is_null() {
             stored.body[key] = patch[key].clone();
@@ -551,12 +565,10 @@ async fn delete_event(State(state): Shared, Path((cal, id)): Path<(String, Strin
         Err(r) => return r,
     };
     let mut s = state.lock().unwrap();
-    let Some(stored) = s.events.get_mut(&id).filter(|e| e.owner == account) else {
-        return reply(404, google_error(404, "notFound", "Not Found"));
+    let stored = match live_event(&mut s.events, &id, &account) {
+        Ok(stored) => stored,
+        Err(r) => return r,
     };
-    if stored.deleted {
-        return reply(410, google_error(410, "deleted", "Resource has been deleted"));
-    }
     stored.deleted = true;
     match after {
         Some(f) => failure(&f),
