@@ -519,6 +519,11 @@ pub async fn check(file: Option<PathBuf>) -> bool {
             Ok(Some(verifier)) => {
                 report(true, "http", format!("API on {} ({})", config.http.listen, verifier.describe()));
                 warn_bearer_tokens(&config);
+                match verifier.probe().await {
+                    Some(Ok(keys)) => report(true, "jwks", format!("{keys} signing key(s) meetingd can use")),
+                    Some(Err(e)) => report(false, "jwks", e),
+                    None => {}
+                }
             }
             Ok(None) => report(
                 true,

@@ -112,6 +112,15 @@ impl JwtVerifier {
         }
     }
 
+    /// For `meetingd check`: fetches the JWKS now and counts the keys meetingd may use (`None`
+    /// when the key comes from the configuration).
+    pub async fn probe(&self) -> Option<Result<usize, String>> {
+        match &self.keys {
+            Keys::Static(_) => None,
+            Keys::Jwks(keys) => Some(keys.probe().await),
+        }
+    }
+
     /// The user id in a valid token, fetching the JWKS when the token needs it (at most one
     /// fetch per call, shared with concurrent calls).
     pub async fn authenticate(&self, token: &str) -> Result<Uuid, TokenError> {

@@ -164,6 +164,44 @@ async fn check_refuses_a_short_secret_and_warns_while_audience_and_issuer_are_un
     assert!(!t.contains("warn http"), "{t}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fetches_the_jwks_and_fails_when_it_cannot() {
+    let db = TestDb::migrated().await;
+    let (_, jwk) = es256_key("k");
+    let jwks = FakeJwks::start(vec![jwk]).await;
+    let url = jwks.url();
+    let envs = [
+        ("MEETINGD_DATABASE__URL", db.url.as_str()),
+        ("MEETINGD_HTTP__LISTEN", "127.0.0.1:0"),
+        ("MEETINGD_HTTP__JWT_JWKS_URL", url.as_str()),
+        ("MEETINGD_HTTP__JWT_AUDIENCE", AUD),
+        ("MEETINGD_HTTP__JWT_ISSUER", ISS),
+    ];
+    let run = |envs: Vec<(&'static str, String)>| {
+        tokio::task::block_in_place(|| {
+            let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let out = meetingd(&["check"], &envs);
+            (out.status.code(), text(&out))
+        })
+    };
+    let owned = |extra: &[(&'static str, &str)]| -> Vec<(&'static str, String)> {
+        envs.iter().chain(extra).map(|(k, v)| (*k, v.to_string())).collect()
+    };
+
+    let (code, t) = run(owned(&[]));
+    assert_eq!(code, Some(0), "{t}");
+    assert!(t.contains("ok   jwks") && t.contains("1 signing key(s)"), "{t}");
+
+    jwks.fail_with(Some(503));
+    let (code, t) = run(owned(&[]));
+    assert_eq!(code, Some(1), "{t}");
+    assert!(t.contains("FAIL jwks") && t.contains("503"), "{t}");
+
+    let (code, t) = run(owned(&[("MEETINGD_HTTP__JWT_JWKS_URL", "http://auth.example/.well-known/jwks.json")]));
+    assert_eq!(code, Some(1), "{t}");
+    assert!(t.contains("http.jwt_jwks_url must be an https URL"), "{t}");
+}
+
 #[test]
 fn only_tokens_for_meetingd_from_its_issuer_that_are_already_valid_are_accepted() {
     let key = EncodingKey::from_secret(SECRET.as_bytes());

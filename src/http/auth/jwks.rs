@@ -174,6 +174,11 @@ impl JwksKeys {
         fits(kid, lookup, algorithm)
     }
 
+    /// Fetches the set once, outside the cache: how many keys meetingd may use, or why none.
+    pub async fn probe(&self) -> Result<usize, String> {
+        self.fetch().await.map(|(keys, _)| keys.len()).map_err(|e| format!("{}: {e}", self.url))
+    }
+
     /// The key `kid` from the cache alone.
     pub fn cached(&self, kid: &str, algorithm: Algorithm) -> Result<Arc<Key>, TokenError> {
         fits(kid, self.cache().settled(kid), algorithm)
