@@ -516,15 +516,19 @@ pub async fn check(file: Option<PathBuf>) -> bool {
         report(true, "http", "API disabled (http.listen = \"\")".into());
     } else {
         match crate::http::auth::JwtVerifier::from_config(&config.http) {
-            Ok(Some(_)) => report(
-                true,
-                "http",
-                format!("API on {} ({} bearer tokens)", config.http.listen, config.http.jwt_algorithm),
-            ),
+            Ok(Some(verifier)) => {
+                report(true, "http", format!("API on {} ({})", config.http.listen, verifier.describe()));
+                warn_bearer_tokens(&config);
+                match verifier.probe().await {
+                    Some(Ok(keys)) => report(true, "jwks", format!("{keys} signing key(s) meetingd can use")),
+                    Some(Err(e)) => report(false, "jwks", e),
+                    None => {}
+                }
+            }
             Ok(None) => report(
                 true,
                 "http",
-                "API off: no JWT key (set http.jwt_secret(_file) or http.jwt_public_key_file to serve it on http.listen); meetings are still linked".into(),
+                "API off: no JWT key (set http.jwt_secret(_file), http.jwt_public_key_file or http.jwt_jwks_url to serve it on http.listen); meetings are still linked".into(),
             ),
             Err(e) => report(false, "http", e),
         }
@@ -559,6 +563,14 @@ pub async fn check(file: Option<PathBuf>) -> bool {
         Err(e) => report(false, "column", format!("cannot inspect the marketplace columns: {e}")),
     }
     ok
+}
+
+/// `check`'s warnings about bearer tokens: settings that work but let tokens meant for something
+/// else through. They do not fail the check.
+fn warn_bearer_tokens(config: &Config) {
+    for warning in config.http.jwt_warnings() {
+        println!("warn {:<14} {warning}", "http");
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

@@ -76,7 +76,7 @@ fn systemd_credentials_fill_unset_secrets() {
         let key = crate::crypto::Keyring::generate_key();
         jail.create_dir("creds")?;
         jail.create_file("creds/encryption-key", key.expose_secret())?;
-        jail.create_file("creds/jwt-secret", "s3cret")?;
+        jail.create_file("creds/jwt-secret", "s3cret-of-the-app-at-least-32-bytes")?;
         jail.create_file("creds/database-url", "postgres://m:pw@db/market\n")?;
         jail.create_file("own-google-secret", "mine")?;
         jail.set_env("MEETINGD_GOOGLE__CLIENT_SECRET_FILE", "own-google-secret");
@@ -84,7 +84,7 @@ fn systemd_credentials_fill_unset_secrets() {
         jail.create_file("creds/google-client-secret", "theirs")?;
         let c = Config::load(None).map_err(|e| e.to_string())?;
         assert!(c.encryption.keyring().is_ok());
-        assert_eq!(c.http.jwt_secret().unwrap().unwrap().expose_secret(), "s3cret");
+        assert_eq!(c.http.jwt_secret().unwrap().unwrap().expose_secret(), "s3cret-of-the-app-at-least-32-bytes");
         assert_eq!(c.database.url.expose_secret(), "postgres://m:pw@db/market");
         assert_eq!(c.google.client_secret().unwrap().unwrap().expose_secret(), "mine", "explicit settings win");
         Ok(())

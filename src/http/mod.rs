@@ -43,10 +43,15 @@ pub struct AppState {
 impl AppState {
     pub fn new(pool: Pool, keyring: Arc<Keyring>, config: &Config) -> Result<AppState, String> {
         let jwt = auth::JwtVerifier::from_config(&config.http)?.ok_or_else(|| {
-            "the HTTP API needs the app's JWT key: set http.jwt_secret (or jwt_secret_file) for HS256, or \
-             http.jwt_public_key_file for RS256/ES256 — or http.listen = \"\" to run without the API"
+            "the HTTP API needs the app's JWT key: set http.jwt_secret (or jwt_secret_file) for HS256, \
+             http.jwt_public_key_file for RS256/ES256, or http.jwt_jwks_url for an auth service's published \
+             keys — or http.listen = \"\" to run without the API"
                 .to_string()
         })?;
+        tracing::info!(keys = %jwt.describe(), "bearer tokens");
+        for warning in config.http.jwt_warnings() {
+            tracing::warn!("{warning}");
+        }
         let connectors = Connectors::from_config(config)?;
         Ok(AppState { pool, keyring, config: Arc::new(config.clone()), jwt: Arc::new(jwt), connectors })
     }

@@ -5,6 +5,7 @@ mod cli;
 mod daemon;
 mod google;
 mod helpers;
+mod jwt;
 mod leftovers;
 mod maintenance;
 mod migrations;
