@@ -151,7 +151,7 @@ pub async fn connect(
 #[utoipa::path(
     get, path = "/api/auth/{platform}/callback", tag = "integrations",
     params(("platform" = String, Path, description = "`google-meet`"), CallbackQuery),
-    responses((status = 303, description = "Redirect to http.app_url + /dashboard/integrations?connected=… or ?error=…"))
+    responses((status = 303, description = "Redirect to http.app_url + /dashboard/integrations?connected=… or ?error=… (invalid_state, state_expired, access_denied, missing_code, exchange_failed, insufficient_scope: a required scope was not granted, nothing stored)"))
 )]
 pub async fn callback(
     State(state): State<AppState>,
