@@ -14,6 +14,7 @@ pub mod fixtures;
 pub mod http;
 pub mod ics;
 pub mod job;
+pub mod links;
 pub mod metrics;
 pub mod oauth;
 pub mod providers;

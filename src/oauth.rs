@@ -38,7 +38,20 @@ pub struct Refreshed {
     /// Present when the platform rotates refresh tokens (the old one is then dead).
     pub refresh_token: Option<SecretString>,
     pub expires_in: Option<Duration>,
+    /// The answer's `scope` field, split on spaces; `None` when the answer has none (see
+    /// [`Refreshed::granted_scopes`]).
     pub scopes: Option<Vec<String>>,
+}
+
+impl Refreshed {
+    /// The scopes this answer grants: its `scope` field, or, when the answer has none, the ones
+    /// `requested` (RFC 6749 §5.1: the field may be left out only when it equals the request).
+    pub fn granted_scopes(&self, requested: &[&str]) -> Vec<String> {
+        match &self.scopes {
+            Some(granted) => granted.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            None => requested.iter().map(|s| s.to_string()).collect(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,5 +185,28 @@ impl OAuthClient {
         let token = RefreshToken::new(refresh_token.expose_secret().to_string());
         let response = client.exchange_refresh_token(&token).request_async(&self.http).await.map_err(classify)?;
         Ok(tokens(&response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(scopes: Option<&[&str]>) -> Refreshed {
+        Refreshed {
+            access_token: SecretString::from("a"),
+            refresh_token: None,
+            expires_in: None,
+            scopes: scopes.map(|s| s.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn granted_scopes_are_the_answers_or_else_the_request() {
+        let asked = ["https://www.googleapis.com/auth/calendar.events"];
+        assert_eq!(answer(None).granted_scopes(&asked), asked);
+        assert_eq!(answer(Some(&["openid", "email"])).granted_scopes(&asked), ["openid", "email"]);
+        assert!(answer(Some(&[""])).granted_scopes(&asked).is_empty(), "an empty scope grants nothing");
+        assert!(answer(Some(&[])).granted_scopes(&asked).is_empty());
     }
 }

@@ -1,10 +1,13 @@
 //! Connecting a platform account: the OAuth authorization-code flow with PKCE.
 //!
 //! `connect` (authenticated provider) stores a single-use state server-side (its hash, the user,
-//! the encrypted PKCE verifier, 10 minutes) and sets it in an HTTP-only cookie; `callback` (the
-//! browser coming back from the consent screen) requires cookie and query to match that stored
-//! state, exchanges the code, stores the tokens encrypted, re-queues the provider's failed
-//! bookings and redirects to the app — never anywhere but `http.app_url`.
+//! the encrypted PKCE verifier, 10 minutes) and sets it in an HTTP-only cookie
+//! (`__Host-meetingd_oauth_state` when `http.cookie_secure` is on); `callback` (the browser
+//! coming back from the consent screen) requires the cookie to match the query's state before it
+//! consumes that stored state, exchanges the code, checks that the granted scopes include the
+//! platform's required ones (`?error=insufficient_scope` otherwise, nothing stored), stores the
+//! tokens encrypted, re-queues the provider's failed bookings and redirects to the app — never
+//! anywhere but `http.app_url`.
 //!
 //! Platform-neutral: each platform's OAuth facts (path segment, scopes, endpoints, who the
 //! connected account is) come from `providers::auth`; the statements from `db::oauth_states`,
@@ -32,8 +35,29 @@ use crate::db::requeue::{self, Failed};
 use crate::providers::Platform;
 use crate::providers::auth::{Identity, OAuthSpec, PathPlatform};
 
+/// The state cookie's name when `http.cookie_secure` is off (plain-http development).
 pub const STATE_COOKIE: &str = "meetingd_oauth_state";
+/// Its name when `http.cookie_secure` is on: the `__Host-` prefix makes browsers take it only
+/// with `Secure`, `Path=/` and no `Domain`, so a sibling subdomain cannot plant one.
+pub const SECURE_STATE_COOKIE: &str = "__Host-meetingd_oauth_state";
 const STATE_TTL_SECS: i64 = 600;
+
+/// The state cookie's name under this configuration.
+pub fn state_cookie_name(secure: bool) -> &'static str {
+    if secure { SECURE_STATE_COOKIE } else { STATE_COOKIE }
+}
+
+/// The state cookie (or, with an empty value, the template of its removal): HTTP-only,
+/// `SameSite=Lax` (the consent screen comes back with a top-level GET), `Path=/`, no `Domain`,
+/// `Secure` and `__Host-`-named when `secure`.
+fn state_cookie(secure: bool, value: String) -> Cookie<'static> {
+    Cookie::build((state_cookie_name(secure), value))
+        .http_only(true)
+        .secure(secure)
+        .same_site(SameSite::Lax)
+        .path("/")
+        .build()
+}
 
 #[derive(Serialize, ToSchema)]
 pub struct ConnectResponse {
@@ -118,13 +142,8 @@ pub async fn connect(
         ttl_secs: STATE_TTL_SECS as f64,
     };
     oauth_states::insert(client.sql(), &pending).await?;
-    let cookie = Cookie::build((STATE_COOKIE, oauth_state))
-        .http_only(true)
-        .secure(state.config.http.cookie_secure)
-        .same_site(SameSite::Lax)
-        .path("/api/auth")
-        .max_age(time::Duration::seconds(STATE_TTL_SECS))
-        .build();
+    let mut cookie = state_cookie(state.config.http.cookie_secure, oauth_state);
+    cookie.set_max_age(time::Duration::seconds(STATE_TTL_SECS));
     Ok((jar.add(cookie), Json(ConnectResponse { authorization_url: authorization.url.to_string() })))
 }
 
@@ -132,7 +151,7 @@ pub async fn connect(
 #[utoipa::path(
     get, path = "/api/auth/{platform}/callback", tag = "integrations",
     params(("platform" = String, Path, description = "`google-meet`"), CallbackQuery),
-    responses((status = 303, description = "Redirect to http.app_url + /dashboard/integrations?connected=… or ?error=…"))
+    responses((status = 303, description = "Redirect to http.app_url + /dashboard/integrations?connected=… or ?error=… (invalid_state, state_expired, access_denied, missing_code, exchange_failed, insufficient_scope: a required scope was not granted, nothing stored)"))
 )]
 pub async fn callback(
     State(state): State<AppState>,
@@ -140,28 +159,68 @@ pub async fn callback(
     Query(query): Query<CallbackQuery>,
     jar: CookieJar,
 ) -> Response {
-    let cleared = jar.clone().remove(Cookie::build((STATE_COOKIE, "")).path("/api/auth").build());
+    let secure = state.config.http.cookie_secure;
     let outcome = finish_connect(&state, &segment, &query, &jar).await;
     let mut target = state.config.http.app_url.join("/dashboard/integrations").expect("app_url is an http URL");
     match &outcome {
         Ok(platform) => target.query_pairs_mut().append_pair("connected", platform.as_str()),
-        Err(code) => target.query_pairs_mut().append_pair("error", code),
+        Err(refusal) => target.query_pairs_mut().append_pair("error", &refusal.code),
     };
-    (cleared, Redirect::to(target.as_str())).into_response()
+    // A cookie that did not match is left alone: it may be this browser's for another state
+    // (a second tab), still pending.
+    let keep = matches!(&outcome, Err(refusal) if !refusal.state_taken);
+    let jar = if keep { jar } else { jar.remove(state_cookie(secure, String::new())) };
+    (jar, Redirect::to(target.as_str())).into_response()
 }
 
-/// The callback's work; `Err` is the error code put in the redirect.
+/// Why a callback did not connect: the error code put in the redirect, and whether the stored
+/// state was consumed on the way (then the browser's cookie goes too).
+#[derive(Debug)]
+struct Refusal {
+    code: String,
+    state_taken: bool,
+}
+
+impl From<&str> for Refusal {
+    fn from(code: &str) -> Refusal {
+        Refusal { code: code.to_string(), state_taken: true }
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(code: String) -> Refusal {
+        Refusal { code, state_taken: true }
+    }
+}
+
+impl Refusal {
+    /// Refused before the stored state was looked at: it stays usable.
+    fn untaken(code: &str) -> Refusal {
+        Refusal { code: code.to_string(), state_taken: false }
+    }
+}
+
+/// The callback's work; `Err` says what to put in the redirect.
 async fn finish_connect(
     state: &AppState,
     segment: &str,
     query: &CallbackQuery,
     jar: &CookieJar,
-) -> Result<Platform, String> {
-    let spec = path_platform(segment).map_err(|_| "unknown_platform".to_string())?;
+) -> Result<Platform, Refusal> {
+    let spec = path_platform(segment).map_err(|_| Refusal::untaken("unknown_platform"))?;
     let platform = spec.platform;
-    let oauth_state = query.state.as_deref().filter(|s| !s.is_empty()).ok_or("invalid_state")?;
-    // Single use: the row is consumed by the first callback that presents the state, whatever
-    // happens next (a state seen without its cookie is burnt too).
+    let oauth_state =
+        query.state.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| Refusal::untaken("invalid_state"))?;
+    // The browser that started the connection must be the one coming back: a state without its
+    // cookie (a link sent to someone else, a cookie planted for another state) is refused and left
+    // usable, so it cannot be burnt for the right browser.
+    let cookie = jar.get(state_cookie_name(state.config.http.cookie_secure)).map(|c| c.value());
+    if !cookie.is_some_and(|c| same_secret(c, oauth_state)) {
+        tracing::warn!(platform = %platform, "OAuth callback without the matching state cookie; refused");
+        return Err(Refusal::untaken("invalid_state"));
+    }
+    // Single use: the row is consumed by the first callback that presents the state with its
+    // cookie, whatever happens next.
     let client = state.pool.get().await.map_err(|e| internal(e.to_string()))?;
     let pending = oauth_states::take(client.sql(), &state_hash(oauth_state), platform.as_str())
         .await
@@ -170,17 +229,13 @@ async fn finish_connect(
     // No connection is held while the platform answers: API traffic cannot tie up the pool.
     drop(client);
     let user_id = pending.user_id;
-    if jar.get(STATE_COOKIE).map(|c| c.value()) != Some(oauth_state) {
-        tracing::warn!(user_id = %user_id, "OAuth callback without the matching state cookie; state discarded");
-        return Err("invalid_state".into());
-    }
     if !pending.fresh {
         return Err("state_expired".into());
     }
     if let Some(error) = &query.error {
         let code: String = error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(40).collect();
         tracing::info!(user_id = %user_id, platform = %platform, error = %code, "provider declined the connection");
-        return Err(if code.is_empty() { "access_denied".into() } else { code });
+        return Err(if code.is_empty() { "access_denied".into() } else { code.into() });
     }
     let code = query.code.as_deref().filter(|c| !c.is_empty()).ok_or("missing_code")?;
     let connector = state.connectors.get(platform).ok_or("not_configured")?;
@@ -192,6 +247,14 @@ async fn finish_connect(
         tracing::warn!(user_id = %user_id, platform = %platform, error = %e, "OAuth code exchange failed");
         "exchange_failed".to_string()
     })?;
+    // A consent screen lets the user untick scopes: without the ones meetingd needs, every
+    // meeting would fail later. Nothing is stored; the provider is told now.
+    let granted = tokens.granted_scopes(spec.scopes);
+    let missing = spec.missing_scopes(&granted);
+    if !missing.is_empty() {
+        tracing::warn!(user_id = %user_id, platform = %platform, missing = ?missing, "the connection lacks required scopes; not stored");
+        return Err("insufficient_scope".into());
+    }
     if tokens.refresh_token.is_none() {
         tracing::warn!(user_id = %user_id, "{} issued no refresh token; the connection will need renewing when the access token expires", spec.vendor);
     }
@@ -206,7 +269,7 @@ async fn finish_connect(
         access_token: tokens.access_token,
         refresh_token: tokens.refresh_token,
         expires_at,
-        scopes: tokens.scopes.unwrap_or_else(|| spec.scopes.iter().map(|s| s.to_string()).collect()),
+        scopes: granted,
         platform_user_id: identity.platform_user_id,
         email: identity.email,
     };
@@ -223,7 +286,14 @@ async fn finish_connect(
     Ok(platform)
 }
 
-fn internal(e: String) -> String {
+fn internal(e: String) -> Refusal {
     tracing::error!(error = %e, "OAuth callback failed");
     "internal".into()
+}
+
+/// Whether the cookie holds the query's state, compared in constant time.
+fn same_secret(cookie: &str, query: &str) -> bool {
+    // Equal digests mean equal strings; comparing digests hides where the strings differ.
+    let (a, b) = (Sha256::digest(cookie.as_bytes()), Sha256::digest(query.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -3,7 +3,8 @@
 //! Access: the provider of the booking's service may read and change; the booking's customer may
 //! read (the link only once the booking is confirmed); anyone else gets 404, so a booking's
 //! existence is never revealed. Changes go through the job queue (`meetingd.touch_job`), so the
-//! daemon stays the only one talking to platforms.
+//! daemon stays the only one talking to platforms. Manual links and the link a calendar file
+//! carries pass `crate::links` (a stored link that fails it is left out of the file).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -21,6 +22,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::db::bookings::{self, ApiBooking as Booking};
 use crate::db::{audit, requeue};
+use crate::links::Link;
 use crate::providers::Platform;
 
 #[derive(Deserialize, ToSchema)]
@@ -32,7 +34,8 @@ pub struct CreateRequest {
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRequest {
-    /// A link the provider manages by hand (absolute https URL). Without it, the meeting is
+    /// A link the provider manages by hand: an absolute https URL without credentials or
+    /// control characters, at most 2048 characters once normalised. Without it, the meeting is
     /// re-synchronised with the booking (and a manual link cleared).
     pub meeting_link: Option<String>,
 }
@@ -159,7 +162,7 @@ pub async fn create(
     params(("booking_id" = Uuid, Path)),
     responses(
         (status = 202, body = MeetingView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, description = "Not an absolute https URL", body = ErrorBody)
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, description = "Not a valid meeting link (absolute https, no credentials, no control characters, at most 2048 characters)", body = ErrorBody)
     ),
     security(("bearer" = []))
 )]
@@ -226,24 +229,24 @@ async fn record(
     Ok(())
 }
 
-/// An absolute https URL with a host and no credentials, at most 2048 characters.
+/// A manual link, checked by the one rule for links (`crate::links`); 422 with the reason.
 pub fn validate_link(link: &str) -> Result<String, ApiError> {
-    let invalid =
-        |why: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_link", format!("meeting_link {why}"));
-    if link.len() > 2048 {
-        return Err(invalid("is longer than 2048 characters"));
+    Link::parse(link)
+        .map(Link::into_string)
+        .map_err(|why| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_link", format!("meeting_link {why}")))
+}
+
+/// The stored link as a calendar file may carry it: one that breaks the link rule (the app's
+/// column can hold anything) is left out, and said so in the log without quoting it.
+fn exportable(booking: Uuid, link: Option<String>) -> Option<Link> {
+    let raw = link?;
+    match Link::parse(&raw) {
+        Ok(link) => Some(link),
+        Err(why) => {
+            tracing::warn!(booking_id = %booking, reason = %why, "meeting link left out of the calendar file");
+            None
+        }
     }
-    let url = url::Url::parse(link.trim()).map_err(|_| invalid("must be an absolute URL"))?;
-    if url.scheme() != "https" {
-        return Err(invalid("must use https"));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("must name a host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("must not carry credentials"));
-    }
-    Ok(url.to_string())
 }
 
 /// The booking's meeting as the caller may see it.
@@ -287,7 +290,7 @@ pub async fn calendar(
             end: b.end,
             cancelled: matches!(b.status.as_str(), "cancelled" | "rejected"),
             sequence: u32::try_from(b.version).unwrap_or(0),
-            link: shown.meeting_link,
+            link: exportable(b.id, shown.meeting_link),
             platform,
             provider_name: b.provider_name.clone(),
         },

@@ -30,6 +30,22 @@ pub struct OAuthSpec {
     pub scopes: &'static [&'static str],
     /// Query parameters of the consent-screen URL beyond OAuth's own, in order.
     pub authorize_params: &'static [(&'static str, &'static str)],
+    /// What meetingd cannot work without: each entry is met by any one of its scopes (the
+    /// narrowest first, then broader ones that include it). A consent screen lets the user untick
+    /// scopes, so the callback checks the granted ones against this before storing anything.
+    pub required_scopes: &'static [&'static [&'static str]],
+}
+
+impl OAuthSpec {
+    /// The required scopes `granted` does not meet, each named by its narrowest scope; empty
+    /// when the grant is enough.
+    pub fn missing_scopes(&self, granted: &[String]) -> Vec<&'static str> {
+        self.required_scopes
+            .iter()
+            .filter(|any_of| !any_of.iter().any(|scope| granted.iter().any(|g| g == scope)))
+            .filter_map(|any_of| any_of.first().copied())
+            .collect()
+    }
 }
 
 /// The OAuth facts of a platform whose accounts meetingd can connect; `None` for one it cannot
@@ -139,11 +155,28 @@ mod tests {
     }
 
     #[test]
+    fn a_grant_without_a_required_scope_is_short() {
+        let spec = &google::OAUTH;
+        let grant = |scopes: &[&str]| scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let events = "https://www.googleapis.com/auth/calendar.events";
+        assert!(spec.missing_scopes(&grant(&[events])).is_empty());
+        assert!(spec.missing_scopes(&grant(&["openid", events, "email"])).is_empty());
+        assert!(spec.missing_scopes(&grant(&["https://www.googleapis.com/auth/calendar"])).is_empty());
+        assert_eq!(spec.missing_scopes(&grant(&[])), [events]);
+        assert_eq!(spec.missing_scopes(&grant(&["openid", "email"])), [events]);
+        assert_eq!(spec.missing_scopes(&grant(&["https://www.googleapis.com/auth/calendar.readonly"])), [events]);
+    }
+
+    #[test]
     fn every_spec_is_its_platforms() {
         for p in Platform::ALL {
             if let Some(s) = spec(p) {
                 assert_eq!(s.platform, p);
                 assert!(p.needs_account(), "{p}");
+                // What is required is asked for: a grant of exactly the request is enough.
+                let asked: Vec<String> = s.scopes.iter().map(|s| s.to_string()).collect();
+                assert!(s.missing_scopes(&asked).is_empty(), "{p}");
+                assert!(!s.required_scopes.is_empty(), "{p}");
             }
         }
     }

@@ -2,9 +2,10 @@
 //! learned (outcome, audit lines, the event for the app, what became of the create intent).
 //!
 //! Owns the platform calls of one run, the create intent and claim confirmation before them,
-//! and the mapping from platform errors to retries and failures. It must not hold a database
-//! transaction across a platform call, and records nothing itself: `complete.rs` writes the
-//! result back.
+//! the mapping from platform errors to retries and failures, and the check of every link a
+//! platform answers (`crate::links`: a link that breaks it fails the job and is never written).
+//! It must not hold a database transaction across a platform call, and records nothing itself:
+//! `complete.rs` writes the result back.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use super::plan::{Plan, next_generation, plan};
 use crate::config::Fallback;
 use crate::db::jobs;
 use crate::job::{AuditEntry, Event, Finished, Intent, MeetingRecord, Outcome, Snapshot};
+use crate::links::Link;
 use crate::providers::{Choice, Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError};
 use crate::retry::jitter_unit;
 
@@ -151,7 +153,10 @@ impl Run<'_> {
                 let result = provider.update(&record.meeting, &req).await;
                 self.note("meeting.update", platform, started, &result);
                 match result {
-                    Ok(meeting) => linked(platform, &record.requested_platform, meeting, &req),
+                    Ok(meeting) => match self.checked_link(platform, meeting) {
+                        Ok(meeting) => linked(platform, &record.requested_platform, meeting, &req),
+                        Err(error) => Outcome::Failed { error },
+                    },
                     // Deleted at the platform by someone else, or out of reach in an
                     // account that is gone (reported as orphaned): make a new one.
                     Err(e @ (ProviderError::NotFound | ProviderError::AccountGone(_))) => {
@@ -209,8 +214,11 @@ impl Run<'_> {
                     choice.platform
                 ));
             }
-            match result {
-                Ok(meeting) => {
+            match result.map(|meeting| self.checked_link(choice.platform, meeting)) {
+                Ok(Err(error)) => {
+                    return fail(choice.platform, error);
+                }
+                Ok(Ok(meeting)) => {
                     let event = Event {
                         kind: "meeting_ready",
                         platform: Some(choice.platform.as_str().to_string()),
@@ -408,6 +416,31 @@ impl Run<'_> {
             Err(e) => {
                 let error = format!("could not report the unreachable meeting {}: {e}", meeting.external_id);
                 Err(self.after_error(ProviderError::Transient(error), "delete", Some(platform)))
+            }
+        }
+    }
+
+    /// The meeting with its link in the form meetingd writes (`crate::links`), or the sentence
+    /// the job fails with when the platform answered a link that breaks the rule: such a link is
+    /// never written, and neither the sentence nor the audit line quotes it.
+    fn checked_link(&mut self, platform: Platform, meeting: Meeting) -> Result<Meeting, String> {
+        match Link::parse(&meeting.join_url) {
+            Ok(link) => Ok(Meeting { join_url: link.into_string(), ..meeting }),
+            Err(why) => {
+                let name = platform.display_name();
+                let error = format!(
+                    "{name} answered a meeting link that meetingd does not write (the link {why}); the meeting {} was not linked to the booking.",
+                    meeting.external_id
+                );
+                tracing::warn!(platform = %platform, meeting_id = %meeting.external_id, reason = %why, "platform answered an invalid meeting link");
+                self.audit.push(entry(
+                    "meeting.link_refused",
+                    Some(platform.as_str().to_string()),
+                    "failed",
+                    None,
+                    Some(format!("the link {why}")),
+                ));
+                Err(error)
             }
         }
     }

@@ -17,6 +17,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod hardening;
+
 const JWT_SECRET: &str = "app-signing-secret-for-tests-0123456789";
 const APP_URL: &str = "https://app.example.com";
 
@@ -152,7 +154,7 @@ async fn connect_consent_callback_stores_encrypted_tokens_and_bookings_get_meet_
     let response = api.call("POST", "/api/auth/google-meet/connect", Some(api.as_user(api.provider)), None).await;
     assert_eq!(response.status(), StatusCode::OK);
     let cookie = response.headers().get(SET_COOKIE).unwrap().to_str().unwrap().to_string();
-    for attribute in ["meetingd_oauth_state=", "HttpOnly", "Secure", "SameSite=Lax", "Path=/api/auth", "Max-Age=600"] {
+    for attribute in ["__Host-meetingd_oauth_state=", "HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Max-Age=600"] {
         assert!(cookie.contains(attribute), "{attribute} in {cookie}");
     }
     let body: Value = response.json().await.unwrap();
@@ -161,7 +163,7 @@ async fn connect_consent_callback_stores_encrypted_tokens_and_bookings_get_meet_
     assert_eq!(q["scope"], "https://www.googleapis.com/auth/calendar.events");
     assert_eq!((q["access_type"].as_str(), q["prompt"].as_str()), ("offline", "consent"));
     assert_eq!(q["redirect_uri"], format!("{}/api/auth/google-meet/callback", api.base));
-    assert_eq!(cookie.split(';').next().unwrap(), format!("meetingd_oauth_state={}", q["state"]));
+    assert_eq!(cookie.split(';').next().unwrap(), format!("__Host-meetingd_oauth_state={}", q["state"]));
     let stored: i64 = market::count(&api.c, "SELECT count(*) FROM meetingd.oauth_states").await;
     assert_eq!(stored, 1);
     let raw_state_stored = market::count(
@@ -286,12 +288,16 @@ async fn callback_refuses_replayed_foreign_missing_and_denied_states() {
         "a state dies with its first use"
     );
 
-    // Without the cookie the state is refused, and burnt.
+    // Without the cookie the state is refused, and left for the browser that has it.
     let (cookie, state, url) = start(api.provider).await;
     let code = api.google.consent(&url);
     let query = format!("code={}&state={}", urlencode(&code), urlencode(&state));
     assert_eq!(back(query.clone(), None).await, error("invalid_state"));
-    assert_eq!(back(query, Some(cookie)).await, error("invalid_state"));
+    assert_eq!(
+        back(query.clone(), Some(cookie.clone())).await,
+        format!("{APP_URL}/dashboard/integrations?connected=google_meet")
+    );
+    assert_eq!(back(query, Some(cookie)).await, error("invalid_state"), "then burnt");
 
     // Another user's state with this browser's cookie.
     let (my_cookie, _, _) = start(api.provider).await;
@@ -313,7 +319,8 @@ async fn callback_refuses_replayed_foreign_missing_and_denied_states() {
     )
     .await;
     assert_eq!(location, format!("{APP_URL}/dashboard/integrations?connected=google_meet"));
-    let location = back("error=%2F%2Fevil.example%2F&state=x".into(), Some("meetingd_oauth_state=x".into())).await;
+    let location =
+        back("error=%2F%2Fevil.example%2F&state=x".into(), Some("__Host-meetingd_oauth_state=x".into())).await;
     assert!(location.starts_with(&format!("{APP_URL}/dashboard/integrations?error=")), "{location}");
 
     // Expired state.

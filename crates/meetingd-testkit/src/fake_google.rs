@@ -5,7 +5,7 @@
 //! conferences), events.get/patch/delete (404 `notFound`, 410 `deleted`), the usual error bodies
 //! (401 `authError`, 403/429 rate limits with `Retry-After`, 5xx `backendError`), and the token
 //! endpoint's `invalid_grant` / `invalid_client`. Failures are scripted per test (or random, for
-//! the soak). It keeps everything in memory and talks to no real Google.
+//! the soak), and so are a consent that grants fewer scopes and a hostile Meet link. It keeps everything in memory and talks to no real Google.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -79,6 +79,17 @@ pub struct Inner {
     pub revoked: Vec<String>,
     /// Every Calendar call takes this long before it answers (a benchmark's slow platform).
     pub latency: Option<Duration>,
+    /// The `scope` the authorization-code grant answers (default: the Calendar events scope);
+    /// `Some(None)` leaves the field out.
+    pub granted_scope: Option<Option<String>>,
+    /// The Meet link new conferences get instead of a real-looking one (a hostile platform).
+    pub meet_link: Option<String>,
+}
+
+impl Inner {
+    fn link(&self, n: u64) -> String {
+        self.meet_link.clone().unwrap_or_else(|| meet_link(n))
+    }
 }
 
 #[derive(Clone)]
@@ -172,6 +183,18 @@ impl FakeGoogle {
         let code = format!("4/0Ab-code-{}-secret", s.counter);
         s.codes.insert(code.clone(), (q["code_challenge"].clone(), q["redirect_uri"].clone()));
         code
+    }
+
+    /// The provider unticks scopes on the consent screen: the code grant answers `scope` with
+    /// this (space-separated) list, or without the field when `None`.
+    pub fn grant_scope(&self, scope: Option<&str>) {
+        self.state.lock().unwrap().granted_scope = Some(scope.map(str::to_string));
+    }
+
+    /// Conferences made from now on answer `link` as their Meet link (entry point and
+    /// `hangoutLink`), whatever it holds.
+    pub fn answer_link(&self, link: &str) {
+        self.state.lock().unwrap().meet_link = Some(link.to_string());
     }
 
     pub fn revoked(&self) -> Vec<String> {
@@ -273,11 +296,16 @@ async fn token(State(state): Shared, Form(form): Form<HashMap<String, String>>) 
             (format!("ya29.a0-granted-{}-secret", s.counter), format!("1//0g-granted-{}-secret", s.counter));
         s.access.insert(access.clone(), true);
         s.refresh.insert(refresh.clone(), false);
-        return reply(
-            200,
-            json!({"access_token": access, "expires_in": 3599, "refresh_token": refresh,
-                   "scope": "https://www.googleapis.com/auth/calendar.events", "token_type": "Bearer"}),
-        );
+        let mut body = json!({"access_token": access, "expires_in": 3599, "refresh_token": refresh,
+                   "scope": "https://www.googleapis.com/auth/calendar.events", "token_type": "Bearer"});
+        match &s.granted_scope {
+            None => {}
+            Some(Some(scope)) => body["scope"] = json!(scope),
+            Some(None) => {
+                body.as_object_mut().unwrap().remove("scope");
+            }
+        }
+        return reply(200, body);
     }
     if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
         return reply(400, json!({"error": "unsupported_grant_type", "error_description": "Invalid grant_type"}));
@@ -419,13 +447,14 @@ async fn insert(
         && event["conferenceData"]["createRequest"].is_object();
     if wants_conference {
         let request_id = event["conferenceData"]["createRequest"]["requestId"].clone();
+        let link = s.link(n);
         event["conferenceData"] = if pending > 0 {
             json!({"createRequest": {"requestId": request_id, "conferenceSolutionKey": {"type": "hangoutsMeet"}, "status": {"statusCode": "pending"}}})
         } else {
-            conference(n, request_id)
+            conference(n, &link, request_id)
         };
         if pending == 0 {
-            event["hangoutLink"] = json!(meet_link(n));
+            event["hangoutLink"] = json!(link);
         }
     } else {
         event.as_object_mut().unwrap().remove("conferenceData");
@@ -477,11 +506,11 @@ fn meet_link(n: u64) -> String {
     format!("https://meet.google.com/abc-{:04}-xyz", n % 10_000)
 }
 
-fn conference(n: u64, request_id: Value) -> Value {
+fn conference(n: u64, link: &str, request_id: Value) -> Value {
     json!({
         "createRequest": {"requestId": request_id, "conferenceSolutionKey": {"type": "hangoutsMeet"}, "status": {"statusCode": "success"}},
         "entryPoints": [
-            {"entryPointType": "video", "uri": meet_link(n), "label": "meet.google.com/abc"},
+            {"entryPointType": "video", "uri": link, "label": "meet.google.com/abc"},
             {"entryPointType": "phone", "uri": "tel:+1-555-0100", "label": "+1 555-0100", "pin": "123456"}
         ],
         "conferenceSolution": {"key": {"type": "hangoutsMeet"}, "name": "Google Meet"},
@@ -497,6 +526,7 @@ async fn get_event(State(state): Shared, Path((cal, id)): Path<(String, String)>
     let mut s = state.lock().unwrap();
     s.counter += 1;
     let n = s.counter;
+    let link = s.link(n);
     let Some(stored) = s.events.get_mut(&id).filter(|e| e.owner == account) else {
         return reply(404, google_error(404, "notFound", "Not Found"));
     };
@@ -509,8 +539,8 @@ async fn get_event(State(state): Shared, Path((cal, id)): Path<(String, String)>
         stored.pending_gets -= 1;
         if stored.pending_gets == 0 {
             let request_id = stored.body["conferenceData"]["createRequest"]["requestId"].clone();
-            stored.body["conferenceData"] = conference(n, request_id);
-            stored.body["hangoutLink"] = json!(meet_link(n));
+            stored.body["conferenceData"] = conference(n, &link, request_id);
+            stored.body["hangoutLink"] = json!(link);
         }
     }
     reply(200, stored.body.clone())

@@ -12,14 +12,20 @@ use super::account_email;
 use crate::config::GoogleConfig;
 use crate::oauth::OAuthClient;
 
-/// Google's OAuth facts: Calendar events (Meet conferences are made through them); offline access
-/// and a consent prompt, so a refresh token is always issued.
+/// Google's OAuth facts: Calendar events (Meet conferences are made through them), required
+/// (the consent screen lets the user untick it); offline access and a consent prompt, so a
+/// refresh token is always issued.
 pub static OAUTH: OAuthSpec = OAuthSpec {
     platform: Platform::GoogleMeet,
     path_segment: "google-meet",
     vendor: "Google",
     scopes: &["https://www.googleapis.com/auth/calendar.events"],
     authorize_params: &[("access_type", "offline"), ("prompt", "consent"), ("include_granted_scopes", "true")],
+    // Events on the provider's calendar, or the whole calendar (which includes them).
+    required_scopes: &[&[
+        "https://www.googleapis.com/auth/calendar.events",
+        "https://www.googleapis.com/auth/calendar",
+    ]],
 };
 
 /// meetingd's OAuth client at Google's token endpoint; `None` when `google.client_id` or the
