@@ -8,6 +8,7 @@ mod helpers;
 mod leftovers;
 mod maintenance;
 mod migrations;
+mod moved_tokens;
 mod odd_rows;
 mod ops;
 mod pgbouncer;
