@@ -517,6 +517,7 @@ pub async fn check(file: Option<PathBuf>) -> bool {
     for problem in problems {
         report(false, "config", problem);
     }
+    report_traps(&config, &mut report);
     match config.encryption.keyring() {
         Ok(keyring) => report(
             true,
@@ -596,6 +597,17 @@ pub async fn check(file: Option<PathBuf>) -> bool {
         Err(e) => report(false, "column", format!("cannot inspect the marketplace columns: {e}")),
     }
     ok
+}
+
+/// `check`'s problems the daemon starts with anyway: a lease that can run out mid-job, platform
+/// URLs in plain http to another machine.
+fn report_traps(config: &Config, report: &mut impl FnMut(bool, &str, String)) {
+    if let Some(problem) = config.lease_problem() {
+        report(false, "worker", problem);
+    }
+    for problem in config.plain_http_problems() {
+        report(false, "transport", problem);
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

@@ -14,5 +14,6 @@ mod ops;
 mod pgbouncer;
 mod privileges;
 mod tls;
+mod traps;
 mod trigger;
 mod worker;
