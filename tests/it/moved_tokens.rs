@@ -168,12 +168,7 @@ async fn old_format_rows_and_retired_copies_are_upgraded_keep_working_and_the_ol
 #[tokio::test]
 async fn the_old_format_stays_readable_while_its_key_is_missing_and_passes_may_run_at_once() {
     let g = setup_with(3600, |_| {}).await;
-    let row: Uuid = g.c.query_one("SELECT id FROM user_meeting_integrations", &[]).await.unwrap().get(0);
-    let access = seal_old_format(&g.config, &g.access, row, "access_token");
-    let refresh = seal_old_format(&g.config, &g.refresh, row, "refresh_token");
-    g.c.execute("UPDATE user_meeting_integrations SET access_token = $1, refresh_token = $2", &[&access, &refresh])
-        .await
-        .unwrap();
+    downgrade_to_old_format(&g).await;
 
     // Under a keyring without that key the row cannot be upgraded: the old format stays open.
     let mut without = g.config.clone();
@@ -189,4 +184,54 @@ async fn the_old_format_stays_readable_while_its_key_is_missing_and_passes_may_r
     let b = book(&g, g.service, g.m.customer).await;
     g.worker.run_once().await.unwrap();
     assert_eq!(meeting(&g.c, b).await.status.as_deref(), Some("ready"));
+}
+
+/// Overwrites the provider's stored tokens with old-format envelopes of the same plaintext.
+async fn downgrade_to_old_format(g: &G) -> Uuid {
+    let row: Uuid = g.c.query_one("SELECT id FROM user_meeting_integrations", &[]).await.unwrap().get(0);
+    let access = seal_old_format(&g.config, &g.access, row, "access_token");
+    let refresh = seal_old_format(&g.config, &g.refresh, row, "refresh_token");
+    g.c.execute("UPDATE user_meeting_integrations SET access_token = $1, refresh_token = $2", &[&access, &refresh])
+        .await
+        .unwrap();
+    row
+}
+
+#[tokio::test]
+async fn a_daemon_started_over_old_format_rows_upgrades_them_and_links_with_them() {
+    let g = setup_with(3600, |_| {}).await;
+    downgrade_to_old_format(&g).await;
+    let b = book(&g, g.service, g.m.customer).await;
+    let pool = meetingd::db::pool(&g.config.database, 4).unwrap();
+    let deps = meetingd::providers::ProviderDeps {
+        pool,
+        keyring: std::sync::Arc::new(g.config.encryption.keyring().unwrap()),
+        actor: "daemon:test".into(),
+    };
+    let providers = meetingd::providers::Providers::real(&g.config, &deps).unwrap();
+    let daemon = meetingd_testkit::daemon::InProcess::start(g.config.clone(), providers);
+    let state = meetingd_testkit::db::eventually("linked", std::time::Duration::from_secs(20), || async {
+        let state = meeting(&g.c, b).await;
+        state.status.as_deref().is_some_and(|s| s != "pending").then_some(state)
+    })
+    .await;
+    assert_eq!((state.platform.as_deref(), state.status.as_deref()), (Some("google_meet"), Some("ready")), "{state:?}");
+    let stored: String = g.c.query_one("SELECT access_token FROM user_meeting_integrations", &[]).await.unwrap().get(0);
+    assert!(!Keyring::is_legacy(&stored), "re-encrypted at start-up");
+    daemon.stop(std::time::Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn meetingd_migrate_upgrades_old_format_rows() {
+    const KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="; // the CLI tests' key
+    let g = setup_with(3600, |c| c.encryption.key = secrecy::SecretString::from(KEY)).await;
+    downgrade_to_old_format(&g).await;
+    let out = crate::cli::meetingd(&["migrate"], &[("DATABASE_URL", g._db.url.as_str())]);
+    let t = crate::cli::text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("1 integration(s) re-encrypted from the old token envelope format"), "{t}");
+    assert!(t.contains("old-format envelopes are refused"), "{t}");
+    let stored: String =
+        g.c.query_one("SELECT refresh_token FROM user_meeting_integrations", &[]).await.unwrap().get(0);
+    assert!(g.config.encryption.keyring().unwrap().is_current(&stored));
 }
