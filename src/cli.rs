@@ -419,6 +419,8 @@ async fn integrations(file: Option<PathBuf>, command: IntegrationsCommand) -> an
                         "old"
                     }
                     Some(_) if row.access_token.is_empty() => "-",
+                    // Re-encrypted by the daemon's start-up or `meetingd migrate`.
+                    Some(_) if Keyring::is_legacy(&row.access_token) => "old-format",
                     Some(_) => "UNREADABLE",
                 };
                 println!(
