@@ -49,7 +49,9 @@ impl std::fmt::Debug for IntegrationRow {
     }
 }
 
-const COLUMNS: &str = "id, user_id, platform, access_token, refresh_token, expires_at, \
+/// `user_id` may be NULL in the app's table: such a row belongs to nobody (no provider's lookup
+/// finds it), and reads as the nil user rather than failing a whole listing or pass.
+const COLUMNS: &str = "id, COALESCE(user_id, '00000000-0000-0000-0000-000000000000'), platform, access_token, refresh_token, expires_at, \
                        COALESCE(is_active, false), platform_user_email, created_at, \
                        COALESCE(platform_user_id, platform_user_email), NULL::bigint";
 

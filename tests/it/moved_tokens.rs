@@ -235,3 +235,18 @@ async fn meetingd_migrate_upgrades_old_format_rows() {
         g.c.query_one("SELECT refresh_token FROM user_meeting_integrations", &[]).await.unwrap().get(0);
     assert!(g.config.encryption.keyring().unwrap().is_current(&stored));
 }
+
+#[tokio::test]
+async fn a_row_of_nobody_does_not_stop_the_upgrade() {
+    let g = setup_with(3600, |_| {}).await;
+    let orphan = Uuid::new_v4();
+    let access = seal_old_format(&g.config, "ya29.nobody", orphan, "access_token");
+    g.c.execute(
+        "INSERT INTO user_meeting_integrations (id, user_id, platform, access_token) VALUES ($1, NULL, 'google_meet', $2)",
+        &[&orphan, &access],
+    )
+    .await
+    .unwrap();
+    let report = upgrade(&g.config).await;
+    assert_eq!((report.upgraded, report.failed.len(), report.legacy_refused), (1, 0, true), "{report:?}");
+}
