@@ -1,5 +1,6 @@
 //! Admin operations: storing and disabling integrations (for `meetingd integrations` and the
-//! HTTP API's connect callback and disconnect), key rotation, `status`, `bookings show/retry`.
+//! HTTP API's connect callback and disconnect), key rotation and the token-envelope upgrade,
+//! `status`, `bookings show/retry`.
 //!
 //! Tokens arrive as `SecretString` and leave only as ciphertext; reports never contain them. It
 //! holds no SQL: statements are `db`'s (`integrations`, `bookings`, `requeue`, `status`, `audit`).
@@ -8,7 +9,7 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use uuid::Uuid;
 
-use crate::crypto::{Column, Keyring};
+use crate::crypto::{Column, CryptoError, Keyring, Owner};
 use crate::db::audit::{self, insert_audit};
 use crate::db::{DbError, Session, Sql, Tx, bookings, integrations, requeue, status};
 use crate::job::AuditEntry;
@@ -35,8 +36,9 @@ pub async fn store_integration(
     new: &NewIntegration,
 ) -> Result<Uuid, DbError> {
     let id = integrations::lock_or_create(tx, new.user_id, new.platform.as_str()).await?;
-    let access = keyring.encrypt(&new.access_token, id, Column::AccessToken);
-    let refresh = new.refresh_token.as_ref().map(|t| keyring.encrypt(t, id, Column::RefreshToken));
+    let owner = Owner { user_id: new.user_id, platform: new.platform.as_str() };
+    let access = keyring.encrypt(&new.access_token, id, Column::AccessToken(owner));
+    let refresh = new.refresh_token.as_ref().map(|t| keyring.encrypt(t, id, Column::RefreshToken(owner)));
     integrations::connect(
         tx,
         id,
@@ -78,55 +80,188 @@ pub async fn disable_integration(tx: Tx<'_>, actor: &str, user_id: Uuid, platfor
     Ok(disabled)
 }
 
-/// What a key rotation did.
+/// What a key rotation or an envelope upgrade did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Rotation {
+    /// Rows and retired copies re-encrypted.
     pub rotated: usize,
     pub already_current: usize,
-    /// Rows whose tokens could not be decrypted with any configured key (id, reason).
+    /// Of `rotated`, those that held an old-format envelope, now bound to their owner.
+    pub upgraded: usize,
+    /// Rows whose tokens could not be re-encrypted (integration id, reason).
     pub failed: Vec<(Uuid, String)>,
+    /// Whether old-format envelopes are refused from now on (no row holds one any more).
+    pub legacy_refused: bool,
 }
 
-/// Re-encrypts every stored token with the current key, `batch` rows at a time. Each row is
-/// rewritten under the same row lock a token refresh takes, so daemons may keep running.
+/// Which envelopes a pass re-encrypts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reseal {
+    /// Every one not in the current format under the current key (`meetingd keys rotate`).
+    Stale,
+    /// Old-format ones only (start-up and `meetingd migrate`).
+    Legacy,
+}
+
+/// Re-encrypts every stored token (integration rows and their retired copies) with the current
+/// key and format, `batch` rows at a time. Each row is rewritten under the same row lock a token
+/// refresh takes, so daemons may keep running.
 pub async fn rotate_keys(client: &mut Session, keyring: &Keyring, batch: i64) -> Result<Rotation, DbError> {
-    let mut report = Rotation::default();
+    reseal(client, keyring, batch, Reseal::Stale).await
+}
+
+/// Re-encrypts every old-format envelope bound to its owner (the row's user and platform as
+/// stored now), unless a pass already found none left: then it costs one query. Safe to run from
+/// several daemons at once (row locks, re-read after locking) and idempotent.
+pub async fn upgrade_envelopes(client: &mut Session, keyring: &Keyring) -> Result<Rotation, DbError> {
+    if integrations::legacy_refused(client.sql()).await? {
+        return Ok(Rotation { legacy_refused: true, ..Rotation::default() });
+    }
+    reseal(client, keyring, 500, Reseal::Legacy).await
+}
+
+/// [`upgrade_envelopes`] on a connection of its own, logged: the daemon runs it at start-up,
+/// before anything reads a token.
+pub async fn upgrade_envelopes_at_start(db: &crate::config::DatabaseConfig, keyring: &Keyring) -> Result<(), DbError> {
+    let mut session = crate::db::session(db).await?;
+    let report = upgrade_envelopes(&mut session, keyring).await?;
+    if report.upgraded > 0 {
+        tracing::info!(upgraded = report.upgraded, "old-format token envelopes re-encrypted, bound to their owner");
+    }
+    for (id, reason) in &report.failed {
+        tracing::warn!(integration_id = %id, reason = %reason, "stored tokens could not be re-encrypted");
+    }
+    if !report.legacy_refused {
+        tracing::warn!(
+            "old-format token envelopes remain (their key is not configured): add it to encryption.old_keys and run `meetingd keys rotate`"
+        );
+    }
+    Ok(())
+}
+
+async fn reseal(client: &mut Session, keyring: &Keyring, batch: i64, mode: Reseal) -> Result<Rotation, DbError> {
+    let refused = integrations::legacy_refused(client.sql()).await?;
+    let mut pass = Pass { keyring, mode, refused, report: Rotation::default(), legacy_left: 0 };
     let mut after = Uuid::nil();
     loop {
         let page = integrations::page(client.sql(), after, batch).await?;
         let Some(last) = page.last() else { break };
         after = last.id;
         for row in page {
-            let stale = |t: &str| !t.is_empty() && !keyring.is_current(t);
-            if !stale(&row.access_token) && !row.refresh_token.as_deref().is_some_and(stale) {
-                report.already_current += 1;
+            if pass.skips(&row) {
                 continue;
             }
             let tx = client.transaction().await?;
             let Some(row) = integrations::lock_by_id(tx.sql(), row.id).await? else { continue };
-            let reseal = |stored: &str, column| -> Result<String, String> {
-                if stored.is_empty() || keyring.is_current(stored) {
-                    return Ok(stored.to_string());
-                }
-                let plain = keyring.decrypt(stored, row.id, column).map_err(|e| e.to_string())?;
-                Ok(keyring.encrypt(&plain, row.id, column))
-            };
-            let access = reseal(&row.access_token, Column::AccessToken);
-            let refresh = row.refresh_token.as_deref().map(|t| reseal(t, Column::RefreshToken)).transpose();
-            match (access, refresh) {
-                (Ok(access), Ok(refresh)) => {
-                    integrations::rewrite_tokens(tx.sql(), row.id, &access, refresh.as_deref()).await?;
-                    tx.commit().await?;
-                    report.rotated += 1;
-                }
-                (Err(e), _) | (_, Err(e)) => {
-                    tx.rollback().await?;
-                    report.failed.push((row.id, e));
-                }
-            }
+            pass.rewrite(tx, &row).await?;
         }
     }
-    Ok(report)
+    let mut after = 0;
+    loop {
+        let page = integrations::page_retired(client.sql(), after, batch).await?;
+        let Some(last) = page.last() else { break };
+        after = last.retired.unwrap_or(i64::MAX);
+        for row in page {
+            if pass.skips(&row) {
+                continue;
+            }
+            let tx = client.transaction().await?;
+            let Some(row) = integrations::load_retired(tx.sql(), row.retired.unwrap_or_default(), true).await? else {
+                continue;
+            };
+            pass.rewrite(tx, &row).await?;
+        }
+    }
+    // An old-format envelope under a key that is not configured may still be opened once the
+    // key is added; any other one that is left will never open. Until none of the first kind
+    // is left, the next pass looks again.
+    if !refused && pass.legacy_left == 0 {
+        integrations::refuse_legacy(client.sql()).await?;
+    }
+    pass.report.legacy_refused = refused || pass.legacy_left == 0;
+    Ok(pass.report)
+}
+
+/// One pass over the stored tokens.
+struct Pass<'k> {
+    keyring: &'k Keyring,
+    mode: Reseal,
+    /// Old-format envelopes are refused (the marker was set before this pass).
+    refused: bool,
+    report: Rotation,
+    /// Old-format envelopes left because their key is not configured.
+    legacy_left: usize,
+}
+
+impl Pass<'_> {
+    fn stale(&self, stored: &str) -> bool {
+        !stored.is_empty()
+            && match self.mode {
+                Reseal::Stale => !self.keyring.is_current(stored),
+                Reseal::Legacy => Keyring::is_legacy(stored),
+            }
+    }
+
+    /// Whether the row (as read without a lock) needs nothing; counted as current.
+    fn skips(&mut self, row: &integrations::IntegrationRow) -> bool {
+        let skip = !self.stale(&row.access_token) && !row.refresh_token.as_deref().is_some_and(|t| self.stale(t));
+        if skip {
+            self.report.already_current += 1;
+        }
+        skip
+    }
+
+    /// The value re-encrypted for the row's owner, or as it is.
+    fn reseal(&self, stored: &str, row: &integrations::IntegrationRow, column: Column) -> Result<String, CryptoError> {
+        if !self.stale(stored) {
+            return Ok(stored.to_string());
+        }
+        let plain = if Keyring::is_legacy(stored) {
+            if self.refused {
+                return Err(CryptoError::Legacy);
+            }
+            self.keyring.decrypt_legacy(stored, row.id, column)?
+        } else {
+            self.keyring.decrypt(stored, row.id, column)?
+        };
+        Ok(self.keyring.encrypt(&plain, row.id, column))
+    }
+
+    /// Rewrites the locked row (re-read under the lock) in `tx`, and commits.
+    async fn rewrite(&mut self, tx: Tx<'_>, row: &integrations::IntegrationRow) -> Result<(), DbError> {
+        let legacy =
+            Keyring::is_legacy(&row.access_token) || row.refresh_token.as_deref().is_some_and(Keyring::is_legacy);
+        let access = self.reseal(&row.access_token, row, Column::AccessToken(row.owner()));
+        let refresh =
+            row.refresh_token.as_deref().map(|t| self.reseal(t, row, Column::RefreshToken(row.owner()))).transpose();
+        match (access, refresh) {
+            (Ok(access), Ok(refresh)) if access == row.access_token && refresh == row.refresh_token => {
+                // Another daemon's pass (or a refresh) got there first.
+                tx.commit().await?;
+                self.report.already_current += 1;
+            }
+            (Ok(access), Ok(refresh)) => {
+                integrations::rewrite_tokens(tx.sql(), row, &access, refresh.as_deref()).await?;
+                tx.commit().await?;
+                self.report.rotated += 1;
+                if legacy {
+                    self.report.upgraded += 1;
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tx.rollback().await?;
+                if legacy && matches!(e, CryptoError::UnknownKey(_)) {
+                    self.legacy_left += 1;
+                }
+                let reason = match row.retired {
+                    None => e.to_string(),
+                    Some(copy) => format!("retired copy {copy}: {e}"),
+                };
+                self.report.failed.push((row.id, reason));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Re-queues one booking's job (a new attempt series, now). `false` if meetingd has no job for it

@@ -174,7 +174,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 println!("schema now at V{}", applied.version);
             }
-            Ok(ExitCode::SUCCESS)
+            upgrade_envelopes(&config).await
         }
         Command::Check => Ok(if check(cli.config).await { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
         Command::Demo(args) => {
@@ -201,6 +201,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             for (id, reason) in &report.failed {
                 println!("  integration {id}: {reason}");
             }
+            print_envelope_format(&report);
             Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Integrations(command) => integrations(cli.config, command).await,
@@ -411,10 +412,15 @@ async fn integrations(file: Option<PathBuf>, command: IntegrationsCommand) -> an
                 let key = match &keyring {
                     None => "?",
                     Some(k) if k.is_current(&row.access_token) => "current",
-                    Some(k) if k.decrypt(&row.access_token, row.id, crate::crypto::Column::AccessToken).is_ok() => {
+                    Some(k)
+                        if k.decrypt(&row.access_token, row.id, crate::crypto::Column::AccessToken(row.owner()))
+                            .is_ok() =>
+                    {
                         "old"
                     }
                     Some(_) if row.access_token.is_empty() => "-",
+                    // Re-encrypted by the daemon's start-up or `meetingd migrate`.
+                    Some(_) if Keyring::is_legacy(&row.access_token) => "old-format",
                     Some(_) => "UNREADABLE",
                 };
                 println!(
@@ -437,6 +443,40 @@ async fn integrations(file: Option<PathBuf>, command: IntegrationsCommand) -> an
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `meetingd migrate`'s second half: re-encrypts old-format token envelopes bound to their owner
+/// (the daemon does the same at start-up). Without a key here it says so and leaves it to the daemon.
+async fn upgrade_envelopes(config: &Config) -> anyhow::Result<ExitCode> {
+    let Ok(keyring) = config.encryption.keyring() else {
+        println!(
+            "token envelopes not checked: no encryption key configured here (the daemon upgrades them at start-up)"
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut client = crate::db::session(&config.database).await?;
+    let report = crate::admin::upgrade_envelopes(&mut client, &keyring).await?;
+    for (id, reason) in &report.failed {
+        println!("  integration {id}: {reason}");
+    }
+    print_envelope_format(&report);
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_envelope_format(report: &crate::admin::Rotation) {
+    if report.upgraded > 0 {
+        println!(
+            "{} integration(s) re-encrypted from the old token envelope format, bound to their user and platform",
+            report.upgraded
+        );
+    }
+    if report.legacy_refused {
+        println!("token envelopes: all bound to their user and platform; old-format envelopes are refused");
+    } else {
+        println!(
+            "token envelopes: old-format envelopes remain under a key that is not configured; add it to encryption.old_keys and run `meetingd keys rotate`"
+        );
+    }
 }
 
 /// A token from a file, or from standard input for `-`; surrounding whitespace is dropped.
@@ -479,6 +519,7 @@ pub async fn check(file: Option<PathBuf>) -> bool {
     for problem in problems {
         report(false, "config", problem);
     }
+    report_traps(&config, &mut report);
     match config.encryption.keyring() {
         Ok(keyring) => report(
             true,
@@ -570,6 +611,17 @@ pub async fn check(file: Option<PathBuf>) -> bool {
 fn warn_bearer_tokens(config: &Config) {
     for warning in config.http.jwt_warnings() {
         println!("warn {:<14} {warning}", "http");
+    }
+}
+
+/// `check`'s problems the daemon starts with anyway: a lease that can run out mid-job, platform
+/// URLs in plain http to another machine.
+fn report_traps(config: &Config, report: &mut impl FnMut(bool, &str, String)) {
+    if let Some(problem) = config.lease_problem() {
+        report(false, "worker", problem);
+    }
+    for problem in config.plain_http_problems() {
+        report(false, "transport", problem);
     }
 }
 

@@ -142,6 +142,9 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
         return Ok(());
     };
 
+    // Tokens written in the old envelope format are bound to their owner before anything reads one.
+    admin::upgrade_envelopes_at_start(&config.database, &keyring).await?;
+
     let instance = Uuid::new_v4();
     let deps = ProviderDeps { pool: pool.clone(), keyring: keyring.clone(), actor: worker::actor(instance) };
     let providers = match options.providers {

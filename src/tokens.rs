@@ -112,7 +112,7 @@ impl TokenStore {
         if !row.is_active {
             return Err(TokenError::Revoked(platform));
         }
-        let access = self.decrypt(&row.access_token, row.id, Column::AccessToken, platform)?;
+        let access = self.decrypt(&row.access_token, &row, Column::AccessToken(row.owner()), platform)?;
         if usable(&row, &access, refused) {
             return Ok((access, account_of(&row)));
         }
@@ -122,7 +122,7 @@ impl TokenStore {
         if !row.is_active {
             return Err(TokenError::Revoked(platform));
         }
-        let access = self.decrypt(&row.access_token, row.id, Column::AccessToken, platform)?;
+        let access = self.decrypt(&row.access_token, &row, Column::AccessToken(row.owner()), platform)?;
         if usable(&row, &access, refused) {
             // Another daemon refreshed while this one waited for the lock.
             tx.commit().await?;
@@ -131,16 +131,18 @@ impl TokenStore {
         let Some(stored_refresh) = row.refresh_token.as_deref().filter(|t| !t.is_empty()) else {
             return Err(self.revoke(tx, &row, platform, "no refresh token stored").await);
         };
-        let refresh = self.decrypt(stored_refresh, row.id, Column::RefreshToken, platform)?;
+        let refresh = self.decrypt(stored_refresh, &row, Column::RefreshToken(row.owner()), platform)?;
         let started = std::time::Instant::now();
         match oauth.refresh(&refresh).await {
             Ok(fresh) => {
                 let lifetime = fresh.expires_in.unwrap_or(DEFAULT_LIFETIME);
                 let expires_at =
                     Utc::now() + chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::hours(1));
-                let access_ct = self.keyring.encrypt(&fresh.access_token, row.id, Column::AccessToken);
-                let refresh_ct =
-                    fresh.refresh_token.as_ref().map(|t| self.keyring.encrypt(t, row.id, Column::RefreshToken));
+                let access_ct = self.keyring.encrypt(&fresh.access_token, row.id, Column::AccessToken(row.owner()));
+                let refresh_ct = fresh
+                    .refresh_token
+                    .as_ref()
+                    .map(|t| self.keyring.encrypt(t, row.id, Column::RefreshToken(row.owner())));
                 integrations::save_tokens(tx.sql(), &row, &access_ct, refresh_ct.as_deref(), Some(expires_at)).await?;
                 let rotated = if fresh.refresh_token.is_some() { "; refresh token rotated" } else { "" };
                 let entry = audit(
@@ -167,9 +169,16 @@ impl TokenStore {
         }
     }
 
-    fn decrypt(&self, stored: &str, row: Uuid, column: Column, platform: Platform) -> Result<SecretString, TokenError> {
-        self.keyring.decrypt(stored, row, column).map_err(|e| {
-            tracing::error!(integration_id = %row, platform = %platform, error = %e, "stored token cannot be decrypted");
+    /// A token of `row`, bound to the row's id and its owner (user and platform) as stored.
+    fn decrypt(
+        &self,
+        stored: &str,
+        row: &integrations::IntegrationRow,
+        column: Column,
+        platform: Platform,
+    ) -> Result<SecretString, TokenError> {
+        self.keyring.decrypt(stored, row.id, column).map_err(|e| {
+            tracing::error!(integration_id = %row.id, platform = %platform, error = %e, "stored token cannot be decrypted");
             TokenError::Unreadable(platform, e)
         })
     }

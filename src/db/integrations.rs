@@ -1,7 +1,8 @@
 //! Statements on `user_meeting_integrations`, the providers' connected accounts.
 //!
 //! Token columns hold ciphertext only: this module takes and returns the stored strings and never
-//! sees a plaintext token (encryption happens in `tokens.rs` / `crypto.rs`).
+//! sees a plaintext token (encryption happens in `tokens.rs` / `crypto.rs`). It also keeps the
+//! envelope-format marker (`meetingd.token_format`): whether old-format envelopes are refused.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -28,6 +29,13 @@ pub struct IntegrationRow {
     pub retired: Option<i64>,
 }
 
+impl IntegrationRow {
+    /// Whom the row's tokens are bound to (part of their AAD): its user and platform as stored.
+    pub fn owner(&self) -> crate::crypto::Owner<'_> {
+        crate::crypto::Owner { user_id: self.user_id, platform: &self.platform }
+    }
+}
+
 impl std::fmt::Debug for IntegrationRow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IntegrationRow")
@@ -41,7 +49,9 @@ impl std::fmt::Debug for IntegrationRow {
     }
 }
 
-const COLUMNS: &str = "id, user_id, platform, access_token, refresh_token, expires_at, \
+/// `user_id` may be NULL in the app's table: such a row belongs to nobody (no provider's lookup
+/// finds it), and reads as the nil user rather than failing a whole listing or pass.
+const COLUMNS: &str = "id, COALESCE(user_id, '00000000-0000-0000-0000-000000000000'), platform, access_token, refresh_token, expires_at, \
                        COALESCE(is_active, false), platform_user_email, created_at, \
                        COALESCE(platform_user_id, platform_user_email), NULL::bigint";
 
@@ -232,18 +242,57 @@ pub async fn lock_by_id(client: Sql<'_>, id: Uuid) -> Result<Option<IntegrationR
         .map(from_row))
 }
 
-/// Replaces both token ciphertexts (key rotation).
+/// Replaces both token ciphertexts of a row or retired copy (key rotation, envelope upgrade).
 pub async fn rewrite_tokens(
     client: Sql<'_>,
-    id: Uuid,
+    row: &IntegrationRow,
     access_token: &str,
     refresh_token: Option<&str>,
 ) -> Result<(), DbError> {
-    client
-        .execute(
-            "UPDATE user_meeting_integrations SET access_token = $2, refresh_token = $3 WHERE id = $1",
-            &[&id, &access_token, &refresh_token],
+    match row.retired {
+        None => {
+            client
+                .execute(
+                    "UPDATE user_meeting_integrations SET access_token = $2, refresh_token = $3 WHERE id = $1",
+                    &[&row.id, &access_token, &refresh_token],
+                )
+                .await?
+        }
+        Some(retired) => {
+            client
+                .execute(
+                    "UPDATE meetingd.retired_integrations SET access_token = $2, refresh_token = $3 WHERE id = $1",
+                    &[&retired, &access_token, &refresh_token],
+                )
+                .await?
+        }
+    };
+    Ok(())
+}
+
+/// A page of retired copies after `after` (by their own id), for key rotation and the upgrade.
+pub async fn page_retired(client: Sql<'_>, after: i64, limit: i64) -> Result<Vec<IntegrationRow>, DbError> {
+    Ok(client
+        .query(
+            &format!("SELECT {RETIRED_COLUMNS} FROM meetingd.retired_integrations WHERE id > $1 ORDER BY id LIMIT $2"),
+            &[&after, &limit],
         )
+        .await?
+        .iter()
+        .map(from_row)
+        .collect())
+}
+
+/// Whether old-format token envelopes are refused everywhere (an upgrade pass found none left).
+pub async fn legacy_refused(client: Sql<'_>) -> Result<bool, DbError> {
+    let row = client.query_opt("SELECT legacy_refused_at IS NOT NULL FROM meetingd.token_format", &[]).await?;
+    Ok(row.is_some_and(|r| r.get(0)))
+}
+
+/// Records that no row holds an old-format envelope any more: from now on none is opened.
+pub async fn refuse_legacy(client: Sql<'_>) -> Result<(), DbError> {
+    client
+        .execute("UPDATE meetingd.token_format SET legacy_refused_at = now() WHERE legacy_refused_at IS NULL", &[])
         .await?;
     Ok(())
 }

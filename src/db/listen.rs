@@ -107,7 +107,7 @@ impl Listener {
             while let Some(message) = messages.next().await {
                 match message {
                     Ok(AsyncMessage::Notification(n)) if n.channel() == CHANNEL => {
-                        if n.payload().parse::<i64>().is_err() {
+                        if job_id(n.payload()).is_none() {
                             tracing::warn!(
                                 payload = %truncate(n.payload(), 64),
                                 sender_pid = n.process_id(),
@@ -158,10 +158,36 @@ impl Listener {
     }
 }
 
+/// The job id a NOTIFY on channel `meetingd` carries. Anyone who may NOTIFY can send anything:
+/// whatever the payload, the answer is a wake-up, and `None` only decides a log line.
+fn job_id(payload: &str) -> Option<i64> {
+    payload.parse::<i64>().ok()
+}
+
+/// A payload as it may appear in a log line: at most `max` characters, escaped.
 fn truncate(s: &str, max: usize) -> String {
     let mut out: String = s.chars().take(max).collect();
     if s.chars().count() > max {
         out.push('…');
     }
     out.escape_debug().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// NOTIFY payloads are untrusted text (up to 8000 bytes): parsed or refused, never a panic,
+        /// and what reaches the log is short and free of control characters.
+        #[test]
+        fn any_payload_is_a_job_id_or_ignored(payload in "\\PC{0,200}|[\\x00-\\x7f]{0,200}|-?[0-9]{1,25}", id in any::<i64>()) {
+            let _ = job_id(&payload);
+            prop_assert_eq!(job_id(&id.to_string()), Some(id));
+            let shown = truncate(&payload, 64);
+            prop_assert!(!shown.chars().any(char::is_control), "{shown:?}");
+            prop_assert!(shown.chars().count() <= 64 * 10 + 1);
+        }
+    }
 }

@@ -1,4 +1,8 @@
 //! `/healthz` (the process answers), `/readyz` (database, LISTEN, migrations) and `/metrics`.
+//!
+//! `/readyz` is also served on the API listener, so it names a database problem by its class
+//! only (`unavailable`, `timeout`, `auth`, `tls`, `error`): the server's own text can name hosts,
+//! roles and databases. The detail goes to the log.
 
 use std::sync::Arc;
 
@@ -11,8 +15,8 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use crate::db::Pool;
 use crate::db::listen::ListenerState;
+use crate::db::{DbError, Pool};
 
 #[derive(Clone)]
 pub struct Health {
@@ -44,11 +48,11 @@ async fn healthz() -> impl IntoResponse {
 
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     let (database, migrations) = match h.pool.get().await {
-        Err(e) => (format!("down: {e}"), "unknown".to_string()),
+        Err(e) => (down(&DbError::Pool(e)), "unknown".to_string()),
         Ok(client) => match crate::db::migrate::status(client.sql()).await {
             Ok(s) if s.is_current() => ("ok".into(), "current".into()),
             Ok(s) => ("ok".into(), s.explain()),
-            Err(e) => (format!("error: {e}"), "unknown".into()),
+            Err(e) => (down(&e), "unknown".into()),
         },
     };
     let listener = match &h.listener {
@@ -69,4 +73,44 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
             json!({"ready": ready, "database": database, "migrations": migrations, "listener": listener, "dispatcher": dispatcher}),
         ),
     )
+}
+
+/// What `/readyz` says about a database error (`down: <class>`); the detail is logged.
+fn down(e: &DbError) -> String {
+    let class = cause(e);
+    tracing::warn!(error = %e, cause = class, "readiness check: database not usable");
+    format!("down: {class}")
+}
+
+/// The class of a database error, without any of its text.
+pub fn cause(e: &DbError) -> &'static str {
+    use tokio_postgres::error::SqlState;
+    let pg = match e {
+        DbError::Connect(e) | DbError::Query(e) => Some(e),
+        DbError::Pool(deadpool_postgres::PoolError::Backend(e)) => Some(e),
+        _ => None,
+    };
+    let auth = [SqlState::INVALID_PASSWORD, SqlState::INVALID_AUTHORIZATION_SPECIFICATION];
+    let tls = |e: &tokio_postgres::Error| {
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            let io_tls =
+                s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).is_some_and(|i| i.is::<rustls::Error>());
+            if s.is::<rustls::Error>() || io_tls {
+                return true;
+            }
+            source = s.source();
+        }
+        false
+    };
+    match (e, pg) {
+        (DbError::Pool(deadpool_postgres::PoolError::Timeout(_)), _) => "timeout",
+        (_, Some(pg)) if pg.code().is_some_and(|c| auth.contains(c)) => "auth",
+        (DbError::Tls(_), _) => "tls",
+        (_, Some(pg)) if tls(pg) => "tls",
+        (_, Some(pg)) if pg.code() == Some(&SqlState::QUERY_CANCELED) => "timeout",
+        _ if e.is_unavailable() => "unavailable",
+        (DbError::Pool(_) | DbError::Connect(_), _) => "unavailable",
+        _ => "error",
+    }
 }

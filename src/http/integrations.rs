@@ -72,8 +72,9 @@ pub async fn remove(
     // No connection is held while the platform answers.
     drop(client);
     // Revoking the refresh token ends the whole grant (at Google, say); fall back to the access token.
-    let stored = row.refresh_token.as_deref().filter(|t| !t.is_empty()).map(|t| (t, Column::RefreshToken));
-    let stored = stored.or(Some((row.access_token.as_str(), Column::AccessToken)).filter(|(t, _)| !t.is_empty()));
+    let stored = row.refresh_token.as_deref().filter(|t| !t.is_empty()).map(|t| (t, Column::RefreshToken(row.owner())));
+    let stored =
+        stored.or(Some((row.access_token.as_str(), Column::AccessToken(row.owner()))).filter(|(t, _)| !t.is_empty()));
     let connector = state.connectors.get(platform);
     let revoke = connector.and_then(|c| Some((c.client(), c.revoke_url()?)));
     if let (Some((ciphertext, column)), Some((oauth, revoke_url))) = (stored, revoke) {

@@ -43,7 +43,22 @@ pub struct GoogleMeet {
     tokens: Arc<TokenStore>,
 }
 
+/// The most Calendar calls one job can make on Google, counted from `worker/execute.rs` and this
+/// module: delete a stray create intent (1); delete or move the recorded meeting (1); create:
+/// insert (1), fetch the event an earlier attempt made (1), move it (1), ask again for a failed
+/// conference (3), and one poll of a pending conference still in flight when
+/// `google.conference_wait_ms` runs out (1). `meetingd check` compares `worker.lease_secs` with it.
+pub const MOST_CALLS_PER_JOB: u64 = 9;
+
+/// Requests one call can take: the call, and after a 401 a token refresh and the call again.
+/// A job also refreshes once before its first call when the stored token is due.
+pub const MOST_REQUESTS_PER_CALL: u64 = 3;
+
 /// The access token handed to google-calendar3, kept as a secret until the request is built.
+///
+/// google-calendar3 takes the token as an owned `String` (`GetToken`) and formats it into the
+/// `Authorization` header value itself; neither copy is ours after the hand-over, so neither can
+/// be zeroised. Every copy meetingd keeps is a `SecretString`, zeroised on drop.
 #[derive(Clone)]
 struct Bearer(SecretString);
 

@@ -236,11 +236,15 @@ async fn integrations_add_list_disable_and_key_rotation() {
         text(&again)
     );
     let keyring = meetingd::crypto::Keyring::new(&secrecy::SecretString::from(new_key.clone()), &[]).unwrap();
-    let row: (Uuid, String) = {
-        let r = c.query_one("SELECT id, refresh_token FROM user_meeting_integrations", &[]).await.unwrap();
-        (r.get(0), r.get(1))
+    let row: (Uuid, String, Uuid, String) = {
+        let r = c
+            .query_one("SELECT id, refresh_token, user_id, platform FROM user_meeting_integrations", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3))
     };
-    let refresh = keyring.decrypt(&row.1, row.0, meetingd::crypto::Column::RefreshToken).unwrap();
+    let owner = meetingd::crypto::Owner { user_id: row.2, platform: &row.3 };
+    let refresh = keyring.decrypt(&row.1, row.0, meetingd::crypto::Column::RefreshToken(owner)).unwrap();
     assert_eq!(secrecy::ExposeSecret::expose_secret(&refresh), "1//0g-cli-refresh-secret");
 
     let out = meetingd(
