@@ -2,8 +2,8 @@
 //!
 //! Owns how settings are found and what makes them valid. It never opens a connection or a file
 //! other than the one config file it is given, and never writes anything. Each platform's section
-//! (`[google]`, `[jitsi]`) is a struct here that validates itself; its tests are in
-//! `config/tests.rs`.
+//! (`[google]`, `[jitsi]`) is a struct here that validates itself; `[http]` is `config/http.rs`,
+//! `check`'s timing and transport findings are `config/traps.rs`, the tests `config/tests.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -95,197 +95,6 @@ pub struct RateConfig {
     /// Calls per second for the whole platform (this daemon).
     pub platform_rate: f64,
     pub platform_burst: u32,
-}
-
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    pub listen: String,
-    pub metrics_listen: String,
-    pub public_url: url::Url,
-    pub app_url: url::Url,
-    pub jwt_algorithm: String,
-    pub jwt_secret: SecretString,
-    pub jwt_secret_file: PathBuf,
-    pub jwt_public_key_file: PathBuf,
-    /// `aud` a bearer token must carry ("": not checked; `check` warns).
-    pub jwt_audience: String,
-    /// `iss` a bearer token must carry ("": not checked; `check` warns).
-    pub jwt_issuer: String,
-    /// The claim that holds `users.id`.
-    pub jwt_user_claim: String,
-    /// The auth service's published keys ("": keys from `jwt_secret` / `jwt_public_key_file`).
-    pub jwt_jwks_url: String,
-    /// The algorithms accepted with keys from `jwt_jwks_url` (asymmetric only).
-    pub jwt_algorithms: Vec<String>,
-    pub cookie_secure: bool,
-    pub body_limit_bytes: usize,
-    /// Connections of the API's own pool (apart from the worker's, so API traffic cannot
-    /// starve it).
-    pub pool_size: usize,
-    /// How long a request waits for one of them before it is answered 503.
-    pub pool_wait_ms: u64,
-}
-
-impl std::fmt::Debug for HttpConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpConfig")
-            .field("listen", &self.listen)
-            .field("metrics_listen", &self.metrics_listen)
-            .field("public_url", &self.public_url.as_str())
-            .field("app_url", &self.app_url.as_str())
-            .field("jwt_algorithm", &self.jwt_algorithm)
-            .field("jwt_secret", &if self.jwt_secret.expose_secret().is_empty() { "" } else { "***" })
-            .field("jwt_secret_file", &self.jwt_secret_file)
-            .field("jwt_public_key_file", &self.jwt_public_key_file)
-            .field("jwt_audience", &self.jwt_audience)
-            .field("jwt_issuer", &self.jwt_issuer)
-            .field("jwt_user_claim", &self.jwt_user_claim)
-            .field("jwt_jwks_url", &self.jwt_jwks_url)
-            .field("jwt_algorithms", &self.jwt_algorithms)
-            .field("cookie_secure", &self.cookie_secure)
-            .field("body_limit_bytes", &self.body_limit_bytes)
-            .field("pool_size", &self.pool_size)
-            .field("pool_wait_ms", &self.pool_wait_ms)
-            .finish()
-    }
-}
-
-impl HttpConfig {
-    /// The HMAC secret for HS256, from the inline value or its file.
-    pub fn jwt_secret(&self) -> Result<Option<SecretString>, String> {
-        secret_or_file(&self.jwt_secret, &self.jwt_secret_file, "http.jwt_secret")
-    }
-}
-
-/// The shortest HS256 secret accepted: 256 bits, the size of the HMAC (RFC 7518 §3.2). A shorter
-/// one can be guessed offline from a single token the app signed.
-pub const MIN_JWT_SECRET_BYTES: usize = 32;
-
-/// Bearer-token settings: where the keys come from and what a token must say.
-impl HttpConfig {
-    /// `jwt_jwks_url`, parsed; `None` when the keys come from `jwt_secret` / `jwt_public_key_file`.
-    pub fn jwt_jwks_url(&self) -> Result<Option<url::Url>, String> {
-        let raw = self.jwt_jwks_url.trim();
-        if raw.is_empty() {
-            return Ok(None);
-        }
-        let url = url::Url::parse(raw).map_err(|e| format!("http.jwt_jwks_url is not a URL ({e}): {raw:?}"))?;
-        let loopback = match url.host() {
-            Some(url::Host::Domain(d)) => d == "localhost",
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            None => false,
-        };
-        match url.scheme().to_string().as_str() {
-            "https" if url.host().is_some() => Ok(Some(url)),
-            "http" if loopback => Ok(Some(url)),
-            _ => Err(format!(
-                "http.jwt_jwks_url must be an https URL (plain http only on a loopback address): whoever can \
-                 change the keys on the way can sign tokens for any user; not {raw:?}"
-            )),
-        }
-    }
-
-    /// `jwt_algorithms`, parsed: asymmetric algorithms only, since a JWKS publishes public keys.
-    pub fn jwt_jwks_algorithms(&self) -> Result<Vec<jsonwebtoken::Algorithm>, String> {
-        if self.jwt_algorithms.is_empty() {
-            return Err(
-                "http.jwt_algorithms must name the algorithms your auth service signs with, e.g. [\"RS256\"]".into()
-            );
-        }
-        let mut algorithms = Vec::new();
-        for name in &self.jwt_algorithms {
-            let algorithm = match name.trim() {
-                n if n.eq_ignore_ascii_case("none") => {
-                    return Err("http.jwt_algorithms must not name \"none\": an unsigned token proves nothing".into());
-                }
-                n if n.to_ascii_uppercase().starts_with("HS") => {
-                    return Err(format!(
-                        "http.jwt_algorithms must not name {n}: it lists the algorithms of the keys at \
-                         http.jwt_jwks_url, which are public keys; an HMAC secret is http.jwt_secret with \
-                         http.jwt_algorithm = \"HS256\""
-                    ));
-                }
-                n => n.parse::<jsonwebtoken::Algorithm>().map_err(|_| {
-                    format!("http.jwt_algorithms: {n:?} is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA")
-                })?,
-            };
-            if !algorithms.contains(&algorithm) {
-                algorithms.push(algorithm);
-            }
-        }
-        Ok(algorithms)
-    }
-
-    /// The sentence refusing the configured HS256 secret when it is too short to resist an
-    /// offline guess; `None` when it is long enough, or not used.
-    pub fn jwt_secret_too_short(&self) -> Option<String> {
-        if self.jwt_algorithm != "HS256" || !self.jwt_jwks_url.trim().is_empty() {
-            return None;
-        }
-        let secret = self.jwt_secret().ok()??;
-        let len = secret.expose_secret().len();
-        (len < MIN_JWT_SECRET_BYTES).then(|| {
-            format!(
-                "http.jwt_secret is {len} bytes long; an HS256 secret must be at least {MIN_JWT_SECRET_BYTES} \
-                 random bytes, or anyone holding one token the app signed can guess it offline and sign tokens \
-                 for any user (make one with `openssl rand -base64 48`, and give the app the same)"
-            )
-        })
-    }
-
-    /// What makes the bearer-token settings unusable (part of [`Config::problems`]).
-    fn jwt_problems(&self, problems: &mut Vec<String>) {
-        if let Some(sentence) = self.jwt_secret_too_short() {
-            problems.push(sentence);
-        }
-        if let Err(e) = self.jwt_jwks_algorithms() {
-            problems.push(e);
-        }
-        if self.jwt_user_claim.trim().is_empty() {
-            problems.push("http.jwt_user_claim must name the claim that holds users.id (usually \"sub\")".into());
-        }
-        match self.jwt_jwks_url() {
-            Err(e) => problems.push(e),
-            Ok(Some(_)) => {
-                let secret =
-                    !self.jwt_secret.expose_secret().trim().is_empty() || !self.jwt_secret_file.as_os_str().is_empty();
-                if secret || !self.jwt_public_key_file.as_os_str().is_empty() {
-                    problems.push(
-                        "http.jwt_jwks_url and http.jwt_secret(_file) / http.jwt_public_key_file are two sources \
-                         of keys: set only one"
-                            .into(),
-                    );
-                }
-            }
-            Ok(None) => {}
-        }
-    }
-
-    /// Settings that work but leave tokens meant for something else acceptable (`meetingd check`
-    /// prints them as warnings).
-    pub fn jwt_warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
-        if self.jwt_audience.trim().is_empty() {
-            warnings.push(
-                "http.jwt_audience is unset, so a token's `aud` is not checked: any token signed with the same \
-                 key is a meetingd bearer token, including ones the app or its auth service signs for other \
-                 purposes (e-mail links, other services); set it to the `aud` of the tokens meant for \
-                 meetingd (Supabase: \"authenticated\", Auth0: the API identifier)"
-                    .into(),
-            );
-        }
-        if self.jwt_issuer.trim().is_empty() {
-            warnings.push(
-                "http.jwt_issuer is unset, so a token's `iss` is not checked: a token another issuer signed with \
-                 a key meetingd trusts is accepted; set it to the `iss` of the app's tokens (Supabase: \
-                 https://<project>.supabase.co/auth/v1, Auth0: https://<tenant>.auth0.com/)"
-                    .into(),
-            );
-        }
-        warnings
-    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -638,8 +447,13 @@ impl Config {
         if w.retry_max_ms < w.retry_base_ms {
             problems.push("worker.retry_max_ms must not be below worker.retry_base_ms".into());
         }
-        if !matches!(self.jitsi.base_url.scheme(), "https" | "http") || self.jitsi.base_url.host().is_none() {
-            problems.push(format!("jitsi.base_url must be an http(s) URL with a host, not {}", self.jitsi.base_url));
+        // Room links are meeting links: https only (`links.rs`), so a plain-http base would fail
+        // every Jitsi booking.
+        if self.jitsi.base_url.scheme() != "https" || self.jitsi.base_url.host().is_none() {
+            problems.push(format!(
+                "jitsi.base_url must be an https URL with a host (meeting links are https only), not {}",
+                self.jitsi.base_url
+            ));
         }
         // A missing or malformed key is reported by `check` and refused by `run`; other commands
         // (migrate, demo) do not need one.
@@ -699,77 +513,6 @@ impl Config {
     }
 }
 
-/// `meetingd check`'s findings about timing and transport that do not stop the daemon.
-impl Config {
-    /// The longest the platform calls of one job can take, and how it is counted; `None` when
-    /// no configured platform makes calls (Jitsi makes none).
-    pub fn slowest_job(&self) -> Option<(Duration, String)> {
-        let g = &self.google;
-        if g.client_id.trim().is_empty() || !matches!(g.client_secret(), Ok(Some(_))) {
-            return None;
-        }
-        use crate::providers::google::{MOST_CALLS_PER_JOB, MOST_REQUESTS_PER_CALL};
-        let requests = MOST_CALLS_PER_JOB * MOST_REQUESTS_PER_CALL + 1;
-        let total =
-            Duration::from_millis(requests.saturating_mul(g.request_timeout_ms).saturating_add(g.conference_wait_ms));
-        let how = format!(
-            "up to {MOST_CALLS_PER_JOB} Calendar calls (delete a stray create, delete or move the recorded meeting, insert, fetch and move an adopted event, 3 conference re-requests, a last conference poll), each with a token refresh and a second try after a 401, plus one refresh when the token is due: {requests} requests × google.request_timeout_ms ({} ms) + google.conference_wait_ms ({} ms) = {} s",
-            g.request_timeout_ms,
-            g.conference_wait_ms,
-            total.as_secs_f64().ceil() as u64
-        );
-        Some((total, how))
-    }
-
-    /// A lease that can run out while its job still calls a platform: another daemon would then
-    /// claim the job and call too.
-    pub fn lease_problem(&self) -> Option<String> {
-        let (slowest, how) = self.slowest_job()?;
-        (self.worker.lease() < slowest).then(|| {
-            format!(
-                "worker.lease_secs ({} s) is shorter than the slowest Google Meet job can take: {how}. Another daemon may claim a job while it still runs: raise worker.lease_secs to at least {} or lower google.request_timeout_ms",
-                self.worker.lease_secs,
-                slowest.as_secs_f64().ceil() as u64
-            )
-        })
-    }
-
-    /// Platform URLs that are plain `http` to a host other than this machine: tokens, codes and
-    /// client secrets would cross the network unencrypted.
-    pub fn plain_http_problems(&self) -> Vec<String> {
-        let g = &self.google;
-        [
-            ("google.auth_url", &g.auth_url),
-            ("google.token_url", &g.token_url),
-            ("google.revoke_url", &g.revoke_url),
-            ("google.api_base_url", &g.api_base_url),
-            ("jitsi.base_url", &self.jitsi.base_url),
-        ]
-        .into_iter()
-        .filter(|(_, url)| url.scheme() == "http" && !is_loopback(url))
-        .map(|(key, url)| {
-            format!(
-                "{key} is plain http to {}: tokens and secrets would cross the network unencrypted; use https (plain http only to this machine, for tests)",
-                url.host_str().unwrap_or("?")
-            )
-        })
-        .collect()
-    }
-}
-
-/// Whether `url` names this machine: a loopback address or `localhost`.
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(name)) => {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            name == "localhost" || name.ends_with(".localhost")
-        }
-        None => false,
-    }
-}
-
 /// A connection string with any password replaced, for logs and reports.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
@@ -786,6 +529,11 @@ pub fn redact_url(url: &str) -> String {
             .join(" "),
     }
 }
+
+mod http;
+mod traps;
+
+pub use http::HttpConfig;
 
 #[cfg(test)]
 mod tests;

@@ -59,6 +59,17 @@ fn all_problems_reported_together() {
 }
 
 #[test]
+fn jitsi_rooms_need_an_https_base() {
+    Jail::expect_with(|jail| {
+        jail.set_env("MEETINGD_JITSI__BASE_URL", "http://meet.example.org");
+        let ConfigError::Invalid(problems) = Config::load(None).unwrap_err() else { panic!("expected Invalid") };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("jitsi.base_url must be an https URL"), "{problems:?}");
+        Ok(())
+    });
+}
+
+#[test]
 fn fallback_accepts_only_accountless_platforms() {
     Jail::expect_with(|jail| {
         jail.set_env("MEETINGD_FALLBACK__PLATFORM", "none");

@@ -1,0 +1,143 @@
+//! `meetingd check`: one line per check (configuration, database, schema, marketplace columns,
+//! platforms, the API's bearer tokens, leases and transports) and every problem found.
+//!
+//! It reads and connects, and changes nothing.
+
+use std::path::PathBuf;
+
+use secrecy::ExposeSecret;
+
+use crate::config::{Config, redact_url};
+use crate::providers::Platform;
+
+/// Prints one line per check and every problem found; `true` when there is none.
+pub async fn check(file: Option<PathBuf>) -> bool {
+    let mut ok = true;
+    let mut report = |good: bool, what: &str, detail: String| {
+        ok &= good;
+        println!("{} {what:<14} {detail}", if good { "ok  " } else { "FAIL" });
+    };
+    let source = file.as_ref().map_or("built-in defaults and environment".to_string(), |p| p.display().to_string());
+    let config: Config = match Config::figment(file.as_deref()).extract() {
+        Ok(config) => config,
+        Err(e) => {
+            for error in e {
+                report(false, "config", error.to_string());
+            }
+            return ok;
+        }
+    };
+    let problems = config.problems();
+    if problems.is_empty() {
+        report(true, "config", format!("valid ({source})"));
+    }
+    for problem in problems {
+        report(false, "config", problem);
+    }
+    report_traps(&config, &mut report);
+    match config.encryption.keyring() {
+        Ok(keyring) => report(
+            true,
+            "encryption",
+            format!(
+                "key {} (+{} old key(s) for decryption)",
+                keyring.current_key_id(),
+                config.encryption.old_keys.len()
+            ),
+        ),
+        Err(e) => report(false, "encryption", e),
+    }
+    // Platforms that need an account are on when their OAuth client is configured.
+    let connectors = crate::providers::auth::Connectors::from_config(&config).unwrap_or_default();
+    let accounts: String = Platform::ALL
+        .into_iter()
+        .filter_map(crate::providers::auth::spec)
+        .map(|s| match connectors.get(s.platform) {
+            Some(_) => format!(", {}", s.platform),
+            None => format!(" ({} not configured)", s.platform),
+        })
+        .collect();
+    report(
+        true,
+        "platforms",
+        format!(
+            "jitsi{accounts}; fallback {}",
+            match config.fallback.platform {
+                crate::config::Fallback::Platform(p) => p.as_str(),
+                crate::config::Fallback::None => "none",
+            }
+        ),
+    );
+    if config.http.listen.is_empty() {
+        report(true, "http", "API disabled (http.listen = \"\")".into());
+    } else {
+        match crate::http::auth::JwtVerifier::from_config(&config.http) {
+            Ok(Some(verifier)) => {
+                report(true, "http", format!("API on {} ({})", config.http.listen, verifier.describe()));
+                warn_bearer_tokens(&config);
+                match verifier.probe().await {
+                    Some(Ok(keys)) => report(true, "jwks", format!("{keys} signing key(s) meetingd can use")),
+                    Some(Err(e)) => report(false, "jwks", e),
+                    None => {}
+                }
+            }
+            Ok(None) => report(
+                true,
+                "http",
+                "API off: no JWT key (set http.jwt_secret(_file), http.jwt_public_key_file or http.jwt_jwks_url to serve it on http.listen); meetings are still linked".into(),
+            ),
+            Err(e) => report(false, "http", e),
+        }
+    }
+    let shown = redact_url(config.database.url.expose_secret());
+    let client = match crate::db::session(&config.database).await {
+        Ok(client) => {
+            let tls = match (crate::db::tls(&config.database), crate::db::status::session_encrypted(client.sql()).await)
+            {
+                (Ok(tls), Ok(encrypted)) => tls.describe(encrypted),
+                (Ok(tls), Err(_)) => format!("sslmode={}", tls.mode),
+                (Err(e), _) => e.to_string(),
+            };
+            report(true, "database", format!("connected to {shown}  ({tls})"));
+            client
+        }
+        Err(e) => {
+            report(false, "database", format!("{e} ({shown})"));
+            return ok;
+        }
+    };
+    match crate::db::migrate::status(client.sql()).await {
+        Ok(status) => report(status.is_current(), "schema", status.explain()),
+        Err(e) => report(false, "schema", e.to_string()),
+    }
+    match crate::db::marketplace::inspect(client.sql()).await {
+        Ok(columns) => {
+            for c in columns {
+                report(c.ok, "column", format!("{} {}", c.column, c.detail));
+            }
+        }
+        Err(e) => report(false, "column", format!("cannot inspect the marketplace columns: {e}")),
+    }
+    ok
+}
+
+/// `check`'s warnings about bearer tokens: settings that work but let tokens meant for something
+/// else through. They do not fail the check.
+fn warn_bearer_tokens(config: &Config) {
+    for warning in config.http.jwt_warnings() {
+        println!("warn {:<14} {warning}", "http");
+    }
+}
+
+/// `check`'s problems the daemon starts with anyway: platform URLs in plain http to another
+/// machine (a problem), and a lease that can run out mid-job (a warning: the claim's fencing keeps
+/// a second holder from writing over the first, so only the slowest, rarest jobs pay, with work
+/// done twice; a lease long enough for them would hold a crashed daemon's jobs that long).
+fn report_traps(config: &Config, report: &mut impl FnMut(bool, &str, String)) {
+    if let Some(problem) = config.lease_problem() {
+        println!("warn {:<14} {problem}", "worker");
+    }
+    for problem in config.plain_http_problems() {
+        report(false, "transport", problem);
+    }
+}
