@@ -126,7 +126,7 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
         None if config.http.listen.is_empty() => None,
         None if !api_key => {
             tracing::info!(
-                "HTTP API off: no JWT key is configured (http.jwt_secret, jwt_secret_file or jwt_public_key_file); meetings are linked without it"
+                "HTTP API off: no JWT key is configured (http.jwt_secret, jwt_secret_file, jwt_public_key_file or jwt_jwks_url); meetings are linked without it"
             );
             None
         }
