@@ -154,13 +154,12 @@ impl OAuthClient {
     /// Revokes a token at the platform (RFC 7009 style `token=` form post). Best effort: the
     /// caller wipes its copy whatever this answers.
     pub async fn revoke(&self, revoke_url: &url::Url, token: &SecretString) -> Result<(), OAuthError> {
-        let response = self
-            .http
-            .post(revoke_url.clone())
-            .form(&[("token", token.expose_secret())])
-            .send()
-            .await
-            .map_err(|e| OAuthError::Transient(e.without_url().to_string()))?;
+        let mut request = self.http.post(revoke_url.clone()).form(&[("token", token.expose_secret())]);
+        if matches!(self.auth_type, AuthType::BasicAuth) {
+            // A platform that authenticates its clients with HTTP Basic (Zoom) does so here too.
+            request = request.basic_auth(&self.client_id, Some(self.client_secret.expose_secret()));
+        }
+        let response = request.send().await.map_err(|e| OAuthError::Transient(e.without_url().to_string()))?;
         match response.status() {
             s if s.is_success() => Ok(()),
             // Already invalid: nothing left to revoke.

@@ -11,7 +11,8 @@
 //! ([`MeetingProvider::intent_id`] answers the marker), and a create repeated for the same intent
 //! ([`MeetingProvider::create_again`]) first lists the account's upcoming meetings for the
 //! marker and adopts what it finds (deleting all but one). Deleting an intent's meeting by its
-//! marker works the same way. It never touches the database except through the `TokenStore`.
+//! marker works the same way. Its OAuth facts are `zoom/auth.rs` ([`OAUTH`], [`ZoomAuth`]). It
+//! never touches the database except through the `TokenStore`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,10 @@ use super::{Account, Meeting, MeetingProvider, MeetingRequest, Platform, Provide
 use crate::config::ZoomConfig;
 use crate::oauth::OAuthClient;
 use crate::tokens::{TokenError, TokenStore, Whose};
+
+mod auth;
+
+pub use auth::{OAUTH, ZoomAuth};
 
 /// Zoom's limits on a meeting's `topic` and `agenda`, in characters.
 pub const TOPIC_MAX: usize = 200;

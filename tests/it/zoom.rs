@@ -393,3 +393,26 @@ async fn no_log_line_or_row_ever_contains_a_token_or_a_start_url() {
         assert!(!dump.contains(url.as_str()), "a row holds a start_url");
     }
 }
+
+#[tokio::test]
+async fn connecting_a_zoom_account_uses_pkce_s256_basic_auth_and_learns_the_account() {
+    use meetingd::providers::auth::PlatformAuth;
+
+    let z = setup().await;
+    let auth = meetingd::providers::zoom::ZoomAuth::from_config(&z.config.zoom).unwrap().unwrap();
+    let redirect: url::Url = "https://meetingd.example.com/api/auth/zoom/callback".parse().unwrap();
+    let authorization = auth.authorize(&redirect, "state-1");
+    let code = z.zoom.consent(&authorization.url);
+    let tokens = auth.client().exchange_code(&code, &authorization.pkce_verifier, &redirect).await.unwrap();
+    assert_eq!(z.zoom.state.lock().unwrap().refresh_without_basic, 0);
+    let granted = tokens.granted_scopes(meetingd::providers::zoom::OAUTH.scopes);
+    assert!(meetingd::providers::zoom::OAUTH.missing_scopes(&granted).is_empty(), "{granted:?}");
+    let identity = auth.identity(&tokens.access_token).await.unwrap();
+    assert_eq!(identity.platform_user_id.as_deref(), Some("hostAbc123"));
+    assert_eq!(identity.email.as_deref(), Some("provider@example.com"));
+
+    // Disconnect revokes at Zoom, authenticated like the token endpoint.
+    let refresh = tokens.refresh_token.unwrap();
+    auth.client().revoke(auth.revoke_url().unwrap(), &refresh).await.unwrap();
+    assert_eq!(z.zoom.revoked(), [refresh.expose_secret().to_string()]);
+}

@@ -87,6 +87,10 @@ pub struct Inner {
     pub creates: usize,
     pub calls: Vec<String>,
     script: VecDeque<Fail>,
+    /// Authorization codes granted at the consent screen: code -> (PKCE challenge, redirect URI).
+    codes: HashMap<String, (String, String)>,
+    /// Tokens posted to the revocation endpoint (with HTTP Basic client authentication).
+    pub revoked: Vec<String>,
     /// The list answers at most this many meetings a page (default: `page_size`).
     pub page_limit: Option<usize>,
     counter: u64,
@@ -121,6 +125,7 @@ impl FakeZoom {
         let app = Router::new()
             .route("/oauth/token", post(token))
             .route("/oauth/revoke", post(revoke))
+            .route("/v2/users/me", get(me))
             .route("/v2/users/me/meetings", post(create).get(list))
             .route("/v2/meetings/{id}", get(get_meeting).patch(patch_meeting).delete(delete_meeting))
             .with_state(state.clone());
@@ -154,6 +159,24 @@ impl FakeZoom {
         s.access.insert(access.clone(), true);
         s.refresh.insert(refresh.clone(), true);
         (access, refresh)
+    }
+
+    /// The provider approves the consent screen for this authorization URL: returns the code
+    /// Zoom would append to the redirect.
+    pub fn consent(&self, authorization_url: &url::Url) -> String {
+        let q: HashMap<String, String> = authorization_url.query_pairs().into_owned().collect();
+        assert_eq!(q.get("client_id").map(String::as_str), Some(CLIENT_ID));
+        assert_eq!(q.get("response_type").map(String::as_str), Some("code"));
+        assert_eq!(q.get("code_challenge_method").map(String::as_str), Some("S256"), "Zoom defaults to plain");
+        let mut s = self.state.lock().unwrap();
+        s.counter += 1;
+        let code = format!("zoom-code-{}-secret", s.counter);
+        s.codes.insert(code.clone(), (q["code_challenge"].clone(), q["redirect_uri"].clone()));
+        code
+    }
+
+    pub fn revoked(&self) -> Vec<String> {
+        self.state.lock().unwrap().revoked.clone()
     }
 
     pub fn expire_access(&self, access: &str) {
@@ -238,6 +261,30 @@ async fn token(State(state): Shared, headers: HeaderMap, Form(form): Form<HashMa
             return reply(401, json!({"reason": "Invalid client_id or client_secret", "error": "invalid_client"}));
         }
     }
+    if form.get("grant_type").map(String::as_str) == Some("authorization_code") {
+        let code = form.get("code").cloned().unwrap_or_default();
+        let Some((challenge, redirect)) = s.codes.remove(&code) else {
+            return reply(400, json!({"reason": "Invalid authorization code", "error": "invalid_grant"}));
+        };
+        let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+        let computed = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), verifier.as_bytes())),
+        );
+        if computed != challenge || form.get("redirect_uri") != Some(&redirect) {
+            return reply(400, json!({"reason": "Invalid request", "error": "invalid_request"}));
+        }
+        s.counter += 1;
+        let (access, refresh) =
+            (format!("zoom-access-granted-{}-secret", s.counter), format!("zoom-refresh-granted-{}-secret", s.counter));
+        s.access.insert(access.clone(), true);
+        s.refresh.insert(refresh.clone(), true);
+        return reply(
+            200,
+            json!({"access_token": access, "token_type": "bearer", "refresh_token": refresh, "expires_in": 3599,
+                   "scope": "meeting:write:meeting meeting:update:meeting meeting:delete:meeting meeting:read:meeting meeting:read:list_meetings user:read:user"}),
+        );
+    }
     if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
         return reply(400, json!({"reason": "Unsupported grant type", "error": "unsupported_grant_type"}));
     }
@@ -263,10 +310,21 @@ async fn token(State(state): Shared, headers: HeaderMap, Form(form): Form<HashMa
     )
 }
 
-async fn revoke(State(state): Shared, Query(query): Query<HashMap<String, String>>) -> Response {
+/// `token` in the query (as Zoom documents it) or the form body; the client authenticates with
+/// HTTP Basic.
+async fn revoke(
+    State(state): Shared,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if basic_client(&headers) != Some((CLIENT_ID.to_string(), CLIENT_SECRET.to_string())) {
+        return reply(401, json!({"reason": "Invalid client_id or client_secret", "error": "invalid_client"}));
+    }
     let mut guard = state.lock().unwrap();
     let s = &mut *guard;
-    let token = query.get("token").cloned().unwrap_or_default();
+    let token = query.get("token").or_else(|| form.get("token")).cloned().unwrap_or_default();
+    s.revoked.push(token.clone());
     for map in [&mut s.access, &mut s.refresh] {
         if let Some(valid) = map.get_mut(&token) {
             *valid = false;
@@ -290,6 +348,14 @@ fn gate(s: &mut Inner, headers: &HeaderMap, call: String) -> Result<Option<Fail>
         Some(f) if f.after_work => Ok(Some(f)),
         Some(f) => Err(failure(&f)),
     }
+}
+
+async fn me(State(state): Shared, headers: HeaderMap) -> Response {
+    let mut s = state.lock().unwrap();
+    if let Err(r) = gate(&mut s, &headers, "me".into()) {
+        return r;
+    }
+    reply(200, json!({"id": "hostAbc123", "email": "provider@example.com", "first_name": "Test", "type": 1}))
 }
 
 fn new_meeting(s: &mut Inner, mut body: Value) -> u64 {
