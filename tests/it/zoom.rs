@@ -416,3 +416,28 @@ async fn connecting_a_zoom_account_uses_pkce_s256_basic_auth_and_learns_the_acco
     auth.client().revoke(auth.revoke_url().unwrap(), &refresh).await.unwrap();
     assert_eq!(z.zoom.revoked(), [refresh.expose_secret().to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_needing_a_refresh_refresh_once_and_never_use_the_dead_token() {
+    // The stored access token is due: both daemons want a refresh at once, and Zoom's refresh
+    // token dies at its first use (a second use would deactivate the integration).
+    let z = setup_with(60).await;
+    let other = worker_for(&z.config);
+    let (b1, b2) = (z.book().await, z.book().await);
+    let (r1, r2) = tokio::join!(z.worker.run_once(), other.run_once());
+    r1.unwrap();
+    r2.unwrap();
+    make_due(&z.c).await;
+    z.run().await;
+    for b in [b1, b2] {
+        let state = meeting(&z.c, b).await;
+        assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("zoom")), "{state:?}");
+    }
+    assert_eq!(z.zoom.refresh_calls(), 1);
+    let active: bool =
+        z.c.query_one("SELECT is_active FROM user_meeting_integrations WHERE platform = 'zoom'", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert!(active);
+}
