@@ -441,3 +441,45 @@ async fn two_daemons_needing_a_refresh_refresh_once_and_never_use_the_dead_token
             .get(0);
     assert!(active);
 }
+
+#[tokio::test]
+async fn an_integration_added_with_the_cli_gets_zoom_meetings() {
+    use crate::cli::{meetingd, text};
+
+    let z = setup().await;
+    z.c.execute("DELETE FROM user_meeting_integrations", &[]).await.unwrap();
+    let (access, refresh) = z.zoom.issue();
+    let dir = std::env::temp_dir().join(format!("meetingd-zoom-cli-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (access_file, refresh_file) = (dir.join("access"), dir.join("refresh"));
+    std::fs::write(&access_file, format!("{access}\n")).unwrap();
+    std::fs::write(&refresh_file, format!("{refresh}\n")).unwrap();
+    let expires = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let user = z.m.provider.to_string();
+    let out = meetingd(
+        &[
+            "integrations",
+            "add",
+            "--user",
+            &user,
+            "--platform",
+            "zoom",
+            "--access-token-file",
+            access_file.to_str().unwrap(),
+            "--refresh-token-file",
+            refresh_file.to_str().unwrap(),
+            "--expires-at",
+            &expires,
+        ],
+        &[
+            ("MEETINGD_DATABASE__URL", z.config.database.url.expose_secret()),
+            ("MEETINGD_ENCRYPTION__KEY", z.config.encryption.key.expose_secret()),
+        ],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let b = z.book().await;
+    z.run().await;
+    let state = meeting(&z.c, b).await;
+    assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("zoom")), "{state:?}");
+}
