@@ -2,7 +2,7 @@
 //!
 //! Owns how settings are found and what makes them valid. It never opens a connection or a file
 //! other than the one config file it is given, and never writes anything. Each platform's section
-//! (`[google]`, `[jitsi]`) is a struct here that validates itself; `[http]` is `config/http.rs`,
+//! (`[google]`, `[jitsi]`) is a struct here that validates itself (`[zoom]`: `config/zoom.rs`); `[http]` is `config/http.rs`,
 //! `check`'s timing and transport findings are `config/traps.rs`, the tests `config/tests.rs`.
 
 use std::path::{Path, PathBuf};
@@ -45,6 +45,7 @@ pub struct Config {
     pub jitsi: JitsiConfig,
     pub encryption: EncryptionConfig,
     pub google: GoogleConfig,
+    pub zoom: ZoomConfig,
     pub http: HttpConfig,
     pub limits: LimitsConfig,
     pub retention: RetentionConfig,
@@ -373,6 +374,7 @@ impl Config {
         {
             self.google.client_secret_file = p;
         }
+        self.zoom.use_credentials(dir);
         if unset(&self.http.jwt_secret, &self.http.jwt_secret_file)
             && let Some(p) = present(CREDENTIAL_JWT_SECRET)
         {
@@ -463,6 +465,7 @@ impl Config {
             }
         }
         self.google.problems(&mut problems);
+        self.zoom.problems(&mut problems);
         for (name, r) in
             [("google_meet", &self.limits.google_meet), ("zoom", &self.limits.zoom), ("teams", &self.limits.teams)]
         {
@@ -532,8 +535,10 @@ pub fn redact_url(url: &str) -> String {
 
 mod http;
 mod traps;
+mod zoom;
 
 pub use http::HttpConfig;
+pub use zoom::{CREDENTIAL_ZOOM_SECRET, ZoomConfig};
 
 #[cfg(test)]
 mod tests;

@@ -20,6 +20,9 @@ pub struct OAuthClient {
     client_id: String,
     client_secret: SecretString,
     token_url: url::Url,
+    /// How the client authenticates at the token endpoint: in the form body (Google) or with
+    /// HTTP Basic (Zoom, which accepts nothing else).
+    auth_type: AuthType,
     http: reqwest::Client,
 }
 
@@ -136,7 +139,7 @@ impl OAuthClient {
     ) -> Result<Refreshed, OAuthError> {
         let client = BasicClient::new(ClientId::new(self.client_id.clone()))
             .set_client_secret(ClientSecret::new(self.client_secret.expose_secret().to_string()))
-            .set_auth_type(AuthType::RequestBody)
+            .set_auth_type(self.auth_type.clone())
             .set_token_uri(TokenUrl::from_url(self.token_url.clone()))
             .set_redirect_uri(RedirectUrl::from_url(redirect_url.clone()));
         let response = client
@@ -151,13 +154,12 @@ impl OAuthClient {
     /// Revokes a token at the platform (RFC 7009 style `token=` form post). Best effort: the
     /// caller wipes its copy whatever this answers.
     pub async fn revoke(&self, revoke_url: &url::Url, token: &SecretString) -> Result<(), OAuthError> {
-        let response = self
-            .http
-            .post(revoke_url.clone())
-            .form(&[("token", token.expose_secret())])
-            .send()
-            .await
-            .map_err(|e| OAuthError::Transient(e.without_url().to_string()))?;
+        let mut request = self.http.post(revoke_url.clone()).form(&[("token", token.expose_secret())]);
+        if matches!(self.auth_type, AuthType::BasicAuth) {
+            // A platform that authenticates its clients with HTTP Basic (Zoom) does so here too.
+            request = request.basic_auth(&self.client_id, Some(self.client_secret.expose_secret()));
+        }
+        let response = request.send().await.map_err(|e| OAuthError::Transient(e.without_url().to_string()))?;
         match response.status() {
             s if s.is_success() => Ok(()),
             // Already invalid: nothing left to revoke.
@@ -173,14 +175,27 @@ impl OAuthClient {
             .timeout(timeout)
             .build()
             .expect("a reqwest client with rustls builds");
-        OAuthClient { client_id: client_id.to_string(), client_secret, token_url, http }
+        OAuthClient {
+            client_id: client_id.to_string(),
+            client_secret,
+            token_url,
+            auth_type: AuthType::RequestBody,
+            http,
+        }
+    }
+
+    /// The same client, authenticating at the token endpoint with HTTP Basic
+    /// (`Authorization: Basic base64(client_id:client_secret)`) instead of the form body.
+    pub fn with_basic_auth(mut self) -> OAuthClient {
+        self.auth_type = AuthType::BasicAuth;
+        self
     }
 
     /// The refresh grant (RFC 6749 §6).
     pub async fn refresh(&self, refresh_token: &SecretString) -> Result<Refreshed, OAuthError> {
         let client = BasicClient::new(ClientId::new(self.client_id.clone()))
             .set_client_secret(ClientSecret::new(self.client_secret.expose_secret().to_string()))
-            .set_auth_type(AuthType::RequestBody)
+            .set_auth_type(self.auth_type.clone())
             .set_token_uri(TokenUrl::from_url(self.token_url.clone()));
         let token = RefreshToken::new(refresh_token.expose_secret().to_string());
         let response = client.exchange_refresh_token(&token).request_async(&self.http).await.map_err(classify)?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 
-use super::{Platform, ProviderError, google};
+use super::{Platform, ProviderError, google, zoom};
 use crate::config::Config;
 use crate::oauth::{Authorization, OAuthClient};
 
@@ -53,7 +53,8 @@ impl OAuthSpec {
 pub fn spec(platform: Platform) -> Option<&'static OAuthSpec> {
     match platform {
         Platform::GoogleMeet => Some(&google::OAUTH),
-        Platform::Zoom | Platform::Teams | Platform::Jitsi => None,
+        Platform::Zoom => Some(&zoom::OAUTH),
+        Platform::Teams | Platform::Jitsi => None,
     }
 }
 
@@ -126,6 +127,9 @@ impl Connectors {
         if let Some(google) = google::GoogleAuth::from_config(&config.google)? {
             connectors = connectors.with(Arc::new(google));
         }
+        if let Some(zoom) = zoom::ZoomAuth::from_config(&config.zoom)? {
+            connectors = connectors.with(Arc::new(zoom));
+        }
         Ok(connectors)
     }
 
@@ -148,7 +152,7 @@ mod tests {
         for segment in ["google-meet", "google_meet"] {
             assert_eq!(PathPlatform::parse(segment), PathPlatform::Connectable(&google::OAUTH));
         }
-        assert_eq!(PathPlatform::parse("zoom"), PathPlatform::NotYet);
+        assert_eq!(PathPlatform::parse("zoom"), PathPlatform::Connectable(&zoom::OAUTH));
         assert_eq!(PathPlatform::parse("teams"), PathPlatform::NotYet);
         assert_eq!(PathPlatform::parse("jitsi"), PathPlatform::Unknown);
         assert_eq!(PathPlatform::parse("skype"), PathPlatform::Unknown);

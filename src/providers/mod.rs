@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod google;
 pub mod jitsi;
+pub mod zoom;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -208,6 +209,14 @@ impl ProviderError {
 pub trait MeetingProvider: Send + Sync {
     fn platform(&self) -> Platform;
     async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError>;
+    /// `create`, when an earlier attempt at the same `(booking_id, generation)` may already have
+    /// made the meeting: the worker recorded its create intent ([`MeetingProvider::intent_id`])
+    /// before this run, and no answer settled it. A platform that chooses its meeting ids (Zoom)
+    /// looks for that meeting before making another; by default, `create` (whose client-chosen
+    /// id makes it safe to repeat).
+    async fn create_again(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
+        self.create(req).await
+    }
     /// Moves an existing meeting to the request's times; the link should stay the same.
     async fn update(&self, existing: &Meeting, req: &MeetingRequest) -> Result<Meeting, ProviderError>;
     /// Removes the meeting; a meeting that is already gone counts as deleted.
@@ -270,11 +279,19 @@ impl Providers {
         Providers::default().with(Arc::new(jitsi::Jitsi::new(config.jitsi.base_url.clone())))
     }
 
-    /// Every platform the configuration enables: Jitsi, and Google Meet when its OAuth client is set.
+    /// Every platform the configuration enables: Jitsi, and Google Meet and Zoom when their OAuth
+    /// clients are set.
     pub fn real(config: &Config, deps: &ProviderDeps) -> Result<Providers, String> {
         let mut providers = Providers::from_config(config);
+        let tokens = Arc::new(TokenStore::new(deps.pool.clone(), deps.keyring.clone(), deps.actor.clone()));
+        if let Some(oauth) = zoom::oauth_client(&config.zoom)? {
+            providers = providers.with(Arc::new(zoom::Zoom::new(config.zoom.clone(), oauth, tokens.clone())));
+        } else {
+            tracing::info!(
+                "Zoom is not configured (zoom.client_id / client secret); services asking for it get the fallback"
+            );
+        }
         if let Some(oauth) = google::oauth_client(&config.google)? {
-            let tokens = Arc::new(TokenStore::new(deps.pool.clone(), deps.keyring.clone(), deps.actor.clone()));
             providers = providers.with(Arc::new(google::GoogleMeet::new(config.google.clone(), oauth, tokens)));
         } else {
             tracing::info!(

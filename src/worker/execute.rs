@@ -191,6 +191,13 @@ impl Run<'_> {
             if let Some(deferred) = worker.held_back(choice.platform, s) {
                 return (deferred, None);
             }
+            // A create intent for this very meeting, recorded before this run: its create may
+            // have reached the platform.
+            let again = self
+                .intents
+                .current
+                .as_ref()
+                .is_some_and(|i| i.platform == choice.platform.as_str() && i.generation == req.generation);
             let recorded = match self.record_intent(provider.as_ref(), choice.platform, req.generation).await {
                 Ok(()) => self.hold_claim(provider.as_ref(), choice.platform, "create").await,
                 Err(outcome) => Err(outcome),
@@ -200,7 +207,7 @@ impl Run<'_> {
                 return (outcome, event);
             }
             let started = Instant::now();
-            let result = provider.create(req).await;
+            let result = if again { provider.create_again(req).await } else { provider.create(req).await };
             self.note("meeting.create", choice.platform, started, &result);
             if choice.fallback
                 && let Some(last) = self.audit.last_mut()

@@ -18,3 +18,4 @@ mod tls;
 mod traps;
 mod trigger;
 mod worker;
+mod zoom;

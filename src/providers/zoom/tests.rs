@@ -1,0 +1,116 @@
+//! Zoom's request bodies, error classes and marker, without a network.
+
+use chrono::TimeZone;
+
+use super::*;
+
+fn req(title: &str, description: Option<&str>) -> MeetingRequest {
+    let start = Utc.with_ymd_and_hms(2027, 3, 1, 9, 30, 0).unwrap();
+    MeetingRequest {
+        booking_id: Uuid::from_u128(0x1234),
+        generation: 1,
+        provider_user_id: Uuid::from_u128(7),
+        title: title.to_string(),
+        description: description.map(str::to_string),
+        customer_email: Some("customer@example.com".into()),
+        start,
+        end: start + chrono::Duration::minutes(50) + chrono::Duration::seconds(1),
+        settings: serde_json::json!({}),
+    }
+}
+
+#[test]
+fn the_create_body_is_a_scheduled_meeting_in_utc() {
+    let body = meeting_body(&req("Consultation with Test User", Some("Bring notes")), true);
+    assert_eq!(body["type"], 2);
+    assert_eq!(body["start_time"], "2027-03-01T09:30:00Z");
+    assert_eq!(body["duration"], 51, "minutes, rounded up");
+    assert_eq!(body["timezone"], "UTC");
+    assert_eq!(body["topic"], "Consultation with Test User");
+    let agenda = body["agenda"].as_str().unwrap();
+    assert!(agenda.starts_with(&marker(Uuid::from_u128(0x1234), 1)), "{agenda}");
+    assert!(agenda.ends_with("Bring notes"), "{agenda}");
+    assert!(body.get("settings").is_none() && body.get("start_url").is_none());
+    assert!(meeting_body(&req("t", None), false).get("type").is_none(), "a move does not change the type");
+}
+
+#[test]
+fn topic_and_agenda_are_cut_to_zooms_limits() {
+    let long = "é".repeat(5000);
+    let body = meeting_body(&req(&long, Some(&long)), true);
+    assert_eq!(body["topic"].as_str().unwrap().chars().count(), TOPIC_MAX);
+    let agenda = body["agenda"].as_str().unwrap();
+    assert_eq!(agenda.chars().count(), AGENDA_MAX);
+    assert!(agenda.starts_with(MARKER_PREFIX), "the marker survives the cut");
+    assert_eq!(meeting_body(&req("t", Some("  ")), true)["agenda"], marker(Uuid::from_u128(0x1234), 1));
+}
+
+#[test]
+fn markers_differ_per_booking_and_generation_and_hide_the_booking() {
+    let b = Uuid::new_v4();
+    assert_eq!(marker(b, 1), marker(b, 1));
+    assert_ne!(marker(b, 1), marker(b, 2));
+    assert_ne!(marker(b, 1), marker(Uuid::new_v4(), 1));
+    assert!(!marker(b, 1).contains(&b.simple().to_string()));
+    assert!(numeric(&marker(b, 1)).is_none(), "a marker is never taken for a meeting id");
+    assert_eq!(numeric("81234567897"), Some("81234567897"));
+}
+
+fn class(status: u16, body: serde_json::Value, retry_after: Option<Duration>) -> (String, Option<Duration>) {
+    let now = Utc.with_ymd_and_hms(2026, 12, 6, 22, 0, 0).unwrap();
+    match classify(status, body.to_string().as_bytes(), retry_after, now) {
+        CallError::Unauthorized => ("unauthorized".into(), None),
+        CallError::NotFound => ("not_found".into(), None),
+        CallError::Other(p) => (p.class().into(), p.retry_after()),
+    }
+}
+
+#[test]
+fn errors_are_classified_as_zoom_documents_them() {
+    let e = |code: i64, message: &str| serde_json::json!({"code": code, "message": message});
+    assert_eq!(class(401, e(124, "Invalid access token."), None).0, "unauthorized");
+    assert_eq!(class(400, e(124, "Invalid access token."), None).0, "unauthorized", "the code decides");
+    assert_eq!(class(404, e(3001, "Meeting does not exist: 1."), None).0, "not_found");
+    assert_eq!(class(400, e(3001, "Meeting does not exist: 1."), None).0, "not_found");
+    assert_eq!(
+        class(400, e(3002, "Sorry, you cannot delete this meeting since it is in progress."), None).0,
+        "transient"
+    );
+    assert_eq!(class(400, e(300, "Invalid parameter: start_time."), None).0, "permanent");
+    assert_eq!(class(403, e(200, "No permission."), None).0, "permanent");
+    assert_eq!(class(500, e(0, "x"), None).0, "transient");
+    assert_eq!(class(503, serde_json::json!("not an object"), None).0, "transient");
+    assert_eq!(
+        class(429, e(429, "per-second limit"), Some(Duration::from_secs(3))),
+        ("rate_limited".into(), Some(Duration::from_secs(3)))
+    );
+    assert_eq!(class(429, e(429, "per-second limit"), None), ("rate_limited".into(), None));
+    // The daily limit without Retry-After: until 00:00 GMT (two hours after 22:00).
+    let daily = "You have exceeded the daily rate limit (100) of Meeting Create/Update API requests.";
+    assert_eq!(class(429, e(429, daily), None), ("rate_limited".into(), Some(Duration::from_secs(7200))));
+    assert_eq!(class(429, e(429, daily), Some(Duration::from_secs(60))).1, Some(Duration::from_secs(60)));
+}
+
+#[test]
+fn a_meeting_answer_never_keeps_the_start_url() {
+    let answer = serde_json::json!({
+        "id": 81234567890u64, "join_url": "https://us05web.zoom.us/j/81234567890?pwd=x",
+        "start_url": "https://us05web.zoom.us/s/81234567890?zak=host-key", "agenda": "a", "duration": 30,
+        "start_time": "2027-03-01T09:30:00Z", "topic": "t", "type": 2
+    });
+    let m: ZoomMeeting = serde_json::from_value(answer).unwrap();
+    assert!(!format!("{m:?}").contains("zak"), "{m:?}");
+    let meeting = meeting_of(m, &Who::provider(Uuid::nil())).unwrap();
+    assert_eq!(meeting.external_id, "81234567890");
+    assert_eq!(meeting.join_url, "https://us05web.zoom.us/j/81234567890?pwd=x");
+    let no_link: ZoomMeeting = serde_json::from_value(serde_json::json!({"id": 1})).unwrap();
+    assert!(matches!(meeting_of(no_link, &Who::provider(Uuid::nil())), Err(ProviderError::Transient(_))));
+}
+
+#[test]
+fn the_daily_limit_resets_at_midnight_utc() {
+    let at = Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 30).unwrap();
+    assert_eq!(until_midnight(at), Duration::from_secs(30));
+    let at = Utc.with_ymd_and_hms(2026, 12, 6, 0, 0, 0).unwrap();
+    assert_eq!(until_midnight(at), Duration::from_secs(86_400));
+}

@@ -1,0 +1,485 @@
+//! Zoom end to end against the fake Zoom: create, move, delete, the marker that makes a create
+//! exactly-once without an idempotency key, token refresh with rotation, and Zoom's error codes.
+
+use std::sync::Arc;
+
+use meetingd::admin::NewIntegration;
+use meetingd::config::Config;
+use meetingd::providers::Platform;
+use meetingd::providers::zoom::marker;
+use meetingd::worker::Worker;
+use meetingd_testkit::db::TestDb;
+use meetingd_testkit::fake_zoom::{self, Fail, FakeZoom};
+use meetingd_testkit::market::{self, Market, job, make_due, meeting};
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
+
+use crate::google::worker_for;
+
+struct Z {
+    _db: TestDb,
+    c: tokio_postgres::Client,
+    m: Market,
+    zoom: FakeZoom,
+    config: Config,
+    worker: Worker,
+    service: Uuid,
+}
+
+/// Stores a Zoom connection for `user` as meetingd's connect flow would (tokens encrypted).
+async fn connect_zoom(config: &Config, user: Uuid, access: &str, refresh: &str, expires_in_secs: i64) {
+    let mut client = meetingd_testkit::db::connect(config.database.url.expose_secret()).await;
+    let new = NewIntegration {
+        user_id: user,
+        platform: Platform::Zoom,
+        access_token: SecretString::from(access.to_string()),
+        refresh_token: Some(SecretString::from(refresh.to_string())),
+        expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(expires_in_secs)),
+        scopes: vec!["meeting:write:meeting".into()],
+        platform_user_id: Some("hostAbc123".into()),
+        email: Some("provider@example.com".into()),
+    };
+    let keyring = config.encryption.keyring().unwrap();
+    market::store_integrations(&mut client, &keyring, "test", &[new]).await.unwrap();
+}
+
+async fn setup_with(expires_in_secs: i64) -> Z {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let m = market::seed(&c).await;
+    let zoom = FakeZoom::start().await;
+    let mut config = db.config();
+    zoom.configure(&mut config);
+    let service = market::service(&c, m.provider, true, Some("zoom")).await;
+    let (access, refresh) = zoom.issue();
+    connect_zoom(&config, m.provider, &access, &refresh, expires_in_secs).await;
+    let worker = worker_for(&config);
+    Z { _db: db, c, m, zoom, config, worker, service }
+}
+
+async fn setup() -> Z {
+    setup_with(3600).await
+}
+
+impl Z {
+    async fn book(&self) -> Uuid {
+        market::book(&self.c, self.service, self.m.customer, "confirmed").await
+    }
+
+    async fn run(&self) {
+        self.worker.run_once().await.unwrap();
+    }
+
+    /// The booking's start in whole seconds (Zoom's precision).
+    async fn booking_start(&self, b: Uuid) -> chrono::DateTime<chrono::Utc> {
+        let start: chrono::DateTime<chrono::Utc> =
+            self.c.query_one("SELECT start_time FROM bookings WHERE id = $1", &[&b]).await.unwrap().get(0);
+        chrono::SubsecRound::trunc_subsecs(start, 0)
+    }
+}
+
+fn creates(zoom: &FakeZoom) -> usize {
+    zoom.calls().iter().filter(|c| *c == "create").count()
+}
+
+#[tokio::test]
+async fn confirmed_booking_gets_a_zoom_link_that_follows_reschedule_and_cancel() {
+    let z = setup().await;
+    let b = z.book().await;
+    z.run().await;
+
+    let state = meeting(&z.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
+    assert_eq!(state.platform.as_deref(), Some("zoom"));
+    let link = state.link.clone().unwrap();
+    assert!(link.starts_with("https://us05web.zoom.us/j/"), "{link}");
+    let id = state.meeting_id.clone().unwrap();
+    assert!(id.bytes().all(|c| c.is_ascii_digit()), "{id}");
+    let stored = z.zoom.meeting(&id).unwrap();
+    assert_eq!(stored.body["type"], 2);
+    assert_eq!(stored.body["topic"], "Consultation with Test User");
+    assert!(stored.body["agenda"].as_str().unwrap().starts_with(&marker(b, 1)));
+    let start: chrono::DateTime<chrono::Utc> = stored.body["start_time"].as_str().unwrap().parse().unwrap();
+    assert_eq!(start, z.booking_start(b).await);
+    assert_eq!(creates(&z.zoom), 1);
+    assert!(!z.zoom.calls().iter().any(|c| c.starts_with("list")), "a first create lists nothing");
+
+    market::reschedule_hours(&z.c, b, 2).await;
+    z.run().await;
+    let moved = z.zoom.meeting(&id).unwrap();
+    let start: chrono::DateTime<chrono::Utc> = moved.body["start_time"].as_str().unwrap().parse().unwrap();
+    assert_eq!(start, z.booking_start(b).await);
+    let state = meeting(&z.c, b).await;
+    assert_eq!(state.link.as_deref(), Some(link.as_str()), "the link stays on reschedule");
+    assert_eq!(state.meeting_id.as_deref(), Some(id.as_str()));
+    assert!(z.zoom.calls().contains(&format!("patch {id}")), "{:?}", z.zoom.calls());
+    assert_eq!(creates(&z.zoom), 1);
+
+    market::set_status(&z.c, b, "cancelled").await;
+    z.run().await;
+    assert!(z.zoom.meeting(&id).unwrap().deleted);
+    assert_eq!(meeting(&z.c, b).await.status.as_deref(), Some("deleted"));
+    assert!(z.zoom.live_meetings().is_empty());
+}
+
+#[tokio::test]
+async fn a_lost_create_answer_ends_with_one_meeting_adopted_by_its_marker() {
+    let z = setup().await;
+    // A few other meetings, listed over several pages before the lost one.
+    for n in 0..3 {
+        z.zoom.plant(&format!("someone else's {n}"), "", "2027-01-01T10:00:00Z", 30);
+    }
+    z.zoom.page_limit(2);
+    z.zoom.fail_next([Fail::lost_answer()]);
+    let b = z.book().await;
+    z.run().await;
+    assert_eq!(job(&z.c, b).await.unwrap().state, "pending");
+    assert_eq!(meeting(&z.c, b).await.link, None);
+    assert_eq!(z.zoom.live_meetings().len(), 4, "Zoom made the meeting; meetingd never heard back");
+
+    make_due(&z.c).await;
+    z.run().await;
+    let state = meeting(&z.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
+    assert_eq!(creates(&z.zoom), 1, "the meeting was adopted, not made again: {:?}", z.zoom.calls());
+    let ours: Vec<_> = z
+        .zoom
+        .live_meetings()
+        .into_iter()
+        .filter(|m| m.body["agenda"].as_str().is_some_and(|a| a.contains(&marker(b, 1))))
+        .collect();
+    assert_eq!(ours.len(), 1);
+    assert_eq!(state.meeting_id, Some(ours[0].body["id"].to_string()));
+    assert_eq!(state.link.as_deref(), ours[0].body["join_url"].as_str());
+    let lists = z.zoom.calls().iter().filter(|c| c.starts_with("list")).count();
+    assert!(lists >= 2, "every page is read: {:?}", z.zoom.calls());
+}
+
+#[tokio::test]
+async fn a_lost_create_answer_then_a_cancel_deletes_the_meeting_by_its_marker() {
+    let z = setup().await;
+    z.zoom.fail_next([Fail::lost_answer()]);
+    let b = z.book().await;
+    z.run().await;
+    assert_eq!(z.zoom.live_meetings().len(), 1);
+
+    market::set_status(&z.c, b, "cancelled").await;
+    z.run().await;
+    assert!(z.zoom.live_meetings().is_empty(), "the recorded intent lets the cancel find the meeting");
+    assert_eq!(job(&z.c, b).await.unwrap().state, "done");
+}
+
+#[tokio::test]
+async fn two_meetings_with_the_marker_end_as_one() {
+    let z = setup().await;
+    z.zoom.fail_next([Fail::lost_answer()]);
+    let b = z.book().await;
+    z.run().await;
+    // A second create of the same (booking, generation) reached Zoom too (say, a racing daemon
+    // whose answer was lost as well).
+    let first = z.zoom.live_meetings().remove(0);
+    let agenda = first.body["agenda"].as_str().unwrap().to_string();
+    let start = first.body["start_time"].as_str().unwrap().to_string();
+    let duration = first.body["duration"].as_i64().unwrap();
+    z.zoom.plant("Consultation with Test User", &agenda, &start, duration);
+    assert_eq!(z.zoom.live_meetings().len(), 2);
+
+    make_due(&z.c).await;
+    z.run().await;
+    let state = meeting(&z.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
+    let live = z.zoom.live_meetings();
+    assert_eq!(live.len(), 1, "one of the two was deleted");
+    assert_eq!(state.meeting_id, Some(live[0].body["id"].to_string()));
+    assert_eq!(creates(&z.zoom), 1);
+}
+
+#[tokio::test]
+async fn a_lost_create_answer_then_a_reschedule_adopts_and_moves_the_meeting() {
+    let z = setup().await;
+    z.zoom.fail_next([Fail::lost_answer()]);
+    let b = z.book().await;
+    z.run().await;
+    market::reschedule_hours(&z.c, b, 3).await;
+    z.run().await;
+    let state = meeting(&z.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
+    let live = z.zoom.live_meetings();
+    assert_eq!(live.len(), 1);
+    let start: chrono::DateTime<chrono::Utc> = live[0].body["start_time"].as_str().unwrap().parse().unwrap();
+    assert_eq!(start, z.booking_start(b).await, "the adopted meeting moved with the booking");
+}
+
+#[tokio::test]
+async fn code_124_refreshes_once_with_basic_auth_and_stores_the_rotated_refresh_token() {
+    let z = setup().await;
+    let before: String =
+        z.c.query_one("SELECT refresh_token FROM user_meeting_integrations WHERE platform = 'zoom'", &[])
+            .await
+            .unwrap()
+            .get(0);
+    z.zoom.fail_next([Fail::invalid_token()]);
+    let b = z.book().await;
+    z.run().await;
+    assert_eq!(meeting(&z.c, b).await.status.as_deref(), Some("ready"));
+    assert_eq!(z.zoom.refresh_calls(), 1);
+    assert_eq!(z.zoom.state.lock().unwrap().refresh_without_basic, 0, "Zoom's token endpoint wants HTTP Basic");
+    let after: String =
+        z.c.query_one("SELECT refresh_token FROM user_meeting_integrations WHERE platform = 'zoom'", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_ne!(before, after, "the rotated refresh token replaced the dead one");
+
+    // The next refresh uses the rotated token (the first one is dead at Zoom).
+    for token in z.zoom.issued_access_tokens() {
+        z.zoom.expire_access(&token);
+    }
+    market::reschedule_hours(&z.c, b, 1).await;
+    z.run().await;
+    assert_eq!(z.zoom.refresh_calls(), 2);
+    let state = meeting(&z.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
+    let active: bool =
+        z.c.query_one("SELECT is_active FROM user_meeting_integrations WHERE platform = 'zoom'", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert!(active);
+}
+
+#[tokio::test]
+async fn a_lost_refresh_answer_ends_as_must_reconnect_and_the_fallback() {
+    // Zoom rotated the refresh token, but meetingd never saw the new one: the stored one is dead.
+    let z = setup_with(60).await;
+    z.zoom.lose_next_refresh_answer();
+    let b = z.book().await;
+    z.run().await;
+    assert_eq!(job(&z.c, b).await.unwrap().state, "pending", "a lost answer is retried");
+    make_due(&z.c).await;
+    z.run().await;
+    assert_eq!(z.zoom.refresh_calls(), 2, "the dead refresh token is tried once more, never again");
+    let active: bool =
+        z.c.query_one("SELECT is_active FROM user_meeting_integrations WHERE platform = 'zoom'", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert!(!active, "the provider must reconnect Zoom");
+    let state = meeting(&z.c, b).await;
+    assert_eq!(state.platform.as_deref(), Some("jitsi"), "{state:?}");
+    let told =
+        market::count(&z.c, "SELECT count(*) FROM meetingd.events WHERE kind = 'integration_needs_reconnect'").await;
+    assert_eq!(told, 1, "the provider is told");
+}
+
+#[tokio::test]
+async fn code_3001_on_delete_counts_as_deleted() {
+    let z = setup().await;
+    let b = z.book().await;
+    z.run().await;
+    let id = meeting(&z.c, b).await.meeting_id.unwrap();
+    z.zoom.fail_next([Fail::new(404, 3001, &format!("Meeting does not exist: {id}."))]);
+    market::set_status(&z.c, b, "cancelled").await;
+    z.run().await;
+    assert_eq!(meeting(&z.c, b).await.status.as_deref(), Some("deleted"));
+    assert_eq!(job(&z.c, b).await.unwrap().state, "done");
+}
+
+#[tokio::test]
+async fn rate_limits_and_3002_are_retried_later() {
+    let z = setup().await;
+    for fail in [Fail::rate_limited(Some("7")), Fail::rate_limited(None), Fail::daily_limit()] {
+        z.zoom.fail_next([fail]);
+        let b = z.book().await;
+        z.run().await;
+        let j = job(&z.c, b).await.unwrap();
+        assert_eq!(j.state, "pending", "{j:?}");
+        assert!(j.last_error.is_some_and(|e| e.contains("rate")), "retried as rate limited");
+        assert_eq!(meeting(&z.c, b).await.link, None);
+        make_due(&z.c).await;
+        z.run().await;
+        assert_eq!(meeting(&z.c, b).await.status.as_deref(), Some("ready"));
+    }
+
+    let b = z.book().await;
+    z.run().await;
+    z.zoom.fail_next([Fail::new(400, 3002, "Sorry, you cannot delete this meeting since it is in progress.")]);
+    market::set_status(&z.c, b, "cancelled").await;
+    z.run().await;
+    assert_eq!(job(&z.c, b).await.unwrap().state, "pending", "in progress: deleted later");
+    make_due(&z.c).await;
+    z.run().await;
+    assert_eq!(meeting(&z.c, b).await.status.as_deref(), Some("deleted"));
+}
+
+#[tokio::test]
+async fn zoom_is_not_offered_without_a_client() {
+    let z = setup().await;
+    let mut config = z.config.clone();
+    config.zoom.client_id = String::new();
+    let worker = worker_for(&config);
+    let b = z.book().await;
+    worker.run_once().await.unwrap();
+    let state = meeting(&z.c, b).await;
+    assert_eq!(state.platform.as_deref(), Some("jitsi"), "{state:?}");
+    assert!(z.zoom.calls().is_empty());
+}
+
+/// Log lines captured from everything the test runs (meetingd and its HTTP stacks), at TRACE.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_log_line_or_row_ever_contains_a_token_or_a_start_url() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // A refresh after 124, a lost create answer and its adoption, a move, a delete.
+    let z = setup_with(60).await;
+    z.zoom.fail_next([Fail::invalid_token()]);
+    let b = z.book().await;
+    z.run().await;
+    z.zoom.fail_next([Fail::lost_answer()]);
+    let b2 = z.book().await;
+    z.run().await;
+    make_due(&z.c).await;
+    z.run().await;
+    market::reschedule_hours(&z.c, b, 1).await;
+    market::set_status(&z.c, b2, "cancelled").await;
+    z.run().await;
+    assert_eq!(meeting(&z.c, b).await.status.as_deref(), Some("ready"));
+    assert_eq!(meeting(&z.c, b2).await.status.as_deref(), Some("deleted"));
+    assert!(z.zoom.refresh_calls() >= 1);
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(text.lines().count() > 20, "the capture works: {text}");
+    assert!(text.contains("adopted the Zoom meeting"), "{text}");
+    let start_urls = z.zoom.start_urls();
+    assert!(!start_urls.is_empty());
+    for secret in z.zoom.all_secrets().iter().chain(&start_urls).chain([&fake_zoom::CLIENT_SECRET.to_string()]) {
+        assert!(!text.contains(secret.as_str()), "a log line contains a secret ({secret})");
+    }
+    assert!(!text.contains("-secret") && !text.contains("zak="), "{text}");
+    // Nor any row meetingd writes.
+    let dump: String =
+        z.c.query_one(
+            "SELECT concat_ws(' ', (SELECT string_agg(b::text, ' ') FROM bookings b),
+                                   (SELECT string_agg(j::text, ' ') FROM meetingd.jobs j),
+                                   (SELECT string_agg(m::text, ' ') FROM meetingd.meetings m),
+                                   (SELECT string_agg(a::text, ' ') FROM meetingd.audit_log a))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!dump.contains("zak="), "{dump}");
+    for url in &start_urls {
+        assert!(!dump.contains(url.as_str()), "a row holds a start_url");
+    }
+}
+
+#[tokio::test]
+async fn connecting_a_zoom_account_uses_pkce_s256_basic_auth_and_learns_the_account() {
+    use meetingd::providers::auth::PlatformAuth;
+
+    let z = setup().await;
+    let auth = meetingd::providers::zoom::ZoomAuth::from_config(&z.config.zoom).unwrap().unwrap();
+    let redirect: url::Url = "https://meetingd.example.com/api/auth/zoom/callback".parse().unwrap();
+    let authorization = auth.authorize(&redirect, "state-1");
+    let code = z.zoom.consent(&authorization.url);
+    let tokens = auth.client().exchange_code(&code, &authorization.pkce_verifier, &redirect).await.unwrap();
+    assert_eq!(z.zoom.state.lock().unwrap().refresh_without_basic, 0);
+    let granted = tokens.granted_scopes(meetingd::providers::zoom::OAUTH.scopes);
+    assert!(meetingd::providers::zoom::OAUTH.missing_scopes(&granted).is_empty(), "{granted:?}");
+    let identity = auth.identity(&tokens.access_token).await.unwrap();
+    assert_eq!(identity.platform_user_id.as_deref(), Some("hostAbc123"));
+    assert_eq!(identity.email.as_deref(), Some("provider@example.com"));
+
+    // Disconnect revokes at Zoom, authenticated like the token endpoint.
+    let refresh = tokens.refresh_token.unwrap();
+    auth.client().revoke(auth.revoke_url().unwrap(), &refresh).await.unwrap();
+    assert_eq!(z.zoom.revoked(), [refresh.expose_secret().to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_needing_a_refresh_refresh_once_and_never_use_the_dead_token() {
+    // The stored access token is due: both daemons want a refresh at once, and Zoom's refresh
+    // token dies at its first use (a second use would deactivate the integration).
+    let z = setup_with(60).await;
+    let other = worker_for(&z.config);
+    let (b1, b2) = (z.book().await, z.book().await);
+    let (r1, r2) = tokio::join!(z.worker.run_once(), other.run_once());
+    r1.unwrap();
+    r2.unwrap();
+    make_due(&z.c).await;
+    z.run().await;
+    for b in [b1, b2] {
+        let state = meeting(&z.c, b).await;
+        assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("zoom")), "{state:?}");
+    }
+    assert_eq!(z.zoom.refresh_calls(), 1);
+    let active: bool =
+        z.c.query_one("SELECT is_active FROM user_meeting_integrations WHERE platform = 'zoom'", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert!(active);
+}
+
+#[tokio::test]
+async fn an_integration_added_with_the_cli_gets_zoom_meetings() {
+    use crate::cli::{meetingd, text};
+
+    let z = setup().await;
+    z.c.execute("DELETE FROM user_meeting_integrations", &[]).await.unwrap();
+    let (access, refresh) = z.zoom.issue();
+    let dir = std::env::temp_dir().join(format!("meetingd-zoom-cli-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (access_file, refresh_file) = (dir.join("access"), dir.join("refresh"));
+    std::fs::write(&access_file, format!("{access}\n")).unwrap();
+    std::fs::write(&refresh_file, format!("{refresh}\n")).unwrap();
+    let expires = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let user = z.m.provider.to_string();
+    let out = meetingd(
+        &[
+            "integrations",
+            "add",
+            "--user",
+            &user,
+            "--platform",
+            "zoom",
+            "--access-token-file",
+            access_file.to_str().unwrap(),
+            "--refresh-token-file",
+            refresh_file.to_str().unwrap(),
+            "--expires-at",
+            &expires,
+        ],
+        &[
+            ("MEETINGD_DATABASE__URL", z.config.database.url.expose_secret()),
+            ("MEETINGD_ENCRYPTION__KEY", z.config.encryption.key.expose_secret()),
+        ],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let b = z.book().await;
+    z.run().await;
+    let state = meeting(&z.c, b).await;
+    assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("zoom")), "{state:?}");
+}
