@@ -25,10 +25,11 @@ use google_calendar3::{CalendarHub, hyper_util};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
+use super::account::{Access, CallFailure, Who};
 use super::{Account, Marked, Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after};
 use crate::config::GoogleConfig;
 use crate::oauth::OAuthClient;
-use crate::tokens::{TokenError, TokenStore, Whose};
+use crate::tokens::TokenStore;
 
 mod auth;
 
@@ -98,6 +99,16 @@ enum CallError {
     Other(ProviderError),
 }
 
+impl CallFailure for CallError {
+    fn is_unauthorized(&self) -> bool {
+        matches!(self, CallError::Unauthorized)
+    }
+
+    fn from_provider(error: ProviderError) -> Self {
+        CallError::Other(error)
+    }
+}
+
 /// The event id for a booking's nth meeting: Google allows `[a-v0-9]{5,1024}`; a deleted id stays
 /// reserved forever, hence the generation.
 pub fn event_id(booking: Uuid, generation: i32) -> String {
@@ -142,44 +153,14 @@ impl GoogleMeet {
         Duration::from_millis(self.config.request_timeout_ms)
     }
 
-    async fn token(&self, who: &Who, refused: Option<&SecretString>) -> Result<SecretString, ProviderError> {
-        let pinned = who.account.get();
-        let whose = pinned.map_or(Whose::Provider(who.user), Whose::Account);
-        let (token, account) =
-            self.tokens.access_token(whose, Platform::GoogleMeet, &self.oauth, refused).await.map_err(|e| match e {
-                TokenError::NotConnected(_) | TokenError::Revoked(_) if who.existing => {
-                    ProviderError::AccountGone(e.to_string())
-                }
-                TokenError::NotConnected(_) | TokenError::Revoked(_) => ProviderError::Revoked,
-                TokenError::AccountGone(_) => ProviderError::AccountGone(e.to_string()),
-                TokenError::Unreadable(_, _) => ProviderError::AccountUnusable(e.to_string()),
-                TokenError::OAuth(crate::oauth::OAuthError::Client(m)) => {
-                    ProviderError::Permanent(format!("Google refused meetingd's OAuth client ({m}); an administrator must check google.client_id and the client secret"))
-                }
-                TokenError::OAuth(e) => ProviderError::Transient(e.to_string()),
-                TokenError::Db(e) => ProviderError::Transient(e.to_string()),
-            })?;
-        // Every later call of this operation acts in the same account.
-        let _ = who.account.set(account);
-        Ok(token)
-    }
-
-    /// Runs `call` with a valid token of `who`'s account; a 401 forces one refresh and one more try.
-    async fn authorized<T, F, Fut>(&self, who: &Who, call: F) -> Result<T, CallError>
-    where
-        F: Fn(SecretString) -> Fut,
-        Fut: std::future::Future<Output = Result<T, CallError>>,
-    {
-        let token = self.token(who, None).await.map_err(CallError::Other)?;
-        match call(token.clone()).await {
-            Err(CallError::Unauthorized) => {
-                let fresh = self.token(who, Some(&token)).await.map_err(CallError::Other)?;
-                match call(fresh).await {
-                    Err(CallError::Unauthorized) => Err(CallError::Other(ProviderError::Unauthorized)),
-                    other => other,
-                }
-            }
-            other => other,
+    /// The way into connected Google accounts.
+    fn access(&self) -> Access<'_> {
+        Access {
+            tokens: &self.tokens,
+            oauth: &self.oauth,
+            platform: Platform::GoogleMeet,
+            vendor: "Google",
+            section: "google",
         }
     }
 
@@ -280,7 +261,7 @@ impl GoogleMeet {
         loop {
             match conference_state(&event) {
                 Conference::Ready(link) => {
-                    return Ok(Meeting { external_id: id, join_url: link, account: who.account.get().cloned() });
+                    return Ok(Meeting { external_id: id, join_url: link, account: who.account() });
                 }
                 Conference::Failed if round < 3 => {
                     // Google could not make the conference: ask again with a new requestId.
@@ -289,7 +270,11 @@ impl GoogleMeet {
                         conference_data: Some(conference_request(req.booking_id, req.generation, round)),
                         ..Default::default()
                     };
-                    event = self.authorized(who, |t| self.patch(t, &id, patch.clone())).await.map_err(into_provider)?;
+                    event = self
+                        .access()
+                        .authorized(who, |t| self.patch(t, &id, patch.clone()))
+                        .await
+                        .map_err(into_provider)?;
                     continue;
                 }
                 Conference::Failed => {
@@ -302,31 +287,8 @@ impl GoogleMeet {
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(2));
-            event = self.authorized(who, |t| self.get(t, &id)).await.map_err(into_provider)?;
+            event = self.access().authorized(who, |t| self.get(t, &id)).await.map_err(into_provider)?;
         }
-    }
-}
-
-/// Whose account one operation acts in: pinned to the meeting's account when it has one, else
-/// to the provider's account as the first token read finds it.
-struct Who {
-    user: Uuid,
-    account: std::sync::OnceLock<Account>,
-    /// Acting on an existing meeting: an account that cannot be used leaves it unreachable.
-    existing: bool,
-}
-
-impl Who {
-    fn provider(user: Uuid) -> Who {
-        Who { user, account: std::sync::OnceLock::new(), existing: false }
-    }
-
-    fn of(meeting: &Meeting, provider: Uuid) -> Who {
-        let account = std::sync::OnceLock::new();
-        if let Some(a) = &meeting.account {
-            let _ = account.set(a.clone());
-        }
-        Who { user: meeting.account.as_ref().map_or(provider, |a| a.user_id), account, existing: true }
     }
 }
 
@@ -462,11 +424,11 @@ impl MeetingProvider for GoogleMeet {
         let who = Who::provider(req.provider_user_id);
         let event = self.new_event(req);
         let id = event.id.clone().unwrap_or_default();
-        let created = match self.authorized(&who, |t| self.insert(t, event.clone())).await {
+        let created = match self.access().authorized(&who, |t| self.insert(t, event.clone())).await {
             Ok(created) => created,
             // Created by an earlier attempt whose answer was lost: adopt it.
             Err(CallError::Duplicate) => {
-                let existing = self.authorized(&who, |t| self.get(t, &id)).await.map_err(into_provider)?;
+                let existing = self.access().authorized(&who, |t| self.get(t, &id)).await.map_err(into_provider)?;
                 if existing.status.as_deref() == Some("cancelled") {
                     return Err(ProviderError::Permanent(format!(
                         "the Google Calendar event {id} was deleted in Google Calendar; meetingd will not reuse its id"
@@ -478,7 +440,10 @@ impl MeetingProvider for GoogleMeet {
                 if at(&existing.start) == Some(req.start) && at(&existing.end) == Some(req.end) {
                     existing
                 } else {
-                    self.authorized(&who, |t| self.patch(t, &id, schedule(req))).await.map_err(into_provider)?
+                    self.access()
+                        .authorized(&who, |t| self.patch(t, &id, schedule(req)))
+                        .await
+                        .map_err(into_provider)?
                 }
             }
             Err(e) => return Err(into_provider(e)),
@@ -490,22 +455,21 @@ impl MeetingProvider for GoogleMeet {
         let who = Who::of(existing, req.provider_user_id);
         let patch = schedule(req);
         let updated = self
+            .access()
             .authorized(&who, |t| self.patch(t, &existing.external_id, patch.clone()))
             .await
             .map_err(into_provider)?;
         match conference_state(&updated) {
-            Conference::Ready(link) => Ok(Meeting {
-                external_id: existing.external_id.clone(),
-                join_url: link,
-                account: who.account.get().cloned(),
-            }),
-            _ => Ok(Meeting { account: who.account.get().cloned(), ..existing.clone() }),
+            Conference::Ready(link) => {
+                Ok(Meeting { external_id: existing.external_id.clone(), join_url: link, account: who.account() })
+            }
+            _ => Ok(Meeting { account: who.account(), ..existing.clone() }),
         }
     }
 
     async fn delete(&self, existing: &Meeting, provider: Uuid) -> Result<(), ProviderError> {
         let who = Who::of(existing, provider);
-        match self.authorized(&who, |t| self.remove(t, &existing.external_id)).await {
+        match self.access().authorized(&who, |t| self.remove(t, &existing.external_id)).await {
             Ok(()) | Err(CallError::NotFound) => Ok(()),
             Err(e) => Err(into_provider(e)),
         }
@@ -526,7 +490,7 @@ impl MeetingProvider for GoogleMeet {
         let mut marked = Vec::new();
         let mut page: Option<String> = None;
         loop {
-            let events = match self.authorized(&who, |t| self.list_page(t, page.clone())).await {
+            let events = match self.access().authorized(&who, |t| self.list_page(t, page.clone())).await {
                 Ok(events) => events,
                 Err(e) => return Some(Err(into_provider(e))),
             };

@@ -6,6 +6,7 @@
 //! platform's wire format and OAuth facts stay inside its own module; nothing here touches the
 //! database.
 
+mod account;
 pub mod auth;
 pub mod google;
 pub mod jitsi;

@@ -23,10 +23,11 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{Account, Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after};
+use super::account::{Access, CallFailure, Who};
+use super::{Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after};
 use crate::config::ZoomConfig;
 use crate::oauth::OAuthClient;
-use crate::tokens::{TokenError, TokenStore, Whose};
+use crate::tokens::TokenStore;
 
 mod auth;
 
@@ -142,6 +143,16 @@ enum CallError {
     Other(ProviderError),
 }
 
+impl CallFailure for CallError {
+    fn is_unauthorized(&self) -> bool {
+        matches!(self, CallError::Unauthorized)
+    }
+
+    fn from_provider(error: ProviderError) -> Self {
+        CallError::Other(error)
+    }
+}
+
 /// Maps Zoom's answer to what the worker does, by HTTP status and Zoom's `code`.
 fn classify(status: u16, body: &[u8], retry_after: Option<Duration>, now: DateTime<Utc>) -> CallError {
     let error: ZoomError = serde_json::from_slice(body).unwrap_or_default();
@@ -225,46 +236,9 @@ impl Zoom {
         Zoom { http, config, oauth, tokens }
     }
 
-    async fn token(&self, who: &Who, refused: Option<&SecretString>) -> Result<SecretString, ProviderError> {
-        let pinned = who.account.get();
-        let whose = pinned.map_or(Whose::Provider(who.user), Whose::Account);
-        let (token, account) =
-            self.tokens.access_token(whose, Platform::Zoom, &self.oauth, refused).await.map_err(|e| match e {
-                TokenError::NotConnected(_) | TokenError::Revoked(_) if who.existing => {
-                    ProviderError::AccountGone(e.to_string())
-                }
-                TokenError::NotConnected(_) | TokenError::Revoked(_) => ProviderError::Revoked,
-                TokenError::AccountGone(_) => ProviderError::AccountGone(e.to_string()),
-                TokenError::Unreadable(_, _) => ProviderError::AccountUnusable(e.to_string()),
-                TokenError::OAuth(crate::oauth::OAuthError::Client(m)) => ProviderError::Permanent(format!(
-                    "Zoom refused meetingd's OAuth client ({m}); an administrator must check zoom.client_id and the client secret"
-                )),
-                TokenError::OAuth(e) => ProviderError::Transient(e.to_string()),
-                TokenError::Db(e) => ProviderError::Transient(e.to_string()),
-            })?;
-        // Every later call of this operation acts in the same account.
-        let _ = who.account.set(account);
-        Ok(token)
-    }
-
-    /// Runs `call` with a valid token of `who`'s account; a 401 (code 124) makes the token store
-    /// re-read the row (another daemon may have refreshed) or refresh, once, and `call` runs again.
-    async fn authorized<T, F, Fut>(&self, who: &Who, call: F) -> Result<T, CallError>
-    where
-        F: Fn(SecretString) -> Fut,
-        Fut: std::future::Future<Output = Result<T, CallError>>,
-    {
-        let token = self.token(who, None).await.map_err(CallError::Other)?;
-        match call(token.clone()).await {
-            Err(CallError::Unauthorized) => {
-                let fresh = self.token(who, Some(&token)).await.map_err(CallError::Other)?;
-                match call(fresh).await {
-                    Err(CallError::Unauthorized) => Err(CallError::Other(ProviderError::Unauthorized)),
-                    other => other,
-                }
-            }
-            other => other,
-        }
+    /// The way into connected Zoom accounts.
+    fn access(&self) -> Access<'_> {
+        Access { tokens: &self.tokens, oauth: &self.oauth, platform: Platform::Zoom, vendor: "Zoom", section: "zoom" }
     }
 
     /// One request to Zoom's API; the answer's body on a 2xx.
@@ -348,7 +322,8 @@ impl Zoom {
         let mut found = Vec::new();
         let mut page: Option<String> = None;
         loop {
-            let list = self.authorized(who, |t| self.list_page(t, page.clone())).await.map_err(into_provider)?;
+            let list =
+                self.access().authorized(who, |t| self.list_page(t, page.clone())).await.map_err(into_provider)?;
             found.extend(list.meetings.into_iter().filter(|m| m.agenda.as_deref().is_some_and(|a| a.contains(mark))));
             match list.next_page_token {
                 Some(next) if !next.is_empty() => page = Some(next),
@@ -369,7 +344,7 @@ impl Zoom {
         let keep = found.remove(0);
         for extra in found {
             let id = extra.id.to_string();
-            match self.authorized(who, |t| self.remove(t, &id)).await {
+            match self.access().authorized(who, |t| self.remove(t, &id)).await {
                 Ok(()) | Err(CallError::NotFound) => {
                     tracing::info!(booking_id = %req.booking_id, meeting_id = %id, "deleted a second Zoom meeting an earlier attempt created");
                 }
@@ -392,8 +367,8 @@ impl Zoom {
     /// answers 204 without a body.
     async fn moved(&self, who: &Who, id: &str, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
         let body = meeting_body(req, false);
-        self.authorized(who, |t| self.patch(t, id, body.clone())).await.map_err(into_provider)?;
-        let fresh = self.authorized(who, |t| self.get(t, id)).await.map_err(into_provider)?;
+        self.access().authorized(who, |t| self.patch(t, id, body.clone())).await.map_err(into_provider)?;
+        let fresh = self.access().authorized(who, |t| self.get(t, id)).await.map_err(into_provider)?;
         meeting_of(fresh, who)
     }
 }
@@ -406,33 +381,6 @@ fn meeting_of(m: ZoomMeeting, who: &Who) -> Result<Meeting, ProviderError> {
     Ok(Meeting { external_id: m.id.to_string(), join_url, account: who.account() })
 }
 
-/// Whose account one operation acts in: pinned to the meeting's account when it has one, else
-/// to the provider's account as the first token read finds it.
-struct Who {
-    user: Uuid,
-    account: std::sync::OnceLock<Account>,
-    /// Acting on an existing meeting: an account that cannot be used leaves it unreachable.
-    existing: bool,
-}
-
-impl Who {
-    fn provider(user: Uuid) -> Who {
-        Who { user, account: std::sync::OnceLock::new(), existing: false }
-    }
-
-    fn of(meeting: &Meeting, provider: Uuid) -> Who {
-        let account = std::sync::OnceLock::new();
-        if let Some(a) = &meeting.account {
-            let _ = account.set(a.clone());
-        }
-        Who { user: meeting.account.as_ref().map_or(provider, |a| a.user_id), account, existing: true }
-    }
-
-    fn account(&self) -> Option<Account> {
-        self.account.get().cloned()
-    }
-}
-
 #[async_trait::async_trait]
 impl MeetingProvider for Zoom {
     fn platform(&self) -> Platform {
@@ -442,7 +390,7 @@ impl MeetingProvider for Zoom {
     async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
         let who = Who::provider(req.provider_user_id);
         let body = meeting_body(req, true);
-        let created = self.authorized(&who, |t| self.post(t, body.clone())).await.map_err(into_provider)?;
+        let created = self.access().authorized(&who, |t| self.post(t, body.clone())).await.map_err(into_provider)?;
         meeting_of(created, &who)
     }
 
@@ -453,7 +401,7 @@ impl MeetingProvider for Zoom {
             return Ok(adopted);
         }
         let body = meeting_body(req, true);
-        let created = self.authorized(&who, |t| self.post(t, body.clone())).await.map_err(into_provider)?;
+        let created = self.access().authorized(&who, |t| self.post(t, body.clone())).await.map_err(into_provider)?;
         meeting_of(created, &who)
     }
 
@@ -477,7 +425,7 @@ impl MeetingProvider for Zoom {
             None => return Ok(()),
         };
         for id in ids {
-            match self.authorized(&who, |t| self.remove(t, &id)).await {
+            match self.access().authorized(&who, |t| self.remove(t, &id)).await {
                 Ok(()) | Err(CallError::NotFound) => {}
                 Err(e) => return Err(into_provider(e)),
             }
