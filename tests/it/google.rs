@@ -487,30 +487,9 @@ async fn meeting_settings_shape_the_event_and_unknown_keys_fail() {
     assert_eq!(audit(&g.c, b2).await, [("meeting.create".to_string(), "failed".to_string())]);
 }
 
-/// Log lines captured from everything the test runs (meetingd and its HTTP stacks), at TRACE.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn no_log_line_ever_contains_a_token_or_the_client_secret() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = meetingd_testkit::logs::capture_trace();
 
     // Refresh, a 401 with a forced refresh, a revoked refresh token, and a decrypt failure.
     let g = setup_with(60, |_| {}).await;
@@ -535,7 +514,7 @@ async fn no_log_line_ever_contains_a_token_or_the_client_secret() {
     g.run().await;
     assert!(g.google.refresh_calls() >= 2);
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     assert!(text.lines().count() > 20, "the capture works: {text}");
     assert!(text.contains("access token refreshed") && text.contains("must reconnect"), "{text}");
     for secret in g.google.all_secrets().iter().chain([&meetingd_client_secret()]) {

@@ -1,8 +1,6 @@
 //! Zoom end to end against the fake Zoom: create, move, delete, the marker that makes a create
 //! exactly-once without an idempotency key, token refresh with rotation, and Zoom's error codes.
 
-use std::sync::Arc;
-
 use meetingd::admin::NewIntegration;
 use meetingd::config::Config;
 use meetingd::providers::Platform;
@@ -325,30 +323,9 @@ async fn zoom_is_not_offered_without_a_client() {
     assert!(z.zoom.calls().is_empty());
 }
 
-/// Log lines captured from everything the test runs (meetingd and its HTTP stacks), at TRACE.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn no_log_line_or_row_ever_contains_a_token_or_a_start_url() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = meetingd_testkit::logs::capture_trace();
 
     // A refresh after 124, a lost create answer and its adoption, a move, a delete.
     let z = setup_with(60).await;
@@ -367,7 +344,7 @@ async fn no_log_line_or_row_ever_contains_a_token_or_a_start_url() {
     assert_eq!(meeting(&z.c, b2).await.status.as_deref(), Some("deleted"));
     assert!(z.zoom.refresh_calls() >= 1);
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     assert!(text.lines().count() > 20, "the capture works: {text}");
     assert!(text.contains("adopted the Zoom meeting"), "{text}");
     let start_urls = z.zoom.start_urls();

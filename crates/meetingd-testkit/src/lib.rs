@@ -16,6 +16,7 @@ pub mod db;
 pub mod fake_google;
 pub mod fake_zoom;
 pub mod jwks;
+pub mod logs;
 pub mod market;
 pub mod pgbouncer;
 
