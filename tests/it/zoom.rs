@@ -68,6 +68,15 @@ impl Z {
         self.worker.run_once().await.unwrap();
     }
 
+    /// Whether the provider's Zoom integration is still active.
+    async fn zoom_active(&self) -> bool {
+        self.c
+            .query_one("SELECT is_active FROM user_meeting_integrations WHERE platform = 'zoom'", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// The booking's start in whole seconds (Zoom's precision).
     async fn booking_start(&self, b: Uuid) -> chrono::DateTime<chrono::Utc> {
         let start: chrono::DateTime<chrono::Utc> =
@@ -238,11 +247,7 @@ async fn code_124_refreshes_once_with_basic_auth_and_stores_the_rotated_refresh_
     assert_eq!(z.zoom.refresh_calls(), 2);
     let state = meeting(&z.c, b).await;
     assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
-    let active: bool =
-        z.c.query_one("SELECT is_active FROM user_meeting_integrations WHERE platform = 'zoom'", &[])
-            .await
-            .unwrap()
-            .get(0);
+    let active = z.zoom_active().await;
     assert!(active);
 }
 
@@ -257,11 +262,7 @@ async fn a_lost_refresh_answer_ends_as_must_reconnect_and_the_fallback() {
     make_due(&z.c).await;
     z.run().await;
     assert_eq!(z.zoom.refresh_calls(), 2, "the dead refresh token is tried once more, never again");
-    let active: bool =
-        z.c.query_one("SELECT is_active FROM user_meeting_integrations WHERE platform = 'zoom'", &[])
-            .await
-            .unwrap()
-            .get(0);
+    let active = z.zoom_active().await;
     assert!(!active, "the provider must reconnect Zoom");
     let state = meeting(&z.c, b).await;
     assert_eq!(state.platform.as_deref(), Some("jitsi"), "{state:?}");
@@ -411,11 +412,7 @@ async fn two_daemons_needing_a_refresh_refresh_once_and_never_use_the_dead_token
         assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("zoom")), "{state:?}");
     }
     assert_eq!(z.zoom.refresh_calls(), 1);
-    let active: bool =
-        z.c.query_one("SELECT is_active FROM user_meeting_integrations WHERE platform = 'zoom'", &[])
-            .await
-            .unwrap()
-            .get(0);
+    let active = z.zoom_active().await;
     assert!(active);
 }
 

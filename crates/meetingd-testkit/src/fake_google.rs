@@ -131,9 +131,7 @@ impl FakeGoogle {
             .route("/calendar/v3/calendars/{cal}/events", post(insert).get(list_events))
             .route("/calendar/v3/calendars/{cal}/events/{id}", get(get_event).patch(patch_event).delete(delete_event))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = crate::serve_locally(app).await;
         FakeGoogle { addr, state }
     }
 

@@ -129,9 +129,7 @@ impl FakeZoom {
             .route("/v2/users/me/meetings", post(create).get(list))
             .route("/v2/meetings/{id}", get(get_meeting).patch(patch_meeting).delete(delete_meeting))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = crate::serve_locally(app).await;
         FakeZoom { addr, state }
     }
 

@@ -36,9 +36,7 @@ impl FakeJwks {
     pub async fn start(keys: Vec<Value>) -> FakeJwks {
         let state = Arc::new(Mutex::new(Inner { keys, ..Inner::default() }));
         let app = Router::new().route("/.well-known/jwks.json", get(serve)).with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = crate::serve_locally(app).await;
         FakeJwks { addr, state }
     }
 

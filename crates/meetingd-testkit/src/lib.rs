@@ -39,6 +39,15 @@ impl Drop for Running {
     }
 }
 
+/// Serves `app` on a free port of 127.0.0.1 for the rest of the test (the in-process fakes of the
+/// platforms and of an auth service); its address.
+pub async fn serve_locally(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
 /// The cargo target directory the running program was built in: the nearest directory above the
 /// executable that holds cargo's `CACHEDIR.TAG` (a test binary lives in `target/debug/deps`, a
 /// tool in `target/release`), else `CARGO_TARGET_DIR` when absolute, else the workspace's `target`.
