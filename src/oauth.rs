@@ -7,12 +7,77 @@
 
 use std::time::Duration;
 
-use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::basic::{BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenResponse};
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, PkceCodeChallenge, PkceCodeVerifier,
-    RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet, PkceCodeChallenge,
+    PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardRevocableToken, TokenResponse,
+    TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// The `oauth2` client with [`TokenEndpointError`] as its error answer.
+type Client<HasAuthUrl = EndpointNotSet, HasTokenUrl = EndpointNotSet> = oauth2::Client<
+    TokenEndpointError,
+    BasicTokenResponse,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    HasAuthUrl,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    HasTokenUrl,
+>;
+
+/// A token endpoint's error answer, as the platforms send it: RFC 6749 §5.2's `error` (which
+/// Zoom sometimes leaves out), Zoom's numeric `code`, and the Microsoft identity platform's
+/// `error_codes`. Every field is optional, so any JSON object is read; a body that is not JSON
+/// is a parse failure. `error_description` is kept out: it is free text that can echo the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct TokenEndpointError {
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Zoom's error code (4735: the refresh token is invalid, 4741: the token was revoked).
+    #[serde(default)]
+    pub code: Option<i64>,
+    /// The Microsoft identity platform's AADSTS numbers.
+    #[serde(default)]
+    pub error_codes: Vec<i64>,
+}
+
+impl std::fmt::Display for TokenEndpointError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.error.as_deref().unwrap_or("an error"))?;
+        if let Some(code) = self.code {
+            write!(f, " (code {code})")?;
+        }
+        if !self.error_codes.is_empty() {
+            let codes: Vec<String> = self.error_codes.iter().map(i64::to_string).collect();
+            write!(f, " (AADSTS{})", codes.join(", AADSTS"))?;
+        }
+        Ok(())
+    }
+}
+
+impl oauth2::ErrorResponse for TokenEndpointError {}
+
+/// Zoom's codes for a refresh token that is dead: 4735 (invalid, e.g. rotated away, or its owner
+/// gone) and 4741 (revoked).
+const ZOOM_DEAD_TOKEN_CODES: [i64; 2] = [4735, 4741];
+
+impl TokenEndpointError {
+    /// What the answer means for the grant, by its `error` and codes (never by free text).
+    fn classify(&self) -> OAuthError {
+        match self.error.as_deref() {
+            // The grant is gone, or only the user can renew it (OpenID Connect's two).
+            Some("invalid_grant" | "interaction_required" | "consent_required") => OAuthError::Revoked,
+            _ if self.code.is_some_and(|c| ZOOM_DEAD_TOKEN_CODES.contains(&c)) => OAuthError::Revoked,
+            Some(e @ ("invalid_client" | "unauthorized_client")) => OAuthError::Client(e.to_string()),
+            _ => OAuthError::Transient(format!("token endpoint answered {self}")),
+        }
+    }
+}
 
 /// One platform's OAuth client.
 #[derive(Clone)]
@@ -76,17 +141,9 @@ pub struct Authorization {
     pub pkce_verifier: SecretString,
 }
 
-fn classify<RE: std::error::Error + 'static>(
-    e: RequestTokenError<RE, oauth2::StandardErrorResponse<BasicErrorResponseType>>,
-) -> OAuthError {
+fn classify<RE: std::error::Error + 'static>(e: RequestTokenError<RE, TokenEndpointError>) -> OAuthError {
     match e {
-        RequestTokenError::ServerResponse(r) => match r.error() {
-            BasicErrorResponseType::InvalidGrant => OAuthError::Revoked,
-            BasicErrorResponseType::InvalidClient | BasicErrorResponseType::UnauthorizedClient => {
-                OAuthError::Client(r.error().to_string())
-            }
-            other => OAuthError::Transient(format!("token endpoint answered {other}")),
-        },
+        RequestTokenError::ServerResponse(r) => r.classify(),
         RequestTokenError::Request(e) => OAuthError::Transient(e.to_string()),
         // The body is not quoted: it could hold a token.
         RequestTokenError::Parse(_, _) => OAuthError::Transient("unreadable token endpoint response".into()),
@@ -94,7 +151,7 @@ fn classify<RE: std::error::Error + 'static>(
     }
 }
 
-fn tokens(response: &oauth2::basic::BasicTokenResponse) -> Refreshed {
+fn tokens(response: &BasicTokenResponse) -> Refreshed {
     Refreshed {
         access_token: SecretString::from(response.access_token().secret().to_string()),
         refresh_token: response.refresh_token().map(|t| SecretString::from(t.secret().to_string())),
@@ -114,7 +171,7 @@ impl OAuthClient {
         extra_params: &[(&str, &str)],
         state: &str,
     ) -> Authorization {
-        let client = BasicClient::new(ClientId::new(self.client_id.clone()))
+        let client = Client::new(ClientId::new(self.client_id.clone()))
             .set_auth_uri(AuthUrl::from_url(auth_url.clone()))
             .set_redirect_uri(RedirectUrl::from_url(redirect_url.clone()));
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -137,7 +194,7 @@ impl OAuthClient {
         pkce_verifier: &SecretString,
         redirect_url: &url::Url,
     ) -> Result<Refreshed, OAuthError> {
-        let client = BasicClient::new(ClientId::new(self.client_id.clone()))
+        let client = Client::new(ClientId::new(self.client_id.clone()))
             .set_client_secret(ClientSecret::new(self.client_secret.expose_secret().to_string()))
             .set_auth_type(self.auth_type.clone())
             .set_token_uri(TokenUrl::from_url(self.token_url.clone()))
@@ -193,7 +250,7 @@ impl OAuthClient {
 
     /// The refresh grant (RFC 6749 §6).
     pub async fn refresh(&self, refresh_token: &SecretString) -> Result<Refreshed, OAuthError> {
-        let client = BasicClient::new(ClientId::new(self.client_id.clone()))
+        let client = Client::new(ClientId::new(self.client_id.clone()))
             .set_client_secret(ClientSecret::new(self.client_secret.expose_secret().to_string()))
             .set_auth_type(self.auth_type.clone())
             .set_token_uri(TokenUrl::from_url(self.token_url.clone()));
@@ -214,6 +271,36 @@ mod tests {
             expires_in: None,
             scopes: scopes.map(|s| s.iter().map(|s| s.to_string()).collect()),
         }
+    }
+
+    fn answered(body: &str) -> OAuthError {
+        serde_json::from_str::<TokenEndpointError>(body).expect("any JSON object is an error answer").classify()
+    }
+
+    #[test]
+    fn token_endpoint_errors_are_classified_by_error_and_code() {
+        // Zoom's dead refresh token, with and without an `error`.
+        assert!(matches!(answered(r#"{"reason":"Invalid Token!","error":"invalid_grant"}"#), OAuthError::Revoked));
+        assert!(matches!(answered(r#"{"code":4735,"message":"Invalid refresh token."}"#), OAuthError::Revoked));
+        assert!(matches!(answered(r#"{"code":4741,"message":"Token has been revoked."}"#), OAuthError::Revoked));
+        assert!(matches!(
+            answered(r#"{"error":"invalid_request","code":4741,"reason":"Token has been revoked."}"#),
+            OAuthError::Revoked
+        ));
+        // The Microsoft identity platform: the error, not the AADSTS text, decides.
+        assert!(matches!(
+            answered(r#"{"error":"interaction_required","error_codes":[50076],"error_description":"AADSTS50076: …"}"#),
+            OAuthError::Revoked
+        ));
+        assert!(matches!(answered(r#"{"error":"invalid_client","error_codes":[7000215]}"#), OAuthError::Client(_)));
+        match answered(r#"{"error":"temporarily_unavailable","error_codes":[50196],"error_description":"secret"}"#) {
+            OAuthError::Transient(m) => {
+                assert!(m.contains("temporarily_unavailable") && m.contains("AADSTS50196"), "{m}");
+                assert!(!m.contains("secret"), "the free-text description is never quoted: {m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(answered("{}"), OAuthError::Transient(_)));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The HTTP API against the real server on 127.0.0.1:0, real PostgreSQL and the fake Google.
+//! The HTTP API against the real server on 127.0.0.1:0, real PostgreSQL and the fake Google and Zoom.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use meetingd::RunError;
 use meetingd_testkit::db::{TestDb, eventually};
 use meetingd_testkit::fake_google::FakeGoogle;
+use meetingd_testkit::fake_zoom::FakeZoom;
 use meetingd_testkit::market::{self, meeting};
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
@@ -26,6 +27,7 @@ struct Api {
     _db: TestDb,
     c: tokio_postgres::Client,
     google: FakeGoogle,
+    zoom: FakeZoom,
     base: String,
     http: reqwest::Client,
     shutdown: CancellationToken,
@@ -63,10 +65,12 @@ impl Api {
         let db = TestDb::migrated().await;
         let c = db.client().await;
         let google = FakeGoogle::start().await;
+        let zoom = FakeZoom::start().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let mut config = db.config();
         google.configure(&mut config);
+        zoom.configure(&mut config);
         config.http.jwt_secret = SecretString::from(JWT_SECRET);
         config.http.app_url = APP_URL.parse().unwrap();
         config.http.public_url = base.parse().unwrap();
@@ -84,6 +88,7 @@ impl Api {
             _db: db,
             c,
             google,
+            zoom,
             base,
             http,
             shutdown,
@@ -122,16 +127,22 @@ impl Api {
 
     /// connect → consent at the fake Google → callback; returns the redirect's Location.
     async fn connect_google(&self, user: Uuid) -> String {
-        let response = self.call("POST", "/api/auth/google-meet/connect", Some(self.as_user(user)), None).await;
+        self.connect(user, "google-meet", |url| self.google.consent(url)).await
+    }
+
+    /// connect at `/api/auth/{segment}/connect` → `consent` at the platform → callback with the
+    /// state cookie; returns the redirect's Location.
+    async fn connect(&self, user: Uuid, segment: &str, consent: impl FnOnce(&url::Url) -> String) -> String {
+        let response = self.call("POST", &format!("/api/auth/{segment}/connect"), Some(self.as_user(user)), None).await;
         assert_eq!(response.status(), StatusCode::OK);
         let cookie = response.headers().get(SET_COOKIE).unwrap().to_str().unwrap().to_string();
         let body: Value = response.json().await.unwrap();
         let auth_url: url::Url = body["authorization_url"].as_str().unwrap().parse().unwrap();
         let params: HashMap<String, String> = auth_url.query_pairs().into_owned().collect();
-        let code = self.google.consent(&auth_url);
+        let code = consent(&auth_url);
         let state_value = cookie.split(';').next().unwrap().to_string();
         let callback =
-            format!("/api/auth/google-meet/callback?code={}&state={}", urlencode(&code), urlencode(&params["state"]));
+            format!("/api/auth/{segment}/callback?code={}&state={}", urlencode(&code), urlencode(&params["state"]));
         let back = self.http.get(self.url(&callback)).header(COOKIE, state_value).send().await.unwrap();
         assert_eq!(back.status(), StatusCode::SEE_OTHER);
         back.headers().get(LOCATION).unwrap().to_str().unwrap().to_string()
@@ -211,6 +222,70 @@ async fn connect_consent_callback_stores_encrypted_tokens_and_bookings_get_meet_
     assert_eq!(api.google.revoked().len(), 1);
     assert!(api.google.revoked()[0].starts_with("1//0g-granted"), "the refresh token was revoked");
     let r = api.c.query_one("SELECT is_active, access_token FROM user_meeting_integrations", &[]).await.unwrap();
+    assert_eq!((r.get::<_, bool>(0), r.get::<_, String>(1)), (false, String::new()));
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_zoom_through_the_api_gets_zoom_links_and_disconnect_revokes_at_zoom() {
+    let api = Api::start().await;
+    let response = api.call("POST", "/api/auth/zoom/connect", Some(api.as_user(api.provider)), None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let auth_url: url::Url = body["authorization_url"].as_str().unwrap().parse().unwrap();
+    assert!(auth_url.as_str().starts_with(&format!("{}/oauth/authorize?", api.zoom.base())), "{auth_url}");
+    let q: HashMap<String, String> = auth_url.query_pairs().into_owned().collect();
+    assert_eq!(q["redirect_uri"], format!("{}/api/auth/zoom/callback", api.base));
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["scope"], meetingd::providers::zoom::OAUTH.scopes.join(" "));
+
+    let location = api.connect(api.provider, "zoom", |url| api.zoom.consent(url)).await;
+    assert_eq!(location, format!("{APP_URL}/dashboard/integrations?connected=zoom"));
+    let row = api
+        .c
+        .query_one(
+            "SELECT access_token, refresh_token, platform_user_id, platform_user_email, is_active
+               FROM user_meeting_integrations WHERE user_id = $1 AND platform = 'zoom'",
+            &[&api.provider],
+        )
+        .await
+        .unwrap();
+    let (access, refresh): (String, String) = (row.get(0), row.get(1));
+    for secret in api.zoom.all_secrets() {
+        assert!(!access.contains(&secret) && !refresh.contains(&secret), "tokens stored encrypted");
+    }
+    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("hostAbc123"), "the account, from GET /v2/users/me");
+    assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("provider@example.com"));
+    assert!(row.get::<_, bool>(4));
+    let listed: Value =
+        api.call("GET", "/api/integrations", Some(api.as_user(api.provider)), None).await.json().await.unwrap();
+    let zoom = listed.as_array().unwrap().iter().find(|i| i["platform"] == "zoom").expect("zoom is listed");
+    assert_eq!(zoom["status"], "active");
+
+    // A booking of the provider's Zoom service gets the meeting's join_url.
+    let service = market::service(&api.c, api.provider, true, Some("zoom")).await;
+    let b = market::book(&api.c, service, api.customer, "confirmed").await;
+    let m = eventually("Zoom link", Duration::from_secs(20), || async {
+        let m = meeting(&api.c, b).await;
+        (m.status.as_deref() == Some("ready")).then_some(m)
+    })
+    .await;
+    assert_eq!(m.platform.as_deref(), Some("zoom"));
+    let live = api.zoom.live_meetings();
+    assert_eq!(live.len(), 1);
+    assert_eq!(m.link.as_deref(), live[0].body["join_url"].as_str());
+
+    // Disconnect: the refresh token is revoked at Zoom, the row wiped.
+    let gone = api.call("DELETE", "/api/integrations/zoom", Some(api.as_user(api.provider)), None).await;
+    assert_eq!(gone.status(), StatusCode::NO_CONTENT);
+    let revoked = api.zoom.revoked();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert!(revoked[0].starts_with("zoom-refresh-"), "the refresh token was revoked: {revoked:?}");
+    let r = api
+        .c
+        .query_one("SELECT is_active, access_token FROM user_meeting_integrations WHERE platform = 'zoom'", &[])
+        .await
+        .unwrap();
     assert_eq!((r.get::<_, bool>(0), r.get::<_, String>(1)), (false, String::new()));
     api.stop().await;
 }
