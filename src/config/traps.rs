@@ -7,33 +7,50 @@ use super::Config;
 
 /// `meetingd check`'s findings about timing and transport that do not stop the daemon.
 impl Config {
-    /// The longest the platform calls of one job can take, and how it is counted; `None` when
-    /// no configured platform makes calls (Jitsi makes none).
-    pub fn slowest_job(&self) -> Option<(Duration, String)> {
+    /// The longest the platform calls of one job can take on the slowest configured platform,
+    /// which platform that is, and how it is counted; `None` when no configured platform makes
+    /// calls (Jitsi makes none).
+    pub fn slowest_job(&self) -> Option<(Duration, &'static str, String)> {
+        let mut slowest: Option<(Duration, &'static str, String)> = None;
         let g = &self.google;
-        if g.client_id.trim().is_empty() || !matches!(g.client_secret(), Ok(Some(_))) {
-            return None;
+        if !g.client_id.trim().is_empty() && matches!(g.client_secret(), Ok(Some(_))) {
+            use crate::providers::google::{MOST_CALLS_PER_JOB, MOST_REQUESTS_PER_CALL};
+            let requests = MOST_CALLS_PER_JOB * MOST_REQUESTS_PER_CALL + 1;
+            let total = Duration::from_millis(
+                requests.saturating_mul(g.request_timeout_ms).saturating_add(g.conference_wait_ms),
+            );
+            let how = format!(
+                "up to {MOST_CALLS_PER_JOB} Calendar calls (delete a stray create, delete or move the recorded meeting, insert, fetch and move an adopted event, 3 conference re-requests, a last conference poll), each with a token refresh and a second try after a 401, plus one refresh when the token is due: {requests} requests × google.request_timeout_ms ({} ms) + google.conference_wait_ms ({} ms) = {} s",
+                g.request_timeout_ms,
+                g.conference_wait_ms,
+                total.as_secs_f64().ceil() as u64
+            );
+            slowest = Some((total, "Google Meet", how));
         }
-        use crate::providers::google::{MOST_CALLS_PER_JOB, MOST_REQUESTS_PER_CALL};
-        let requests = MOST_CALLS_PER_JOB * MOST_REQUESTS_PER_CALL + 1;
-        let total =
-            Duration::from_millis(requests.saturating_mul(g.request_timeout_ms).saturating_add(g.conference_wait_ms));
-        let how = format!(
-            "up to {MOST_CALLS_PER_JOB} Calendar calls (delete a stray create, delete or move the recorded meeting, insert, fetch and move an adopted event, 3 conference re-requests, a last conference poll), each with a token refresh and a second try after a 401, plus one refresh when the token is due: {requests} requests × google.request_timeout_ms ({} ms) + google.conference_wait_ms ({} ms) = {} s",
-            g.request_timeout_ms,
-            g.conference_wait_ms,
-            total.as_secs_f64().ceil() as u64
-        );
-        Some((total, how))
+        let z = &self.zoom;
+        if z.is_configured() {
+            use crate::providers::zoom::{MOST_CALLS_PER_JOB, MOST_REQUESTS_PER_CALL};
+            let requests = MOST_CALLS_PER_JOB * MOST_REQUESTS_PER_CALL + 1;
+            let total = Duration::from_millis(requests.saturating_mul(z.request_timeout_ms));
+            let how = format!(
+                "up to {MOST_CALLS_PER_JOB} Meetings API calls (list and delete a stray create's meeting, move the recorded meeting and read it back, list for an earlier attempt's meeting, delete a second copy, move and read the adopted one; lists of one page), each with a token refresh and a second try after a 401, plus one refresh when the token is due: {requests} requests × zoom.request_timeout_ms ({} ms) = {} s",
+                z.request_timeout_ms,
+                total.as_secs_f64().ceil() as u64
+            );
+            if slowest.as_ref().is_none_or(|(longest, _, _)| total > *longest) {
+                slowest = Some((total, "Zoom", how));
+            }
+        }
+        slowest
     }
 
     /// A lease that can run out while its job still calls a platform: another daemon would then
     /// claim the job and call too.
     pub fn lease_problem(&self) -> Option<String> {
-        let (slowest, how) = self.slowest_job()?;
+        let (slowest, platform, how) = self.slowest_job()?;
         (self.worker.lease() < slowest).then(|| {
             format!(
-                "worker.lease_secs ({} s) is shorter than the slowest Google Meet job can take: {how}. Another daemon may claim a job while it still runs: raise worker.lease_secs to at least {} or lower google.request_timeout_ms",
+                "worker.lease_secs ({} s) is shorter than the slowest {platform} job can take: {how}. Another daemon may claim a job while it still runs: raise worker.lease_secs to at least {} or lower the platform's request_timeout_ms",
                 self.worker.lease_secs,
                 slowest.as_secs_f64().ceil() as u64
             )
@@ -43,12 +60,16 @@ impl Config {
     /// Platform URLs that are plain `http` to a host other than this machine: tokens, codes and
     /// client secrets would cross the network unencrypted.
     pub fn plain_http_problems(&self) -> Vec<String> {
-        let g = &self.google;
+        let (g, z) = (&self.google, &self.zoom);
         [
             ("google.auth_url", &g.auth_url),
             ("google.token_url", &g.token_url),
             ("google.revoke_url", &g.revoke_url),
             ("google.api_base_url", &g.api_base_url),
+            ("zoom.auth_url", &z.auth_url),
+            ("zoom.token_url", &z.token_url),
+            ("zoom.revoke_url", &z.revoke_url),
+            ("zoom.api_base_url", &z.api_base_url),
         ]
         .into_iter()
         .filter(|(_, url)| url.scheme() == "http" && !is_loopback(url))
