@@ -9,7 +9,7 @@
 //! is lost leaves a meeting meetingd cannot name. Every meeting carries [`marker`] of its booking
 //! and generation in its `agenda`; the worker records the create intent before the call
 //! ([`MeetingProvider::intent_id`] answers the marker), and a create repeated for the same intent
-//! ([`MeetingProvider::create_again`]) first lists the account's upcoming meetings for the
+//! ([`MeetingProvider::create_again`]) first lists the account's unexpired meetings for the
 //! marker and adopts what it finds (deleting all but one). Deleting an intent's meeting by its
 //! marker works the same way. Its OAuth facts are `zoom/auth.rs` ([`OAUTH`], [`ZoomAuth`]). It
 //! never touches the database except through the `TokenStore`.
@@ -38,7 +38,7 @@ pub const TOPIC_MAX: usize = 200;
 pub const AGENDA_MAX: usize = 2000;
 
 /// The most Meetings API calls one job can make on Zoom, counted from `worker/execute.rs` and
-/// this module, with every list one page long (300 upcoming meetings; each further page adds
+/// this module, with every list one page long (300 unexpired meetings; each further page adds
 /// one): delete a stray create intent's meeting: list, delete (2); move the recorded meeting:
 /// patch, get (2); create again: list, delete a second copy, move the adopted one: patch, get
 /// (4). `meetingd check` compares `worker.lease_secs` with it.
@@ -320,7 +320,9 @@ impl Zoom {
     }
 
     async fn list_page(&self, token: SecretString, page: Option<String>) -> Result<MeetingList, CallError> {
-        let mut query = vec![("type", "upcoming"), ("page_size", PAGE_SIZE)];
+        // `scheduled`: every meeting that has not expired, including one whose start has passed
+        // (a booking that began a few minutes ago); `upcoming` would leave that one out.
+        let mut query = vec![("type", "scheduled"), ("page_size", PAGE_SIZE)];
         if let Some(page) = page.as_deref() {
             query.push(("next_page_token", page));
         }
@@ -328,7 +330,7 @@ impl Zoom {
         Self::parse(&answer)
     }
 
-    /// Every upcoming meeting in `who`'s account whose agenda carries `mark` (all pages).
+    /// Every unexpired meeting in `who`'s account whose agenda carries `mark` (all pages).
     async fn find_marked(&self, who: &Who, mark: &str) -> Result<Vec<ZoomMeeting>, ProviderError> {
         let mut found = Vec::new();
         let mut page: Option<String> = None;

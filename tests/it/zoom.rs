@@ -163,6 +163,29 @@ async fn a_lost_create_answer_ends_with_one_meeting_adopted_by_its_marker() {
 }
 
 #[tokio::test]
+async fn a_lost_create_answer_for_a_booking_that_has_begun_is_still_adopted() {
+    // The booking began ten minutes ago: its meeting is no longer "upcoming" at Zoom, yet it
+    // exists, and a second create would leave two.
+    let z = setup().await;
+    let b = z.book().await;
+    z.c.execute(
+        "UPDATE bookings SET start_time = now() - interval '10 minutes', end_time = now() + interval '50 minutes' WHERE id = $1",
+        &[&b],
+    )
+    .await
+    .unwrap();
+    z.zoom.fail_next([Fail::lost_answer()]);
+    z.run().await;
+    assert_eq!(z.zoom.live_meetings().len(), 1, "Zoom made the meeting; meetingd never heard back");
+    make_due(&z.c).await;
+    z.run().await;
+    let state = meeting(&z.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
+    assert_eq!(creates(&z.zoom), 1, "adopted, not made again: {:?}", z.zoom.calls());
+    assert_eq!(z.zoom.live_meetings().len(), 1);
+}
+
+#[tokio::test]
 async fn a_lost_create_answer_then_a_cancel_deletes_the_meeting_by_its_marker() {
     let z = setup().await;
     z.zoom.fail_next([Fail::lost_answer()]);

@@ -3,7 +3,7 @@
 //! It answers with Zoom's documented JSON shapes and status codes: the token endpoint with HTTP
 //! Basic client authentication and rotating refresh tokens (the old one dies at once: a second use
 //! answers 400 `invalid_grant` "Invalid Token!"), meetings create (201, with a `start_url`),
-//! get, patch (204), delete (204) and list (`type=upcoming`, `page_size`, `next_page_token`), and
+//! get, patch (204), delete (204) and list (`type=scheduled|upcoming`, `page_size`, `next_page_token`), and
 //! Zoom's error JSON `{"code","message"}`: 401 code 124, 404 code 3001, 429 with or without
 //! `Retry-After`, the daily-limit 429, 3002 and 5xx. Failures are scripted per test, including a
 //! create that is made but whose answer is lost, and a refresh likewise. Everything stays in memory.
@@ -412,14 +412,26 @@ async fn list(State(state): Shared, headers: HeaderMap, Query(q): Query<HashMap<
     if let Err(r) = gate(&mut s, &headers, format!("list {}", q.get("next_page_token").cloned().unwrap_or_default())) {
         return r;
     }
-    if q.get("type").map(String::as_str) != Some("upcoming") {
-        return zoom_error(400, 300, "this fake lists upcoming meetings only");
-    }
+    // `scheduled`: every unexpired meeting, past ones included (a scheduled meeting expires 30
+    // days after its start); `upcoming`: only those whose start is still ahead.
+    let now = chrono::Utc::now();
+    let listed: fn(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) -> bool =
+        match q.get("type").map(String::as_str) {
+            Some("scheduled") => |start, now| start + chrono::Duration::days(30) > now,
+            Some("upcoming") => |start, now| start > now,
+            _ => return zoom_error(400, 300, "Invalid field: type"),
+        };
     let size: usize = q.get("page_size").and_then(|p| p.parse().ok()).unwrap_or(30).min(300);
     let size = s.page_limit.map_or(size, |l| l.min(size));
     let after: u64 =
         q.get("next_page_token").and_then(|t| t.strip_prefix("after-")).and_then(|t| t.parse().ok()).unwrap_or(0);
-    let live: Vec<(&u64, &StoredMeeting)> = s.meetings.range(after + 1..).filter(|(_, m)| !m.deleted).collect();
+    let start_of =
+        |m: &StoredMeeting| m.body["start_time"].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok());
+    let live: Vec<(&u64, &StoredMeeting)> = s
+        .meetings
+        .range(after + 1..)
+        .filter(|(_, m)| !m.deleted && start_of(m).is_some_and(|start| listed(start, now)))
+        .collect();
     let page: Vec<Value> = live
         .iter()
         .take(size)
