@@ -54,7 +54,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
 /// Disconnects a platform: revokes the token at the platform (best effort) and wipes it here.
 #[utoipa::path(
     delete, path = "/api/integrations/{platform}", tag = "integrations",
-    params(("platform" = String, Path, description = "`google_meet` (or `google-meet`)")),
+    params(("platform" = String, Path, description = "`google_meet` (or `google-meet`) or `zoom`")),
     responses((status = 204, description = "Disconnected"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
@@ -71,7 +71,7 @@ pub async fn remove(
         .ok_or_else(|| ApiError::not_found("integration"))?;
     // No connection is held while the platform answers.
     drop(client);
-    // Revoking the refresh token ends the whole grant (at Google, say); fall back to the access token.
+    // Revoking the refresh token ends the whole grant (at Google and Zoom); fall back to the access token.
     let stored = row.refresh_token.as_deref().filter(|t| !t.is_empty()).map(|t| (t, Column::RefreshToken(row.owner())));
     let stored =
         stored.or(Some((row.access_token.as_str(), Column::AccessToken(row.owner()))).filter(|(t, _)| !t.is_empty()));
