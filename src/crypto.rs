@@ -47,6 +47,9 @@ pub enum Column<'a> {
     RefreshToken(Owner<'a>),
     /// A pending OAuth connection's PKCE verifier (`meetingd.oauth_states`).
     PkceVerifier,
+    /// The mark meetingd puts on a meeting at a platform that chooses its ids (Zoom's agenda):
+    /// the booking and generation it was made for, sealed with the nil row id.
+    MeetingMark,
 }
 
 impl<'a> Column<'a> {
@@ -55,13 +58,14 @@ impl<'a> Column<'a> {
             Column::AccessToken(_) => "access_token",
             Column::RefreshToken(_) => "refresh_token",
             Column::PkceVerifier => "pkce_verifier",
+            Column::MeetingMark => "meeting_mark",
         }
     }
 
     fn owner(self) -> Option<Owner<'a>> {
         match self {
             Column::AccessToken(owner) | Column::RefreshToken(owner) => Some(owner),
-            Column::PkceVerifier => None,
+            Column::PkceVerifier | Column::MeetingMark => None,
         }
     }
 }

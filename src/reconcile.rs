@@ -1,8 +1,9 @@
 //! The reconcile sweep: what exists at the platform, compared with what the bookings want.
 //!
 //! meetingd marks every meeting it makes (Google: the event id `meetingd<booking>g<n>` and
-//! `extendedProperties.private.booking_id`), so for each connected account it can list the marked
-//! meetings that have not ended and compare them with its records. A marked meeting no booking
+//! `extendedProperties.private.booking_id`; Zoom: the booking and generation sealed in the
+//! agenda), so for each connected account it can list the marked meetings that have not ended and
+//! compare them with its records. A marked meeting no booking
 //! wants (the booking is gone or cancelled, or has another meeting) is deleted, through that
 //! account; a recorded meeting that vanished at the platform is recorded as deleted and its
 //! booking's job re-armed, so the worker makes a new one. Any leak (meetingd's, the app's, a
@@ -69,9 +70,11 @@ pub async fn sweep(pool: &Pool, providers: &Providers, actor: &str, options: Opt
             };
             report.accounts += 1;
             report.listed += listed.len();
-            let (ids, bookings): (Vec<String>, Vec<Uuid>) =
-                listed.iter().map(|m| (m.external_id.clone(), m.booking_id)).unzip();
-            let strays = db::reconcile::strays(pool.get().await?.sql(), &ids, &bookings).await?;
+            // Every listed meeting is present; only a marked one can be a stray.
+            let ids: Vec<String> = listed.iter().map(|m| m.external_id.clone()).collect();
+            let (marked_ids, bookings): (Vec<String>, Vec<Uuid>) =
+                listed.iter().filter_map(|m| Some((m.external_id.clone(), m.booking_id?))).unzip();
+            let strays = db::reconcile::strays(pool.get().await?.sql(), &marked_ids, &bookings).await?;
             for (external_id, booking) in &strays {
                 if options.dry_run {
                     continue;

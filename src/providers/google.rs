@@ -515,7 +515,7 @@ fn marked_by_meetingd(event: &Event) -> Option<Marked> {
     generation.parse::<u32>().ok()?;
     let booking = Uuid::parse_str(hex).ok()?;
     let named = event.extended_properties.as_ref()?.private.as_ref()?.get("booking_id")?;
-    (Uuid::parse_str(named).ok()? == booking).then(|| Marked { external_id: id.to_string(), booking_id: booking })
+    (Uuid::parse_str(named).ok()? == booking).then(|| Marked { external_id: id.to_string(), booking_id: Some(booking) })
 }
 
 #[cfg(test)]

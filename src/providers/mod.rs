@@ -235,19 +235,21 @@ pub trait MeetingProvider: Send + Sync {
     fn keeps_meetings(&self) -> bool {
         true
     }
-    /// The meetings meetingd made in `account` that have not ended yet, found by the mark it puts
-    /// on each (see `reconcile.rs`). `None`: the platform cannot list them.
+    /// The meetings in `account` that have not ended yet, with the booking meetingd's mark on each
+    /// names (see `reconcile.rs`). A platform that lists unmarked meetings too (Zoom, where the
+    /// mark is in free text a provider can edit) lists them without a booking: present, never a
+    /// stray. `None`: the platform cannot list them.
     async fn list_marked(&self, _account: &Account) -> Option<Result<Vec<Marked>, ProviderError>> {
         None
     }
 }
 
-/// A meeting found at its platform by meetingd's mark.
+/// A meeting found at its platform, and the booking meetingd's mark on it names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Marked {
     pub external_id: String,
-    /// The booking the mark names.
-    pub booking_id: Uuid,
+    /// The booking the mark names; `None` for a meeting without a mark meetingd can read.
+    pub booking_id: Option<Uuid>,
 }
 
 /// A `Retry-After` header: delay-seconds or an HTTP date (RFC 9110 §10.2.3).
@@ -286,7 +288,8 @@ impl Providers {
         let mut providers = Providers::from_config(config);
         let tokens = Arc::new(TokenStore::new(deps.pool.clone(), deps.keyring.clone(), deps.actor.clone()));
         if let Some(oauth) = zoom::oauth_client(&config.zoom)? {
-            providers = providers.with(Arc::new(zoom::Zoom::new(config.zoom.clone(), oauth, tokens.clone())));
+            let marks = zoom::Marks::new(deps.keyring.clone());
+            providers = providers.with(Arc::new(zoom::Zoom::new(config.zoom.clone(), oauth, tokens.clone(), marks)));
         } else {
             tracing::info!(
                 "Zoom is not configured (zoom.client_id / client secret); services asking for it get the fallback"

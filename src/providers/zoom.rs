@@ -6,12 +6,14 @@
 //! host's key): it is never parsed out of an answer, so it cannot be stored, logged or returned.
 //!
 //! Exactly once without an idempotency key: Zoom chooses the meeting id, so a create whose answer
-//! is lost leaves a meeting meetingd cannot name. Every meeting carries [`marker`] of its booking
-//! and generation in its `agenda`; the worker records the create intent before the call
-//! ([`MeetingProvider::intent_id`] answers the marker), and a create repeated for the same intent
-//! ([`MeetingProvider::create_again`]) first lists the account's unexpired meetings for the
-//! marker and adopts what it finds (deleting all but one). Deleting an intent's meeting by its
-//! marker works the same way. Its OAuth facts are `zoom/auth.rs` ([`OAUTH`], [`ZoomAuth`]). It
+//! is lost leaves a meeting meetingd cannot name. Every meeting carries a mark ([`Marks`]) in its
+//! `agenda`: its booking and generation, sealed under meetingd's encryption key, so nobody can
+//! forge one and the reconcile sweep can read which booking a meeting belongs to. The worker
+//! records the create intent before the call ([`MeetingProvider::intent_id`] names the booking
+//! and generation), and a create repeated for the same intent
+//! ([`MeetingProvider::create_again`]) first lists the account's unexpired meetings for that mark
+//! and adopts what it finds (deleting all but one). Deleting an intent's meeting by its mark
+//! works the same way. Its OAuth facts are `zoom/auth.rs` ([`OAUTH`], [`ZoomAuth`]). It
 //! never touches the database except through the `TokenStore`.
 
 use std::sync::Arc;
@@ -24,8 +26,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::account::{Access, CallFailure, Who};
-use super::{Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after};
+use super::{Account, Marked, Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after};
 use crate::config::ZoomConfig;
+use crate::crypto::{Column, Keyring};
 use crate::oauth::OAuthClient;
 use crate::tokens::TokenStore;
 
@@ -48,27 +51,77 @@ pub const MOST_CALLS_PER_JOB: u64 = 8;
 /// call again. A job also refreshes once before its first call when the stored token is due.
 pub const MOST_REQUESTS_PER_CALL: u64 = 3;
 
-/// What every marker starts with (see [`marker`]).
-const MARKER_PREFIX: &str = "[meetingd ";
+/// What every mark starts with (see [`Marks`]).
+const MARK_PREFIX: &str = "[meetingd ";
+
+/// What stands for an intent's meeting before Zoom names it: `intent:<booking>:<generation>`
+/// (see [`MeetingProvider::intent_id`]); never sent to Zoom.
+const INTENT_PREFIX: &str = "intent:";
 
 /// The most meetings one page of the list asks for (Zoom's maximum).
 const PAGE_SIZE: &str = "300";
 
-/// The marker a booking's `generation`th meeting carries in its `agenda`.
-///
-/// A hash of the booking id, the generation and a constant: unique per `(booking, generation)`,
-/// fixed-length, and not something free text reproduces by accident. It needs no secret: a
-/// marker only ever lets meetingd adopt or delete meetings in the provider's own Zoom account,
-/// which only that provider (who can already edit or delete those meetings in Zoom) can write
-/// to, and the booking id it is derived from never appears in it.
-pub fn marker(booking: Uuid, generation: i32) -> String {
+/// The marks meetingd puts in its meetings' agendas: `[meetingd <envelope>]`, where the envelope
+/// is the booking id and generation sealed by the token cipher (`crypto.rs`,
+/// [`Column::MeetingMark`]). A fresh nonce each time, so a mark is read, never recomputed and
+/// compared: a mark sealed under a key since rotated into `encryption.old_keys` still reads.
+/// Nobody without the key can make a meeting meetingd would adopt, and the booking id never
+/// shows in Zoom.
+#[derive(Clone)]
+pub struct Marks {
+    keyring: Arc<Keyring>,
+}
+
+impl Marks {
+    pub fn new(keyring: Arc<Keyring>) -> Marks {
+        Marks { keyring }
+    }
+
+    /// A mark for the `generation`th meeting of `booking`.
+    pub fn seal(&self, booking: Uuid, generation: i32) -> String {
+        let plain = SecretString::from(format!("{booking}:{generation}"));
+        format!("{MARK_PREFIX}{}]", self.keyring.encrypt(&plain, Uuid::nil(), Column::MeetingMark))
+    }
+
+    /// The booking and generation the first mark in `agenda` that this keyring opens names.
+    pub fn read(&self, agenda: &str) -> Option<(Uuid, i32)> {
+        agenda.match_indices(MARK_PREFIX).find_map(|(at, _)| {
+            let rest = &agenda[at + MARK_PREFIX.len()..];
+            let sealed = &rest[..rest.find(']')?];
+            let plain = self.keyring.decrypt(sealed, Uuid::nil(), Column::MeetingMark).ok()?;
+            let (booking, generation) = plain.expose_secret().split_once(':')?;
+            Some((Uuid::parse_str(booking).ok()?, generation.parse().ok()?))
+        })
+    }
+
+    /// Whether `agenda` marks the `generation`th meeting of `booking`: a sealed mark, or the
+    /// unsealed one ([`unsealed_mark`]) of meetings made before marks were sealed.
+    pub fn names(&self, agenda: &str, booking: Uuid, generation: i32) -> bool {
+        self.read(agenda) == Some((booking, generation)) || agenda.contains(&unsealed_mark(booking, generation))
+    }
+}
+
+/// The mark meetings made before marks were sealed carry: a hash of the booking id, the
+/// generation and a constant. Still recognised (adopted, deleted), never written.
+pub fn unsealed_mark(booking: Uuid, generation: i32) -> String {
     let digest = Sha256::new()
         .chain_update(b"meetingd zoom meeting marker v1\0")
         .chain_update(booking.as_bytes())
         .chain_update(generation.to_be_bytes())
         .finalize();
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{MARKER_PREFIX}{hex}]")
+    format!("{MARK_PREFIX}{hex}]")
+}
+
+/// `intent:<booking>:<generation>`, what [`MeetingProvider::intent_id`] answers.
+fn intent_of(booking: Uuid, generation: i32) -> String {
+    format!("{INTENT_PREFIX}{booking}:{generation}")
+}
+
+/// The booking and generation an intent id names.
+fn parse_intent(id: &str) -> Option<(Uuid, i32)> {
+    let (booking, generation) = id.strip_prefix(INTENT_PREFIX)?.split_once(':')?;
+    Some((Uuid::parse_str(booking).ok()?, generation.parse().ok()?))
 }
 
 /// The topic: the title template's text, cut to Zoom's limit.
@@ -76,10 +129,9 @@ fn topic(req: &MeetingRequest) -> String {
     req.title.chars().take(TOPIC_MAX).collect()
 }
 
-/// The agenda: the marker first (so a list that shortens agendas still shows it), then the
+/// The agenda: the mark first (so a list that shortens agendas still shows it), then the
 /// description template's text, cut so the whole fits Zoom's limit.
-fn agenda(req: &MeetingRequest) -> String {
-    let mark = marker(req.booking_id, req.generation);
+fn agenda(req: &MeetingRequest, mark: String) -> String {
     match req.description.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
         None => mark,
         Some(text) => {
@@ -99,11 +151,11 @@ fn duration_minutes(req: &MeetingRequest) -> i64 {
     ((req.end - req.start).num_seconds().max(1) + 59) / 60
 }
 
-/// The body of a create or a move: the booking's title, description and times.
-fn meeting_body(req: &MeetingRequest, create: bool) -> serde_json::Value {
+/// The body of a create or a move: the booking's title, description (after `mark`) and times.
+fn meeting_body(req: &MeetingRequest, mark: String, create: bool) -> serde_json::Value {
     let mut body = serde_json::json!({
         "topic": topic(req),
-        "agenda": agenda(req),
+        "agenda": agenda(req, mark),
         "start_time": start_time(req.start),
         "duration": duration_minutes(req),
         "timezone": "UTC",
@@ -207,7 +259,7 @@ fn into_provider(e: CallError) -> ProviderError {
     }
 }
 
-/// A Zoom meeting id in a URL path: digits only (a marker or anything else is not an id).
+/// A Zoom meeting id in a URL path: digits only (an intent or anything else is not an id).
 fn numeric(id: &str) -> Option<&str> {
     (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())).then_some(id)
 }
@@ -217,6 +269,7 @@ pub struct Zoom {
     config: ZoomConfig,
     oauth: OAuthClient,
     tokens: Arc<TokenStore>,
+    marks: Marks,
 }
 
 /// meetingd's OAuth client at Zoom's token endpoint (HTTP Basic client authentication, which
@@ -237,14 +290,14 @@ pub fn oauth_client(config: &ZoomConfig) -> Result<Option<OAuthClient>, String> 
 }
 
 impl Zoom {
-    pub fn new(config: ZoomConfig, oauth: OAuthClient, tokens: Arc<TokenStore>) -> Zoom {
+    pub fn new(config: ZoomConfig, oauth: OAuthClient, tokens: Arc<TokenStore>, marks: Marks) -> Zoom {
         let http = reqwest::Client::builder()
             // Zoom's API does not redirect; following one could send the token elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .build()
             .expect("a reqwest client with rustls builds");
-        Zoom { http, config, oauth, tokens }
+        Zoom { http, config, oauth, tokens, marks }
     }
 
     /// The way into connected Zoom accounts.
@@ -330,14 +383,14 @@ impl Zoom {
         Self::parse(&answer)
     }
 
-    /// Every unexpired meeting in `who`'s account whose agenda carries `mark` (all pages).
-    async fn find_marked(&self, who: &Who, mark: &str) -> Result<Vec<ZoomMeeting>, ProviderError> {
+    /// Every unexpired meeting in `who`'s account (all pages).
+    async fn list_all(&self, who: &Who) -> Result<Vec<ZoomMeeting>, ProviderError> {
         let mut found = Vec::new();
         let mut page: Option<String> = None;
         loop {
             let list =
                 self.access().authorized(who, |t| self.list_page(t, page.clone())).await.map_err(into_provider)?;
-            found.extend(list.meetings.into_iter().filter(|m| m.agenda.as_deref().is_some_and(|a| a.contains(mark))));
+            found.extend(list.meetings);
             match list.next_page_token {
                 Some(next) if !next.is_empty() => page = Some(next),
                 _ => return Ok(found),
@@ -345,11 +398,19 @@ impl Zoom {
         }
     }
 
+    /// Every unexpired meeting in `who`'s account marked as the `generation`th of `booking`.
+    async fn find_marked(&self, who: &Who, booking: Uuid, generation: i32) -> Result<Vec<ZoomMeeting>, ProviderError> {
+        let all = self.list_all(who).await?;
+        Ok(all
+            .into_iter()
+            .filter(|m| m.agenda.as_deref().is_some_and(|a| self.marks.names(a, booking, generation)))
+            .collect())
+    }
+
     /// The meeting an earlier attempt at `req` made, if any: adopted (moved, if the booking moved
-    /// since), and any second one carrying the same marker deleted.
+    /// since), and any second one carrying the same mark deleted.
     async fn adopt(&self, who: &Who, req: &MeetingRequest) -> Result<Option<Meeting>, ProviderError> {
-        let mark = marker(req.booking_id, req.generation);
-        let mut found = self.find_marked(who, &mark).await?;
+        let mut found = self.find_marked(who, req.booking_id, req.generation).await?;
         if found.is_empty() {
             return Ok(None);
         }
@@ -379,10 +440,15 @@ impl Zoom {
     /// Moves meeting `id` to `req`'s title and times, then reads its (fresh) link: a PATCH
     /// answers 204 without a body.
     async fn moved(&self, who: &Who, id: &str, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
-        let body = meeting_body(req, false);
+        let body = self.body(req, false);
         self.access().authorized(who, |t| self.patch(t, id, body.clone())).await.map_err(into_provider)?;
         let fresh = self.access().authorized(who, |t| self.get(t, id)).await.map_err(into_provider)?;
         meeting_of(fresh, who)
+    }
+
+    /// The body of a create or a move of `req`'s meeting, with a fresh mark.
+    fn body(&self, req: &MeetingRequest, create: bool) -> serde_json::Value {
+        meeting_body(req, self.marks.seal(req.booking_id, req.generation), create)
     }
 }
 
@@ -402,18 +468,18 @@ impl MeetingProvider for Zoom {
 
     async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
         let who = Who::provider(req.provider_user_id);
-        let body = meeting_body(req, true);
+        let body = self.body(req, true);
         let created = self.access().authorized(&who, |t| self.post(t, body.clone())).await.map_err(into_provider)?;
         meeting_of(created, &who)
     }
 
-    /// An earlier attempt may have made the meeting (its answer lost): look for its marker first.
+    /// An earlier attempt may have made the meeting (its answer lost): look for its mark first.
     async fn create_again(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
         let who = Who::provider(req.provider_user_id);
         if let Some(adopted) = self.adopt(&who, req).await? {
             return Ok(adopted);
         }
-        let body = meeting_body(req, true);
+        let body = self.body(req, true);
         let created = self.access().authorized(&who, |t| self.post(t, body.clone())).await.map_err(into_provider)?;
         meeting_of(created, &who)
     }
@@ -426,16 +492,17 @@ impl MeetingProvider for Zoom {
         self.moved(&who, id, req).await
     }
 
-    /// Deletes by id; given a marker (a create intent's meeting, see [`MeetingProvider::intent_id`]),
-    /// deletes every meeting that carries it. A meeting already gone counts as deleted.
+    /// Deletes by id; given an intent (a create intent's meeting, see
+    /// [`MeetingProvider::intent_id`]), deletes every meeting marked as that booking's
+    /// generation. A meeting already gone counts as deleted.
     async fn delete(&self, existing: &Meeting, provider: Uuid) -> Result<(), ProviderError> {
         let who = Who::of(existing, provider);
-        let ids: Vec<String> = match numeric(&existing.external_id) {
-            Some(id) => vec![id.to_string()],
-            None if existing.external_id.starts_with(MARKER_PREFIX) => {
-                self.find_marked(&who, &existing.external_id).await?.iter().map(|m| m.id.to_string()).collect()
+        let ids: Vec<String> = match (numeric(&existing.external_id), parse_intent(&existing.external_id)) {
+            (Some(id), _) => vec![id.to_string()],
+            (None, Some((booking, generation))) => {
+                self.find_marked(&who, booking, generation).await?.iter().map(|m| m.id.to_string()).collect()
             }
-            None => return Ok(()),
+            (None, None) => return Ok(()),
         };
         for id in ids {
             match self.access().authorized(&who, |t| self.remove(t, &id)).await {
@@ -446,9 +513,32 @@ impl MeetingProvider for Zoom {
         Ok(())
     }
 
-    /// Zoom chooses meeting ids, so what stands for the meeting before Zoom answers is its marker.
+    /// Zoom chooses meeting ids, so what stands for the meeting before Zoom answers is the
+    /// booking and generation its mark names.
     fn intent_id(&self, booking_id: Uuid, generation: i32) -> Option<String> {
-        Some(marker(booking_id, generation))
+        Some(intent_of(booking_id, generation))
+    }
+
+    /// Every unexpired meeting in the account (Zoom keeps a meeting 30 days past its start), with
+    /// the booking its mark names; one without a mark this keyring reads (made by hand, or before
+    /// marks were sealed) is listed with no booking, so the sweep counts it as present but never
+    /// deletes it.
+    async fn list_marked(&self, account: &Account) -> Option<Result<Vec<Marked>, ProviderError>> {
+        let who = Who::of(
+            &Meeting { external_id: String::new(), join_url: String::new(), account: Some(account.clone()) },
+            account.user_id,
+        );
+        let listed = match self.list_all(&who).await {
+            Ok(listed) => listed,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Ok(listed
+            .into_iter()
+            .map(|m| Marked {
+                external_id: m.id.to_string(),
+                booking_id: m.agenda.as_deref().and_then(|a| self.marks.read(a)).map(|(booking, _)| booking),
+            })
+            .collect()))
     }
 }
 

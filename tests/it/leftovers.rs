@@ -162,13 +162,18 @@ async fn an_account_whose_tokens_do_not_decrypt_is_retried_and_its_meeting_stays
 
 /// The reconcile sweep with the test's configuration.
 async fn sweep(g: &G, dry_run: bool) -> meetingd::reconcile::Report {
-    let pool = meetingd::db::pool(&g.config.database, 2).unwrap();
+    sweep_with(&g.config, dry_run).await
+}
+
+/// The reconcile sweep over every platform `config` enables, as `meetingd reconcile` runs it.
+pub(crate) async fn sweep_with(config: &meetingd::config::Config, dry_run: bool) -> meetingd::reconcile::Report {
+    let pool = meetingd::db::pool(&config.database, 2).unwrap();
     let deps = meetingd::providers::ProviderDeps {
         pool: pool.clone(),
-        keyring: std::sync::Arc::new(g.config.encryption.keyring().unwrap()),
+        keyring: std::sync::Arc::new(config.encryption.keyring().unwrap()),
         actor: "admin:reconcile".into(),
     };
-    let providers = meetingd::providers::Providers::real(&g.config, &deps).unwrap();
+    let providers = meetingd::providers::Providers::real(config, &deps).unwrap();
     let options = meetingd::reconcile::Options { dry_run, provider: None, pause: std::time::Duration::ZERO };
     meetingd::reconcile::sweep(&pool, &providers, "admin:reconcile", options).await.unwrap()
 }

@@ -4,7 +4,7 @@
 use meetingd::admin::NewIntegration;
 use meetingd::config::Config;
 use meetingd::providers::Platform;
-use meetingd::providers::zoom::marker;
+use meetingd::providers::zoom::{Marks, unsealed_mark};
 use meetingd::worker::Worker;
 use meetingd_testkit::db::TestDb;
 use meetingd_testkit::fake_zoom::{self, Fail, FakeZoom};
@@ -77,6 +77,16 @@ impl Z {
             .get(0)
     }
 
+    /// The marks meetingd's key reads.
+    fn marks(&self) -> Marks {
+        Marks::new(std::sync::Arc::new(self.config.encryption.keyring().unwrap()))
+    }
+
+    /// Whether the stored meeting's agenda marks the `generation`th meeting of `booking`.
+    fn marked(&self, m: &fake_zoom::StoredMeeting, booking: Uuid, generation: i32) -> bool {
+        m.body["agenda"].as_str().is_some_and(|a| self.marks().names(a, booking, generation))
+    }
+
     /// The booking's start in whole seconds (Zoom's precision).
     async fn booking_start(&self, b: Uuid) -> chrono::DateTime<chrono::Utc> {
         let start: chrono::DateTime<chrono::Utc> =
@@ -105,7 +115,8 @@ async fn confirmed_booking_gets_a_zoom_link_that_follows_reschedule_and_cancel()
     let stored = z.zoom.meeting(&id).unwrap();
     assert_eq!(stored.body["type"], 2);
     assert_eq!(stored.body["topic"], "Consultation with Test User");
-    assert!(stored.body["agenda"].as_str().unwrap().starts_with(&marker(b, 1)));
+    let agenda = stored.body["agenda"].as_str().unwrap();
+    assert!(agenda.starts_with("[meetingd ") && z.marks().read(agenda) == Some((b, 1)), "{agenda}");
     let start: chrono::DateTime<chrono::Utc> = stored.body["start_time"].as_str().unwrap().parse().unwrap();
     assert_eq!(start, z.booking_start(b).await);
     assert_eq!(creates(&z.zoom), 1);
@@ -149,12 +160,7 @@ async fn a_lost_create_answer_ends_with_one_meeting_adopted_by_its_marker() {
     let state = meeting(&z.c, b).await;
     assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
     assert_eq!(creates(&z.zoom), 1, "the meeting was adopted, not made again: {:?}", z.zoom.calls());
-    let ours: Vec<_> = z
-        .zoom
-        .live_meetings()
-        .into_iter()
-        .filter(|m| m.body["agenda"].as_str().is_some_and(|a| a.contains(&marker(b, 1))))
-        .collect();
+    let ours: Vec<_> = z.zoom.live_meetings().into_iter().filter(|m| z.marked(m, b, 1)).collect();
     assert_eq!(ours.len(), 1);
     assert_eq!(state.meeting_id, Some(ours[0].body["id"].to_string()));
     assert_eq!(state.link.as_deref(), ours[0].body["join_url"].as_str());
@@ -183,6 +189,73 @@ async fn a_lost_create_answer_for_a_booking_that_has_begun_is_still_adopted() {
     assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
     assert_eq!(creates(&z.zoom), 1, "adopted, not made again: {:?}", z.zoom.calls());
     assert_eq!(z.zoom.live_meetings().len(), 1);
+}
+
+#[tokio::test]
+async fn a_meeting_marked_before_marks_were_sealed_is_still_adopted() {
+    let z = setup().await;
+    z.zoom.fail_next([Fail::lost_answer()]);
+    let b = z.book().await;
+    z.run().await;
+    // The meeting an earlier version made carries the unsealed mark.
+    {
+        let mut s = z.zoom.state.lock().unwrap();
+        let made = s.meetings.values_mut().next().unwrap();
+        made.body["agenda"] = unsealed_mark(b, 1).into();
+    }
+    make_due(&z.c).await;
+    z.run().await;
+    assert_eq!(meeting(&z.c, b).await.status.as_deref(), Some("ready"));
+    assert_eq!(creates(&z.zoom), 1, "adopted, not made again: {:?}", z.zoom.calls());
+    assert_eq!(z.zoom.live_meetings().len(), 1);
+}
+
+#[tokio::test]
+async fn the_reconcile_sweep_reads_zoom_marks_deletes_strays_and_remakes_what_vanished() {
+    let z = setup().await;
+    let b = z.book().await;
+    let vanishing = z.book().await;
+    z.run().await;
+    let (ours, lost) = (meeting(&z.c, b).await.meeting_id.unwrap(), meeting(&z.c, vanishing).await.meeting_id.unwrap());
+    let start = (chrono::Utc::now() + chrono::Duration::days(2)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    // Leaks: a meeting for a booking that no longer exists, a second one for a booking that has
+    // its own; and meetings that are not meetingd's to judge: the provider's own, one whose mark
+    // is not sealed (made before marks were), one with a forged mark.
+    let marks = z.marks();
+    let nobody = z.zoom.plant("leak", &marks.seal(Uuid::new_v4(), 1), &start, 30);
+    let second = z.zoom.plant("leak", &format!("{}\n\nnotes", marks.seal(b, 7)), &start, 30);
+    let own = z.zoom.plant("Team call", "weekly", &start, 30);
+    let old = z.zoom.plant("old", &unsealed_mark(Uuid::new_v4(), 1), &start, 30);
+    let forged = z.zoom.plant("forged", &format!("[meetingd {}:1]", Uuid::new_v4()), &start, 30);
+    // Deleted in Zoom by someone else; and the provider rewrote the agenda of the other (its
+    // mark gone), which is still there, not vanished.
+    {
+        let mut s = z.zoom.state.lock().unwrap();
+        s.meetings.get_mut(&lost.parse().unwrap()).unwrap().deleted = true;
+        s.meetings.get_mut(&ours.parse().unwrap()).unwrap().body["agenda"] = "Rewritten by the provider".into();
+    }
+
+    let looked = crate::leftovers::sweep_with(&z.config, true).await;
+    let mut strays: Vec<String> = looked.strays.iter().map(|(id, _)| id.clone()).collect();
+    strays.sort();
+    let mut want = vec![nobody.clone(), second.clone()];
+    want.sort();
+    assert_eq!(strays, want, "{looked:?}");
+    assert_eq!(looked.vanished, vec![vanishing]);
+    assert_eq!(looked.deleted, 0);
+
+    let done = crate::leftovers::sweep_with(&z.config, false).await;
+    assert_eq!((done.deleted, done.vanished.len()), (2, 1), "{done:?}");
+    let gone = |id: &str| z.zoom.meeting(id).is_none_or(|m| m.deleted);
+    assert!(gone(&nobody) && gone(&second));
+    for kept in [&ours, &own, &old, &forged] {
+        assert!(!gone(kept), "meeting {kept} stays");
+    }
+    z.run().await;
+    let remade = meeting(&z.c, vanishing).await;
+    assert_eq!(remade.status.as_deref(), Some("ready"), "{remade:?}");
+    assert_ne!(remade.meeting_id.as_deref(), Some(lost.as_str()), "a new meeting for the vanished one");
+    assert_eq!(crate::leftovers::sweep_with(&z.config, false).await.strays.len(), 0, "a second sweep finds nothing");
 }
 
 #[tokio::test]

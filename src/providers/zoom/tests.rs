@@ -1,4 +1,4 @@
-//! Zoom's request bodies, error classes and marker, without a network.
+//! Zoom's request bodies, error classes, marks and intents, without a network.
 
 use chrono::TimeZone;
 
@@ -21,38 +21,72 @@ fn req(title: &str, description: Option<&str>) -> MeetingRequest {
 
 #[test]
 fn the_create_body_is_a_scheduled_meeting_in_utc() {
-    let body = meeting_body(&req("Consultation with Test User", Some("Bring notes")), true);
+    let mark = marks().seal(Uuid::from_u128(0x1234), 1);
+    let body = meeting_body(&req("Consultation with Test User", Some("Bring notes")), mark.clone(), true);
     assert_eq!(body["type"], 2);
     assert_eq!(body["start_time"], "2027-03-01T09:30:00Z");
     assert_eq!(body["duration"], 51, "minutes, rounded up");
     assert_eq!(body["timezone"], "UTC");
     assert_eq!(body["topic"], "Consultation with Test User");
     let agenda = body["agenda"].as_str().unwrap();
-    assert!(agenda.starts_with(&marker(Uuid::from_u128(0x1234), 1)), "{agenda}");
+    assert!(agenda.starts_with(&mark), "{agenda}");
     assert!(agenda.ends_with("Bring notes"), "{agenda}");
     assert!(body.get("settings").is_none() && body.get("start_url").is_none());
-    assert!(meeting_body(&req("t", None), false).get("type").is_none(), "a move does not change the type");
+    assert!(meeting_body(&req("t", None), mark, false).get("type").is_none(), "a move does not change the type");
 }
 
 #[test]
 fn topic_and_agenda_are_cut_to_zooms_limits() {
     let long = "é".repeat(5000);
-    let body = meeting_body(&req(&long, Some(&long)), true);
+    let mark = marks().seal(Uuid::from_u128(0x1234), 1);
+    let body = meeting_body(&req(&long, Some(&long)), mark.clone(), true);
     assert_eq!(body["topic"].as_str().unwrap().chars().count(), TOPIC_MAX);
     let agenda = body["agenda"].as_str().unwrap();
     assert_eq!(agenda.chars().count(), AGENDA_MAX);
-    assert!(agenda.starts_with(MARKER_PREFIX), "the marker survives the cut");
-    assert_eq!(meeting_body(&req("t", Some("  ")), true)["agenda"], marker(Uuid::from_u128(0x1234), 1));
+    assert!(agenda.starts_with(&mark), "the mark survives the cut");
+    assert_eq!(meeting_body(&req("t", Some("  ")), mark.clone(), true)["agenda"], mark);
+}
+
+fn marks_with(current: &SecretString, old: &[SecretString]) -> Marks {
+    Marks::new(Arc::new(Keyring::new(current, old).unwrap()))
+}
+
+fn marks() -> Marks {
+    marks_with(&Keyring::generate_key(), &[])
 }
 
 #[test]
-fn markers_differ_per_booking_and_generation_and_hide_the_booking() {
+fn a_mark_names_its_booking_and_generation_to_meetingd_alone() {
+    let key = Keyring::generate_key();
+    let m = marks_with(&key, &[]);
     let b = Uuid::new_v4();
-    assert_eq!(marker(b, 1), marker(b, 1));
-    assert_ne!(marker(b, 1), marker(b, 2));
-    assert_ne!(marker(b, 1), marker(Uuid::new_v4(), 1));
-    assert!(!marker(b, 1).contains(&b.simple().to_string()));
-    assert!(numeric(&marker(b, 1)).is_none(), "a marker is never taken for a meeting id");
+    let mark = m.seal(b, 3);
+    assert!(mark.starts_with(MARK_PREFIX) && mark.ends_with(']'), "{mark}");
+    assert!(!mark.contains(&b.to_string()) && !mark.contains(&b.simple().to_string()), "the booking id never shows");
+    assert_ne!(mark, m.seal(b, 3), "a fresh nonce each time");
+    assert_eq!(m.read(&format!("{mark}\n\nBring notes")), Some((b, 3)));
+    assert!(m.names(&mark, b, 3) && !m.names(&mark, b, 2) && !m.names(&mark, Uuid::new_v4(), 3));
+    // Anyone without the key: a mark cannot be forged or read.
+    assert_eq!(marks().read(&mark), None, "another key reads nothing");
+    assert_eq!(m.read(&format!("{MARK_PREFIX}{b}:3]")), None, "a forged mark is not a mark");
+    assert_eq!(m.read("[meetingd ]"), None);
+    // A forged mark first does not hide the real one after it.
+    assert_eq!(m.read(&format!("[meetingd nonsense] {mark}")), Some((b, 3)));
+    // After a key rotation (the old key kept for decryption) old marks still read.
+    let rotated = marks_with(&Keyring::generate_key(), &[key]);
+    assert_eq!(rotated.read(&mark), Some((b, 3)));
+    // Meetings made before marks were sealed are still recognised.
+    assert!(m.names(&format!("{}\n\nnotes", unsealed_mark(b, 3)), b, 3));
+    assert!(!m.names(&unsealed_mark(b, 3), b, 4));
+}
+
+#[test]
+fn an_intent_is_never_taken_for_a_meeting_id() {
+    let b = Uuid::new_v4();
+    let intent = intent_of(b, 2);
+    assert_eq!(parse_intent(&intent), Some((b, 2)));
+    assert!(numeric(&intent).is_none());
+    assert_eq!(parse_intent("81234567897"), None);
     assert_eq!(numeric("81234567897"), Some("81234567897"));
 }
 
