@@ -2,7 +2,7 @@
 //!
 //! Owns how settings are found and what makes them valid. It never opens a connection or a file
 //! other than the one config file it is given, and never writes anything. Each platform's section
-//! (`[google]`, `[jitsi]`) is a struct here that validates itself (`[zoom]`: `config/zoom.rs`); `[http]` is `config/http.rs`,
+//! (`[google]`, `[jitsi]`) is a struct here that validates itself (`[zoom]`: `config/zoom.rs`, `[teams]`: `config/teams.rs`); `[http]` is `config/http.rs`,
 //! `check`'s timing and transport findings are `config/traps.rs`, the tests `config/tests.rs`.
 
 use std::path::{Path, PathBuf};
@@ -46,6 +46,7 @@ pub struct Config {
     pub encryption: EncryptionConfig,
     pub google: GoogleConfig,
     pub zoom: ZoomConfig,
+    pub teams: TeamsConfig,
     pub http: HttpConfig,
     pub limits: LimitsConfig,
     pub retention: RetentionConfig,
@@ -96,6 +97,10 @@ pub struct RateConfig {
     /// Calls per second for the whole platform (this daemon).
     pub platform_rate: f64,
     pub platform_burst: u32,
+    /// Calls in flight at once per connected account (this daemon); 0: no limit. Microsoft
+    /// Graph allows 4 concurrent requests per mailbox.
+    #[serde(default)]
+    pub integration_concurrency: u32,
 }
 
 #[derive(Clone, Deserialize)]
@@ -375,6 +380,7 @@ impl Config {
             self.google.client_secret_file = p;
         }
         self.zoom.use_credentials(dir);
+        self.teams.use_credentials(dir);
         if unset(&self.http.jwt_secret, &self.http.jwt_secret_file)
             && let Some(p) = present(CREDENTIAL_JWT_SECRET)
         {
@@ -466,6 +472,7 @@ impl Config {
         }
         self.google.problems(&mut problems);
         self.zoom.problems(&mut problems);
+        self.teams.problems(&mut problems);
         for (name, r) in
             [("google_meet", &self.limits.google_meet), ("zoom", &self.limits.zoom), ("teams", &self.limits.teams)]
         {
@@ -535,9 +542,11 @@ pub fn redact_url(url: &str) -> String {
 
 mod http;
 mod traps;
+mod teams;
 mod zoom;
 
 pub use http::HttpConfig;
+pub use teams::{CREDENTIAL_TEAMS_SECRET, TeamsConfig};
 pub use zoom::{CREDENTIAL_ZOOM_SECRET, ZoomConfig};
 
 #[cfg(test)]

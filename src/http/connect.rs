@@ -262,6 +262,10 @@ async fn finish_connect(
         tracing::warn!(user_id = %user_id, error = %e, "could not learn the connected account's e-mail");
         Identity::default()
     });
+    if let Some(code) = connector.refusal(&identity) {
+        tracing::warn!(user_id = %user_id, platform = %platform, refusal = code, "this kind of account cannot be used; not stored");
+        return Err(code.into());
+    }
     let expires_at = tokens.expires_in.and_then(|d| chrono::Duration::from_std(d).ok()).map(|d| chrono::Utc::now() + d);
     let new = crate::admin::NewIntegration {
         user_id,

@@ -37,6 +37,11 @@ impl Who {
         Who { user: meeting.account.as_ref().map_or(provider, |a| a.user_id), account, existing: true }
     }
 
+    /// The provider whose account the operation acts in.
+    pub(crate) fn user(&self) -> Uuid {
+        self.user
+    }
+
     /// The account the operation acts in, once a token was read for it.
     pub(crate) fn account(&self) -> Option<Account> {
         self.account.get().cloned()

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 
-use super::{Platform, ProviderError, google, zoom};
+use super::{Platform, ProviderError, google, teams, zoom};
 use crate::config::Config;
 use crate::oauth::{Authorization, OAuthClient};
 
@@ -54,7 +54,8 @@ pub fn spec(platform: Platform) -> Option<&'static OAuthSpec> {
     match platform {
         Platform::GoogleMeet => Some(&google::OAUTH),
         Platform::Zoom => Some(&zoom::OAUTH),
-        Platform::Teams | Platform::Jitsi => None,
+        Platform::Teams => Some(&teams::OAUTH),
+        Platform::Jitsi => None,
     }
 }
 
@@ -106,6 +107,11 @@ pub trait PlatformAuth: Send + Sync {
     fn revoke_url(&self) -> Option<&url::Url>;
     /// Who the account is, asked with its fresh access token.
     async fn identity(&self, access_token: &SecretString) -> Result<Identity, ProviderError>;
+    /// Why an account of this kind cannot be used (the error code of the callback's redirect),
+    /// decided from who it is; nothing is stored then. By default every account is accepted.
+    fn refusal(&self, _identity: &Identity) -> Option<&'static str> {
+        None
+    }
 
     /// The consent-screen URL for `state`, sending the browser back to `redirect_url`.
     fn authorize(&self, redirect_url: &url::Url, state: &str) -> Authorization {
@@ -130,6 +136,9 @@ impl Connectors {
         if let Some(zoom) = zoom::ZoomAuth::from_config(&config.zoom)? {
             connectors = connectors.with(Arc::new(zoom));
         }
+        if let Some(teams) = teams::TeamsAuth::from_config(&config.teams)? {
+            connectors = connectors.with(Arc::new(teams));
+        }
         Ok(connectors)
     }
 
@@ -153,7 +162,7 @@ mod tests {
             assert_eq!(PathPlatform::parse(segment), PathPlatform::Connectable(&google::OAUTH));
         }
         assert_eq!(PathPlatform::parse("zoom"), PathPlatform::Connectable(&zoom::OAUTH));
-        assert_eq!(PathPlatform::parse("teams"), PathPlatform::NotYet);
+        assert_eq!(PathPlatform::parse("teams"), PathPlatform::Connectable(&teams::OAUTH));
         assert_eq!(PathPlatform::parse("jitsi"), PathPlatform::Unknown);
         assert_eq!(PathPlatform::parse("skype"), PathPlatform::Unknown);
     }

@@ -10,6 +10,7 @@ mod account;
 pub mod auth;
 pub mod google;
 pub mod jitsi;
+pub mod teams;
 pub mod zoom;
 
 use std::collections::HashMap;
@@ -282,8 +283,8 @@ impl Providers {
         Providers::default().with(Arc::new(jitsi::Jitsi::new(config.jitsi.base_url.clone())))
     }
 
-    /// Every platform the configuration enables: Jitsi, and Google Meet and Zoom when their OAuth
-    /// clients are set.
+    /// Every platform the configuration enables: Jitsi, and Google Meet, Zoom and Teams when their
+    /// OAuth clients are set.
     pub fn real(config: &Config, deps: &ProviderDeps) -> Result<Providers, String> {
         let mut providers = Providers::from_config(config);
         let tokens = Arc::new(TokenStore::new(deps.pool.clone(), deps.keyring.clone(), deps.actor.clone()));
@@ -293,6 +294,14 @@ impl Providers {
         } else {
             tracing::info!(
                 "Zoom is not configured (zoom.client_id / client secret); services asking for it get the fallback"
+            );
+        }
+        if let Some(oauth) = teams::oauth_client(&config.teams)? {
+            let concurrency = config.limits.teams.integration_concurrency;
+            providers = providers.with(Arc::new(teams::Teams::new(config.teams.clone(), oauth, tokens.clone(), concurrency)));
+        } else {
+            tracing::info!(
+                "Microsoft Teams is not configured (teams.client_id / client secret); services asking for it get the fallback"
             );
         }
         if let Some(oauth) = google::oauth_client(&config.google)? {
