@@ -253,6 +253,8 @@ async fn app_deauthorized_wipes_the_account_tells_the_provider_and_moves_its_boo
     let state = meeting(&w.c, b).await;
     assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("jitsi")), "{state:?}");
     assert_eq!(job(&w.c, b).await.unwrap().state, "done");
+    let orphaned = market::count(&w.c, "SELECT count(*) FROM meetingd.orphaned_meetings WHERE platform = 'zoom'").await;
+    assert_eq!(orphaned, 1, "the Zoom meeting is out of reach, and reported");
 
     // Zoom delivers again (it retries): nothing more happens.
     let after_first = (w.stored(w.m.provider).await, job(&w.c, b).await.unwrap());
