@@ -353,7 +353,7 @@ pub async fn deauthorize(client: Sql<'_>, platform: &str, platform_user_id: &str
             "UPDATE user_meeting_integrations
                 SET is_active = false, access_token = '', refresh_token = NULL, expires_at = NULL, updated_at = now()
               WHERE platform = $1 AND platform_user_id = $2
-                AND (is_active IS NOT false OR access_token <> '' OR refresh_token IS NOT NULL)
+                AND (COALESCE(is_active, false) OR access_token <> '' OR refresh_token IS NOT NULL)
              RETURNING COALESCE(user_id, '00000000-0000-0000-0000-000000000000')",
             &[&platform, &platform_user_id],
         )

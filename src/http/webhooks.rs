@@ -235,14 +235,12 @@ async fn deauthorize(state: &AppState, zoom_user: &str) -> Result<(), ApiError> 
     }
     // A retired copy is an account its provider already left: nothing to reconnect, but Zoom
     // requires its tokens gone too.
-    let retired_only = done.retired.iter().filter(|u| !done.integrations.contains(u));
-    let mut audited: Vec<Uuid> = Vec::new();
-    for &user in retired_only {
-        if !audited.contains(&user) {
-            audited.push(user);
-            let entry = deauthorized("the app was removed in Zoom: the tokens of a former account wiped");
-            insert_audit(tx.sql(), ACTOR, None, Some(user), None, &entry).await?;
-        }
+    let mut former: Vec<Uuid> = done.retired.iter().copied().filter(|u| !done.integrations.contains(u)).collect();
+    former.sort_unstable();
+    former.dedup();
+    for user in former {
+        let entry = deauthorized("the app was removed in Zoom: the tokens of a former account wiped");
+        insert_audit(tx.sql(), ACTOR, None, Some(user), None, &entry).await?;
     }
     let rearmed = if done.integrations.is_empty() {
         0
