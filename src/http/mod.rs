@@ -3,8 +3,9 @@
 //! Owns routing, the shared state of handlers, body limits and the OpenAPI document. Handlers
 //! never call a meeting platform directly (except OAuth: code exchange, the account lookup and
 //! revocation, through `providers::auth`): meeting changes are queued for the daemon's worker.
-//! Handlers hold no SQL: their statements are `db`'s. Every route but Zoom's webhook
-//! (`webhooks.rs`, signed by Zoom instead) and the OpenAPI document needs the app's bearer token.
+//! Handlers hold no SQL: their statements are `db`'s. Every route but the OAuth callback, Zoom's
+//! webhook (`webhooks.rs`, signed by Zoom instead) and the OpenAPI document needs the app's bearer
+//! token.
 
 pub mod auth;
 pub mod connect;
