@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::config::{Config, Fallback};
 use crate::crypto::Keyring;
 use crate::db::Pool;
+pub use crate::settings::{MeetingOption, MeetingOptions, Recording};
 use crate::tokens::TokenStore;
 
 /// Platform names as stored in `services.meeting_platform` and `bookings.meeting_platform`.
@@ -91,7 +92,11 @@ pub struct MeetingRequest {
     pub customer_email: Option<String>,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
+    /// `services.meeting_settings` as read (recorded on the booking with its meeting).
     pub settings: serde_json::Value,
+    /// The meeting options parsed from `settings`; a platform applies those it honours
+    /// ([`MeetingProvider::supported_options`]).
+    pub options: MeetingOptions,
 }
 
 /// A meeting as it exists at the platform.
@@ -209,6 +214,11 @@ impl ProviderError {
 #[async_trait::async_trait]
 pub trait MeetingProvider: Send + Sync {
     fn platform(&self) -> Platform;
+    /// The meeting options this platform applies to the meetings it makes (on create and on every
+    /// move); the worker reports the others a service sets as ignored. Default: none.
+    fn supported_options(&self) -> &'static [MeetingOption] {
+        &[]
+    }
     async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError>;
     /// `create`, when an earlier attempt at the same `(booking_id, generation)` may already have
     /// made the meeting: the worker recorded its create intent ([`MeetingProvider::intent_id`])

@@ -24,7 +24,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::account::{Access, CallFailure, Who};
-use super::{Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after};
+use super::{
+    Meeting, MeetingOption, MeetingOptions, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after,
+};
 use crate::config::ZoomConfig;
 use crate::oauth::OAuthClient;
 use crate::tokens::TokenStore;
@@ -88,7 +90,10 @@ fn duration_minutes(req: &MeetingRequest) -> i64 {
     ((req.end - req.start).num_seconds().max(1) + 59) / 60
 }
 
-/// The body of a create or a move: the booking's title, description and times.
+/// The body of a create or a move: the booking's title, description and times, and the meeting
+/// options the service set (a move re-applies them, so a change of the service's options reaches
+/// the meeting with its next move). A create with `passcode: true` carries a passcode meetingd
+/// generates ([`passcode`]); a move leaves it as it is (the link carries it).
 fn meeting_body(req: &MeetingRequest, create: bool) -> serde_json::Value {
     let mut body = serde_json::json!({
         "topic": topic(req),
@@ -99,8 +104,50 @@ fn meeting_body(req: &MeetingRequest, create: bool) -> serde_json::Value {
     });
     if create {
         body["type"] = 2.into();
+        if req.options.passcode == Some(true) {
+            body["password"] = passcode().into();
+        }
+    }
+    if let Some(settings) = settings(&req.options) {
+        body["settings"] = settings;
     }
     body
+}
+
+/// The options Zoom honours: every one.
+const SUPPORTED: [MeetingOption; 4] =
+    [MeetingOption::WaitingRoom, MeetingOption::Recording, MeetingOption::Passcode, MeetingOption::MuteOnEntry];
+
+/// The options set, as Zoom's meeting `settings`; `None` when none is (each setting then stays
+/// the account's default). `passcode` is not a setting: it is the create body's `password`.
+fn settings(options: &MeetingOptions) -> Option<serde_json::Value> {
+    let mut settings = serde_json::Map::new();
+    if let Some(on) = options.waiting_room {
+        settings.insert("waiting_room".into(), on.into());
+        if on {
+            // Otherwise participants who join before the host skip the waiting room.
+            settings.insert("join_before_host".into(), false.into());
+        }
+    }
+    if let Some(recording) = options.recording {
+        settings.insert("auto_recording".into(), recording.as_str().into());
+    }
+    if let Some(muted) = options.mute_on_entry {
+        settings.insert("mute_upon_entry".into(), muted.into());
+    }
+    (!settings.is_empty()).then_some(serde_json::Value::Object(settings))
+}
+
+/// Zoom's longest passcode.
+pub const PASSCODE_LEN: usize = 10;
+
+/// A meeting passcode: [`PASSCODE_LEN`] letters and digits (Zoom allows at most 10 of
+/// `[A-Za-z0-9@-_*]`) from rand's OS-seeded, cryptographically secure generator. Never logged:
+/// only the create body carries it, and that body is never logged or quoted.
+fn passcode() -> String {
+    use rand::Rng;
+    use rand::distr::Alphanumeric;
+    rand::rng().sample_iter(Alphanumeric).take(PASSCODE_LEN).map(char::from).collect()
 }
 
 /// A meeting as Zoom answers it. Fields not named here (`start_url` among them) are dropped while
@@ -385,6 +432,10 @@ fn meeting_of(m: ZoomMeeting, who: &Who) -> Result<Meeting, ProviderError> {
 impl MeetingProvider for Zoom {
     fn platform(&self) -> Platform {
         Platform::Zoom
+    }
+
+    fn supported_options(&self) -> &'static [MeetingOption] {
+        &SUPPORTED
     }
 
     async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError> {

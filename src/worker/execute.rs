@@ -154,7 +154,10 @@ impl Run<'_> {
                 self.note("meeting.update", platform, started, &result);
                 match result {
                     Ok(meeting) => match self.checked_link(platform, meeting) {
-                        Ok(meeting) => linked(platform, &record.requested_platform, meeting, &req),
+                        Ok(meeting) => {
+                            self.note_ignored_options(provider.as_ref(), platform, &req);
+                            linked(platform, &record.requested_platform, meeting, &req)
+                        }
                         Err(error) => Outcome::Failed { error },
                     },
                     // Deleted at the platform by someone else, or out of reach in an
@@ -226,6 +229,7 @@ impl Run<'_> {
                     return fail(choice.platform, error);
                 }
                 Ok(Ok(meeting)) => {
+                    self.note_ignored_options(provider.as_ref(), choice.platform, req);
                     let event = Event {
                         kind: "meeting_ready",
                         platform: Some(choice.platform.as_str().to_string()),
@@ -449,6 +453,25 @@ impl Run<'_> {
                 ));
                 Err(error)
             }
+        }
+    }
+
+    /// Names, on the audit line of the call just made, the meeting options the service set that
+    /// `platform` does not honour (`MeetingProvider::supported_options`): the meeting was made
+    /// or moved without them.
+    fn note_ignored_options(&mut self, provider: &dyn MeetingProvider, platform: Platform, req: &MeetingRequest) {
+        let ignored = req.options.unsupported(provider.supported_options());
+        if ignored.is_empty() {
+            return;
+        }
+        let names = ignored.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ");
+        tracing::info!(platform = %platform, options = %names, "meeting options the platform does not support were ignored");
+        let note = format!("options not supported by {}: {names}", platform.display_name());
+        if let Some(last) = self.audit.last_mut() {
+            last.detail = Some(match last.detail.take().filter(|d| !d.is_empty()) {
+                Some(detail) => format!("{detail}; {note}"),
+                None => note,
+            });
         }
     }
 

@@ -457,3 +457,122 @@ async fn an_integration_added_with_the_cli_gets_zoom_meetings() {
     let state = meeting(&z.c, b).await;
     assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("zoom")), "{state:?}");
 }
+
+/// The audit details of the booking's meeting operation `action`, oldest first.
+async fn audit_details(c: &tokio_postgres::Client, b: Uuid, action: &str) -> Vec<String> {
+    c.query(
+        "SELECT coalesce(detail, '') FROM meetingd.audit_log WHERE booking_id = $1 AND action = $2 ORDER BY id",
+        &[&b, &action],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+async fn set_meeting_settings(c: &tokio_postgres::Client, service: Uuid, settings: serde_json::Value) {
+    c.execute(
+        "UPDATE services SET meeting_settings = $2::text::jsonb WHERE id = $1",
+        &[&service, &settings.to_string()],
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_zoom_service_with_every_option_gets_them_on_its_meeting_and_a_passcode_of_zooms_shape() {
+    let (captured, _guard) = meetingd_testkit::logs::capture_trace();
+    let z = setup().await;
+    let all = serde_json::json!({"waiting_room": true, "recording": "cloud", "passcode": true, "mute_on_entry": true});
+    set_meeting_settings(&z.c, z.service, all).await;
+    let b = z.book().await;
+    z.run().await;
+
+    let state = meeting(&z.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
+    let id = state.meeting_id.unwrap();
+    let stored = z.zoom.meeting(&id).unwrap().body;
+    let expected = serde_json::json!({"waiting_room": true, "join_before_host": false, "auto_recording": "cloud", "mute_upon_entry": true});
+    assert_eq!(stored["settings"], expected);
+    let passcode = stored["password"].as_str().expect("a passcode was sent").to_string();
+    assert_eq!(passcode.len(), 10, "{passcode}");
+    assert!(passcode.bytes().all(|b| b.is_ascii_alphanumeric()), "{passcode}");
+    let details = audit_details(&z.c, b, "meeting.create").await;
+    assert!(details.iter().all(|d| !d.contains("not supported")), "Zoom honours every option: {details:?}");
+
+    // A move re-applies the options and keeps the passcode (the link carries it).
+    market::reschedule_hours(&z.c, b, 2).await;
+    z.run().await;
+    assert!(z.zoom.calls().contains(&format!("patch {id}")), "{:?}", z.zoom.calls());
+    let moved = z.zoom.meeting(&id).unwrap().body;
+    assert_eq!(moved["settings"], expected);
+    assert_eq!(moved["password"], passcode.as_str());
+    assert_eq!(creates(&z.zoom), 1);
+
+    let text = captured.text();
+    assert!(text.lines().count() > 5, "the capture works: {text}");
+    assert!(!text.contains(&passcode), "a log line holds the passcode");
+    let audit: String =
+        z.c.query_one("SELECT string_agg(a::text, ' ') FROM meetingd.audit_log a", &[]).await.unwrap().get(0);
+    assert!(!audit.contains(&passcode), "an audit row holds the passcode");
+}
+
+#[tokio::test]
+async fn options_set_to_off_are_sent_and_unset_ones_leave_zooms_defaults() {
+    let z = setup().await;
+    set_meeting_settings(&z.c, z.service, serde_json::json!({"waiting_room": false, "passcode": false})).await;
+    let b = z.book().await;
+    z.run().await;
+    let id = meeting(&z.c, b).await.meeting_id.unwrap();
+    let stored = z.zoom.meeting(&id).unwrap().body;
+    assert_eq!(stored["settings"], serde_json::json!({"waiting_room": false}));
+    assert!(stored.get("password").is_none(), "passcode false sends none");
+
+    // No options at all: no settings object, so the account's defaults hold.
+    set_meeting_settings(&z.c, z.service, serde_json::json!({})).await;
+    let b = z.book().await;
+    z.run().await;
+    let id = meeting(&z.c, b).await.meeting_id.unwrap();
+    assert!(z.zoom.meeting(&id).unwrap().body.get("settings").is_none());
+}
+
+#[tokio::test]
+async fn a_bad_option_value_fails_the_booking_naming_the_key() {
+    let z = setup().await;
+    set_meeting_settings(&z.c, z.service, serde_json::json!({"recording": "always"})).await;
+    let b = z.book().await;
+    z.run().await;
+    let state = meeting(&z.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("failed"), "{state:?}");
+    assert!(state.error.as_deref().is_some_and(|e| e.contains("\"recording\"")), "{state:?}");
+    assert!(z.zoom.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_google_service_with_a_waiting_room_gets_its_meeting_and_the_audit_names_the_ignored_option() {
+    let g = crate::google::setup_with(3600, |_| {}).await;
+    set_meeting_settings(&g.c, g.service, serde_json::json!({"waiting_room": true, "title": "Call"})).await;
+    let b = market::book(&g.c, g.service, g.m.customer, "confirmed").await;
+    g.worker.run_once().await.unwrap();
+    let state = meeting(&g.c, b).await;
+    assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("google_meet")), "{state:?}");
+    let details = audit_details(&g.c, b, "meeting.create").await;
+    assert_eq!(details.len(), 1, "{details:?}");
+    assert!(details[0].contains("options not supported by Google Meet: waiting_room"), "{details:?}");
+}
+
+#[tokio::test]
+async fn a_zoom_booking_that_falls_back_to_jitsi_names_the_options_jitsi_ignores() {
+    let z = setup().await;
+    z.c.execute("DELETE FROM user_meeting_integrations", &[]).await.unwrap();
+    set_meeting_settings(&z.c, z.service, serde_json::json!({"passcode": true, "recording": "cloud"})).await;
+    let b = z.book().await;
+    z.run().await;
+    let state = meeting(&z.c, b).await;
+    assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("jitsi")), "{state:?}");
+    let details = audit_details(&z.c, b, "meeting.create").await;
+    assert_eq!(details.len(), 1, "{details:?}");
+    assert!(details[0].contains("fallback to jitsi"), "{details:?}");
+    assert!(details[0].contains("options not supported by Jitsi Meet: recording, passcode"), "{details:?}");
+}
