@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::config::{Config, Fallback};
 use crate::crypto::Keyring;
 use crate::db::Pool;
+use crate::quota::QuotaStore;
 pub use crate::settings::{MeetingOption, MeetingOptions, Recording};
 use crate::tokens::TokenStore;
 
@@ -296,7 +297,8 @@ impl Providers {
         let mut providers = Providers::from_config(config);
         let tokens = Arc::new(TokenStore::new(deps.pool.clone(), deps.keyring.clone(), deps.actor.clone()));
         if let Some(oauth) = zoom::oauth_client(&config.zoom)? {
-            providers = providers.with(Arc::new(zoom::Zoom::new(config.zoom.clone(), oauth, tokens.clone())));
+            let quota = QuotaStore::new(deps.pool.clone(), Platform::Zoom, config.limits.zoom.daily_meeting_writes);
+            providers = providers.with(Arc::new(zoom::Zoom::new(config.zoom.clone(), oauth, tokens.clone(), quota)));
         } else {
             tracing::info!(
                 "Zoom is not configured (zoom.client_id / client secret); services asking for it get the fallback"

@@ -11,8 +11,12 @@
 //! ([`MeetingProvider::intent_id`] answers the marker), and a create repeated for the same intent
 //! ([`MeetingProvider::create_again`]) first lists the account's upcoming meetings for the
 //! marker and adopts what it finds (deleting all but one). Deleting an intent's meeting by its
-//! marker works the same way. Its OAuth facts are `zoom/auth.rs` ([`OAUTH`], [`ZoomAuth`]). It
-//! never touches the database except through the `TokenStore`.
+//! marker works the same way. Its OAuth facts are `zoom/auth.rs` ([`OAUTH`], [`ZoomAuth`]).
+//!
+//! Zoom allows each user 100 meeting creations and updates a day: every POST or PATCH of a
+//! meeting first takes one from the account's daily count in the database (`QuotaStore`), shared
+//! by all daemons, and is not sent when none is left. It never touches the database except
+//! through the `TokenStore` and the `QuotaStore`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +33,7 @@ use super::{
 };
 use crate::config::ZoomConfig;
 use crate::oauth::OAuthClient;
+use crate::quota::QuotaStore;
 use crate::tokens::TokenStore;
 
 mod auth;
@@ -187,6 +192,9 @@ struct ZoomError {
 enum CallError {
     Unauthorized,
     NotFound,
+    /// The daily limit of meeting creations and updates (a 429 that says so): no more until the
+    /// given wait is over (00:00 UTC, unless Zoom said otherwise).
+    DailyLimit(Duration),
     Other(ProviderError),
 }
 
@@ -217,9 +225,11 @@ fn classify(status: u16, body: &[u8], retry_after: Option<Duration>, now: DateTi
         (429, _) => {
             // The daily limit of create/update requests often comes without `Retry-After`: it
             // resets at 00:00 GMT.
-            let daily = message.to_ascii_lowercase().contains("daily");
-            let retry_after = retry_after.or_else(|| daily.then(|| until_midnight(now)));
-            CallError::Other(ProviderError::RateLimited { retry_after })
+            if message.to_ascii_lowercase().contains("daily") {
+                CallError::DailyLimit(retry_after.unwrap_or_else(|| until_midnight(now)))
+            } else {
+                CallError::Other(ProviderError::RateLimited { retry_after })
+            }
         }
         (s, _) if s >= 500 => CallError::Other(ProviderError::Transient(format!("Zoom answered HTTP {s}"))),
         (s, c) => CallError::Other(ProviderError::Permanent(format!(
@@ -239,6 +249,7 @@ fn into_provider(e: CallError) -> ProviderError {
     match e {
         CallError::Unauthorized => ProviderError::Unauthorized,
         CallError::NotFound => ProviderError::NotFound,
+        CallError::DailyLimit(wait) => ProviderError::RateLimited { retry_after: Some(wait) },
         CallError::Other(p) => p,
     }
 }
@@ -253,6 +264,8 @@ pub struct Zoom {
     config: ZoomConfig,
     oauth: OAuthClient,
     tokens: Arc<TokenStore>,
+    /// Each account's daily allowance of meeting creations and updates.
+    quota: QuotaStore,
 }
 
 /// meetingd's OAuth client at Zoom's token endpoint (HTTP Basic client authentication, which
@@ -273,14 +286,14 @@ pub fn oauth_client(config: &ZoomConfig) -> Result<Option<OAuthClient>, String> 
 }
 
 impl Zoom {
-    pub fn new(config: ZoomConfig, oauth: OAuthClient, tokens: Arc<TokenStore>) -> Zoom {
+    pub fn new(config: ZoomConfig, oauth: OAuthClient, tokens: Arc<TokenStore>, quota: QuotaStore) -> Zoom {
         let http = reqwest::Client::builder()
             // Zoom's API does not redirect; following one could send the token elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .build()
             .expect("a reqwest client with rustls builds");
-        Zoom { http, config, oauth, tokens }
+        Zoom { http, config, oauth, tokens, quota }
     }
 
     /// The way into connected Zoom accounts.
@@ -323,6 +336,54 @@ impl Zoom {
             Ok(body.to_vec())
         } else {
             Err(classify(status, &body, retry_after, Utc::now()))
+        }
+    }
+
+    /// A meeting creation or update (`call`: a POST or a PATCH), which Zoom's daily limit counts:
+    /// one is taken from the account's daily allowance first, and with none left Zoom is not
+    /// called (`RateLimited` until 00:00 UTC). Zoom's own daily-limit answer marks the account's
+    /// day used up. The account is the one `who` acts in (learnt from its token when not pinned
+    /// yet); reads and deletes are not counted.
+    async fn counted<T, F, Fut>(&self, who: &Who, call: F) -> Result<T, ProviderError>
+    where
+        F: Fn(SecretString) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CallError>>,
+    {
+        if self.quota.counts() {
+            if who.account().is_none() {
+                self.access().token(who, None).await?;
+            }
+            let Some(account) = who.account() else {
+                return Err(ProviderError::Transient(
+                    "the Zoom account to count the request against is unknown".into(),
+                ));
+            };
+            match self.quota.take(account.integration_id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(
+                        integration_id = %account.integration_id,
+                        "Zoom's daily limit of meeting creations and updates is used up for this account; not calling Zoom until 00:00 UTC"
+                    );
+                    return Err(ProviderError::RateLimited { retry_after: Some(until_midnight(Utc::now())) });
+                }
+                Err(e) => {
+                    return Err(ProviderError::Transient(format!(
+                        "could not count the request against Zoom's daily limit: {e}"
+                    )));
+                }
+            }
+        }
+        match self.access().authorized(who, call).await {
+            Err(CallError::DailyLimit(wait)) => {
+                if let Some(account) = who.account()
+                    && let Err(e) = self.quota.exhaust(account.integration_id).await
+                {
+                    tracing::warn!(error = %e, "could not record that Zoom's daily limit is used up");
+                }
+                Err(ProviderError::RateLimited { retry_after: Some(wait) })
+            }
+            other => other.map_err(into_provider),
         }
     }
 
@@ -414,7 +475,7 @@ impl Zoom {
     /// answers 204 without a body.
     async fn moved(&self, who: &Who, id: &str, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
         let body = meeting_body(req, false);
-        self.access().authorized(who, |t| self.patch(t, id, body.clone())).await.map_err(into_provider)?;
+        self.counted(who, |t| self.patch(t, id, body.clone())).await?;
         let fresh = self.access().authorized(who, |t| self.get(t, id)).await.map_err(into_provider)?;
         meeting_of(fresh, who)
     }
@@ -441,7 +502,7 @@ impl MeetingProvider for Zoom {
     async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
         let who = Who::provider(req.provider_user_id);
         let body = meeting_body(req, true);
-        let created = self.access().authorized(&who, |t| self.post(t, body.clone())).await.map_err(into_provider)?;
+        let created = self.counted(&who, |t| self.post(t, body.clone())).await?;
         meeting_of(created, &who)
     }
 
@@ -452,7 +513,7 @@ impl MeetingProvider for Zoom {
             return Ok(adopted);
         }
         let body = meeting_body(req, true);
-        let created = self.access().authorized(&who, |t| self.post(t, body.clone())).await.map_err(into_provider)?;
+        let created = self.counted(&who, |t| self.post(t, body.clone())).await?;
         meeting_of(created, &who)
     }
 

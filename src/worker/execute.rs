@@ -9,8 +9,9 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use futures_util::FutureExt;
 use uuid::Uuid;
 
@@ -479,6 +480,9 @@ impl Run<'_> {
     fn after_error(&self, error: ProviderError, operation: &str, platform: Option<Platform>) -> Outcome {
         let attempt = self.s.claim.attempt;
         let name = platform.map_or("the platform", |p| p.display_name());
+        if let Some(outcome) = self.after_allowance_spent(&error, operation, name) {
+            return outcome;
+        }
         if error.is_retryable() {
             let policy = self.worker.config.retry_policy();
             if let Some(delay) = policy.next_delay(attempt as u32, error.retry_after(), jitter_unit()) {
@@ -491,6 +495,38 @@ impl Run<'_> {
             };
         }
         Outcome::Failed { error: format!("Could not {operation} the {name} meeting: {error}.") }
+    }
+
+    /// A platform's allowance for the account is spent until a known time past the retry cap
+    /// (`RateLimited` with a wait of more than `worker.retry_max_ms`, up to a day: Zoom's daily
+    /// limit, until 00:00 UTC): the job waits that long (one attempt) instead of spending its
+    /// attempts every few minutes against a limit that cannot have reset, and the sentence says
+    /// when it resumes. `None` for any
+    /// other error.
+    fn after_allowance_spent(&self, error: &ProviderError, operation: &str, name: &str) -> Option<Outcome> {
+        let ProviderError::RateLimited { retry_after: Some(wait) } = error else { return None };
+        let policy = self.worker.config.retry_policy();
+        if *wait <= policy.max || *wait > Duration::from_secs(86_400) {
+            return None;
+        }
+        let resumes = Utc::now() + chrono::Duration::from_std(*wait).ok()?;
+        let resumes = chrono::DurationRound::duration_round(resumes, chrono::Duration::minutes(1)).ok()?;
+        let daily = if resumes.time() == chrono::NaiveTime::MIN { " daily" } else { "" };
+        let sentence = format!(
+            "{name}'s{daily} limit of requests for this account is reached; meetingd tries again at {} UTC",
+            resumes.format("%Y-%m-%d %H:%M")
+        );
+        let attempt = self.s.claim.attempt;
+        if policy.next_delay(attempt as u32, None, 0.0).is_none() {
+            return Some(Outcome::Failed {
+                error: format!(
+                    "Could not {operation} the {name} meeting after {attempt} attempts (last error: {sentence}). It is tried again when the booking changes."
+                ),
+            });
+        }
+        // Spread over a minute: every job of the account waits for the same moment.
+        let delay = *wait + Duration::from_secs(60).mul_f64(jitter_unit());
+        Some(Outcome::Retry { error: format!("{operation} on {name}: {sentence}."), delay })
     }
 
     /// Audit entry and one log line for a platform call.

@@ -111,6 +111,7 @@ fn class(status: u16, body: serde_json::Value, retry_after: Option<Duration>) ->
     match classify(status, body.to_string().as_bytes(), retry_after, now) {
         CallError::Unauthorized => ("unauthorized".into(), None),
         CallError::NotFound => ("not_found".into(), None),
+        CallError::DailyLimit(wait) => ("daily_limit".into(), Some(wait)),
         CallError::Other(p) => (p.class().into(), p.retry_after()),
     }
 }
@@ -137,7 +138,13 @@ fn errors_are_classified_as_zoom_documents_them() {
     assert_eq!(class(429, e(429, "per-second limit"), None), ("rate_limited".into(), None));
     // The daily limit without Retry-After: until 00:00 GMT (two hours after 22:00).
     let daily = "You have exceeded the daily rate limit (100) of Meeting Create/Update API requests.";
-    assert_eq!(class(429, e(429, daily), None), ("rate_limited".into(), Some(Duration::from_secs(7200))));
+    assert_eq!(class(429, e(429, daily), None), ("daily_limit".into(), Some(Duration::from_secs(7200))));
+    let per_second = "You have reached the maximum per-second rate limit for this API. Try again later.";
+    assert_eq!(class(429, e(429, per_second), None), ("rate_limited".into(), None), "not the daily limit");
+    let now = Utc.with_ymd_and_hms(2026, 12, 6, 22, 0, 0).unwrap();
+    let daily_limit = classify(429, e(429, daily).to_string().as_bytes(), None, now);
+    let p = into_provider(daily_limit);
+    assert_eq!((p.class(), p.retry_after()), ("rate_limited", Some(Duration::from_secs(7200))), "for the worker");
     assert_eq!(class(429, e(429, daily), Some(Duration::from_secs(60))).1, Some(Duration::from_secs(60)));
 }
 
