@@ -497,16 +497,16 @@ impl Run<'_> {
         Outcome::Failed { error: format!("Could not {operation} the {name} meeting: {error}.") }
     }
 
-    /// A platform's allowance for the account is spent until a known time past the retry cap
-    /// (`RateLimited` with a wait of more than `worker.retry_max_ms`, up to a day: Zoom's daily
-    /// limit, until 00:00 UTC): the job waits that long (one attempt) instead of spending its
+    /// A platform's allowance for the account is spent until a reset an hour to a day away and
+    /// past the retry cap (`RateLimited` with such a wait: Zoom's daily limit, until 00:00 UTC;
+    /// Google's `quotaExceeded`): the job waits that long (one attempt) instead of spending its
     /// attempts every few minutes against a limit that cannot have reset, and the sentence says
-    /// when it resumes. `None` for any
-    /// other error.
+    /// when it resumes. A shorter wait is a throttle's `Retry-After`, capped as usual. `None` for
+    /// any other error.
     fn after_allowance_spent(&self, error: &ProviderError, operation: &str, name: &str) -> Option<Outcome> {
         let ProviderError::RateLimited { retry_after: Some(wait) } = error else { return None };
         let policy = self.worker.config.retry_policy();
-        if *wait <= policy.max || *wait > Duration::from_secs(86_400) {
+        if *wait <= policy.max || *wait < Duration::from_secs(3600) || *wait > Duration::from_secs(86_400) {
             return None;
         }
         let resumes = Utc::now() + chrono::Duration::from_std(*wait).ok()?;
