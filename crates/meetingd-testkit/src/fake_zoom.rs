@@ -67,7 +67,8 @@ impl Fail {
 
 #[derive(Debug, Clone)]
 pub struct StoredMeeting {
-    /// The meeting as `GET /meetings/{id}` answers it.
+    /// The meeting as `GET /meetings/{id}` answers it: what the create posted (its `settings` and
+    /// `password` among it), each patch merged in (`settings` key by key, as Zoom does).
     pub body: Value,
     pub deleted: bool,
 }
@@ -429,6 +430,13 @@ fn meeting_shape_problem(body: &Value, create: bool) -> Option<String> {
     if body.get("agenda").and_then(Value::as_str).is_some_and(|a| a.chars().count() > 2000) {
         return Some("agenda is longer than 2000 characters".into());
     }
+    // Zoom's passcode rule: at most 10 characters of [A-Za-z0-9@-_*].
+    if let Some(p) = body.get("password") {
+        let ok = |p: &str| p.len() <= 10 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"@-_*".contains(&b));
+        if !p.as_str().is_some_and(ok) {
+            return Some("Invalid parameter: password.".into());
+        }
+    }
     None
 }
 
@@ -528,7 +536,10 @@ async fn patch_meeting(
     }
     let meeting = s.meetings.get_mut(&n).unwrap();
     for (k, v) in patch.as_object().into_iter().flatten() {
-        meeting.body[k] = v.clone();
+        match (k.as_str(), v.as_object(), meeting.body.get_mut(k).and_then(Value::as_object_mut)) {
+            ("settings", Some(given), Some(kept)) => kept.extend(given.clone()),
+            _ => meeting.body[k] = v.clone(),
+        }
     }
     if let Some(f) = after {
         return failure(&f);
