@@ -266,14 +266,15 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = crate::db::session(&config.database).await?;
             let p = crate::db::maintenance::prune(client.sql(), &config.retention).await?;
             println!(
-                "pruned {} row(s): {} audit, {} events, {} finished jobs, {} expired OAuth states, {} retired integrations, {} orphan reports",
+                "pruned {} row(s): {} audit, {} events, {} finished jobs, {} expired OAuth states, {} retired integrations, {} orphan reports, {} past daily counts",
                 p.total(),
                 p.audit_log,
                 p.events,
                 p.jobs,
                 p.oauth_states,
                 p.retired_integrations,
-                p.orphaned_meetings
+                p.orphaned_meetings,
+                p.platform_quota
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -101,6 +101,10 @@ pub struct RateConfig {
     /// Graph allows 4 concurrent requests per mailbox.
     #[serde(default)]
     pub integration_concurrency: u32,
+    /// Meeting creations and updates per connected account per UTC day, counted in the database
+    /// across daemons (`quota.rs`); 0: not counted. Zoom's only (`[limits.zoom]`).
+    #[serde(default)]
+    pub daily_meeting_writes: u32,
 }
 
 #[derive(Clone, Deserialize)]
@@ -479,6 +483,11 @@ impl Config {
             if !(r.integration_rate > 0.0 && r.platform_rate > 0.0) || r.integration_burst == 0 || r.platform_burst == 0
             {
                 problems.push(format!("limits.{name}: rates and bursts must be greater than 0"));
+            }
+            if name != "zoom" && r.daily_meeting_writes != 0 {
+                problems.push(format!(
+                    "limits.{name}.daily_meeting_writes: only Zoom's daily limit is counted (set it in [limits.zoom])"
+                ));
             }
         }
         let h = &self.http;

@@ -18,6 +18,7 @@ pub mod links;
 pub mod metrics;
 pub mod oauth;
 pub mod providers;
+pub mod quota;
 pub mod ratelimit;
 pub mod reconcile;
 pub mod retry;

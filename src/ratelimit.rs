@@ -107,7 +107,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn limits(rate: f64, burst: u32, platform_rate: f64, platform_burst: u32) -> LimitsConfig {
-        let r = RateConfig { integration_rate: rate, integration_burst: burst, platform_rate, platform_burst };
+        let r = RateConfig {
+            integration_rate: rate,
+            integration_burst: burst,
+            platform_rate,
+            platform_burst,
+            daily_meeting_writes: 0,
+            integration_concurrency: 0,
+        };
         LimitsConfig { google_meet: r.clone(), zoom: r.clone(), teams: r }
     }
 

@@ -1,12 +1,15 @@
 //! Per-service meeting settings (`services.meeting_settings`), validated before any platform call.
 //!
-//! Owns the accepted keys and the title template. Pure: no I/O. An unknown key or placeholder is an
-//! error sentence the provider can act on, recorded in `bookings.meeting_error`.
+//! Owns the accepted keys, the title template and the platform-neutral meeting options
+//! ([`MeetingOption`], [`MeetingOptions`]); which options a platform honours is its provider's
+//! to say (`MeetingProvider::supported_options`). Pure: no I/O. An unknown key, a value of the
+//! wrong type or an unknown placeholder is an error sentence the provider can act on, recorded in
+//! `bookings.meeting_error`.
 
 use serde_json::Value;
 
 /// The keys a service may set, for every platform.
-pub const KEYS: [&str; 2] = ["title", "description"];
+pub const KEYS: [&str; 6] = ["title", "description", "waiting_room", "recording", "passcode", "mute_on_entry"];
 
 const PLACEHOLDERS: [&str; 3] = ["service", "customer", "provider"];
 
@@ -22,6 +25,87 @@ pub struct MeetingSettings {
     pub title: Option<String>,
     /// Event description (replaces the service's description).
     pub description: Option<String>,
+    pub options: MeetingOptions,
+}
+
+/// A platform-neutral meeting option, named by its key in `services.meeting_settings`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MeetingOption {
+    /// `waiting_room`: participants wait until the host admits them.
+    WaitingRoom,
+    /// `recording`: whether and where the meeting is recorded automatically.
+    Recording,
+    /// `passcode`: the meeting gets a generated passcode (carried in its link).
+    Passcode,
+    /// `mute_on_entry`: participants join muted.
+    MuteOnEntry,
+}
+
+impl MeetingOption {
+    pub const ALL: [MeetingOption; 4] =
+        [MeetingOption::WaitingRoom, MeetingOption::Recording, MeetingOption::Passcode, MeetingOption::MuteOnEntry];
+
+    /// The key in `services.meeting_settings`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeetingOption::WaitingRoom => "waiting_room",
+            MeetingOption::Recording => "recording",
+            MeetingOption::Passcode => "passcode",
+            MeetingOption::MuteOnEntry => "mute_on_entry",
+        }
+    }
+}
+
+/// The `recording` option's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recording {
+    None,
+    /// On the host's computer.
+    Local,
+    /// In the platform's cloud.
+    Cloud,
+}
+
+impl Recording {
+    pub const ALL: [Recording; 3] = [Recording::None, Recording::Local, Recording::Cloud];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recording::None => "none",
+            Recording::Local => "local",
+            Recording::Cloud => "cloud",
+        }
+    }
+}
+
+/// The meeting options a service set. `None`: not set, so the platform account's default applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeetingOptions {
+    pub waiting_room: Option<bool>,
+    pub recording: Option<Recording>,
+    pub passcode: Option<bool>,
+    pub mute_on_entry: Option<bool>,
+}
+
+impl MeetingOptions {
+    /// The options the service set (to any value), in [`MeetingOption::ALL`]'s order.
+    pub fn set(&self) -> Vec<MeetingOption> {
+        MeetingOption::ALL.into_iter().filter(|o| self.is_set(*o)).collect()
+    }
+
+    pub fn is_set(&self, option: MeetingOption) -> bool {
+        match option {
+            MeetingOption::WaitingRoom => self.waiting_room.is_some(),
+            MeetingOption::Recording => self.recording.is_some(),
+            MeetingOption::Passcode => self.passcode.is_some(),
+            MeetingOption::MuteOnEntry => self.mute_on_entry.is_some(),
+        }
+    }
+
+    /// The options set that a platform honouring `supported` ignores.
+    pub fn unsupported(&self, supported: &[MeetingOption]) -> Vec<MeetingOption> {
+        self.set().into_iter().filter(|o| !supported.contains(o)).collect()
+    }
 }
 
 /// Names the title template can use.
@@ -57,7 +141,32 @@ pub fn parse(value: &Value) -> Result<MeetingSettings, String> {
     if let Some(t) = &title {
         check_template(t)?;
     }
-    Ok(MeetingSettings { title, description: text("description", 8000)? })
+    Ok(MeetingSettings { title, description: text("description", 8000)?, options: options(object)? })
+}
+
+fn options(object: &serde_json::Map<String, Value>) -> Result<MeetingOptions, String> {
+    let flag = |option: MeetingOption| -> Result<Option<bool>, String> {
+        let key = option.as_str();
+        match object.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(format!("The meeting setting \"{key}\" must be true or false.")),
+        }
+    };
+    let recording = match object.get(MeetingOption::Recording.as_str()) {
+        None | Some(Value::Null) => None,
+        Some(value) => {
+            Some(Recording::ALL.into_iter().find(|r| value.as_str() == Some(r.as_str())).ok_or_else(|| {
+                "The meeting setting \"recording\" must be \"none\", \"local\" or \"cloud\".".to_string()
+            })?)
+        }
+    };
+    Ok(MeetingOptions {
+        waiting_room: flag(MeetingOption::WaitingRoom)?,
+        recording,
+        passcode: flag(MeetingOption::Passcode)?,
+        mute_on_entry: flag(MeetingOption::MuteOnEntry)?,
+    })
 }
 
 fn check_template(template: &str) -> Result<(), String> {
@@ -105,12 +214,63 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_placeholders_are_rejected_clearly() {
-        let e = parse(&json!({"title": "x", "waiting_room": true})).unwrap_err();
-        assert!(e.contains("unknown keys (waiting_room)"), "{e}");
+        let e = parse(&json!({"title": "x", "waiting_room": true, "lobby": true})).unwrap_err();
+        assert!(e.contains("unknown keys (lobby)"), "{e}");
+        assert!(e.contains("waiting_room, recording, passcode, mute_on_entry"), "the sentence lists the keys: {e}");
         let e = parse(&json!({"title": "{room}"})).unwrap_err();
         assert!(e.contains("{room}"), "{e}");
         assert!(parse(&json!({"title": "open {"})).is_err());
         assert!(parse(&json!({"title": 5})).unwrap_err().contains("must be text"));
         assert!(parse(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn options_are_typed_and_unset_by_default() {
+        assert_eq!(parse(&json!({"title": "x"})).unwrap().options, MeetingOptions::default());
+        assert!(MeetingOptions::default().set().is_empty());
+        let all = json!({"waiting_room": true, "recording": "cloud", "passcode": false, "mute_on_entry": true});
+        let o = parse(&all).unwrap().options;
+        assert_eq!(
+            o,
+            MeetingOptions {
+                waiting_room: Some(true),
+                recording: Some(Recording::Cloud),
+                passcode: Some(false),
+                mute_on_entry: Some(true),
+            }
+        );
+        assert_eq!(o.set(), MeetingOption::ALL.to_vec(), "false is set too: it overrides the account's default");
+        for r in Recording::ALL {
+            assert_eq!(parse(&json!({"recording": r.as_str()})).unwrap().options.recording, Some(r));
+        }
+        let null = parse(&json!({"waiting_room": null, "recording": null})).unwrap().options;
+        assert!(null.set().is_empty(), "null leaves an option unset");
+    }
+
+    #[test]
+    fn options_of_the_wrong_type_or_value_fail_naming_the_key() {
+        for (key, value) in [
+            ("waiting_room", json!("yes")),
+            ("passcode", json!(1)),
+            ("mute_on_entry", json!({})),
+            ("recording", json!(true)),
+            ("recording", json!("Cloud")),
+            ("recording", json!("always")),
+        ] {
+            let e = parse(&json!({ key: value })).unwrap_err();
+            assert!(e.starts_with(&format!("The meeting setting \"{key}\" must be")), "{key}={value}: {e}");
+        }
+        assert!(parse(&json!({"recording": "local"})).is_ok());
+    }
+
+    #[test]
+    fn unsupported_options_are_those_set_but_not_honoured() {
+        let o = MeetingOptions { waiting_room: Some(false), passcode: Some(true), ..MeetingOptions::default() };
+        assert_eq!(o.unsupported(&[]), vec![MeetingOption::WaitingRoom, MeetingOption::Passcode]);
+        assert_eq!(o.unsupported(&[MeetingOption::Passcode]), vec![MeetingOption::WaitingRoom]);
+        assert!(o.unsupported(&MeetingOption::ALL).is_empty());
+        let names: Vec<&str> = MeetingOption::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(names, ["waiting_room", "recording", "passcode", "mute_on_entry"]);
+        assert!(names.iter().all(|n| KEYS.contains(n)), "every option is an accepted key");
     }
 }

@@ -114,3 +114,19 @@ fn database_url_is_redacted_in_debug() {
         Ok(())
     });
 }
+
+#[test]
+fn zoom_counts_its_daily_meeting_writes_and_only_zoom_does() {
+    let c = Config::defaults();
+    assert_eq!(c.limits.zoom.daily_meeting_writes, 100);
+    assert_eq!(c.limits.google_meet.daily_meeting_writes, 0);
+    Jail::expect_with(|jail| {
+        jail.set_env("MEETINGD_LIMITS__ZOOM__DAILY_MEETING_WRITES", "0");
+        let c = Config::load(None).map_err(|e| e.to_string())?;
+        assert_eq!(c.limits.zoom.daily_meeting_writes, 0, "0: not counted");
+        jail.set_env("MEETINGD_LIMITS__GOOGLE_MEET__DAILY_MEETING_WRITES", "5");
+        let ConfigError::Invalid(problems) = Config::load(None).unwrap_err() else { panic!("expected Invalid") };
+        assert!(problems.iter().any(|p| p.contains("limits.google_meet.daily_meeting_writes")), "{problems:?}");
+        Ok(())
+    });
+}

@@ -332,3 +332,65 @@ pub async fn disable(client: Sql<'_>, user_id: Uuid, platform: &str) -> Result<b
         .await?;
     Ok(n > 0)
 }
+
+/// What [`deauthorize`] changed: the integration rows that held the account (their users) and
+/// the retired copies of it (their users), each only if it was still active or held a token.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Deauthorized {
+    /// Users whose current integration row was the account.
+    pub integrations: Vec<Uuid>,
+    /// Users of the retired copies of the account that were wiped.
+    pub retired: Vec<Uuid>,
+}
+
+/// The platform revoked meetingd's access to the account `platform_user_id` (Zoom's App
+/// Deauthorized): every integration row and retired copy of that account on `platform` is made
+/// inactive and its tokens wiped. A row already inactive and empty is left alone, so a repeated
+/// notification changes nothing. Call inside a transaction.
+pub async fn deauthorize(client: Sql<'_>, platform: &str, platform_user_id: &str) -> Result<Deauthorized, DbError> {
+    let integrations = client
+        .query(
+            "UPDATE user_meeting_integrations
+                SET is_active = false, access_token = '', refresh_token = NULL, expires_at = NULL, updated_at = now()
+              WHERE platform = $1 AND platform_user_id = $2
+                AND (COALESCE(is_active, false) OR access_token <> '' OR refresh_token IS NOT NULL)
+             RETURNING COALESCE(user_id, '00000000-0000-0000-0000-000000000000')",
+            &[&platform, &platform_user_id],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let retired = client
+        .query(
+            "UPDATE meetingd.retired_integrations
+                SET is_active = false, access_token = '', refresh_token = NULL, expires_at = NULL
+              WHERE platform = $1 AND platform_user_id = $2
+                AND (is_active OR access_token <> '' OR refresh_token IS NOT NULL)
+             RETURNING COALESCE(user_id, '00000000-0000-0000-0000-000000000000')",
+            &[&platform, &platform_user_id],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(Deauthorized { integrations, retired })
+}
+
+/// Re-arms the upcoming confirmed bookings of `providers` whose live meeting is on `platform`
+/// (through `meetingd.touch_job`, which also wakes the daemons), so the worker moves them off an
+/// account that can no longer be used; returns how many.
+pub async fn rearm_meetings_of(client: Sql<'_>, providers: &[Uuid], platform: &str) -> Result<i64, DbError> {
+    let row = client
+        .query_one(
+            "SELECT count(meetingd.touch_job(b.id))
+               FROM bookings b
+               JOIN services s ON s.id = b.service_id
+               JOIN meetingd.meetings m ON m.booking_id = b.id
+              WHERE s.provider_id = ANY($1) AND b.status::text = 'confirmed' AND b.start_time > now()
+                AND m.state = 'live' AND m.platform = $2",
+            &[&providers, &platform],
+        )
+        .await?;
+    Ok(row.get(0))
+}

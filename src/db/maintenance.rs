@@ -39,6 +39,8 @@ pub struct Pruned {
     pub oauth_states: i64,
     pub retired_integrations: i64,
     pub orphaned_meetings: i64,
+    /// Past days of the platforms' daily counts (`meetingd.platform_quota`).
+    pub platform_quota: i64,
 }
 
 impl Pruned {
@@ -49,6 +51,7 @@ impl Pruned {
             + self.oauth_states
             + self.retired_integrations
             + self.orphaned_meetings
+            + self.platform_quota
     }
 }
 
@@ -118,6 +121,16 @@ pub async fn prune(db: Sql<'_>, retention: &RetentionConfig) -> Result<Pruned, D
             days(retention.orphaned_meetings_days),
         )
         .await?,
+        // A daily count matters only on its (UTC) day; yesterday's is kept for a daemon whose
+        // clock is behind.
+        platform_quota: in_batches(
+            db,
+            "DELETE FROM meetingd.platform_quota q WHERE (q.integration_id, q.platform, q.day) IN (
+                SELECT integration_id, platform, day FROM meetingd.platform_quota
+                 WHERE day < ((now() - make_interval(secs => $1)) AT TIME ZONE 'UTC')::date LIMIT $2)",
+            days(1),
+        )
+        .await?,
     })
 }
 
@@ -147,6 +160,7 @@ pub async fn prune_every(
                 oauth_states = p.oauth_states,
                 retired_integrations = p.retired_integrations,
                 orphaned_meetings = p.orphaned_meetings,
+                platform_quota = p.platform_quota,
                 "pruned what [retention] no longer keeps"
             ),
             Ok(_) => {}

@@ -3,7 +3,9 @@
 //! Owns routing, the shared state of handlers, body limits and the OpenAPI document. Handlers
 //! never call a meeting platform directly (except OAuth: code exchange, the account lookup and
 //! revocation, through `providers::auth`): meeting changes are queued for the daemon's worker.
-//! Handlers hold no SQL: their statements are `db`'s.
+//! Handlers hold no SQL: their statements are `db`'s. Every route but the OAuth callback, Zoom's
+//! webhook (`webhooks.rs`, signed by Zoom instead) and the OpenAPI document needs the app's bearer
+//! token.
 
 pub mod auth;
 pub mod connect;
@@ -11,6 +13,7 @@ pub mod error;
 pub mod health;
 pub mod integrations;
 pub mod meetings;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -38,6 +41,8 @@ pub struct AppState {
     pub jwt: Arc<auth::JwtVerifier>,
     /// The platforms whose accounts can be connected (their OAuth clients are configured).
     pub connectors: Connectors,
+    /// Zoom's webhook, when Zoom and its webhook secret token are configured.
+    pub zoom_webhook: Option<Arc<webhooks::ZoomWebhook>>,
 }
 
 impl AppState {
@@ -53,7 +58,8 @@ impl AppState {
             tracing::warn!("{warning}");
         }
         let connectors = Connectors::from_config(config)?;
-        Ok(AppState { pool, keyring, config: Arc::new(config.clone()), jwt: Arc::new(jwt), connectors })
+        let zoom_webhook = webhooks::ZoomWebhook::from_config(&config.zoom)?.map(Arc::new);
+        Ok(AppState { pool, keyring, config: Arc::new(config.clone()), jwt: Arc::new(jwt), connectors, zoom_webhook })
     }
 }
 
@@ -62,14 +68,16 @@ impl AppState {
     info(title = "meetingd API", description = "Online-meeting links for marketplace bookings: connect platforms, manage meetings, export calendars."),
     paths(
         connect::connect, connect::callback, integrations::list, integrations::remove,
-        meetings::create, meetings::update, meetings::delete, meetings::show, meetings::calendar, openapi_json
+        meetings::create, meetings::update, meetings::delete, meetings::show, meetings::calendar, webhooks::zoom,
+        openapi_json
     ),
     components(schemas(
         error::ErrorBody, error::ErrorDetail, connect::ConnectResponse, integrations::IntegrationView,
-        meetings::CreateRequest, meetings::UpdateRequest, meetings::MeetingView
+        meetings::CreateRequest, meetings::UpdateRequest, meetings::MeetingView, webhooks::UrlValidationResponse
     )),
     modifiers(&BearerAuth),
-    tags((name = "integrations", description = "Providers' platform accounts"), (name = "meetings", description = "Meetings of bookings"))
+    tags((name = "integrations", description = "Providers' platform accounts"), (name = "meetings", description = "Meetings of bookings"),
+        (name = "webhooks", description = "Notifications from the platforms, signed by them (no bearer token)"))
 )]
 pub struct ApiDoc;
 
@@ -103,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/meetings/{booking_id}", delete(meetings::delete))
         .route("/api/bookings/{booking_id}/meeting", get(meetings::show))
         .route("/api/bookings/{booking_id}/calendar.ics", get(meetings::calendar))
+        .route("/api/webhooks/zoom", post(webhooks::zoom))
         .route("/api/openapi.json", get(openapi_json))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response() })
         .method_not_allowed_fallback(|| async {

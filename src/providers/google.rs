@@ -26,7 +26,10 @@ use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use super::account::{Access, CallFailure, Who};
-use super::{Account, Marked, Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after};
+use super::{
+    Account, Marked, Meeting, MeetingOption, MeetingProvider, MeetingRequest, Platform, ProviderError,
+    parse_retry_after,
+};
 use crate::config::GoogleConfig;
 use crate::oauth::OAuthClient;
 use crate::tokens::TokenStore;
@@ -418,6 +421,13 @@ fn into_provider(e: CallError) -> ProviderError {
 impl MeetingProvider for GoogleMeet {
     fn platform(&self) -> Platform {
         Platform::GoogleMeet
+    }
+
+    /// The Calendar API makes a Meet conference with the organizer's defaults: it has no field for
+    /// a waiting room, recording, passcode or muting (those are the Meet REST API's, which
+    /// meetingd does not use).
+    fn supported_options(&self) -> &'static [MeetingOption] {
+        &[]
     }
 
     async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError> {

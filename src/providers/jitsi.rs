@@ -5,7 +5,7 @@
 
 use uuid::Uuid;
 
-use super::{Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError};
+use super::{Meeting, MeetingOption, MeetingProvider, MeetingRequest, Platform, ProviderError};
 
 pub struct Jitsi {
     base_url: url::Url,
@@ -38,6 +38,11 @@ fn room_name() -> String {
 impl MeetingProvider for Jitsi {
     fn platform(&self) -> Platform {
         Platform::Jitsi
+    }
+
+    /// A room is a URL: there is nothing to set a waiting room, recording or passcode on.
+    fn supported_options(&self) -> &'static [MeetingOption] {
+        &[]
     }
 
     async fn create(&self, _req: &MeetingRequest) -> Result<Meeting, ProviderError> {
@@ -75,6 +80,7 @@ mod tests {
             start: Utc::now(),
             end: Utc::now(),
             settings: serde_json::json!({}),
+            options: Default::default(),
         }
     }
 

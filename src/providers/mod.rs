@@ -25,6 +25,8 @@ use uuid::Uuid;
 use crate::config::{Config, Fallback};
 use crate::crypto::Keyring;
 use crate::db::Pool;
+use crate::quota::QuotaStore;
+pub use crate::settings::{MeetingOption, MeetingOptions, Recording};
 use crate::tokens::TokenStore;
 
 /// Platform names as stored in `services.meeting_platform` and `bookings.meeting_platform`.
@@ -92,7 +94,11 @@ pub struct MeetingRequest {
     pub customer_email: Option<String>,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
+    /// `services.meeting_settings` as read (recorded on the booking with its meeting).
     pub settings: serde_json::Value,
+    /// The meeting options parsed from `settings`; a platform applies those it honours
+    /// ([`MeetingProvider::supported_options`]).
+    pub options: MeetingOptions,
 }
 
 /// A meeting as it exists at the platform.
@@ -210,6 +216,11 @@ impl ProviderError {
 #[async_trait::async_trait]
 pub trait MeetingProvider: Send + Sync {
     fn platform(&self) -> Platform;
+    /// The meeting options this platform applies to the meetings it makes (on create and on every
+    /// move); the worker reports the others a service sets as ignored. Default: none.
+    fn supported_options(&self) -> &'static [MeetingOption] {
+        &[]
+    }
     async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError>;
     /// `create`, when an earlier attempt at the same `(booking_id, generation)` may already have
     /// made the meeting: the worker recorded its create intent ([`MeetingProvider::intent_id`])
@@ -290,7 +301,9 @@ impl Providers {
         let tokens = Arc::new(TokenStore::new(deps.pool.clone(), deps.keyring.clone(), deps.actor.clone()));
         if let Some(oauth) = zoom::oauth_client(&config.zoom)? {
             let marks = zoom::Marks::new(deps.keyring.clone());
-            providers = providers.with(Arc::new(zoom::Zoom::new(config.zoom.clone(), oauth, tokens.clone(), marks)));
+            let quota = QuotaStore::new(deps.pool.clone(), Platform::Zoom, config.limits.zoom.daily_meeting_writes);
+            providers =
+                providers.with(Arc::new(zoom::Zoom::new(config.zoom.clone(), oauth, tokens.clone(), marks, quota)));
         } else {
             tracing::info!(
                 "Zoom is not configured (zoom.client_id / client secret); services asking for it get the fallback"

@@ -30,7 +30,10 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::account::{Access, CallFailure, Who};
-use super::{Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after};
+use super::{
+    Meeting, MeetingOption, MeetingOptions, MeetingProvider, MeetingRequest, Platform, ProviderError, Recording,
+    parse_retry_after,
+};
 use crate::config::TeamsConfig;
 use crate::oauth::OAuthClient;
 use crate::tokens::TokenStore;
@@ -69,13 +72,35 @@ fn create_body(req: &MeetingRequest) -> serde_json::Value {
     })
 }
 
-/// The body of a move: both times together (Graph wants them as a pair) and the subject.
+/// The body of a move: both times together (Graph wants them as a pair), the subject, and the
+/// meeting options the service set (`createOrGet` takes none, so they are applied this way, on
+/// create and on every move).
 fn move_body(req: &MeetingRequest) -> serde_json::Value {
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "startDateTime": graph_time(req.start),
         "endDateTime": graph_time(req.end),
         "subject": subject(req),
-    })
+    });
+    apply_options(&req.options, &mut body);
+    body
+}
+
+/// The options Teams honours. `mute_on_entry` has no online-meeting property.
+const SUPPORTED: [MeetingOption; 3] = [MeetingOption::WaitingRoom, MeetingOption::Recording, MeetingOption::Passcode];
+
+/// The options set, as online-meeting properties; an unset one stays the organiser's default.
+/// Teams records to the cloud only: `recording: "local"` records nothing automatically.
+fn apply_options(options: &MeetingOptions, body: &mut serde_json::Value) {
+    if let Some(on) = options.waiting_room {
+        // Everyone but the organiser waits in the lobby, or no one does.
+        body["lobbyBypassSettings"] = serde_json::json!({ "scope": if on { "organizer" } else { "everyone" } });
+    }
+    if let Some(recording) = options.recording {
+        body["recordAutomatically"] = matches!(recording, Recording::Cloud).into();
+    }
+    if let Some(required) = options.passcode {
+        body["joinMeetingIdSettings"] = serde_json::json!({ "isPasscodeRequired": required });
+    }
 }
 
 /// An online meeting as Graph answers it.
@@ -331,15 +356,22 @@ impl MeetingProvider for Teams {
         Platform::Teams
     }
 
+    fn supported_options(&self) -> &'static [MeetingOption] {
+        &SUPPORTED
+    }
+
     /// `createOrGet`, safe to repeat: a meeting an earlier attempt made is answered again, and
     /// moved if the booking moved since.
     async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
         let who = Who::provider(req.provider_user_id);
         let made = self.create_or_get(&who, &create_body(req)).await?;
-        if made.at_times_of(req) {
+        let options = !req.options.set().is_empty();
+        if made.at_times_of(req) && !options {
             return meeting_of(made, &who);
         }
-        tracing::info!(booking_id = %req.booking_id, "moving the Teams meeting an earlier attempt made to the booking's times");
+        if !made.at_times_of(req) {
+            tracing::info!(booking_id = %req.booking_id, "moving the Teams meeting an earlier attempt made to the booking's times");
+        }
         self.moved(&who, &made.id, req).await
     }
 

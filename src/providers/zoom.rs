@@ -13,8 +13,12 @@
 //! and generation), and a create repeated for the same intent
 //! ([`MeetingProvider::create_again`]) first lists the account's unexpired meetings for that mark
 //! and adopts what it finds (deleting all but one). Deleting an intent's meeting by its mark
-//! works the same way. Its OAuth facts are `zoom/auth.rs` ([`OAUTH`], [`ZoomAuth`]). It
-//! never touches the database except through the `TokenStore`.
+//! works the same way. Its OAuth facts are `zoom/auth.rs` ([`OAUTH`], [`ZoomAuth`]).
+//!
+//! Zoom allows each user 100 meeting creations and updates a day: every POST or PATCH of a
+//! meeting first takes one from the account's daily count in the database (`QuotaStore`), shared
+//! by all daemons, and is not sent when none is left. It never touches the database except
+//! through the `TokenStore` and the `QuotaStore`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +30,14 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::account::{Access, CallFailure, Who};
-use super::{Account, Marked, Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError, parse_retry_after};
+use super::{
+    Account, Marked, Meeting, MeetingOption, MeetingOptions, MeetingProvider, MeetingRequest, Platform, ProviderError,
+    parse_retry_after,
+};
 use crate::config::ZoomConfig;
 use crate::crypto::{Column, Keyring};
 use crate::oauth::OAuthClient;
+use crate::quota::QuotaStore;
 use crate::tokens::TokenStore;
 
 mod auth;
@@ -151,7 +159,10 @@ fn duration_minutes(req: &MeetingRequest) -> i64 {
     ((req.end - req.start).num_seconds().max(1) + 59) / 60
 }
 
-/// The body of a create or a move: the booking's title, description (after `mark`) and times.
+/// The body of a create or a move: the booking's title, description (after `mark`) and times, and the meeting
+/// options the service set (a move re-applies them, so a change of the service's options reaches
+/// the meeting with its next move). A create with `passcode: true` carries a passcode meetingd
+/// generates ([`passcode`]); a move leaves it as it is (the link carries it).
 fn meeting_body(req: &MeetingRequest, mark: String, create: bool) -> serde_json::Value {
     let mut body = serde_json::json!({
         "topic": topic(req),
@@ -162,8 +173,50 @@ fn meeting_body(req: &MeetingRequest, mark: String, create: bool) -> serde_json:
     });
     if create {
         body["type"] = 2.into();
+        if req.options.passcode == Some(true) {
+            body["password"] = passcode().into();
+        }
+    }
+    if let Some(settings) = settings(&req.options) {
+        body["settings"] = settings;
     }
     body
+}
+
+/// The options Zoom honours: every one.
+const SUPPORTED: [MeetingOption; 4] =
+    [MeetingOption::WaitingRoom, MeetingOption::Recording, MeetingOption::Passcode, MeetingOption::MuteOnEntry];
+
+/// The options set, as Zoom's meeting `settings`; `None` when none is (each setting then stays
+/// the account's default). `passcode` is not a setting: it is the create body's `password`.
+fn settings(options: &MeetingOptions) -> Option<serde_json::Value> {
+    let mut settings = serde_json::Map::new();
+    if let Some(on) = options.waiting_room {
+        settings.insert("waiting_room".into(), on.into());
+        if on {
+            // Otherwise participants who join before the host skip the waiting room.
+            settings.insert("join_before_host".into(), false.into());
+        }
+    }
+    if let Some(recording) = options.recording {
+        settings.insert("auto_recording".into(), recording.as_str().into());
+    }
+    if let Some(muted) = options.mute_on_entry {
+        settings.insert("mute_upon_entry".into(), muted.into());
+    }
+    (!settings.is_empty()).then_some(serde_json::Value::Object(settings))
+}
+
+/// Zoom's longest passcode.
+pub const PASSCODE_LEN: usize = 10;
+
+/// A meeting passcode: [`PASSCODE_LEN`] letters and digits (Zoom allows at most 10 of
+/// `[A-Za-z0-9@-_*]`) from rand's OS-seeded, cryptographically secure generator. Never logged:
+/// only the create body carries it, and that body is never logged or quoted.
+fn passcode() -> String {
+    use rand::Rng;
+    use rand::distr::Alphanumeric;
+    rand::rng().sample_iter(Alphanumeric).take(PASSCODE_LEN).map(char::from).collect()
 }
 
 /// A meeting as Zoom answers it. Fields not named here (`start_url` among them) are dropped while
@@ -203,6 +256,9 @@ struct ZoomError {
 enum CallError {
     Unauthorized,
     NotFound,
+    /// The daily limit of meeting creations and updates (a 429 that says so): no more until the
+    /// given wait is over (00:00 UTC, unless Zoom said otherwise).
+    DailyLimit(Duration),
     Other(ProviderError),
 }
 
@@ -233,9 +289,11 @@ fn classify(status: u16, body: &[u8], retry_after: Option<Duration>, now: DateTi
         (429, _) => {
             // The daily limit of create/update requests often comes without `Retry-After`: it
             // resets at 00:00 GMT.
-            let daily = message.to_ascii_lowercase().contains("daily");
-            let retry_after = retry_after.or_else(|| daily.then(|| until_midnight(now)));
-            CallError::Other(ProviderError::RateLimited { retry_after })
+            if message.to_ascii_lowercase().contains("daily") {
+                CallError::DailyLimit(retry_after.unwrap_or_else(|| until_midnight(now)))
+            } else {
+                CallError::Other(ProviderError::RateLimited { retry_after })
+            }
         }
         (s, _) if s >= 500 => CallError::Other(ProviderError::Transient(format!("Zoom answered HTTP {s}"))),
         (s, c) => CallError::Other(ProviderError::Permanent(format!(
@@ -255,6 +313,7 @@ fn into_provider(e: CallError) -> ProviderError {
     match e {
         CallError::Unauthorized => ProviderError::Unauthorized,
         CallError::NotFound => ProviderError::NotFound,
+        CallError::DailyLimit(wait) => ProviderError::RateLimited { retry_after: Some(wait) },
         CallError::Other(p) => p,
     }
 }
@@ -270,6 +329,8 @@ pub struct Zoom {
     oauth: OAuthClient,
     tokens: Arc<TokenStore>,
     marks: Marks,
+    /// Each account's daily allowance of meeting creations and updates.
+    quota: QuotaStore,
 }
 
 /// meetingd's OAuth client at Zoom's token endpoint (HTTP Basic client authentication, which
@@ -290,14 +351,20 @@ pub fn oauth_client(config: &ZoomConfig) -> Result<Option<OAuthClient>, String> 
 }
 
 impl Zoom {
-    pub fn new(config: ZoomConfig, oauth: OAuthClient, tokens: Arc<TokenStore>, marks: Marks) -> Zoom {
+    pub fn new(
+        config: ZoomConfig,
+        oauth: OAuthClient,
+        tokens: Arc<TokenStore>,
+        marks: Marks,
+        quota: QuotaStore,
+    ) -> Zoom {
         let http = reqwest::Client::builder()
             // Zoom's API does not redirect; following one could send the token elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .build()
             .expect("a reqwest client with rustls builds");
-        Zoom { http, config, oauth, tokens, marks }
+        Zoom { http, config, oauth, tokens, marks, quota }
     }
 
     /// The way into connected Zoom accounts.
@@ -340,6 +407,54 @@ impl Zoom {
             Ok(body.to_vec())
         } else {
             Err(classify(status, &body, retry_after, Utc::now()))
+        }
+    }
+
+    /// A meeting creation or update (`call`: a POST or a PATCH), which Zoom's daily limit counts:
+    /// one is taken from the account's daily allowance first, and with none left Zoom is not
+    /// called (`RateLimited` until 00:00 UTC). Zoom's own daily-limit answer marks the account's
+    /// day used up. The account is the one `who` acts in (learnt from its token when not pinned
+    /// yet); reads and deletes are not counted.
+    async fn counted<T, F, Fut>(&self, who: &Who, call: F) -> Result<T, ProviderError>
+    where
+        F: Fn(SecretString) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CallError>>,
+    {
+        if self.quota.counts() {
+            if who.account().is_none() {
+                self.access().token(who, None).await?;
+            }
+            let Some(account) = who.account() else {
+                return Err(ProviderError::Transient(
+                    "the Zoom account to count the request against is unknown".into(),
+                ));
+            };
+            match self.quota.take(account.integration_id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(
+                        integration_id = %account.integration_id,
+                        "Zoom's daily limit of meeting creations and updates is used up for this account; not calling Zoom until 00:00 UTC"
+                    );
+                    return Err(ProviderError::RateLimited { retry_after: Some(until_midnight(Utc::now())) });
+                }
+                Err(e) => {
+                    return Err(ProviderError::Transient(format!(
+                        "could not count the request against Zoom's daily limit: {e}"
+                    )));
+                }
+            }
+        }
+        match self.access().authorized(who, call).await {
+            Err(CallError::DailyLimit(wait)) => {
+                if let Some(account) = who.account()
+                    && let Err(e) = self.quota.exhaust(account.integration_id).await
+                {
+                    tracing::warn!(error = %e, "could not record that Zoom's daily limit is used up");
+                }
+                Err(ProviderError::RateLimited { retry_after: Some(wait) })
+            }
+            other => other.map_err(into_provider),
         }
     }
 
@@ -441,7 +556,7 @@ impl Zoom {
     /// answers 204 without a body.
     async fn moved(&self, who: &Who, id: &str, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
         let body = self.body(req, false);
-        self.access().authorized(who, |t| self.patch(t, id, body.clone())).await.map_err(into_provider)?;
+        self.counted(who, |t| self.patch(t, id, body.clone())).await?;
         let fresh = self.access().authorized(who, |t| self.get(t, id)).await.map_err(into_provider)?;
         meeting_of(fresh, who)
     }
@@ -466,10 +581,14 @@ impl MeetingProvider for Zoom {
         Platform::Zoom
     }
 
+    fn supported_options(&self) -> &'static [MeetingOption] {
+        &SUPPORTED
+    }
+
     async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
         let who = Who::provider(req.provider_user_id);
         let body = self.body(req, true);
-        let created = self.access().authorized(&who, |t| self.post(t, body.clone())).await.map_err(into_provider)?;
+        let created = self.counted(&who, |t| self.post(t, body.clone())).await?;
         meeting_of(created, &who)
     }
 
@@ -480,7 +599,7 @@ impl MeetingProvider for Zoom {
             return Ok(adopted);
         }
         let body = self.body(req, true);
-        let created = self.access().authorized(&who, |t| self.post(t, body.clone())).await.map_err(into_provider)?;
+        let created = self.counted(&who, |t| self.post(t, body.clone())).await?;
         meeting_of(created, &who)
     }
 

@@ -9,8 +9,9 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use futures_util::FutureExt;
 use uuid::Uuid;
 
@@ -154,7 +155,10 @@ impl Run<'_> {
                 self.note("meeting.update", platform, started, &result);
                 match result {
                     Ok(meeting) => match self.checked_link(platform, meeting) {
-                        Ok(meeting) => linked(platform, &record.requested_platform, meeting, &req),
+                        Ok(meeting) => {
+                            self.note_ignored_options(provider.as_ref(), platform, &req);
+                            linked(platform, &record.requested_platform, meeting, &req)
+                        }
                         Err(error) => Outcome::Failed { error },
                     },
                     // Deleted at the platform by someone else, or out of reach in an
@@ -226,6 +230,7 @@ impl Run<'_> {
                     return fail(choice.platform, error);
                 }
                 Ok(Ok(meeting)) => {
+                    self.note_ignored_options(provider.as_ref(), choice.platform, req);
                     let event = Event {
                         kind: "meeting_ready",
                         platform: Some(choice.platform.as_str().to_string()),
@@ -452,10 +457,32 @@ impl Run<'_> {
         }
     }
 
+    /// Names, on the audit line of the call just made, the meeting options the service set that
+    /// `platform` does not honour (`MeetingProvider::supported_options`): the meeting was made
+    /// or moved without them.
+    fn note_ignored_options(&mut self, provider: &dyn MeetingProvider, platform: Platform, req: &MeetingRequest) {
+        let ignored = req.options.unsupported(provider.supported_options());
+        if ignored.is_empty() {
+            return;
+        }
+        let names = ignored.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ");
+        tracing::info!(platform = %platform, options = %names, "meeting options the platform does not support were ignored");
+        let note = format!("options not supported by {}: {names}", platform.display_name());
+        if let Some(last) = self.audit.last_mut() {
+            last.detail = Some(match last.detail.take().filter(|d| !d.is_empty()) {
+                Some(detail) => format!("{detail}; {note}"),
+                None => note,
+            });
+        }
+    }
+
     /// Retry with back-off while attempts remain and the error is worth it; otherwise fail.
     fn after_error(&self, error: ProviderError, operation: &str, platform: Option<Platform>) -> Outcome {
         let attempt = self.s.claim.attempt;
         let name = platform.map_or("the platform", |p| p.display_name());
+        if let Some(outcome) = self.after_allowance_spent(&error, operation, name) {
+            return outcome;
+        }
         if error.is_retryable() {
             let policy = self.worker.config.retry_policy();
             if let Some(delay) = policy.next_delay(attempt as u32, error.retry_after(), jitter_unit()) {
@@ -468,6 +495,38 @@ impl Run<'_> {
             };
         }
         Outcome::Failed { error: format!("Could not {operation} the {name} meeting: {error}.") }
+    }
+
+    /// A platform's allowance for the account is spent until a reset an hour to a day away and
+    /// past the retry cap (`RateLimited` with such a wait: Zoom's daily limit, until 00:00 UTC;
+    /// Google's `quotaExceeded`): the job waits that long (one attempt) instead of spending its
+    /// attempts every few minutes against a limit that cannot have reset, and the sentence says
+    /// when it resumes. A shorter wait is a throttle's `Retry-After`, capped as usual. `None` for
+    /// any other error.
+    fn after_allowance_spent(&self, error: &ProviderError, operation: &str, name: &str) -> Option<Outcome> {
+        let ProviderError::RateLimited { retry_after: Some(wait) } = error else { return None };
+        let policy = self.worker.config.retry_policy();
+        if *wait <= policy.max || *wait < Duration::from_secs(3600) || *wait > Duration::from_secs(86_400) {
+            return None;
+        }
+        let resumes = Utc::now() + chrono::Duration::from_std(*wait).ok()?;
+        let resumes = chrono::DurationRound::duration_round(resumes, chrono::Duration::minutes(1)).ok()?;
+        let daily = if resumes.time() == chrono::NaiveTime::MIN { " daily" } else { "" };
+        let sentence = format!(
+            "{name}'s{daily} limit of requests for this account is reached; meetingd tries again at {} UTC",
+            resumes.format("%Y-%m-%d %H:%M")
+        );
+        let attempt = self.s.claim.attempt;
+        if policy.next_delay(attempt as u32, None, 0.0).is_none() {
+            return Some(Outcome::Failed {
+                error: format!(
+                    "Could not {operation} the {name} meeting after {attempt} attempts (last error: {sentence}). It is tried again when the booking changes."
+                ),
+            });
+        }
+        // Spread over a minute: every job of the account waits for the same moment.
+        let delay = *wait + Duration::from_secs(60).mul_f64(jitter_unit());
+        Some(Outcome::Retry { error: format!("{operation} on {name}: {sentence}."), delay })
     }
 
     /// Audit entry and one log line for a platform call.

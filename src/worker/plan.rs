@@ -107,6 +107,7 @@ pub fn plan(s: &Snapshot, available: impl Fn(Platform) -> bool, fallback: Fallba
         start,
         end,
         settings: b.meeting_settings.clone(),
+        options: settings.options,
     };
     let choose = || choose_platform(b.meeting_platform.as_deref(), b.connected, &available, fallback);
     match live {

@@ -476,14 +476,14 @@ async fn meeting_settings_shape_the_event_and_unknown_keys_fail() {
         g.c.query_one("SELECT meeting_settings FROM bookings WHERE id = $1", &[&b]).await.unwrap().get(0);
     assert_eq!(copied["description"], "Bring water", "settings copied to the booking");
 
-    g.c.execute("UPDATE services SET meeting_settings = '{\"waiting_room\": true}' WHERE id = $1", &[&g.service])
+    g.c.execute("UPDATE services SET meeting_settings = '{\"lobby\": true}' WHERE id = $1", &[&g.service])
         .await
         .unwrap();
     let b2 = g.book().await;
     g.run().await;
     let failed = meeting(&g.c, b2).await;
     assert_eq!(failed.status.as_deref(), Some("failed"));
-    assert!(failed.error.unwrap().contains("unknown keys (waiting_room)"));
+    assert!(failed.error.unwrap().contains("unknown keys (lobby)"));
     assert_eq!(audit(&g.c, b2).await, [("meeting.create".to_string(), "failed".to_string())]);
 }
 

@@ -19,3 +19,4 @@ mod traps;
 mod trigger;
 mod worker;
 mod zoom;
+mod zoom_webhook;

@@ -384,13 +384,18 @@ async fn code_3001_on_delete_counts_as_deleted() {
 async fn rate_limits_and_3002_are_retried_later() {
     let z = setup().await;
     for fail in [Fail::rate_limited(Some("7")), Fail::rate_limited(None), Fail::daily_limit()] {
+        let daily = fail.message == fake_zoom::DAILY_LIMIT_MESSAGE;
         z.zoom.fail_next([fail]);
         let b = z.book().await;
         z.run().await;
         let j = job(&z.c, b).await.unwrap();
         assert_eq!(j.state, "pending", "{j:?}");
-        assert!(j.last_error.is_some_and(|e| e.contains("rate")), "retried as rate limited");
+        assert!(j.last_error.is_some_and(|e| e.contains("limit")), "retried as rate limited");
         assert_eq!(meeting(&z.c, b).await.link, None);
+        if daily {
+            // The next day: Zoom's daily count starts again.
+            z.c.execute("DELETE FROM meetingd.platform_quota", &[]).await.unwrap();
+        }
         make_due(&z.c).await;
         z.run().await;
         assert_eq!(meeting(&z.c, b).await.status.as_deref(), Some("ready"));
@@ -552,4 +557,275 @@ async fn an_integration_added_with_the_cli_gets_zoom_meetings() {
     z.run().await;
     let state = meeting(&z.c, b).await;
     assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("zoom")), "{state:?}");
+}
+
+/// The audit details of the booking's meeting operation `action`, oldest first.
+async fn audit_details(c: &tokio_postgres::Client, b: Uuid, action: &str) -> Vec<String> {
+    c.query(
+        "SELECT coalesce(detail, '') FROM meetingd.audit_log WHERE booking_id = $1 AND action = $2 ORDER BY id",
+        &[&b, &action],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+async fn set_meeting_settings(c: &tokio_postgres::Client, service: Uuid, settings: serde_json::Value) {
+    c.execute(
+        "UPDATE services SET meeting_settings = $2::text::jsonb WHERE id = $1",
+        &[&service, &settings.to_string()],
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_zoom_service_with_every_option_gets_them_on_its_meeting_and_a_passcode_of_zooms_shape() {
+    let (captured, _guard) = meetingd_testkit::logs::capture_trace();
+    let z = setup().await;
+    let all = serde_json::json!({"waiting_room": true, "recording": "cloud", "passcode": true, "mute_on_entry": true});
+    set_meeting_settings(&z.c, z.service, all).await;
+    let b = z.book().await;
+    z.run().await;
+
+    let state = meeting(&z.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
+    let id = state.meeting_id.unwrap();
+    let stored = z.zoom.meeting(&id).unwrap().body;
+    let expected = serde_json::json!({"waiting_room": true, "join_before_host": false, "auto_recording": "cloud", "mute_upon_entry": true});
+    assert_eq!(stored["settings"], expected);
+    let passcode = stored["password"].as_str().expect("a passcode was sent").to_string();
+    assert_eq!(passcode.len(), 10, "{passcode}");
+    assert!(passcode.bytes().all(|b| b.is_ascii_alphanumeric()), "{passcode}");
+    let details = audit_details(&z.c, b, "meeting.create").await;
+    assert!(details.iter().all(|d| !d.contains("not supported")), "Zoom honours every option: {details:?}");
+
+    // A move re-applies the options and keeps the passcode (the link carries it).
+    market::reschedule_hours(&z.c, b, 2).await;
+    z.run().await;
+    assert!(z.zoom.calls().contains(&format!("patch {id}")), "{:?}", z.zoom.calls());
+    let moved = z.zoom.meeting(&id).unwrap().body;
+    assert_eq!(moved["settings"], expected);
+    assert_eq!(moved["password"], passcode.as_str());
+    assert_eq!(creates(&z.zoom), 1);
+
+    let text = captured.text();
+    assert!(text.lines().count() > 5, "the capture works: {text}");
+    assert!(!text.contains(&passcode), "a log line holds the passcode");
+    let audit: String =
+        z.c.query_one("SELECT string_agg(a::text, ' ') FROM meetingd.audit_log a", &[]).await.unwrap().get(0);
+    assert!(!audit.contains(&passcode), "an audit row holds the passcode");
+}
+
+#[tokio::test]
+async fn options_set_to_off_are_sent_and_unset_ones_leave_zooms_defaults() {
+    let z = setup().await;
+    set_meeting_settings(&z.c, z.service, serde_json::json!({"waiting_room": false, "passcode": false})).await;
+    let b = z.book().await;
+    z.run().await;
+    let id = meeting(&z.c, b).await.meeting_id.unwrap();
+    let stored = z.zoom.meeting(&id).unwrap().body;
+    assert_eq!(stored["settings"], serde_json::json!({"waiting_room": false}));
+    assert!(stored.get("password").is_none(), "passcode false sends none");
+
+    // No options at all: no settings object, so the account's defaults hold.
+    set_meeting_settings(&z.c, z.service, serde_json::json!({})).await;
+    let b = z.book().await;
+    z.run().await;
+    let id = meeting(&z.c, b).await.meeting_id.unwrap();
+    assert!(z.zoom.meeting(&id).unwrap().body.get("settings").is_none());
+}
+
+#[tokio::test]
+async fn a_bad_option_value_fails_the_booking_naming_the_key() {
+    let z = setup().await;
+    set_meeting_settings(&z.c, z.service, serde_json::json!({"recording": "always"})).await;
+    let b = z.book().await;
+    z.run().await;
+    let state = meeting(&z.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("failed"), "{state:?}");
+    assert!(state.error.as_deref().is_some_and(|e| e.contains("\"recording\"")), "{state:?}");
+    assert!(z.zoom.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_google_service_with_a_waiting_room_gets_its_meeting_and_the_audit_names_the_ignored_option() {
+    let g = crate::google::setup_with(3600, |_| {}).await;
+    set_meeting_settings(&g.c, g.service, serde_json::json!({"waiting_room": true, "title": "Call"})).await;
+    let b = market::book(&g.c, g.service, g.m.customer, "confirmed").await;
+    g.worker.run_once().await.unwrap();
+    let state = meeting(&g.c, b).await;
+    assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("google_meet")), "{state:?}");
+    let details = audit_details(&g.c, b, "meeting.create").await;
+    assert_eq!(details.len(), 1, "{details:?}");
+    assert!(details[0].contains("options not supported by Google Meet: waiting_room"), "{details:?}");
+}
+
+#[tokio::test]
+async fn a_zoom_booking_that_falls_back_to_jitsi_names_the_options_jitsi_ignores() {
+    let z = setup().await;
+    z.c.execute("DELETE FROM user_meeting_integrations", &[]).await.unwrap();
+    set_meeting_settings(&z.c, z.service, serde_json::json!({"passcode": true, "recording": "cloud"})).await;
+    let b = z.book().await;
+    z.run().await;
+    let state = meeting(&z.c, b).await;
+    assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("jitsi")), "{state:?}");
+    let details = audit_details(&z.c, b, "meeting.create").await;
+    assert_eq!(details.len(), 1, "{details:?}");
+    assert!(details[0].contains("fallback to jitsi"), "{details:?}");
+    assert!(details[0].contains("options not supported by Jitsi Meet: recording, passcode"), "{details:?}");
+}
+
+/// The provider's Zoom integration id (the account the daily count is kept for).
+async fn zoom_integration(c: &tokio_postgres::Client) -> Uuid {
+    c.query_one("SELECT id FROM user_meeting_integrations WHERE platform = 'zoom'", &[]).await.unwrap().get(0)
+}
+
+/// The next 00:00 UTC.
+fn next_midnight() -> chrono::DateTime<chrono::Utc> {
+    (chrono::Utc::now().date_naive() + chrono::Days::new(1)).and_hms_opt(0, 0, 0).unwrap().and_utc()
+}
+
+async fn used_today(z: &Z, integration: Uuid) -> i32 {
+    let sql = meetingd::db::Sql::new(&z.c, meetingd::db::Mode::DIRECT);
+    meetingd::db::quota::used_today(sql, integration, "zoom").await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_taking_from_one_accounts_daily_quota_never_exceed_it() {
+    use meetingd::quota::QuotaStore;
+    let db = TestDb::migrated().await;
+    let config = db.config();
+    // Two daemons' stores, each with its own pool, drawing on one account's count.
+    let stores: Vec<std::sync::Arc<QuotaStore>> = (0..2)
+        .map(|_| {
+            let pool = meetingd::db::pool(&config.database, 10).unwrap();
+            std::sync::Arc::new(QuotaStore::new(pool, Platform::Zoom, 5))
+        })
+        .collect();
+    let account = Uuid::new_v4();
+    let takes: Vec<_> = (0..20)
+        .map(|i| {
+            let store = stores[i % 2].clone();
+            tokio::spawn(async move { store.take(account).await.unwrap() })
+        })
+        .collect();
+    let mut taken = 0;
+    for t in takes {
+        taken += usize::from(t.await.unwrap());
+    }
+    assert_eq!(taken, 5, "exactly the limit is taken");
+    let other = Uuid::new_v4();
+    assert!(stores[1].take(other).await.unwrap(), "another account has its own count");
+    let c = db.client().await;
+    let used: Vec<(Uuid, i32)> = c
+        .query(
+            "SELECT integration_id, used FROM meetingd.platform_quota WHERE platform = 'zoom' ORDER BY used DESC",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(used, [(account, 5), (other, 1)]);
+    // 0: not counted at all.
+    let uncounted = QuotaStore::new(meetingd::db::pool(&config.database, 2).unwrap(), Platform::Zoom, 0);
+    assert!(uncounted.take(account).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_zoom_booking_whose_daily_quota_is_used_up_waits_for_midnight_without_calling_zoom() {
+    let z = setup().await;
+    let integration = zoom_integration(&z.c).await;
+    assert_eq!(z.config.limits.zoom.daily_meeting_writes, 100);
+    z.c.execute(
+        "INSERT INTO meetingd.platform_quota (integration_id, platform, day, used)
+         VALUES ($1, 'zoom', (now() AT TIME ZONE 'UTC')::date, 100)",
+        &[&integration],
+    )
+    .await
+    .unwrap();
+    let b = z.book().await;
+    z.run().await;
+
+    assert_eq!(creates(&z.zoom), 0, "Zoom is not called: {:?}", z.zoom.calls());
+    let j = job(&z.c, b).await.unwrap();
+    assert_eq!(j.state, "pending", "{j:?}");
+    let error = j.last_error.unwrap_or_default();
+    assert!(error.contains("Zoom's daily limit"), "{error}");
+    let midnight = next_midnight();
+    assert!(error.contains(&format!("{} UTC", midnight.format("%Y-%m-%d %H:%M"))), "says when: {error}");
+    let run_at: chrono::DateTime<chrono::Utc> =
+        z.c.query_one("SELECT run_at FROM meetingd.jobs WHERE booking_id = $1", &[&b]).await.unwrap().get(0);
+    let early = (midnight - run_at).num_seconds();
+    assert!((-62..=5).contains(&early), "retried at 00:00 UTC, not before: {run_at} vs {midnight}");
+    assert_eq!(meeting(&z.c, b).await.status.as_deref(), Some("pending"));
+    assert_eq!(used_today(&z, integration).await, 100, "a refusal takes nothing");
+
+    // Midnight: a new day's count.
+    z.c.execute("DELETE FROM meetingd.platform_quota", &[]).await.unwrap();
+    make_due(&z.c).await;
+    z.run().await;
+    assert_eq!(meeting(&z.c, b).await.status.as_deref(), Some("ready"));
+    assert_eq!(creates(&z.zoom), 1);
+    assert_eq!(used_today(&z, integration).await, 1);
+
+    // A move is a counted update too; the GET after it is not.
+    market::reschedule_hours(&z.c, b, 1).await;
+    z.run().await;
+    assert_eq!(used_today(&z, integration).await, 2);
+}
+
+#[tokio::test]
+async fn zoom_answering_its_daily_limit_marks_the_accounts_day_used_up() {
+    let z = setup().await;
+    let integration = zoom_integration(&z.c).await;
+    let b = z.book().await;
+    z.run().await;
+    assert_eq!(used_today(&z, integration).await, 1);
+
+    // Zoom counts requests meetingd did not make (the provider's own): it knows better.
+    z.zoom.fail_next([Fail::daily_limit()]);
+    let b2 = z.book().await;
+    z.run().await;
+    assert_eq!(creates(&z.zoom), 2, "{:?}", z.zoom.calls());
+    assert_eq!(used_today(&z, integration).await, 100, "the day is used up");
+    let j = job(&z.c, b2).await.unwrap();
+    assert_eq!(j.state, "pending", "{j:?}");
+    assert!(j.last_error.is_some_and(|e| e.contains("Zoom's daily limit")));
+
+    // Neither the retry nor a move of the first booking reaches Zoom before 00:00 UTC.
+    market::reschedule_hours(&z.c, b, 1).await;
+    make_due(&z.c).await;
+    z.run().await;
+    let calls = z.zoom.calls();
+    assert_eq!(creates(&z.zoom), 2, "{calls:?}");
+    assert!(!calls.iter().any(|c| c.starts_with("patch")), "{calls:?}");
+    assert_eq!(meeting(&z.c, b2).await.link, None);
+}
+
+#[tokio::test]
+async fn prune_drops_the_daily_counts_of_past_days() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let account = Uuid::new_v4();
+    c.execute(
+        "INSERT INTO meetingd.platform_quota (integration_id, platform, day, used)
+         SELECT $1, 'zoom', (now() AT TIME ZONE 'UTC')::date - d, 3 FROM generate_series(0, 3) d",
+        &[&account],
+    )
+    .await
+    .unwrap();
+    let sql = meetingd::db::Sql::new(&c, meetingd::db::Mode::DIRECT);
+    let pruned = meetingd::db::maintenance::prune(sql, &db.config().retention).await.unwrap();
+    assert_eq!(pruned.platform_quota, 2, "{pruned:?}");
+    let left = market::count(
+        &c,
+        "SELECT count(*) FROM meetingd.platform_quota WHERE day >= (now() AT TIME ZONE 'UTC')::date - 1",
+    )
+    .await;
+    assert_eq!(left, 2, "today's and yesterday's are kept");
 }

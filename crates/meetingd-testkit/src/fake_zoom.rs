@@ -67,7 +67,8 @@ impl Fail {
 
 #[derive(Debug, Clone)]
 pub struct StoredMeeting {
-    /// The meeting as `GET /meetings/{id}` answers it.
+    /// The meeting as `GET /meetings/{id}` answers it: what the create posted (its `settings` and
+    /// `password` among it), each patch merged in (`settings` key by key, as Zoom does).
     pub body: Value,
     pub deleted: bool,
 }
@@ -234,6 +235,48 @@ impl FakeZoom {
     pub fn calls(&self) -> Vec<String> {
         self.state.lock().unwrap().calls.clone()
     }
+
+    // Zoom's webhook requests, signed as Zoom signs them.
+
+    /// The app's webhook Secret Token the tests configure.
+    pub const WEBHOOK_SECRET_TOKEN: &str = "zoom-webhook-test-secret-token";
+
+    /// The headers Zoom sends with a webhook `body` at `timestamp` (Unix seconds, as Zoom sends
+    /// it): `x-zm-request-timestamp` and `x-zm-signature` = `v0=` + hex HMAC-SHA256 of
+    /// `v0:{timestamp}:{body}` under `secret`.
+    pub fn webhook_headers(secret: &str, timestamp: i64, body: &str) -> axum::http::HeaderMap {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("v0:{timestamp}:{body}").as_bytes());
+        let signature = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-zm-request-timestamp", HeaderValue::from_str(&timestamp.to_string()).unwrap());
+        headers.insert("x-zm-signature", HeaderValue::from_str(&signature).unwrap());
+        headers.insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
+        headers
+    }
+
+    /// An `app_deauthorized` notification for the Zoom user `user_id`, as Zoom documents it.
+    pub fn deauthorization_body(user_id: &str) -> String {
+        json!({
+            "event": "app_deauthorized",
+            "event_ts": chrono::Utc::now().timestamp_millis(),
+            "payload": {
+                "account_id": "zoomAccount42",
+                "user_id": user_id,
+                "signature": "6ecd0c1d4d7bbd5c0f0e5b0c3b9b1e0d6b2a8c1e5f4d3c2b1a09f8e7d6c5b4a3",
+                "deauthorization_time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "client_id": CLIENT_ID,
+            }
+        })
+        .to_string()
+    }
+
+    /// An `endpoint.url_validation` request carrying `plain_token`.
+    pub fn url_validation_body(plain_token: &str) -> String {
+        json!({"event": "endpoint.url_validation", "event_ts": chrono::Utc::now().timestamp_millis(), "payload": {"plainToken": plain_token}})
+            .to_string()
+    }
 }
 
 type Shared = State<Arc<Mutex<Inner>>>;
@@ -387,6 +430,13 @@ fn meeting_shape_problem(body: &Value, create: bool) -> Option<String> {
     if body.get("agenda").and_then(Value::as_str).is_some_and(|a| a.chars().count() > 2000) {
         return Some("agenda is longer than 2000 characters".into());
     }
+    // Zoom's passcode rule: at most 10 characters of [A-Za-z0-9@-_*].
+    if let Some(p) = body.get("password") {
+        let ok = |p: &str| p.len() <= 10 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"@-_*".contains(&b));
+        if !p.as_str().is_some_and(ok) {
+            return Some("Invalid parameter: password.".into());
+        }
+    }
     None
 }
 
@@ -486,7 +536,10 @@ async fn patch_meeting(
     }
     let meeting = s.meetings.get_mut(&n).unwrap();
     for (k, v) in patch.as_object().into_iter().flatten() {
-        meeting.body[k] = v.clone();
+        match (k.as_str(), v.as_object(), meeting.body.get_mut(k).and_then(Value::as_object_mut)) {
+            ("settings", Some(given), Some(kept)) => kept.extend(given.clone()),
+            _ => meeting.body[k] = v.clone(),
+        }
     }
     if let Some(f) = after {
         return failure(&f);

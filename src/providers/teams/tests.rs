@@ -16,6 +16,7 @@ fn req() -> MeetingRequest {
         start,
         end: start + chrono::Duration::minutes(50),
         settings: serde_json::json!({}),
+        options: MeetingOptions::default(),
     }
 }
 
@@ -70,4 +71,29 @@ fn errors_are_classified_by_status_and_code() {
     assert!(bad.starts_with("permanent") && bad.contains("BadRequest"), "{bad}");
     let long = class(400, serde_json::json!({"error": {"code": "x", "message": "m".repeat(5000)}}), None);
     assert!(long.len() < 600, "a long message is cut");
+}
+
+#[test]
+fn options_map_to_online_meeting_properties_on_every_move() {
+    let none = move_body(&req());
+    for key in ["lobbyBypassSettings", "recordAutomatically", "joinMeetingIdSettings"] {
+        assert!(none.get(key).is_none(), "an unset option stays the organiser's default: {key}");
+    }
+    let on = MeetingOptions {
+        waiting_room: Some(true),
+        recording: Some(Recording::Cloud),
+        passcode: Some(true),
+        mute_on_entry: Some(true),
+    };
+    let body = move_body(&MeetingRequest { options: on, ..req() });
+    assert_eq!(body["lobbyBypassSettings"]["scope"], "organizer");
+    assert_eq!(body["recordAutomatically"], true);
+    assert_eq!(body["joinMeetingIdSettings"]["isPasscodeRequired"], true);
+    assert!(body.get("muteOnEntry").is_none() && body.to_string().find("mute").is_none(), "not a Teams property");
+    let off = MeetingOptions { waiting_room: Some(false), recording: Some(Recording::Local), passcode: Some(false), mute_on_entry: None };
+    let body = move_body(&MeetingRequest { options: off, ..req() });
+    assert_eq!(body["lobbyBypassSettings"]["scope"], "everyone");
+    assert_eq!(body["recordAutomatically"], false, "Teams records to the cloud only");
+    assert_eq!(body["joinMeetingIdSettings"]["isPasscodeRequired"], false);
+    assert!(create_body(&MeetingRequest { options: on, ..req() }).get("lobbyBypassSettings").is_none(), "createOrGet takes no options");
 }

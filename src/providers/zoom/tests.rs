@@ -16,6 +16,7 @@ fn req(title: &str, description: Option<&str>) -> MeetingRequest {
         start,
         end: start + chrono::Duration::minutes(50) + chrono::Duration::seconds(1),
         settings: serde_json::json!({}),
+        options: MeetingOptions::default(),
     }
 }
 
@@ -33,6 +34,55 @@ fn the_create_body_is_a_scheduled_meeting_in_utc() {
     assert!(agenda.ends_with("Bring notes"), "{agenda}");
     assert!(body.get("settings").is_none() && body.get("start_url").is_none());
     assert!(meeting_body(&req("t", None), mark, false).get("type").is_none(), "a move does not change the type");
+}
+
+#[test]
+fn options_become_zoom_settings_and_a_passcode_on_create_only() {
+    use crate::settings::Recording;
+    let all = MeetingOptions {
+        waiting_room: Some(true),
+        recording: Some(Recording::Cloud),
+        passcode: Some(true),
+        mute_on_entry: Some(true),
+    };
+    let r = MeetingRequest { options: all, ..req("t", None) };
+    let created = meeting_body(&r, "mark".into(), true);
+    assert_eq!(
+        created["settings"],
+        serde_json::json!({"waiting_room": true, "join_before_host": false, "auto_recording": "cloud", "mute_upon_entry": true})
+    );
+    let password = created["password"].as_str().unwrap();
+    assert_eq!(password.len(), PASSCODE_LEN);
+    assert!(password.bytes().all(|b| b.is_ascii_alphanumeric()), "Zoom's charset: {password}");
+    assert_ne!(meeting_body(&r, "mark".into(), true)["password"], created["password"], "a new passcode per meeting");
+    assert!(created.get("default_password").is_none());
+
+    let moved = meeting_body(&r, "mark".into(), false);
+    assert_eq!(moved["settings"], created["settings"], "a move keeps the options");
+    assert!(moved.get("password").is_none(), "a move does not change the passcode (the link carries it)");
+
+    let off = MeetingOptions {
+        waiting_room: Some(false),
+        recording: Some(Recording::None),
+        passcode: Some(false),
+        mute_on_entry: Some(false),
+    };
+    let body = meeting_body(&MeetingRequest { options: off, ..req("t", None) }, "mark".into(), true);
+    assert_eq!(
+        body["settings"],
+        serde_json::json!({"waiting_room": false, "auto_recording": "none", "mute_upon_entry": false}),
+        "no waiting room leaves join_before_host as the account has it"
+    );
+    assert!(body.get("password").is_none(), "passcode false: Zoom's default");
+
+    let some = MeetingOptions { recording: Some(Recording::Local), ..MeetingOptions::default() };
+    let body = meeting_body(&MeetingRequest { options: some, ..req("t", None) }, "mark".into(), false);
+    assert_eq!(body["settings"], serde_json::json!({"auto_recording": "local"}), "only the options set");
+}
+
+#[test]
+fn zoom_honours_every_option() {
+    assert_eq!(SUPPORTED, MeetingOption::ALL);
 }
 
 #[test]
@@ -95,6 +145,7 @@ fn class(status: u16, body: serde_json::Value, retry_after: Option<Duration>) ->
     match classify(status, body.to_string().as_bytes(), retry_after, now) {
         CallError::Unauthorized => ("unauthorized".into(), None),
         CallError::NotFound => ("not_found".into(), None),
+        CallError::DailyLimit(wait) => ("daily_limit".into(), Some(wait)),
         CallError::Other(p) => (p.class().into(), p.retry_after()),
     }
 }
@@ -121,7 +172,13 @@ fn errors_are_classified_as_zoom_documents_them() {
     assert_eq!(class(429, e(429, "per-second limit"), None), ("rate_limited".into(), None));
     // The daily limit without Retry-After: until 00:00 GMT (two hours after 22:00).
     let daily = "You have exceeded the daily rate limit (100) of Meeting Create/Update API requests.";
-    assert_eq!(class(429, e(429, daily), None), ("rate_limited".into(), Some(Duration::from_secs(7200))));
+    assert_eq!(class(429, e(429, daily), None), ("daily_limit".into(), Some(Duration::from_secs(7200))));
+    let per_second = "You have reached the maximum per-second rate limit for this API. Try again later.";
+    assert_eq!(class(429, e(429, per_second), None), ("rate_limited".into(), None), "not the daily limit");
+    let now = Utc.with_ymd_and_hms(2026, 12, 6, 22, 0, 0).unwrap();
+    let daily_limit = classify(429, e(429, daily).to_string().as_bytes(), None, now);
+    let p = into_provider(daily_limit);
+    assert_eq!((p.class(), p.retry_after()), ("rate_limited", Some(Duration::from_secs(7200))), "for the worker");
     assert_eq!(class(429, e(429, daily), Some(Duration::from_secs(60))).1, Some(Duration::from_secs(60)));
 }
 
