@@ -561,19 +561,20 @@ fn draw<T: Clone>(rules: &[(f64, T)]) -> Option<T> {
         .map(|(_, t)| t.clone())
 }
 
-/// The meeting marker (`[meetingd …]`) in a request body, if any.
-fn marker_in(body: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(body).ok()?;
+/// The first meeting marker (`[meetingd …]`) in `text` (an agenda, a request body), if any.
+pub fn marker_in(text: &str) -> Option<&str> {
     let start = text.find("[meetingd ")?;
     let end = start + text[start..].find(']')?;
-    Some(text[start..=end].to_string())
+    Some(&text[start..=end])
 }
 
+/// In front of every route: draws the call's trouble (the one place chaos is drawn), acts it out
+/// around the handler, and journals the call with its answer.
 async fn chaos_layer(State(state): Shared, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
     let path = parts.uri.path().to_string();
-    let call = match marker_in(&bytes) {
+    let call = match std::str::from_utf8(&bytes).ok().and_then(marker_in) {
         Some(mark) => format!("{} {path} {mark}", parts.method),
         None => format!("{} {path}", parts.method),
     };
@@ -596,40 +597,39 @@ async fn chaos_layer(State(state): Shared, request: Request, next: Next) -> Resp
         trouble
     };
     let request = Request::from_parts(parts, Body::from(bytes));
-    let note = |state: &Arc<Mutex<Inner>>, status: StatusCode, what: &str| {
+    let note = |status: StatusCode, what: &str| {
         let at = chrono::Utc::now().format("%H:%M:%S%.3f");
         state.lock().unwrap().journal.push(format!("{at} {call} -> {}{what}", status.as_u16()));
     };
     match trouble {
         None => {
             let answer = next.run(request).await;
-            note(&state, answer.status(), "");
+            note(answer.status(), "");
             answer
         }
         Some(Trouble::Fail(f)) if !f.after_work => {
             let answer = failure(&f);
-            note(&state, answer.status(), " (chaos: failed, nothing done)");
+            note(answer.status(), " (chaos: failed, nothing done)");
             answer
         }
         Some(Trouble::Fail(f)) => {
             let done = next.run(request).await;
             if !done.status().is_success() {
-                note(&state, done.status(), " (chaos: a lost answer, but the call failed anyway)");
+                note(done.status(), " (chaos: a lost answer, but the call failed anyway)");
                 return done;
             }
             let answer = failure(&f);
-            note(&state, answer.status(), &format!(" (chaos: done, its {} answer lost)", done.status().as_u16()));
+            note(answer.status(), &format!(" (chaos: done, its {} answer lost)", done.status().as_u16()));
             answer
         }
         Some(Trouble::Slow { delay, after_work }) => {
             // Noted before the wait: the caller gives up first, and its going away may end this.
             let answer = if after_work {
                 let done = next.run(request).await;
-                note(&state, done.status(), &format!(" (chaos: done, answered after {} ms)", delay.as_millis()));
+                note(done.status(), &format!(" (chaos: done, answered after {} ms)", delay.as_millis()));
                 done
             } else {
                 note(
-                    &state,
                     StatusCode::GATEWAY_TIMEOUT,
                     &format!(" (chaos: nothing done, answered after {} ms)", delay.as_millis()),
                 );

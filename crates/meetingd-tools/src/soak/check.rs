@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use meetingd::providers::google::event_id;
 use meetingd::providers::zoom::marker;
 use meetingd_testkit::fake_google::{FakeGoogle, StoredEvent};
-use meetingd_testkit::fake_zoom::{FakeZoom, StoredMeeting};
+use meetingd_testkit::fake_zoom::{FakeZoom, StoredMeeting, marker_in};
 use uuid::Uuid;
 
 use crate::chaos::History;
@@ -76,13 +76,6 @@ struct LiveZoom {
     start: Option<DateTime<Utc>>,
     duration: Option<i64>,
     link: Option<String>,
-}
-
-/// The marker in a Zoom meeting's agenda, if any.
-fn marker_in(agenda: &str) -> Option<&str> {
-    let start = agenda.find("[meetingd ")?;
-    let end = start + agenda[start..].find(']')?;
-    Some(&agenda[start..=end])
 }
 
 /// The fake Zoom's live meetings, by the booking whose marker they carry (every booking meetingd
