@@ -121,8 +121,9 @@ pub fn unsealed_mark(booking: Uuid, generation: i32) -> String {
     format!("{MARK_PREFIX}{hex}]")
 }
 
-/// `intent:<booking>:<generation>`, what [`MeetingProvider::intent_id`] answers.
-fn intent_of(booking: Uuid, generation: i32) -> String {
+/// `intent:<booking>:<generation>`, what [`MeetingProvider::intent_id`] answers (and what an
+/// orphaned meeting of an unanswered create is reported as).
+pub fn intent_of(booking: Uuid, generation: i32) -> String {
     format!("{INTENT_PREFIX}{booking}:{generation}")
 }
 

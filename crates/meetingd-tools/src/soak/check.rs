@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use meetingd::providers::google::event_id;
-use meetingd::providers::zoom::marker;
+use meetingd::providers::zoom::{Marks, intent_of};
 use meetingd_testkit::fake_google::{FakeGoogle, StoredEvent};
 use meetingd_testkit::fake_zoom::{FakeZoom, StoredMeeting, marker_in};
 use uuid::Uuid;
@@ -88,31 +88,21 @@ struct ZoomMeetings {
 }
 
 impl ZoomMeetings {
-    async fn read(db: &mut Db, zoom: &FakeZoom) -> Result<ZoomMeetings> {
-        let ids: Vec<Uuid> = db
+    async fn read(db: &mut Db, zoom: &FakeZoom, marks: &Marks) -> Result<ZoomMeetings> {
+        let ids: HashSet<Uuid> = db
             .query("SELECT booking_id FROM meetingd.jobs UNION SELECT id FROM bookings", &[])
             .await
             .context("reading the booking ids")?
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let most: i32 = db
-            .query_one(
-                "SELECT COALESCE(greatest((SELECT max(intent_generation) FROM meetingd.jobs),
-                                          (SELECT max(generation) FROM meetingd.meetings)), 0)",
-                &[],
-            )
-            .await
-            .context("reading the highest generation")?
-            .get(0);
-        let markers: HashMap<String, (Uuid, i32)> =
-            ids.iter().flat_map(|&b| (1..=most + 1).map(move |g| (marker(b, g), (b, g)))).collect();
         let live = zoom.live_meetings();
         let mut meetings = ZoomMeetings { by_booking: HashMap::new(), unknown: Vec::new(), live: live.len() };
         for m in &live {
             let id = m.body["id"].as_u64().map(|n| n.to_string()).unwrap_or_default();
-            match m.body["agenda"].as_str().and_then(marker_in).and_then(|mark| markers.get(mark)) {
-                Some(&(booking, generation)) => {
+            let named = m.body["agenda"].as_str().and_then(|a| marks.read(a)).filter(|(b, _)| ids.contains(b));
+            match named {
+                Some((booking, generation)) => {
                     let start = m.body["start_time"].as_str().and_then(|t| t.parse::<DateTime<Utc>>().ok());
                     let meeting = LiveZoom {
                         id,
@@ -205,7 +195,7 @@ impl Reconnects {
 
     /// Whether `m`, a meeting of `booking`'s, was reported out of reach in such a provider's account.
     fn reported(&self, m: &LiveZoom, booking: Uuid) -> bool {
-        self.reported.contains(&m.id) || self.reported.contains(&marker(booking, m.generation))
+        self.reported.contains(&m.id) || self.reported.contains(&intent_of(booking, m.generation))
     }
 }
 
@@ -255,7 +245,7 @@ impl Check {
         let bookings = read_bookings(db).await?;
         let meetings = read_meetings(db).await?;
         let reconnects = Reconnects::read(db).await?;
-        let mut zoom = ZoomMeetings::read(db, fakes.zoom).await?;
+        let mut zoom = ZoomMeetings::read(db, fakes.zoom, fakes.marks).await?;
         let mut events: HashMap<String, Vec<LiveEvent>> = HashMap::new();
         let live = fakes.google.live_events();
         for e in &live {
@@ -755,7 +745,7 @@ pub async fn print_evidence(
         }
         booking_rows_evidence(db, p.booking).await?;
         fake_evidence(fakes.google, p.booking);
-        fake_zoom_evidence(fakes.zoom, p.booking);
+        fake_zoom_evidence(fakes.zoom, fakes.marks, p.booking);
         log_evidence(log_dir, p.booking)?;
     }
     Ok(())
@@ -815,15 +805,14 @@ fn fake_evidence(google: &FakeGoogle, booking: Uuid) {
     }
 }
 
-/// The fake Zoom's meetings carrying the booking's markers of generations 1 to 10 (deleted ones
-/// too) and the calls naming those markers or meetings.
-fn fake_zoom_evidence(zoom: &FakeZoom, booking: Uuid) {
-    let markers: Vec<(i32, String)> = (1..=10).map(|g| (g, marker(booking, g))).collect();
+/// The fake Zoom's meetings whose mark names the booking (deleted ones too) and the calls
+/// carrying such a mark or naming those meetings.
+fn fake_zoom_evidence(zoom: &FakeZoom, marks: &Marks, booking: Uuid) {
     let meetings: Vec<StoredMeeting> = zoom.state.lock().unwrap().meetings.values().cloned().collect();
     let mut ids = Vec::new();
     for m in &meetings {
         let agenda = m.body["agenda"].as_str().unwrap_or_default();
-        let Some((generation, _)) = markers.iter().find(|(_, mark)| agenda.contains(mark.as_str())) else { continue };
+        let Some((_, generation)) = marks.read(agenda).filter(|(b, _)| *b == booking) else { continue };
         let id = m.body["id"].as_u64().unwrap_or_default();
         println!(
             "  zoom     {id} generation {generation} deleted={} start={} duration={} link={}",
@@ -832,9 +821,8 @@ fn fake_zoom_evidence(zoom: &FakeZoom, booking: Uuid) {
         ids.push(format!("/v2/meetings/{id} "));
     }
     for call in zoom.journal() {
-        if markers.iter().any(|(_, mark)| call.contains(mark.as_str()))
-            || ids.iter().any(|id| call.contains(id.as_str()))
-        {
+        let ours = marker_in(&call).and_then(|mark| marks.read(mark)).is_some_and(|(b, _)| b == booking);
+        if ours || ids.iter().any(|id| call.contains(id.as_str())) {
             println!("  call     {call}");
         }
     }

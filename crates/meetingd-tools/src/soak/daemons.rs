@@ -60,6 +60,8 @@ impl DaemonEnv {
             .set("ZOOM__REQUEST_TIMEOUT_MS", ZOOM_TIMEOUT_MS.to_string())
             .set("LIMITS__ZOOM__INTEGRATION_RATE", "50")
             .set("LIMITS__ZOOM__PLATFORM_RATE", "500")
+            // Counted, as in production, but far above what a provider's share of a large run needs.
+            .set("LIMITS__ZOOM__DAILY_MEETING_WRITES", "100000")
             .set("WORKER__MAX_ATTEMPTS", "50")
             .set("WORKER__RETRY_BASE_MS", "50")
             .set("WORKER__RETRY_MAX_MS", "1000")

@@ -192,7 +192,8 @@ async fn soak(args: &Args, cluster: &PrivateCluster, started: Instant) -> Result
     let google = FakeGoogle::start().await;
     let zoom = FakeZoom::start().await;
     let key = Keyring::generate_key();
-    seed(&mut db, Fakes { google: &google, zoom: &zoom }, &key, args.bookings).await?;
+    let marks = meetingd::providers::zoom::Marks::new(std::sync::Arc::new(Keyring::new(&key, &[])?));
+    seed(&mut db, Fakes { google: &google, zoom: &zoom, marks: &marks }, &key, args.bookings).await?;
 
     let env = DaemonEnv {
         bin: daemon_bin,
@@ -233,7 +234,7 @@ async fn soak(args: &Args, cluster: &PrivateCluster, started: Instant) -> Result
 
     let settled = settle(&mut db, &mut daemons, &mut counters).await?;
     let exits = daemons.stop_all().await?;
-    let fakes = Fakes { google: &google, zoom: &zoom };
+    let fakes = Fakes { google: &google, zoom: &zoom, marks: &marks };
     let mut check = Check::read(&mut db, &fakes).await?;
     check.settled = settled;
     check.daemon_trouble = daemon_trouble(&counters, &exits);

@@ -39,6 +39,8 @@ pub async fn prepare_schema(db: &mut Client) -> Result<()> {
 pub struct Fakes<'a> {
     pub google: &'a FakeGoogle,
     pub zoom: &'a FakeZoom,
+    /// What reads the marks in the Zoom meetings' agendas (the daemons' key).
+    pub marks: &'a meetingd::providers::zoom::Marks,
 }
 
 /// Providers with an online service and a connection each (`zoom` for [`ZOOM_PROVIDERS`],
