@@ -37,6 +37,10 @@ pub enum TokenError {
     AccountGone(Platform),
     #[error("{name} access was revoked or has expired: the provider must reconnect {name}", name = .0.display_name())]
     Revoked(Platform),
+    /// The provider connected another account while this one was being used; tried again, the
+    /// account is found where it is kept now.
+    #[error("the provider connected another {} account meanwhile; trying again", .0.display_name())]
+    Changed(Platform),
     #[error("the stored {name} token cannot be used ({1}); the provider must reconnect {name}", name = .0.display_name())]
     Unreadable(Platform, CryptoError),
     #[error(transparent)]
@@ -84,14 +88,14 @@ impl TokenStore {
         refused: Option<&SecretString>,
     ) -> Result<(SecretString, Account), TokenError> {
         let mut client = self.pool.get().await?;
-        let (user, retired) = match whose {
-            Whose::Provider(user) => (user, None),
+        // The row read here is the one used: a reconnect between two reads cannot put another
+        // account's token on this account's meeting.
+        let (user, retired, current) = match whose {
+            Whose::Provider(user) => (user, None, None),
             Whose::Account(account) => {
                 let current = integrations::load(client.sql(), account.user_id, platform.as_str(), false).await?;
                 match current {
-                    Some(row) if row.id == account.integration_id && same_identity(&row, account) => {
-                        (account.user_id, None)
-                    }
+                    Some(row) if is_account(&row, account) => (account.user_id, None, Some(row)),
                     _ => {
                         match integrations::find_retired(
                             client.sql(),
@@ -100,15 +104,19 @@ impl TokenStore {
                         )
                         .await?
                         {
-                            Some(id) => (account.user_id, Some(id)),
+                            Some(id) => (account.user_id, Some(id), None),
                             None => return Err(TokenError::AccountGone(platform)),
                         }
                     }
                 }
             }
         };
-        let row =
-            load(client.sql(), user, retired, platform, false).await?.ok_or(TokenError::NotConnected(platform))?;
+        let row = match current {
+            Some(row) => row,
+            None => {
+                load(client.sql(), user, retired, platform, false).await?.ok_or(TokenError::NotConnected(platform))?
+            }
+        };
         if !row.is_active {
             return Err(TokenError::Revoked(platform));
         }
@@ -119,6 +127,14 @@ impl TokenStore {
 
         let tx = client.transaction().await?;
         let row = load(tx.sql(), user, retired, platform, true).await?.ok_or(TokenError::NotConnected(platform))?;
+        if let Whose::Account(account) = whose
+            && retired.is_none()
+            && !is_account(&row, account)
+        {
+            // Reconnected to another account since the first read: the meeting's account is
+            // now a retired copy, which the next attempt finds.
+            return Err(TokenError::Changed(platform));
+        }
         if !row.is_active {
             return Err(TokenError::Revoked(platform));
         }
@@ -246,6 +262,11 @@ pub enum Whose<'a> {
 
 fn account_of(row: &integrations::IntegrationRow) -> Account {
     Account { user_id: row.user_id, integration_id: row.id, identity: row.identity.clone() }
+}
+
+/// Whether `row` is still `account`: the same row, connected to the same identity.
+fn is_account(row: &integrations::IntegrationRow, account: &Account) -> bool {
+    row.id == account.integration_id && same_identity(row, account)
 }
 
 /// An unknown identity on either side (recorded before identities were, or never told by the

@@ -8,7 +8,7 @@
 use secrecy::SecretString;
 use uuid::Uuid;
 
-use super::{Account, Meeting, Platform, ProviderError};
+use super::{Account, Meeting, MeetingRequest, Platform, ProviderError};
 use crate::oauth::{OAuthClient, OAuthError};
 use crate::tokens::{TokenError, TokenStore, Whose};
 
@@ -19,12 +19,20 @@ pub(crate) struct Who {
     account: std::sync::OnceLock<Account>,
     /// Acting on an existing meeting: an account that cannot be used leaves it unreachable.
     existing: bool,
+    /// A new meeting's account as the worker decided it (see `MeetingRequest::expected_account`).
+    expected: Option<(Platform, Account)>,
 }
 
 impl Who {
     /// A new meeting, in the provider's current account.
     pub(crate) fn provider(user: Uuid) -> Who {
-        Who { user, account: std::sync::OnceLock::new(), existing: false }
+        Who { user, account: std::sync::OnceLock::new(), existing: false, expected: None }
+    }
+
+    /// A new meeting for `req`, in the provider's current account, which must still be the one
+    /// the worker decided on.
+    pub(crate) fn creating(req: &MeetingRequest) -> Who {
+        Who { expected: req.expected_account.clone(), ..Who::provider(req.provider_user_id) }
     }
 
     /// An existing meeting, in the account it was made in (the provider's, for meetings recorded
@@ -34,7 +42,7 @@ impl Who {
         if let Some(a) = &meeting.account {
             let _ = account.set(a.clone());
         }
-        Who { user: meeting.account.as_ref().map_or(provider, |a| a.user_id), account, existing: true }
+        Who { user: meeting.account.as_ref().map_or(provider, |a| a.user_id), account, existing: true, expected: None }
     }
 
     /// The provider whose account the operation acts in.
@@ -85,8 +93,18 @@ impl Access<'_> {
                     self.vendor, self.section
                 )),
                 TokenError::OAuth(e) => ProviderError::Transient(e.to_string()),
+                TokenError::Changed(_) => ProviderError::Transient(e.to_string()),
                 TokenError::Db(e) => ProviderError::Transient(e.to_string()),
             })?;
+        if let Some((platform, expected)) = &who.expected
+            && *platform == self.platform
+            && !same_account(expected, &account)
+        {
+            return Err(ProviderError::Transient(format!(
+                "the provider connected another {} account while the meeting was being made; it is made again in the account connected now",
+                self.platform.display_name()
+            )));
+        }
         // Every later call of this operation acts in the same account.
         let _ = who.account.set(account);
         Ok(token)
@@ -113,4 +131,10 @@ impl Access<'_> {
             other => other,
         }
     }
+}
+
+/// The same account: the same integration row, connected to the same platform identity (an
+/// unknown identity on either side does not count as another).
+fn same_account(a: &Account, b: &Account) -> bool {
+    a.integration_id == b.integration_id && (a.identity.is_none() || b.identity.is_none() || a.identity == b.identity)
 }

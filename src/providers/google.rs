@@ -431,7 +431,7 @@ impl MeetingProvider for GoogleMeet {
     }
 
     async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
-        let who = Who::provider(req.provider_user_id);
+        let who = Who::creating(req);
         let event = self.new_event(req);
         let id = event.id.clone().unwrap_or_default();
         let created = match self.access().authorized(&who, |t| self.insert(t, event.clone())).await {

@@ -81,6 +81,7 @@ mod tests {
             end: Utc::now(),
             settings: serde_json::json!({}),
             options: Default::default(),
+            expected_account: None,
         }
     }
 

@@ -99,6 +99,12 @@ pub struct MeetingRequest {
     /// The meeting options parsed from `settings`; a platform applies those it honours
     /// ([`MeetingProvider::supported_options`]).
     pub options: MeetingOptions,
+    /// The account the worker decided a new meeting is made in, and on which platform: the
+    /// claim's snapshot of the provider's integration for the booking's platform (the account
+    /// its create intent records). A create that finds the provider connected to another account
+    /// by the time it reads a token makes nothing (a transient error: the next run decides again
+    /// with the new account), so a meeting is never made in an account the intent does not name.
+    pub expected_account: Option<(Platform, Account)>,
 }
 
 /// A meeting as it exists at the platform.

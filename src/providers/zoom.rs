@@ -121,8 +121,9 @@ pub fn unsealed_mark(booking: Uuid, generation: i32) -> String {
     format!("{MARK_PREFIX}{hex}]")
 }
 
-/// `intent:<booking>:<generation>`, what [`MeetingProvider::intent_id`] answers.
-fn intent_of(booking: Uuid, generation: i32) -> String {
+/// `intent:<booking>:<generation>`, what [`MeetingProvider::intent_id`] answers (and what an
+/// orphaned meeting of an unanswered create is reported as).
+pub fn intent_of(booking: Uuid, generation: i32) -> String {
     format!("{INTENT_PREFIX}{booking}:{generation}")
 }
 
@@ -586,7 +587,7 @@ impl MeetingProvider for Zoom {
     }
 
     async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
-        let who = Who::provider(req.provider_user_id);
+        let who = Who::creating(req);
         let body = self.body(req, true);
         let created = self.counted(&who, |t| self.post(t, body.clone())).await?;
         meeting_of(created, &who)
@@ -594,7 +595,7 @@ impl MeetingProvider for Zoom {
 
     /// An earlier attempt may have made the meeting (its answer lost): look for its mark first.
     async fn create_again(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
-        let who = Who::provider(req.provider_user_id);
+        let who = Who::creating(req);
         if let Some(adopted) = self.adopt(&who, req).await? {
             return Ok(adopted);
         }

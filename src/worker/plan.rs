@@ -108,6 +108,7 @@ pub fn plan(s: &Snapshot, available: impl Fn(Platform) -> bool, fallback: Fallba
         end,
         settings: b.meeting_settings.clone(),
         options: settings.options,
+        expected_account: b.meeting_platform.as_deref().and_then(|p| p.parse().ok()).zip(b.integration.clone()),
     };
     let choose = || choose_platform(b.meeting_platform.as_deref(), b.connected, &available, fallback);
     match live {

@@ -250,6 +250,60 @@ async fn a_create_whose_answer_was_lost_before_a_reconnect_is_deleted_where_it_w
 }
 
 #[tokio::test]
+async fn a_reconnect_between_the_claim_and_the_create_makes_no_meeting_in_an_account_the_intent_does_not_name() {
+    use meetingd::crypto::{Column, Owner};
+    use meetingd_testkit::fake_google::DEFAULT_ACCOUNT;
+    use secrecy::SecretString;
+    let g = setup_with(3600, |_| {}).await;
+    // The provider's reconnect to another Google account lands right after the worker recorded
+    // its create intent (with the account it claimed) and before the create reads a token: a
+    // trigger on the intent's write swaps the row to the new account, as the connect flow does.
+    let (access, refresh) = g.google.issue_for("second@example.com");
+    let row: Uuid =
+        g.c.query_one("SELECT id FROM user_meeting_integrations WHERE user_id = $1", &[&g.m.provider])
+            .await
+            .unwrap()
+            .get(0);
+    let keyring = g.config.encryption.keyring().unwrap();
+    let owner = Owner { user_id: g.m.provider, platform: "google_meet" };
+    let sealed = |t: &str, column| keyring.encrypt(&SecretString::from(t.to_string()), row, column);
+    g.c.batch_execute(&format!(
+        "CREATE TABLE swap (access text, refresh text, used boolean NOT NULL DEFAULT false);
+         INSERT INTO swap (access, refresh) VALUES ('{}', '{}');
+         CREATE FUNCTION swap_account() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.intent_platform IS NOT NULL AND OLD.intent_platform IS NULL THEN
+             UPDATE user_meeting_integrations u
+                SET access_token = s.access, refresh_token = s.refresh, platform_user_email = 'second@example.com'
+               FROM swap s WHERE NOT s.used;
+             UPDATE swap SET used = true;
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER swap_account AFTER UPDATE ON meetingd.jobs FOR EACH ROW EXECUTE FUNCTION swap_account();",
+        sealed(&access, Column::AccessToken(owner)),
+        sealed(&refresh, Column::RefreshToken(owner)),
+    ))
+    .await
+    .unwrap();
+    let b = market::book(&g.c, g.service, g.m.customer, "confirmed").await;
+    g.worker.run_once().await.unwrap();
+    let swapped: bool = g.c.query_one("SELECT used FROM swap", &[]).await.unwrap().get(0);
+    assert!(swapped, "the reconnect happened mid-run");
+    assert!(g.google.live_events().is_empty(), "nothing is made in an account the intent does not name");
+    assert_eq!(job(&g.c, b).await.unwrap().state, "pending", "retried");
+
+    market::make_due(&g.c).await;
+    g.worker.run_once().await.unwrap();
+    let state = meeting(&g.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
+    let live = g.google.live_events();
+    assert_eq!(live.len(), 1, "exactly one meeting: {:?}", g.google.calls());
+    assert_eq!(live[0].owner, "second@example.com", "in the account connected now");
+    assert!(!live.iter().any(|e| e.owner == DEFAULT_ACCOUNT));
+}
+
+#[tokio::test]
 async fn a_delete_whose_answer_was_lost_then_a_reconfirm_ends_with_a_live_meeting() {
     use meetingd_testkit::fake_google::Fail;
     let g = setup_with(3600, |_| {}).await;

@@ -4,8 +4,8 @@
 //! The child's whole configuration comes from the environment this module builds: it removes the
 //! variables through which the caller's own environment could reach the child (`DATABASE_URL`,
 //! `MEETINGD_CONFIG`, the key file, `RUST_LOG`), turns the API and metrics listeners off, and
-//! points Google at the fake when asked. It starts, waits for and stops daemons; what they are
-//! expected to do is the caller's to check.
+//! points Google and Zoom at their fakes when asked. It starts, waits for and stops daemons; what
+//! they are expected to do is the caller's to check.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Running;
 use crate::fake_google::{self, FakeGoogle};
+use crate::fake_zoom::{self, FakeZoom};
 
 /// Counts the sessions of the current database waiting in LISTEN: a daemon listens last, after
 /// migrating and opening its pool, so one such session per daemon means they are ready.
@@ -104,6 +105,17 @@ impl DaemonCommand {
             .set("GOOGLE__TOKEN_URL", format!("{base}/token"))
             .set("GOOGLE__REVOKE_URL", format!("{base}/revoke"))
             .set("GOOGLE__API_BASE_URL", format!("{base}/calendar/v3/"))
+    }
+
+    /// Zoom's OAuth client, token, revocation and Meetings API endpoints at the fake.
+    pub fn zoom(self, zoom: &FakeZoom) -> DaemonCommand {
+        let base = zoom.base();
+        self.set("ZOOM__CLIENT_ID", fake_zoom::CLIENT_ID)
+            .set("ZOOM__CLIENT_SECRET", fake_zoom::CLIENT_SECRET)
+            .set("ZOOM__AUTH_URL", format!("{base}/oauth/authorize"))
+            .set("ZOOM__TOKEN_URL", format!("{base}/oauth/token"))
+            .set("ZOOM__REVOKE_URL", format!("{base}/oauth/revoke"))
+            .set("ZOOM__API_BASE_URL", format!("{base}/v2/"))
     }
 
     /// Starts it with its output thrown away, killed when dropped (tests).

@@ -6,15 +6,20 @@
 //! get, patch (204), delete (204) and list (`type=scheduled|upcoming`, `page_size`, `next_page_token`), and
 //! Zoom's error JSON `{"code","message"}`: 401 code 124, 404 code 3001, 429 with or without
 //! `Retry-After`, the daily-limit 429, 3002 and 5xx. Failures are scripted per test, including a
-//! create that is made but whose answer is lost, and a refresh likewise. Everything stays in memory.
+//! create that is made but whose answer is lost, and a refresh likewise; or random, for the soak
+//! ([`FakeZoom::chaos`], [`FakeZoom::token_chaos`]), with a journal of every call and its answer.
+//! Everything stays in memory.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Form, Path, Query, State};
+use axum::body::Body;
+use axum::extract::{Form, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -96,6 +101,11 @@ pub struct Inner {
     pub page_limit: Option<usize>,
     counter: u64,
     next_id: u64,
+    /// Random trouble on Meetings API calls and token-endpoint failures (see [`FakeZoom::chaos`]).
+    chaos: Vec<(f64, Trouble)>,
+    token_chaos: Vec<(f64, Fail)>,
+    /// Every call with its answer, as `journal()` gives it.
+    journal: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -129,6 +139,7 @@ impl FakeZoom {
             .route("/v2/users/me", get(me))
             .route("/v2/users/me/meetings", post(create).get(list))
             .route("/v2/meetings/{id}", get(get_meeting).patch(patch_meeting).delete(delete_meeting))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), chaos_layer))
             .with_state(state.clone());
         let addr = crate::serve_locally(app).await;
         FakeZoom { addr, state }
@@ -562,4 +573,135 @@ async fn delete_meeting(State(state): Shared, headers: HeaderMap, Path(id): Path
         return failure(&f);
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+// Random trouble for the soak: one middleware in front of every route draws it, so the handlers
+// above stay as Zoom answers when nothing goes wrong.
+
+/// Random trouble for one Meetings API call.
+#[derive(Debug, Clone)]
+pub enum Trouble {
+    /// Answers the failure; after doing the call's work when `after_work` (a lost answer: the
+    /// meeting is made, moved or deleted, the caller hears a failure). A code 124 also expires
+    /// the access token it was given, as Zoom's "invalid access token" means.
+    Fail(Fail),
+    /// Answers only after `delay`, past the caller's time-out; the work is done at once when
+    /// `after_work` (the answer is lost to the time-out), else not at all.
+    Slow { delay: Duration, after_work: bool },
+}
+
+impl FakeZoom {
+    /// Random trouble on every Meetings API call from now on: one draw per call over the
+    /// `(probability, trouble)` rules; a call that meets none goes on as usual (scripted failures
+    /// included). An empty list stops it.
+    pub fn chaos(&self, rules: Vec<(f64, Trouble)>) {
+        self.state.lock().unwrap().chaos = rules;
+    }
+
+    /// Random failures of the token endpoint, answered before it does anything. A failure after
+    /// the work would lose a rotated refresh token, which leaves the provider to reconnect: that
+    /// is scripted where a test wants it (`lose_next_refresh_answer`), never random.
+    pub fn token_chaos(&self, rules: Vec<(f64, Fail)>) {
+        assert!(rules.iter().all(|(_, f)| !f.after_work), "the token endpoint's random failures do nothing first");
+        self.state.lock().unwrap().token_chaos = rules;
+    }
+
+    /// Every call so far: time, method, path, the meeting marker its body carries, the status
+    /// answered and the trouble it met. No token or body is quoted.
+    pub fn journal(&self) -> Vec<String> {
+        self.state.lock().unwrap().journal.clone()
+    }
+}
+
+/// One draw over `rules`: the first whose cumulated probability exceeds the roll.
+fn draw<T: Clone>(rules: &[(f64, T)]) -> Option<T> {
+    let roll: f64 = rand::random();
+    let mut sum = 0.0;
+    rules
+        .iter()
+        .find(|(p, _)| {
+            sum += p;
+            roll < sum
+        })
+        .map(|(_, t)| t.clone())
+}
+
+/// The first meeting marker (`[meetingd …]`) in `text` (an agenda, a request body), if any.
+pub fn marker_in(text: &str) -> Option<&str> {
+    let start = text.find("[meetingd ")?;
+    let end = start + text[start..].find(']')?;
+    Some(&text[start..=end])
+}
+
+/// In front of every route: draws the call's trouble (the one place chaos is drawn), acts it out
+/// around the handler, and journals the call with its answer.
+async fn chaos_layer(State(state): Shared, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    let call = match std::str::from_utf8(&bytes).ok().and_then(marker_in) {
+        Some(mark) => format!("{} {path} {mark}", parts.method),
+        None => format!("{} {path}", parts.method),
+    };
+    let trouble = {
+        let mut s = state.lock().unwrap();
+        let trouble = if path == "/oauth/token" {
+            draw(&s.token_chaos).map(Trouble::Fail)
+        } else if path.starts_with("/v2/") {
+            draw(&s.chaos)
+        } else {
+            None
+        };
+        if let Some(Trouble::Fail(f)) = &trouble
+            && f.code == 124
+            && let Some(bearer) = parts.headers.get("authorization").and_then(|v| v.to_str().ok())
+            && let Some(token) = bearer.strip_prefix("Bearer ")
+        {
+            s.access.insert(token.to_string(), false);
+        }
+        trouble
+    };
+    let request = Request::from_parts(parts, Body::from(bytes));
+    let note = |status: StatusCode, what: &str| {
+        let at = chrono::Utc::now().format("%H:%M:%S%.3f");
+        state.lock().unwrap().journal.push(format!("{at} {call} -> {}{what}", status.as_u16()));
+    };
+    match trouble {
+        None => {
+            let answer = next.run(request).await;
+            note(answer.status(), "");
+            answer
+        }
+        Some(Trouble::Fail(f)) if !f.after_work => {
+            let answer = failure(&f);
+            note(answer.status(), " (chaos: failed, nothing done)");
+            answer
+        }
+        Some(Trouble::Fail(f)) => {
+            let done = next.run(request).await;
+            if !done.status().is_success() {
+                note(done.status(), " (chaos: a lost answer, but the call failed anyway)");
+                return done;
+            }
+            let answer = failure(&f);
+            note(answer.status(), &format!(" (chaos: done, its {} answer lost)", done.status().as_u16()));
+            answer
+        }
+        Some(Trouble::Slow { delay, after_work }) => {
+            // Noted before the wait: the caller gives up first, and its going away may end this.
+            let answer = if after_work {
+                let done = next.run(request).await;
+                note(done.status(), &format!(" (chaos: done, answered after {} ms)", delay.as_millis()));
+                done
+            } else {
+                note(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(" (chaos: nothing done, answered after {} ms)", delay.as_millis()),
+                );
+                StatusCode::GATEWAY_TIMEOUT.into_response()
+            };
+            tokio::time::sleep(delay).await;
+            answer
+        }
+    }
 }

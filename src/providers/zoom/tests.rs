@@ -17,6 +17,7 @@ fn req(title: &str, description: Option<&str>) -> MeetingRequest {
         end: start + chrono::Duration::minutes(50) + chrono::Duration::seconds(1),
         settings: serde_json::json!({}),
         options: MeetingOptions::default(),
+        expected_account: None,
     }
 }
 

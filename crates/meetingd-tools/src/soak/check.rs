@@ -1,8 +1,10 @@
-//! The end-state check: every booking against its meetings row and the fake Google's live
-//! events (lost, duplicated, orphaned, stuck, mismatched), the evidence for the first problems,
-//! and the verdict line. It only reads.
+//! The end-state check: every booking against its meetings row and its platform's live meetings,
+//! the fake Google's events (by booking id) or the fake Zoom's meetings (by marker): lost,
+//! duplicated, orphaned, stuck, mismatched; the Zoom providers who must reconnect (the one
+//! tolerance, see [`Reconnects`]); the evidence for the first problems, and the verdict line. It
+//! only reads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 use std::time::Duration;
@@ -10,11 +12,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use meetingd::providers::google::event_id;
+use meetingd::providers::zoom::{Marks, intent_of};
 use meetingd_testkit::fake_google::{FakeGoogle, StoredEvent};
+use meetingd_testkit::fake_zoom::{FakeZoom, StoredMeeting, marker_in};
 use uuid::Uuid;
 
 use crate::chaos::History;
 use crate::db::Db;
+use crate::market::Fakes;
 use crate::{DAEMONS, EVIDENCE_LIMIT, ODD_TAG, TAG};
 
 struct Booking {
@@ -25,9 +30,13 @@ struct Booking {
     link: Option<String>,
     meeting_status: Option<String>,
     meeting_id: Option<String>,
+    /// The platform its service asks for.
+    platform: Option<String>,
+    provider: Option<Uuid>,
 }
 
 struct MeetingRow {
+    platform: String,
     state: String,
     external_id: String,
     join_url: String,
@@ -60,6 +69,136 @@ impl LiveEvent {
     }
 }
 
+/// A live meeting at the fake Zoom whose marker names a booking, as far as the check needs it.
+struct LiveZoom {
+    id: String,
+    generation: i32,
+    start: Option<DateTime<Utc>>,
+    duration: Option<i64>,
+    link: Option<String>,
+}
+
+/// The fake Zoom's live meetings, by the booking whose marker they carry (every booking meetingd
+/// has a job or the marketplace a row for, every generation meetingd may have used).
+struct ZoomMeetings {
+    by_booking: HashMap<Uuid, Vec<LiveZoom>>,
+    /// Live meetings whose agenda carries no marker of a known booking.
+    unknown: Vec<String>,
+    live: usize,
+}
+
+impl ZoomMeetings {
+    async fn read(db: &mut Db, zoom: &FakeZoom, marks: &Marks) -> Result<ZoomMeetings> {
+        let ids: HashSet<Uuid> = db
+            .query("SELECT booking_id FROM meetingd.jobs UNION SELECT id FROM bookings", &[])
+            .await
+            .context("reading the booking ids")?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let live = zoom.live_meetings();
+        let mut meetings = ZoomMeetings { by_booking: HashMap::new(), unknown: Vec::new(), live: live.len() };
+        for m in &live {
+            let id = m.body["id"].as_u64().map(|n| n.to_string()).unwrap_or_default();
+            let named = m.body["agenda"].as_str().and_then(|a| marks.read(a)).filter(|(b, _)| ids.contains(b));
+            match named {
+                Some((booking, generation)) => {
+                    let start = m.body["start_time"].as_str().and_then(|t| t.parse::<DateTime<Utc>>().ok());
+                    let meeting = LiveZoom {
+                        id,
+                        generation,
+                        start,
+                        duration: m.body["duration"].as_i64(),
+                        link: m.body["join_url"].as_str().map(str::to_string),
+                    };
+                    meetings.by_booking.entry(booking).or_default().push(meeting);
+                }
+                None => meetings.unknown.push(id),
+            }
+        }
+        Ok(meetings)
+    }
+}
+
+/// The one tolerance: a Zoom provider who must reconnect because a daemon died between Zoom
+/// rotating their refresh token and meetingd committing the new one. Zoom kills the old refresh
+/// token at once, so the next refresh answers `invalid_grant` and meetingd deactivates the
+/// integration and tells the provider (`integration_needs_reconnect`), by design: nothing can
+/// recover a rotated token whose answer was lost. (The fake's token endpoint never loses an
+/// answer by itself: a SIGKILL or the PostgreSQL crash mid-refresh is the only way here.)
+/// Such a provider's bookings are checked against the fallback: a Jitsi link, and no live Zoom
+/// meeting but those meetingd reported in `meetingd.orphaned_meetings` (out of its reach). Any
+/// other deactivation is a failure.
+#[derive(Default)]
+struct Reconnects {
+    providers: HashSet<Uuid>,
+    /// The external ids (meeting ids, or markers of unanswered creates) reported orphaned in
+    /// those providers' Zoom accounts.
+    reported: HashSet<String>,
+    /// Orphaned-meeting reports of anyone else: failures.
+    other_orphans: Vec<String>,
+    /// Deactivations that are not that: failures.
+    unexpected: Vec<String>,
+    /// When each provider was told to reconnect, for the report.
+    told: Vec<String>,
+}
+
+impl Reconnects {
+    async fn read(db: &mut Db) -> Result<Reconnects> {
+        let mut r = Reconnects::default();
+        let rows = db
+            .query(
+                "SELECT i.user_id, i.platform, u.email,
+                        (SELECT to_char(max(e.created_at), 'HH24:MI:SS.MS') FROM meetingd.events e
+                          WHERE e.kind = 'integration_needs_reconnect' AND e.user_id = i.user_id
+                            AND e.platform = i.platform)
+                   FROM user_meeting_integrations i LEFT JOIN users u ON u.id = i.user_id
+                  WHERE NOT COALESCE(i.is_active, false)
+                  ORDER BY u.email",
+                &[],
+            )
+            .await
+            .context("reading the inactive integrations")?;
+        for row in rows {
+            let (user, platform, email, told): (Uuid, String, Option<String>, Option<String>) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            let who = email.unwrap_or_else(|| user.to_string());
+            match told {
+                Some(at) if platform == "zoom" => {
+                    r.providers.insert(user);
+                    r.told.push(format!("{who} (told at {at})"));
+                }
+                _ => r.unexpected.push(format!(
+                    "{who}'s {platform} integration is inactive{}",
+                    if told.is_some() { "" } else { " and the provider was never told" }
+                )),
+            }
+        }
+        let rows = db
+            .query(
+                "SELECT platform, external_id, owner_id, booking_id, reason FROM meetingd.orphaned_meetings ORDER BY id",
+                &[],
+            )
+            .await
+            .context("reading the orphaned meetings")?;
+        for row in rows {
+            let (platform, external_id, owner, booking, reason): (String, String, Option<Uuid>, Uuid, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+            if platform == "zoom" && owner.is_some_and(|o| r.providers.contains(&o)) {
+                r.reported.insert(external_id);
+            } else {
+                r.other_orphans.push(format!("{platform} meeting {external_id} of booking {booking}: {reason}"));
+            }
+        }
+        Ok(r)
+    }
+
+    /// Whether `m`, a meeting of `booking`'s, was reported out of reach in such a provider's account.
+    fn reported(&self, m: &LiveZoom, booking: Uuid) -> bool {
+        self.reported.contains(&m.id) || self.reported.contains(&intent_of(booking, m.generation))
+    }
+}
+
 /// What was wrong with one booking.
 pub struct Problem {
     pub booking: Uuid,
@@ -74,12 +213,22 @@ pub struct Check {
     pub cancelled: usize,
     pub other: usize,
     pub live_events: usize,
+    pub live_zoom: usize,
     pub live_rows: i64,
-    /// Confirmed bookings with one live event, a live row, the right times and link.
+    /// Confirmed bookings with one live event or Zoom meeting, a live row, the right times and
+    /// link; or, for a Zoom provider who must reconnect, the fallback's.
     pub good: usize,
+    /// Zoom providers who must reconnect (the tolerance, see [`Reconnects`]), and when told.
+    pub reconnects: Vec<String>,
+    /// Their confirmed bookings on the fallback, and their meetings left at Zoom, reported.
+    pub fell_back: usize,
+    pub reported_kept: usize,
+    /// Deactivated integrations other than those: failures.
+    pub deactivated: Vec<String>,
     pub lost: usize,
     pub duplicates: usize,
-    /// Live events of deleted bookings, and meetings reported out of meetingd's reach.
+    /// Live events and Zoom meetings of deleted bookings or old generations, and meetings reported
+    /// out of meetingd's reach (but those of the tolerance).
     pub orphans: usize,
     /// Bookings without a start time that did not fail with a sentence.
     pub odd_unfailed: i64,
@@ -92,17 +241,22 @@ pub struct Check {
 }
 
 impl Check {
-    pub async fn read(db: &mut Db, google: &FakeGoogle) -> Result<Check> {
+    pub async fn read(db: &mut Db, fakes: &Fakes<'_>) -> Result<Check> {
         let bookings = read_bookings(db).await?;
         let meetings = read_meetings(db).await?;
+        let reconnects = Reconnects::read(db).await?;
+        let mut zoom = ZoomMeetings::read(db, fakes.zoom, fakes.marks).await?;
         let mut events: HashMap<String, Vec<LiveEvent>> = HashMap::new();
-        let live = google.live_events();
+        let live = fakes.google.live_events();
         for e in &live {
             events.entry(e.booking_id().unwrap_or_default()).or_default().push(LiveEvent::from_stored(e));
         }
         let mut check = Check {
             bookings: bookings.len(),
             live_events: live.len(),
+            live_zoom: zoom.live,
+            reconnects: reconnects.told.clone(),
+            deactivated: reconnects.unexpected.clone(),
             live_rows: db.count("SELECT count(*) FROM meetingd.meetings WHERE state = 'live'", &[]).await?,
             // The bookings without a start time fail, and stay failed: they are not stuck.
             stuck: db
@@ -119,13 +273,44 @@ impl Check {
                     &[&ODD_TAG],
                 )
                 .await?,
-            orphans: db.count("SELECT count(*) FROM meetingd.orphaned_meetings", &[]).await? as usize,
+            orphans: reconnects.other_orphans.len(),
             jobs: job_states(db).await?,
             ..Check::default()
         };
+        for orphan in &reconnects.other_orphans {
+            println!("check: reported orphaned: {orphan}");
+        }
         for b in &bookings {
-            let evs = events.remove(&b.id.to_string()).unwrap_or_default();
-            check.booking(b, meetings.get(&b.id), &evs);
+            if b.platform.as_deref() == Some("zoom") {
+                let live = zoom.by_booking.remove(&b.id).unwrap_or_default();
+                check.zoom_booking(b, meetings.get(&b.id), live, &reconnects);
+            } else {
+                let evs = events.remove(&b.id.to_string()).unwrap_or_default();
+                check.booking(b, meetings.get(&b.id), &evs);
+            }
+        }
+        // Live Zoom meetings of deleted bookings, of bookings not on Zoom, or of no known booking:
+        // orphans, but those reported out of reach in the account of a provider who must reconnect.
+        for (booking, live) in zoom.by_booking {
+            let (reported, left): (Vec<LiveZoom>, Vec<LiveZoom>) =
+                live.into_iter().partition(|m| reconnects.reported(m, booking));
+            check.reported_kept += reported.len();
+            if !left.is_empty() {
+                check.orphans += left.len();
+                let ids: Vec<&str> = left.iter().map(|m| m.id.as_str()).collect();
+                println!(
+                    "check: {} live Zoom meeting(s) of deleted or non-Zoom booking {booking}: {ids:?}",
+                    left.len()
+                );
+            }
+        }
+        if !zoom.unknown.is_empty() {
+            check.orphans += zoom.unknown.len();
+            println!(
+                "check: {} live Zoom meeting(s) without a known booking's marker: {:?}",
+                zoom.unknown.len(),
+                zoom.unknown
+            );
         }
         // Live events whose booking is gone (deleted with its service) or unknown: orphans.
         for (booking, evs) in events {
@@ -193,6 +378,123 @@ impl Check {
         }
     }
 
+    /// A booking whose service asks for Zoom: its meetings at the fake Zoom are those carrying one
+    /// of its markers.
+    fn zoom_booking(&mut self, b: &Booking, row: Option<&MeetingRow>, live: Vec<LiveZoom>, reconnects: &Reconnects) {
+        let must_reconnect = b.provider.is_some_and(|p| reconnects.providers.contains(&p));
+        let (reported, live): (Vec<LiveZoom>, Vec<LiveZoom>) =
+            live.into_iter().partition(|m| must_reconnect && reconnects.reported(m, b.id));
+        self.reported_kept += reported.len();
+        match b.status.as_str() {
+            "confirmed" => {
+                self.confirmed += 1;
+                if must_reconnect && row.is_none_or(|r| r.platform != "zoom") {
+                    self.fell_back += 1;
+                    self.fallback_booking(b, row, &live);
+                } else {
+                    self.confirmed_zoom_booking(b, row, live);
+                }
+            }
+            "cancelled" => {
+                self.cancelled += 1;
+                if !live.is_empty() {
+                    self.duplicates += live.len();
+                    let ids: Vec<&str> = live.iter().map(|m| m.id.as_str()).collect();
+                    self.problem(b.id, "duplicate", format!("cancelled, yet live at the fake Zoom: {ids:?}"));
+                }
+                if let Some(r) = row.filter(|r| r.state == "live") {
+                    self.mismatched += 1;
+                    self.problem(
+                        b.id,
+                        "mismatched",
+                        format!("cancelled, yet its meetings row {} is live", r.external_id),
+                    );
+                }
+            }
+            _ => self.other += 1,
+        }
+    }
+
+    fn confirmed_zoom_booking(&mut self, b: &Booking, row: Option<&MeetingRow>, live: Vec<LiveZoom>) {
+        let generation = row.filter(|r| r.platform == "zoom").map(|r| r.generation);
+        let (current, older): (Vec<LiveZoom>, Vec<LiveZoom>) =
+            live.into_iter().partition(|m| Some(m.generation) == generation);
+        if !older.is_empty() {
+            self.orphans += older.len();
+            let ids: Vec<String> = older.iter().map(|m| format!("{} (generation {})", m.id, m.generation)).collect();
+            self.problem(
+                b.id,
+                "orphan",
+                format!("live Zoom meetings of other generations than {generation:?}: {ids:?}"),
+            );
+        }
+        if b.link.is_none() || current.is_empty() {
+            self.lost += 1;
+            let detail = format!(
+                "confirmed on Zoom; link {:?}, meeting_status {:?}, meetings row generation {generation:?}, \
+                 no live Zoom meeting with its marker",
+                b.link, b.meeting_status
+            );
+            self.problem(b.id, "lost", detail);
+            return;
+        }
+        if current.len() > 1 {
+            self.duplicates += current.len() - 1;
+            let ids: Vec<&str> = current.iter().map(|m| m.id.as_str()).collect();
+            self.problem(b.id, "duplicate", format!("{} live Zoom meetings with its marker: {ids:?}", current.len()));
+            return;
+        }
+        let reasons = zoom_mismatches(b, row, &current[0]);
+        if reasons.is_empty() {
+            self.good += 1;
+        } else {
+            self.mismatched += 1;
+            self.problem(b.id, "mismatched", reasons.join("; "));
+        }
+    }
+
+    /// A confirmed booking of a Zoom provider who must reconnect, which meetingd moved to the
+    /// fallback platform: its link is the fallback's, and no unreported Zoom meeting of it is live.
+    fn fallback_booking(&mut self, b: &Booking, row: Option<&MeetingRow>, live: &[LiveZoom]) {
+        if !live.is_empty() {
+            self.orphans += live.len();
+            let ids: Vec<&str> = live.iter().map(|m| m.id.as_str()).collect();
+            self.problem(b.id, "orphan", format!("on the fallback, yet live at the fake Zoom, unreported: {ids:?}"));
+        }
+        let mut reasons = Vec::new();
+        if b.meeting_status.as_deref() != Some("ready") {
+            reasons.push(format!("meeting_status {:?}", b.meeting_status));
+        }
+        match row {
+            None => reasons.push("no meetings row".into()),
+            Some(r) => {
+                if r.state != "live" || r.platform != "jitsi" {
+                    reasons.push(format!(
+                        "meetings row is {} on {}, not live on the fallback (jitsi)",
+                        r.state, r.platform
+                    ));
+                }
+                if r.start != b.start || r.end != b.end {
+                    reasons.push(format!("meetings row at {}–{}, booking at {}–{}", r.start, r.end, b.start, b.end));
+                }
+                if b.meeting_id.as_deref() != Some(r.external_id.as_str())
+                    || b.link.as_deref() != Some(r.join_url.as_str())
+                {
+                    reasons.push(format!(
+                        "booking shows {:?} {:?}, meetings row {} {}",
+                        b.meeting_id, b.link, r.external_id, r.join_url
+                    ));
+                }
+            }
+        }
+        if reasons.is_empty() {
+            self.good += 1;
+        } else {
+            self.mismatched += 1;
+            self.problem(b.id, "mismatched", format!("on the fallback: {}", reasons.join("; ")));
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.lost == 0
             && self.duplicates == 0
@@ -202,14 +504,18 @@ impl Check {
             && self.mismatched == 0
             && self.settled
             && self.daemon_trouble.is_empty()
+            && self.deactivated.is_empty()
             && self.other == 0
     }
 
-    pub fn print(&self, google: &FakeGoogle) {
+    pub fn print(&self, fakes: &Fakes<'_>) {
         let (inserts, calls) = {
-            let state = google.state.lock().unwrap();
+            let state = fakes.google.state.lock().unwrap();
             (state.inserts, state.calls.len())
         };
+        let creates = fakes.zoom.state.lock().unwrap().creates;
+        let journal = fakes.zoom.journal();
+        let troubled = journal.iter().filter(|call| call.contains("(chaos")).count();
         println!(
             "check: {} bookings: {} confirmed, {} cancelled, {} other",
             self.bookings, self.confirmed, self.cancelled, self.other
@@ -217,14 +523,34 @@ impl Check {
         println!(
             "check: fake Google holds {} live events ({inserts} inserts, {calls} Calendar calls, {} token refreshes)",
             self.live_events,
-            google.refresh_calls()
+            fakes.google.refresh_calls()
+        );
+        println!(
+            "check: fake Zoom holds {} live meetings ({creates} creates, {} calls of which {troubled} met the chaos, \
+             {} token requests)",
+            self.live_zoom,
+            journal.len(),
+            fakes.zoom.refresh_calls()
         );
         println!("check: meetingd.meetings holds {} live rows; jobs: {}", self.live_rows, self.jobs);
         println!(
-            "check: {} of {} confirmed bookings have exactly one live event, a live row with their times, \
-             the event's start and the event's link",
-            self.good, self.confirmed
+            "check: {} of {} confirmed bookings have exactly one live event or Zoom meeting, a live row with \
+             their times, the meeting's start and its link, or the fallback's ({})",
+            self.good, self.confirmed, self.fell_back
         );
+        // The tolerance (see `Reconnects`), printed whether it was needed or not.
+        println!(
+            "check: tolerated: {} Zoom provider(s) must reconnect, their refresh token rotated at Zoom but \
+             never saved (a daemon killed, or PostgreSQL crashed, mid-refresh): {} booking(s) on the \
+             fallback, {} meeting(s) left at Zoom and reported orphaned{}",
+            self.reconnects.len(),
+            self.fell_back,
+            self.reported_kept,
+            if self.reconnects.is_empty() { String::new() } else { format!(": {}", self.reconnects.join(", ")) }
+        );
+        for d in &self.deactivated {
+            println!("check: DEACTIVATED {d}");
+        }
         println!(
             "check: lost {}, duplicates {}, orphans {}, mismatched {}, odd rows not failed {}, stuck jobs {}{}",
             self.lost,
@@ -248,6 +574,51 @@ impl Check {
 }
 
 /// Where a confirmed booking, its meetings row and its one live event disagree.
+/// Where a confirmed Zoom booking, its meetings row and its one live Zoom meeting disagree.
+fn zoom_mismatches(b: &Booking, row: Option<&MeetingRow>, meeting: &LiveZoom) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if b.meeting_status.as_deref() != Some("ready") {
+        reasons.push(format!("meeting_status {:?}", b.meeting_status));
+    }
+    // Zoom keeps whole seconds and whole minutes.
+    let start = chrono::SubsecRound::trunc_subsecs(b.start, 0);
+    let minutes = ((b.end - b.start).num_seconds().max(1) + 59) / 60;
+    if meeting.start != Some(start) || meeting.duration != Some(minutes) {
+        reasons.push(format!(
+            "Zoom meeting {} at {:?} for {:?} min, booking at {} for {minutes} min",
+            meeting.id, meeting.start, meeting.duration, b.start
+        ));
+    }
+    if meeting.link.is_none() || meeting.link != b.link {
+        reasons.push(format!("Zoom link {:?}, booking link {:?}", meeting.link, b.link));
+    }
+    match row {
+        None => reasons.push("no meetings row".into()),
+        Some(r) => {
+            if r.state != "live" {
+                reasons.push(format!("meetings row is {}", r.state));
+            }
+            if r.start != b.start || r.end != b.end {
+                reasons.push(format!("meetings row at {}–{}, booking at {}–{}", r.start, r.end, b.start, b.end));
+            }
+            if r.external_id != meeting.id {
+                reasons.push(format!(
+                    "meetings row names {} (generation {}), live Zoom meeting is {}",
+                    r.external_id, r.generation, meeting.id
+                ));
+            }
+            if b.meeting_id.as_deref() != Some(r.external_id.as_str()) || b.link.as_deref() != Some(r.join_url.as_str())
+            {
+                reasons.push(format!(
+                    "booking shows {:?} {:?}, meetings row {} {}",
+                    b.meeting_id, b.link, r.external_id, r.join_url
+                ));
+            }
+        }
+    }
+    reasons
+}
+
 fn mismatches(b: &Booking, row: Option<&MeetingRow>, event: &LiveEvent) -> Vec<String> {
     let mut reasons = Vec::new();
     if b.meeting_status.as_deref() != Some("ready") {
@@ -290,8 +661,10 @@ fn mismatches(b: &Booking, row: Option<&MeetingRow>, event: &LiveEvent) -> Vec<S
 async fn read_bookings(db: &mut Db) -> Result<Vec<Booking>> {
     let rows = db
         .query(
-            "SELECT id, status, start_time, end_time, meeting_link, meeting_status, meeting_id
-               FROM bookings WHERE notes = $1 ORDER BY start_time, id",
+            "SELECT b.id, b.status, b.start_time, b.end_time, b.meeting_link, b.meeting_status, b.meeting_id,
+                    s.meeting_platform, s.provider_id
+               FROM bookings b LEFT JOIN services s ON s.id = b.service_id
+              WHERE b.notes = $1 ORDER BY b.start_time, b.id",
             &[&TAG],
         )
         .await
@@ -306,6 +679,8 @@ async fn read_bookings(db: &mut Db) -> Result<Vec<Booking>> {
             link: r.get(4),
             meeting_status: r.get(5),
             meeting_id: r.get(6),
+            platform: r.get(7),
+            provider: r.get(8),
         })
         .collect())
 }
@@ -313,7 +688,8 @@ async fn read_bookings(db: &mut Db) -> Result<Vec<Booking>> {
 async fn read_meetings(db: &mut Db) -> Result<HashMap<Uuid, MeetingRow>> {
     let rows = db
         .query(
-            "SELECT booking_id, state, external_id, join_url, start_time, end_time, generation FROM meetingd.meetings",
+            "SELECT booking_id, state, external_id, join_url, start_time, end_time, generation, platform
+               FROM meetingd.meetings",
             &[],
         )
         .await
@@ -328,6 +704,7 @@ async fn read_meetings(db: &mut Db) -> Result<HashMap<Uuid, MeetingRow>> {
                 start: r.get(4),
                 end: r.get(5),
                 generation: r.get(6),
+                platform: r.get(7),
             };
             (r.get(0), row)
         })
@@ -351,7 +728,7 @@ async fn job_states(db: &mut Db) -> Result<String> {
 /// and the daemon log lines naming them.
 pub async fn print_evidence(
     db: &mut Db,
-    google: &FakeGoogle,
+    fakes: &Fakes<'_>,
     history: &History,
     log_dir: &Path,
     problems: &[Problem],
@@ -367,7 +744,8 @@ pub async fn print_evidence(
             println!("  soak     {entry}");
         }
         booking_rows_evidence(db, p.booking).await?;
-        fake_evidence(google, p.booking);
+        fake_evidence(fakes.google, p.booking);
+        fake_zoom_evidence(fakes.zoom, fakes.marks, p.booking);
         log_evidence(log_dir, p.booking)?;
     }
     Ok(())
@@ -424,6 +802,29 @@ fn fake_evidence(google: &FakeGoogle, booking: Uuid) {
     let simple = booking.simple().to_string();
     for call in google.calls().iter().filter(|c| c.contains(&simple)) {
         println!("  call     {call}");
+    }
+}
+
+/// The fake Zoom's meetings whose mark names the booking (deleted ones too) and the calls
+/// carrying such a mark or naming those meetings.
+fn fake_zoom_evidence(zoom: &FakeZoom, marks: &Marks, booking: Uuid) {
+    let meetings: Vec<StoredMeeting> = zoom.state.lock().unwrap().meetings.values().cloned().collect();
+    let mut ids = Vec::new();
+    for m in &meetings {
+        let agenda = m.body["agenda"].as_str().unwrap_or_default();
+        let Some((_, generation)) = marks.read(agenda).filter(|(b, _)| *b == booking) else { continue };
+        let id = m.body["id"].as_u64().unwrap_or_default();
+        println!(
+            "  zoom     {id} generation {generation} deleted={} start={} duration={} link={}",
+            m.deleted, m.body["start_time"], m.body["duration"], m.body["join_url"]
+        );
+        ids.push(format!("/v2/meetings/{id} "));
+    }
+    for call in zoom.journal() {
+        let ours = marker_in(&call).and_then(|mark| marks.read(mark)).is_some_and(|(b, _)| b == booking);
+        if ours || ids.iter().any(|id| call.contains(id.as_str())) {
+            println!("  call     {call}");
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The soak's two `meetingd run` children: their configuration (fast retries, short leases, the
-//! fake Google with a short time-out), one log file per slot, kills, restarts and revivals. It
-//! starts and stops daemons; it never touches the database but to see them listen.
+//! fake Google and the fake Zoom with short time-outs), one log file per slot, kills, restarts and
+//! revivals. It starts and stops daemons; it never touches the database but to see them listen.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -11,10 +11,11 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 use meetingd_testkit::daemon::{Child, DaemonCommand, LISTENING_SESSIONS, wait_listening};
 use meetingd_testkit::fake_google::FakeGoogle;
+use meetingd_testkit::fake_zoom::FakeZoom;
 use secrecy::SecretString;
 
 use crate::db::Db;
-use crate::{DAEMONS, GOOGLE_TIMEOUT_MS, READY_TIMEOUT, STOP_TIMEOUT};
+use crate::{DAEMONS, GOOGLE_TIMEOUT_MS, READY_TIMEOUT, STOP_TIMEOUT, ZOOM_TIMEOUT_MS};
 
 /// Everything a `meetingd run` child needs.
 pub struct DaemonEnv {
@@ -22,6 +23,7 @@ pub struct DaemonEnv {
     pub url: String,
     pub key: SecretString,
     pub google: FakeGoogle,
+    pub zoom: FakeZoom,
     pub log_dir: PathBuf,
     pub log_filter: String,
 }
@@ -54,6 +56,12 @@ impl DaemonEnv {
             .set("WORKER__CONCURRENCY", "16")
             .set("LIMITS__GOOGLE_MEET__INTEGRATION_RATE", "50")
             .set("LIMITS__GOOGLE_MEET__PLATFORM_RATE", "500")
+            .zoom(&self.zoom)
+            .set("ZOOM__REQUEST_TIMEOUT_MS", ZOOM_TIMEOUT_MS.to_string())
+            .set("LIMITS__ZOOM__INTEGRATION_RATE", "50")
+            .set("LIMITS__ZOOM__PLATFORM_RATE", "500")
+            // Counted, as in production, but far above what a provider's share of a large run needs.
+            .set("LIMITS__ZOOM__DAILY_MEETING_WRITES", "100000")
             .set("WORKER__MAX_ATTEMPTS", "50")
             .set("WORKER__RETRY_BASE_MS", "50")
             .set("WORKER__RETRY_MAX_MS", "1000")

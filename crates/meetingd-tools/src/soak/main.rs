@@ -1,23 +1,31 @@
-//! `meetingd-soak`: two `meetingd run` daemons against a fake Google under chaos, then a check
-//! that every booking ended with exactly the meeting it should have.
+//! `meetingd-soak`: two `meetingd run` daemons against a fake Google and a fake Zoom under chaos,
+//! then a check that every booking ended with exactly the meeting it should have.
 //!
 //! This is a soak program, not a test: `cargo build --workspace --bins`, then
 //! `target/debug/meetingd-soak --bookings 500`. It exits non-zero when the end state is wrong,
-//! and prints the evidence. It owns the run's plan (this file) and leaves the cluster, the fake
-//! Google, the daemon processes and seed primitives to `meetingd-testkit`; it changes no code path
-//! of the daemon.
+//! and prints the evidence. It owns the run's plan (this file) and leaves the cluster, the fakes,
+//! the daemon processes and seed primitives to `meetingd-testkit`; it changes no code path of the
+//! daemon.
 //!
 //! What it does:
 //!
 //! * starts its own throwaway PostgreSQL cluster (initdb into a temporary directory, fsync off,
 //!   a free port; as the `postgres` user when run as root), because it restarts the server mid-run;
 //!   the cluster is stopped and deleted at the end, also on failure, time-out or Ctrl-C;
-//! * loads the reference marketplace schema, runs meetingd's migrations and seeds 20 providers, each
-//!   with an online `google_meet` service and a Google connection (half of them with an access token
-//!   about to expire, so refreshes happen), and N pending bookings spread over them;
+//! * loads the reference marketplace schema, runs meetingd's migrations and seeds 20 providers:
+//!   14 with an online `google_meet` service and a Google connection, 6 with an online `zoom`
+//!   service and a Zoom connection (on each platform half of them with an access token about to
+//!   expire, so refreshes happen), and N pending bookings spread over them (so about 30 % are
+//!   Zoom's);
 //! * starts an in-process fake of Google's token endpoint and Calendar API with chaos: 503s, 429s
 //!   with `Retry-After: 1`, answers slower than meetingd's HTTP time-out, lost responses (the work is
 //!   done, the answer is an error) and, now and then, Meet conferences that stay pending a while;
+//! * and an in-process fake of Zoom's token endpoint and Meetings API with chaos: code-less 503s,
+//!   429s with and without `Retry-After` (never the daily limit), 401 code 124 (the access token
+//!   expired: meetingd refreshes, and the refresh token rotates), lost answers of creates (the
+//!   meeting made, found again by its marker), moves and deletes, and answers slower than
+//!   meetingd's time-out (with or without the work done); its token endpoint fails with 503s now
+//!   and then, always before rotating anything;
 //! * runs two `meetingd run` child processes (the binary built next to this one) and, while they
 //!   work, confirms the bookings in batches, SIGKILLs a daemon every few seconds (alternating) and
 //!   restarts it, crashes and restarts PostgreSQL once (`-m immediate`), terminates the LISTEN
@@ -26,12 +34,20 @@
 //!   reconnects two providers with another Google account; a few rows have NULL columns (a
 //!   service without a title, bookings without a customer, bookings without a start time);
 //! * stops the chaos, waits until no job is pending or leased, stops the daemons with SIGTERM and
-//!   checks: every confirmed booking has exactly one live event at the fake Google, a live
+//!   checks: every confirmed Google booking has exactly one live event at the fake Google, a live
 //!   `meetingd.meetings` row with the booking's times, an event starting when the booking starts
-//!   and the event's Meet link on the booking; every cancelled booking has neither a live event nor
-//!   a live meetings row; no job is left pending or failed but those of the bookings without a
-//!   start time, which failed with a sentence; no live event is left for a deleted booking
-//!   (an orphan), and no meeting was reported orphaned.
+//!   and the event's Meet link on the booking; every confirmed Zoom booking has exactly one live
+//!   meeting at the fake Zoom carrying its marker, a live row with the booking's times naming
+//!   that meeting, a meeting whose start and duration are the booking's, and its `join_url` on the
+//!   booking; every cancelled booking has neither a live event or Zoom meeting nor a live
+//!   meetings row; no job is left pending or failed but those of the bookings without a start
+//!   time, which failed with a sentence; no live event or Zoom meeting is left for a deleted
+//!   booking or an old generation (an orphan), no meeting was reported orphaned and no
+//!   integration deactivated — with one tolerance, printed: a Zoom provider whose refresh token
+//!   Zoom rotated while a daemon that never saved the new one died (SIGKILL or the PostgreSQL
+//!   crash mid-refresh) must reconnect, by design; their integration is inactive, they were told,
+//!   and their bookings are checked against the fallback (a Jitsi link; Zoom meetings left behind
+//!   only if reported orphaned).
 //!
 //! The last line is `soak: N bookings, lost=…, duplicates=…, orphans=…, stuck=…, mismatched=…: ok`
 //! (or `FAILED`).
@@ -50,13 +66,14 @@ use clap::Parser;
 use meetingd::crypto::Keyring;
 use meetingd_testkit::cluster::PrivateCluster;
 use meetingd_testkit::fake_google::FakeGoogle;
+use meetingd_testkit::fake_zoom::FakeZoom;
 use uuid::Uuid;
 
 use chaos::{Chaos, Counters, History, daemon_trouble, settle};
 use check::{Check, Verdict, print_evidence};
 use daemons::{DaemonEnv, Daemons};
 use db::Db;
-use market::{chaos_rules, prepare_schema, seed};
+use market::{Fakes, google_chaos_rules, prepare_schema, seed, zoom_chaos_rules, zoom_token_chaos_rules};
 
 const PROVIDERS: usize = 20;
 const DAEMONS: usize = 2;
@@ -74,9 +91,14 @@ const DOOMED_SERVICES: usize = 2;
 const DOOMED_BOOKINGS: i32 = 10;
 /// Providers the chaos reconnects with another Google account.
 const RECONNECTED: usize = 2;
+/// The providers (by e-mail order) on Zoom; the rest are on Google. Not the first (its service has
+/// no title), not the two the chaos reconnects (the 4th and 5th: another Google account) nor the
+/// last two (their doomed services are Google's).
+const ZOOM_PROVIDERS: [usize; 6] = [2, 5, 8, 11, 14, 17];
 
-/// meetingd's HTTP time-out towards Google, and the fake's slow answers, which exceed it.
+/// meetingd's HTTP time-outs towards Google and Zoom, and the fakes' slow answers, which exceed them.
 const GOOGLE_TIMEOUT_MS: u64 = 1000;
+const ZOOM_TIMEOUT_MS: u64 = 1000;
 const SLOW_ANSWER: Duration = Duration::from_millis(1500);
 
 /// Confirmation batches, spread over the first part of the chaos.
@@ -102,8 +124,8 @@ const EVIDENCE_LIMIT: usize = 10;
 #[derive(Debug, Parser)]
 #[command(
     name = "meetingd-soak",
-    about = "Soak two meetingd daemons against a fake Google under chaos (kills, a PostgreSQL restart, \
-             API failures) on a throwaway PostgreSQL cluster, then check every booking's meeting"
+    about = "Soak two meetingd daemons against a fake Google and a fake Zoom under chaos (kills, a PostgreSQL \
+             restart, API failures) on a throwaway PostgreSQL cluster, then check every booking's meeting"
 )]
 struct Args {
     /// Bookings seeded and confirmed during the run.
@@ -168,14 +190,17 @@ async fn soak(args: &Args, cluster: &PrivateCluster, started: Instant) -> Result
     println!("· PostgreSQL on port {} ({}); seeding {} bookings", cluster.port, cluster.root.display(), args.bookings);
     prepare_schema(db.client_mut()).await?;
     let google = FakeGoogle::start().await;
+    let zoom = FakeZoom::start().await;
     let key = Keyring::generate_key();
-    seed(&mut db, &google, &key, args.bookings).await?;
+    let marks = meetingd::providers::zoom::Marks::new(std::sync::Arc::new(Keyring::new(&key, &[])?));
+    seed(&mut db, Fakes { google: &google, zoom: &zoom, marks: &marks }, &key, args.bookings).await?;
 
     let env = DaemonEnv {
         bin: daemon_bin,
         url,
         key,
         google: google.clone(),
+        zoom: zoom.clone(),
         log_dir: cluster.root.clone(),
         log_filter: args.daemon_log.clone(),
     };
@@ -187,7 +212,9 @@ async fn soak(args: &Args, cluster: &PrivateCluster, started: Instant) -> Result
         args.chaos_secs
     );
 
-    google.chaos(chaos_rules());
+    google.chaos(google_chaos_rules());
+    zoom.chaos(zoom_chaos_rules());
+    zoom.token_chaos(zoom_token_chaos_rules());
     let mut counters = Counters::default();
     let mut history = History::new();
     let chaos = Chaos {
@@ -202,16 +229,19 @@ async fn soak(args: &Args, cluster: &PrivateCluster, started: Instant) -> Result
     chaos.run(args).await?;
     google.chaos(Vec::new());
     google.set_pending_gets(0);
+    zoom.chaos(Vec::new());
+    zoom.token_chaos(Vec::new());
 
     let settled = settle(&mut db, &mut daemons, &mut counters).await?;
     let exits = daemons.stop_all().await?;
-    let mut check = Check::read(&mut db, &google).await?;
+    let fakes = Fakes { google: &google, zoom: &zoom, marks: &marks };
+    let mut check = Check::read(&mut db, &fakes).await?;
     check.settled = settled;
     check.daemon_trouble = daemon_trouble(&counters, &exits);
-    check.print(&google);
+    check.print(&fakes);
     counters.print(db.reconnects);
     if !check.ok() {
-        print_evidence(&mut db, &google, &history, &env.log_dir, &check.problems).await?;
+        print_evidence(&mut db, &fakes, &history, &env.log_dir, &check.problems).await?;
     }
     Ok(Verdict { check })
 }

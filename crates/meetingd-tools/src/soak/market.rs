@@ -1,20 +1,24 @@
 //! The soak's schema and seed data: the marketplace's tables loosened as real marketplaces are,
-//! meetingd's migrations, providers with Google connections, bookings (some with NULL columns),
-//! the services the chaos deletes, and the fake Google's chaos rules. Set-up only: it changes
-//! nothing once the chaos has begun but what the chaos asks for.
+//! meetingd's migrations, providers with Google or Zoom connections, bookings (some with NULL
+//! columns), the services the chaos deletes, and the fake Google's and the fake Zoom's chaos
+//! rules. Set-up only: it changes nothing once the chaos has begun but what the chaos asks for.
 
 use anyhow::{Context, Result, ensure};
 use meetingd::admin::NewIntegration;
 use meetingd::crypto::Keyring;
 use meetingd::fixtures::MARKETPLACE_FIXTURE;
+use meetingd::providers::Platform;
 use meetingd_testkit::fake_google::{Fail, FakeGoogle};
+use meetingd_testkit::fake_zoom::{self, FakeZoom, Trouble};
 use meetingd_testkit::market;
 use secrecy::SecretString;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::db::Db;
-use crate::{DOOMED_BOOKINGS, DOOMED_SERVICES, DOOMED_TAG, ODD_BOOKINGS, ODD_TAG, PROVIDERS, SLOW_ANSWER, TAG};
+use crate::{
+    DOOMED_BOOKINGS, DOOMED_SERVICES, DOOMED_TAG, ODD_BOOKINGS, ODD_TAG, PROVIDERS, SLOW_ANSWER, TAG, ZOOM_PROVIDERS,
+};
 
 /// The marketplace's tables first (meetingd's migrations refuse to run without them), then meetingd's.
 pub async fn prepare_schema(db: &mut Client) -> Result<()> {
@@ -30,9 +34,19 @@ pub async fn prepare_schema(db: &mut Client) -> Result<()> {
     Ok(())
 }
 
-/// Providers with a `google_meet` service and a Google connection each, customers, and `n`
-/// pending bookings round-robin over the services, one hour apart from tomorrow on.
-pub async fn seed(db: &mut Db, google: &FakeGoogle, key: &SecretString, n: u32) -> Result<()> {
+/// The fakes the providers connect to.
+#[derive(Clone, Copy)]
+pub struct Fakes<'a> {
+    pub google: &'a FakeGoogle,
+    pub zoom: &'a FakeZoom,
+    /// What reads the marks in the Zoom meetings' agendas (the daemons' key).
+    pub marks: &'a meetingd::providers::zoom::Marks,
+}
+
+/// Providers with an online service and a connection each (`zoom` for [`ZOOM_PROVIDERS`],
+/// `google_meet` for the others), customers, and `n` pending bookings round-robin over the
+/// services, one hour apart from tomorrow on.
+pub async fn seed(db: &mut Db, fakes: Fakes<'_>, key: &SecretString, n: u32) -> Result<()> {
     let providers = i32::try_from(PROVIDERS).context("provider count")?;
     let customers = i32::try_from(n.min(50)).context("customer count")?;
     db.query(
@@ -53,7 +67,7 @@ pub async fn seed(db: &mut Db, google: &FakeGoogle, key: &SecretString, n: u32) 
     )
     .await
     .context("seeding services")?;
-    connect_providers(db, google, key).await?;
+    connect_providers(db, fakes, key).await?;
     seed_bookings(db, n).await?;
     seed_odd_rows(db).await
 }
@@ -103,20 +117,49 @@ async fn seed_odd_rows(db: &mut Db) -> Result<()> {
     Ok(())
 }
 
-/// A Google connection per provider, tokens issued by the fake; every other one expires in 30 s
-/// (meetingd refreshes five minutes ahead, so at its first use).
-async fn connect_providers(db: &mut Db, google: &FakeGoogle, key: &SecretString) -> Result<()> {
+/// A connection per provider, tokens issued by the fake: Zoom for [`ZOOM_PROVIDERS`] (whose
+/// services switch to `zoom`), Google for the others. On each platform every other access token
+/// expires in 30 s (meetingd refreshes five minutes ahead, so at its first use).
+async fn connect_providers(db: &mut Db, fakes: Fakes<'_>, key: &SecretString) -> Result<()> {
     let keyring = Keyring::new(key, &[]).context("building the keyring")?;
     let rows = db.query("SELECT id FROM users WHERE role = 'provider' ORDER BY email", &[]).await?;
+    let mut zoom_users: Vec<Uuid> = Vec::new();
     let connections: Vec<NewIntegration> = rows
         .iter()
         .enumerate()
         .map(|(i, row)| {
-            let expires_in = if i % 2 == 0 { 3600 } else { 30 };
-            google_account(google, row.get(0), &format!("provider-{i}@soak.example"), expires_in)
+            let (user, email) = (row.get(0), format!("provider-{i}@soak.example"));
+            if ZOOM_PROVIDERS.contains(&i) {
+                let expires_in = if zoom_users.len().is_multiple_of(2) { 3600 } else { 30 };
+                zoom_users.push(user);
+                zoom_account(fakes.zoom, user, i, &email, expires_in)
+            } else {
+                let expires_in = if i % 2 == 0 { 3600 } else { 30 };
+                google_account(fakes.google, user, &email, expires_in)
+            }
         })
         .collect();
-    market::store_integrations(db.client_mut(), &keyring, "soak", &connections).await
+    market::store_integrations(db.client_mut(), &keyring, "soak", &connections).await?;
+    db.query("UPDATE services SET meeting_platform = 'zoom' WHERE provider_id = ANY($1)", &[&zoom_users])
+        .await
+        .context("switching services to Zoom")?;
+    Ok(())
+}
+
+/// A Zoom connection of `user`, provider `n`, to a Zoom account of its own, with tokens the fake
+/// issued at consent.
+fn zoom_account(zoom: &FakeZoom, user: Uuid, n: usize, email: &str, expires_in: i64) -> NewIntegration {
+    let (access, refresh) = zoom.issue();
+    NewIntegration {
+        user_id: user,
+        platform: Platform::Zoom,
+        access_token: SecretString::from(access),
+        refresh_token: Some(SecretString::from(refresh)),
+        expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(expires_in)),
+        scopes: meetingd::providers::zoom::OAUTH.scopes.iter().map(|s| s.to_string()).collect(),
+        platform_user_id: Some(format!("soakZoomHost{n}")),
+        email: Some(email.to_string()),
+    }
 }
 
 /// A Google connection of `user` to the fake's account `email`.
@@ -177,7 +220,7 @@ async fn seed_bookings(db: &mut Db, n: u32) -> Result<()> {
 }
 
 /// Random failures on every Calendar call (about 11 % in all).
-pub fn chaos_rules() -> Vec<(f64, Fail)> {
+pub fn google_chaos_rules() -> Vec<(f64, Fail)> {
     vec![
         (0.05, Fail::status(503, "backendError")),
         (0.03, Fail { retry_after: Some("1".into()), ..Fail::status(429, "rateLimitExceeded") }),
@@ -186,4 +229,26 @@ pub fn chaos_rules() -> Vec<(f64, Fail)> {
         // Done, but the answer is lost.
         (0.02, Fail { after_work: true, ..Fail::status(502, "backendError") }),
     ]
+}
+
+/// Random trouble on every Zoom Meetings API call (about 14 % in all). Never the daily limit,
+/// which stops a provider's creates until midnight.
+pub fn zoom_chaos_rules() -> Vec<(f64, Trouble)> {
+    vec![
+        (0.04, Trouble::Fail(fake_zoom::Fail::new(503, 0, "Service Unavailable"))),
+        (0.02, Trouble::Fail(fake_zoom::Fail::rate_limited(Some("1")))),
+        (0.02, Trouble::Fail(fake_zoom::Fail::rate_limited(None))),
+        // The access token expired early: meetingd refreshes, and the refresh token rotates.
+        (0.01, Trouble::Fail(fake_zoom::Fail::invalid_token())),
+        // Done, but the answer is lost: a create is found again by its marker.
+        (0.03, Trouble::Fail(fake_zoom::Fail::lost_answer())),
+        // Slower than meetingd's time-out: nothing done, or done with the answer too late.
+        (0.01, Trouble::Slow { delay: SLOW_ANSWER, after_work: false }),
+        (0.01, Trouble::Slow { delay: SLOW_ANSWER, after_work: true }),
+    ]
+}
+
+/// Random failures of Zoom's token endpoint, before it rotates anything.
+pub fn zoom_token_chaos_rules() -> Vec<(f64, fake_zoom::Fail)> {
+    vec![(0.05, fake_zoom::Fail::new(503, 0, "Service Unavailable"))]
 }
