@@ -550,8 +550,8 @@ pub fn redact_url(url: &str) -> String {
 }
 
 mod http;
-mod traps;
 mod teams;
+mod traps;
 mod zoom;
 
 pub use http::HttpConfig;

@@ -157,7 +157,12 @@ mod tests {
         config.teams.api_base_url = "https://graph.microsoft.com/v1.0".parse().unwrap();
         config.teams.request_timeout_ms = 0;
         let problems = config.problems();
-        for want in ["teams.client_id is empty", "personal Microsoft accounts only", "must end with a slash", "teams.request_timeout_ms"] {
+        for want in [
+            "teams.client_id is empty",
+            "personal Microsoft accounts only",
+            "must end with a slash",
+            "teams.request_timeout_ms",
+        ] {
             assert!(problems.iter().any(|p| p.contains(want)), "{want}: {problems:?}");
         }
         config.teams.tenant = "evil/../x".into();

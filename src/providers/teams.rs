@@ -363,7 +363,7 @@ impl MeetingProvider for Teams {
     /// `createOrGet`, safe to repeat: a meeting an earlier attempt made is answered again, and
     /// moved if the booking moved since.
     async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
-        let who = Who::provider(req.provider_user_id);
+        let who = Who::creating(req);
         let made = self.create_or_get(&who, &create_body(req)).await?;
         let options = !req.options.set().is_empty();
         if made.at_times_of(req) && !options {

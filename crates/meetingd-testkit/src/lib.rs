@@ -3,7 +3,7 @@
 //!
 //! It owns where a PostgreSQL server comes from ([`cluster`]: the shared throwaway cluster or a
 //! private one), per-test databases cloned from a migrated template ([`db`]), the in-process fake of
-//! Google ([`fake_google`]) and of Zoom ([`fake_zoom`]), an auth service's JWKS endpoint ([`jwks`]), certificates ([`certs`]),
+//! Google ([`fake_google`]), of Zoom ([`fake_zoom`]) and of Microsoft Graph ([`fake_graph`]), an auth service's JWKS endpoint ([`jwks`]), certificates ([`certs`]),
 //! a private PgBouncer ([`pgbouncer`]), running the daemon in-process or as a `meetingd run` child
 //! ([`daemon`]) and seed data ([`market`]). It
 //! is never part of the daemon: nothing under `src/` may depend on it, and it holds no assertion of
@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod db;
 pub mod fake_google;
+pub mod fake_graph;
 pub mod fake_zoom;
 pub mod jwks;
 pub mod logs;

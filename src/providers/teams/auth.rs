@@ -98,10 +98,14 @@ impl PlatformAuth for TeamsAuth {
             .bearer_auth(access_token.expose_secret())
             .send()
             .await
-            .map_err(|e| ProviderError::Transient(format!("connection to Microsoft Graph failed: {}", e.without_url())))?;
+            .map_err(|e| {
+                ProviderError::Transient(format!("connection to Microsoft Graph failed: {}", e.without_url()))
+            })?;
         let status = response.status();
         if !status.is_success() {
-            return Err(ProviderError::Transient(format!("Microsoft Graph answered HTTP {status} for the connected user")));
+            return Err(ProviderError::Transient(format!(
+                "Microsoft Graph answered HTTP {status} for the connected user"
+            )));
         }
         let user: GraphUser = response.json().await.map_err(|_| {
             ProviderError::Transient("Microsoft Graph's answer about the connected user could not be read".into())
