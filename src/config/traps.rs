@@ -41,6 +41,20 @@ impl Config {
                 slowest = Some((total, "Zoom", how));
             }
         }
+        let t = &self.teams;
+        if t.is_configured() {
+            use crate::providers::teams::{MOST_CALLS_PER_JOB, MOST_REQUESTS_PER_CALL};
+            let requests = MOST_CALLS_PER_JOB * MOST_REQUESTS_PER_CALL + 1;
+            let total = Duration::from_millis(requests.saturating_mul(t.request_timeout_ms));
+            let how = format!(
+                "up to {MOST_CALLS_PER_JOB} Graph calls (find and delete a stray create's meeting, move the recorded meeting, createOrGet and a move or the options), each with a token refresh and a second try after a 401, plus one refresh when the token is due: {requests} requests × teams.request_timeout_ms ({} ms) = {} s",
+                t.request_timeout_ms,
+                total.as_secs_f64().ceil() as u64
+            );
+            if slowest.as_ref().is_none_or(|(longest, _, _)| total > *longest) {
+                slowest = Some((total, "Microsoft Teams", how));
+            }
+        }
         slowest
     }
 
@@ -60,18 +74,23 @@ impl Config {
     /// Platform URLs that are plain `http` to a host other than this machine: tokens, codes and
     /// client secrets would cross the network unencrypted.
     pub fn plain_http_problems(&self) -> Vec<String> {
-        let (g, z) = (&self.google, &self.zoom);
+        let (g, z, t) = (&self.google, &self.zoom, &self.teams);
+        let (teams_auth, teams_token) = (t.auth_url().ok(), t.token_url().ok());
         [
-            ("google.auth_url", &g.auth_url),
-            ("google.token_url", &g.token_url),
-            ("google.revoke_url", &g.revoke_url),
-            ("google.api_base_url", &g.api_base_url),
-            ("zoom.auth_url", &z.auth_url),
-            ("zoom.token_url", &z.token_url),
-            ("zoom.revoke_url", &z.revoke_url),
-            ("zoom.api_base_url", &z.api_base_url),
+            ("google.auth_url", Some(&g.auth_url)),
+            ("google.token_url", Some(&g.token_url)),
+            ("google.revoke_url", Some(&g.revoke_url)),
+            ("google.api_base_url", Some(&g.api_base_url)),
+            ("zoom.auth_url", Some(&z.auth_url)),
+            ("zoom.token_url", Some(&z.token_url)),
+            ("zoom.revoke_url", Some(&z.revoke_url)),
+            ("zoom.api_base_url", Some(&z.api_base_url)),
+            ("teams.auth_url", teams_auth.as_ref()),
+            ("teams.token_url", teams_token.as_ref()),
+            ("teams.api_base_url", Some(&t.api_base_url)),
         ]
         .into_iter()
+        .filter_map(|(key, url)| Some((key, url?)))
         .filter(|(_, url)| url.scheme() == "http" && !is_loopback(url))
         .map(|(key, url)| {
             format!(

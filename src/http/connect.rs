@@ -73,7 +73,7 @@ pub struct CallbackQuery {
     pub error: Option<String>,
 }
 
-/// The platform a path segment names (`google-meet` or `zoom`, or its stored name), with its
+/// The platform a path segment names (`google-meet`, `zoom` or `teams`, or its stored name), with its
 /// OAuth facts; 404 for anything meetingd cannot connect.
 pub fn path_platform(segment: &str) -> Result<&'static OAuthSpec, ApiError> {
     match PathPlatform::parse(segment) {
@@ -101,7 +101,7 @@ fn callback_url(state: &AppState, spec: &OAuthSpec) -> url::Url {
 /// Starts connecting a platform account.
 #[utoipa::path(
     post, path = "/api/auth/{platform}/connect", tag = "integrations",
-    params(("platform" = String, Path, description = "`google-meet` or `zoom` (each when its OAuth client is configured; `teams` later)")),
+    params(("platform" = String, Path, description = "`google-meet`, `zoom` or `teams` (each when its OAuth client is configured)")),
     responses(
         (status = 200, description = "Send the browser to the consent screen; the state cookie is set", body = ConnectResponse),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -150,8 +150,8 @@ pub async fn connect(
 /// Where the consent screen sends the provider back.
 #[utoipa::path(
     get, path = "/api/auth/{platform}/callback", tag = "integrations",
-    params(("platform" = String, Path, description = "`google-meet` or `zoom`"), CallbackQuery),
-    responses((status = 303, description = "Redirect to http.app_url + /dashboard/integrations?connected=… or ?error=… (invalid_state, state_expired, access_denied, missing_code, exchange_failed, insufficient_scope: a required scope was not granted, nothing stored)"))
+    params(("platform" = String, Path, description = "`google-meet`, `zoom` or `teams`"), CallbackQuery),
+    responses((status = 303, description = "Redirect to http.app_url + /dashboard/integrations?connected=… or ?error=… (invalid_state, state_expired, access_denied, missing_code, exchange_failed, insufficient_scope: a required scope was not granted, nothing stored; personal_account_unsupported: a personal Microsoft account, which cannot hold Teams meetings, nothing stored)"))
 )]
 pub async fn callback(
     State(state): State<AppState>,

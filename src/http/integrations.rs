@@ -54,7 +54,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
 /// Disconnects a platform: revokes the token at the platform (best effort) and wipes it here.
 #[utoipa::path(
     delete, path = "/api/integrations/{platform}", tag = "integrations",
-    params(("platform" = String, Path, description = "`google_meet` (or `google-meet`) or `zoom`")),
+    params(("platform" = String, Path, description = "`google_meet` (or `google-meet`), `zoom` or `teams`")),
     responses((status = 204, description = "Disconnected"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]

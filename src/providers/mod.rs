@@ -317,7 +317,8 @@ impl Providers {
         }
         if let Some(oauth) = teams::oauth_client(&config.teams)? {
             let concurrency = config.limits.teams.integration_concurrency;
-            providers = providers.with(Arc::new(teams::Teams::new(config.teams.clone(), oauth, tokens.clone(), concurrency)));
+            providers =
+                providers.with(Arc::new(teams::Teams::new(config.teams.clone(), oauth, tokens.clone(), concurrency)));
         } else {
             tracing::info!(
                 "Microsoft Teams is not configured (teams.client_id / client secret); services asking for it get the fallback"

@@ -42,6 +42,16 @@ mod auth;
 
 pub use auth::{OAUTH, PERSONAL_ACCOUNT, TeamsAuth};
 
+/// The most Graph calls one job can make on Teams, counted from `worker/execute.rs` and this
+/// module: delete a stray create intent's meeting: createOrGet, DELETE (2); move the recorded
+/// meeting: PATCH (1); create: createOrGet, and a PATCH to move it or apply the options (2).
+/// `meetingd check` compares `worker.lease_secs` with it.
+pub const MOST_CALLS_PER_JOB: u64 = 5;
+
+/// Requests one call can take: the call, and after a 401 a token refresh and the call again.
+/// A job also refreshes once before its first call when the stored token is due.
+pub const MOST_REQUESTS_PER_CALL: u64 = 3;
+
 /// What every `externalId` of meetingd's starts with.
 const EXTERNAL_ID_PREFIX: &str = "meetingd-";
 

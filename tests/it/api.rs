@@ -1,4 +1,5 @@
-//! The HTTP API against the real server on 127.0.0.1:0, real PostgreSQL and the fake Google and Zoom.
+//! The HTTP API against the real server on 127.0.0.1:0, real PostgreSQL and the fake Google, Zoom
+//! and Microsoft Graph.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use meetingd::RunError;
 use meetingd_testkit::db::{TestDb, eventually};
 use meetingd_testkit::fake_google::FakeGoogle;
+use meetingd_testkit::fake_graph::{self, FakeGraph};
 use meetingd_testkit::fake_zoom::FakeZoom;
 use meetingd_testkit::market::{self, meeting};
 use reqwest::StatusCode;
@@ -28,6 +30,7 @@ struct Api {
     c: tokio_postgres::Client,
     google: FakeGoogle,
     zoom: FakeZoom,
+    graph: FakeGraph,
     base: String,
     http: reqwest::Client,
     shutdown: CancellationToken,
@@ -66,11 +69,13 @@ impl Api {
         let c = db.client().await;
         let google = FakeGoogle::start().await;
         let zoom = FakeZoom::start().await;
+        let graph = FakeGraph::start().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let mut config = db.config();
         google.configure(&mut config);
         zoom.configure(&mut config);
+        graph.configure(&mut config);
         config.http.jwt_secret = SecretString::from(JWT_SECRET);
         config.http.app_url = APP_URL.parse().unwrap();
         config.http.public_url = base.parse().unwrap();
@@ -89,6 +94,7 @@ impl Api {
             c,
             google,
             zoom,
+            graph,
             base,
             http,
             shutdown,
@@ -284,6 +290,71 @@ async fn connecting_zoom_through_the_api_gets_zoom_links_and_disconnect_revokes_
     let r = api
         .c
         .query_one("SELECT is_active, access_token FROM user_meeting_integrations WHERE platform = 'zoom'", &[])
+        .await
+        .unwrap();
+    assert_eq!((r.get::<_, bool>(0), r.get::<_, String>(1)), (false, String::new()));
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_teams_refuses_a_personal_account_and_gets_teams_links_for_a_work_account() {
+    let api = Api::start().await;
+    let response = api.call("POST", "/api/auth/teams/connect", Some(api.as_user(api.provider)), None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let auth_url: url::Url = body["authorization_url"].as_str().unwrap().parse().unwrap();
+    let tenant_authorize = format!("{}/{}/oauth2/v2.0/authorize?", api.graph.base(), fake_graph::TENANT);
+    assert!(auth_url.as_str().starts_with(&tenant_authorize), "{auth_url}");
+    let q: HashMap<String, String> = auth_url.query_pairs().into_owned().collect();
+    assert_eq!(q["scope"], "OnlineMeetings.ReadWrite offline_access User.Read");
+    assert_eq!(
+        (q["code_challenge_method"].as_str(), q["redirect_uri"].as_str()),
+        ("S256", format!("{}/api/auth/teams/callback", api.base).as_str())
+    );
+
+    // A personal Microsoft account cannot hold online meetings: refused, nothing stored.
+    let location =
+        api.connect(api.provider, "teams", |url| api.graph.consent_as(url, fake_graph::PERSONAL_USER_ID)).await;
+    assert_eq!(location, format!("{APP_URL}/dashboard/integrations?error=personal_account_unsupported"));
+    let stored = market::count(&api.c, "SELECT count(*) FROM user_meeting_integrations WHERE platform = 'teams'").await;
+    assert_eq!(stored, 0);
+
+    // A work account: connected, the account from GET /me, tokens encrypted.
+    let location = api.connect(api.provider, "teams", |url| api.graph.consent(url)).await;
+    assert_eq!(location, format!("{APP_URL}/dashboard/integrations?connected=teams"));
+    let row = api
+        .c
+        .query_one(
+            "SELECT access_token, refresh_token, platform_user_id, platform_user_email, is_active
+               FROM user_meeting_integrations WHERE user_id = $1 AND platform = 'teams'",
+            &[&api.provider],
+        )
+        .await
+        .unwrap();
+    let (access, refresh): (String, String) = (row.get(0), row.get(1));
+    for secret in api.graph.all_secrets() {
+        assert!(!access.contains(&secret) && !refresh.contains(&secret), "tokens stored encrypted");
+    }
+    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some(fake_graph::WORK_USER_ID));
+    assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some(fake_graph::WORK_EMAIL));
+    assert!(row.get::<_, bool>(4));
+
+    let service = market::service(&api.c, api.provider, true, Some("teams")).await;
+    let b = market::book(&api.c, service, api.customer, "confirmed").await;
+    let m = eventually("Teams link", Duration::from_secs(20), || async {
+        let m = meeting(&api.c, b).await;
+        (m.status.as_deref() == Some("ready")).then_some(m)
+    })
+    .await;
+    assert_eq!(m.platform.as_deref(), Some("teams"));
+    assert_eq!(m.link.as_deref(), api.graph.live_meetings()[0].body["joinWebUrl"].as_str());
+
+    // Disconnect: Microsoft has no revocation endpoint for a client; the tokens are wiped.
+    let gone = api.call("DELETE", "/api/integrations/teams", Some(api.as_user(api.provider)), None).await;
+    assert_eq!(gone.status(), StatusCode::NO_CONTENT);
+    let r = api
+        .c
+        .query_one("SELECT is_active, access_token FROM user_meeting_integrations WHERE platform = 'teams'", &[])
         .await
         .unwrap();
     assert_eq!((r.get::<_, bool>(0), r.get::<_, String>(1)), (false, String::new()));

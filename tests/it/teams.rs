@@ -325,3 +325,42 @@ async fn no_more_than_four_calls_are_in_flight_per_mailbox() {
     let most = t.graph.most_in_flight();
     assert!((2..=4).contains(&most), "at most 4 Graph calls at once for one mailbox (and more than one): {most}");
 }
+
+#[tokio::test]
+async fn no_log_line_or_row_ever_contains_a_token() {
+    let (captured, _guard) = meetingd_testkit::logs::capture_trace();
+    // A refresh, a lost create answer, a move, a cancel of an unanswered create, a failure.
+    let t = setup_with(60, |_| {}).await;
+    let b = t.book().await;
+    t.run().await;
+    t.graph.fail_next([Fail::lost_answer()]);
+    let b2 = t.book().await;
+    t.run().await;
+    market::reschedule_hours(&t.c, b, 1).await;
+    market::set_status(&t.c, b2, "cancelled").await;
+    t.run().await;
+    t.graph.fail_next([Fail::new(400, "BadRequest")]);
+    let b3 = t.book().await;
+    t.run().await;
+    assert_eq!(meeting(&t.c, b).await.status.as_deref(), Some("ready"));
+    assert_eq!(meeting(&t.c, b3).await.status.as_deref(), Some("failed"));
+    assert!(t.graph.refresh_calls() >= 1);
+
+    let text = captured.text();
+    assert!(text.lines().count() > 20, "the capture works: {text}");
+    for secret in t.graph.all_secrets().iter().chain([&fake_graph::CLIENT_SECRET.to_string()]) {
+        assert!(!text.contains(secret.as_str()), "a log line contains a secret ({secret})");
+    }
+    assert!(!text.contains("-secret"), "{text}");
+    let dump: String =
+        t.c.query_one(
+            "SELECT concat_ws(' ', (SELECT string_agg(j::text, ' ') FROM meetingd.jobs j),
+                                   (SELECT string_agg(a::text, ' ') FROM meetingd.audit_log a),
+                                   (SELECT string_agg(e::text, ' ') FROM meetingd.events e))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!dump.contains("-secret"), "{dump}");
+}

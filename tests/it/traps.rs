@@ -119,4 +119,19 @@ async fn check_reports_a_lease_shorter_than_the_slowest_job_and_plain_http_platf
     assert!(t.contains("slowest Google Meet job") && t.contains("= 425 s"), "{t}");
     let out = meetingd(&["check"], &[google[0], zoom[0], zoom[1], ("MEETINGD_WORKER__LEASE_SECS", "375")]);
     assert!(!text(&out).contains("worker.lease_secs"), "{}", text(&out));
+
+    // Teams: 5 calls × 3 requests + 1 refresh = 16 requests of 15 s; its URLs are checked too.
+    let out = meetingd(
+        &["check"],
+        &[
+            google[0],
+            ("MEETINGD_TEAMS__CLIENT_ID", "teams-client"),
+            ("MEETINGD_TEAMS__CLIENT_SECRET", "teams-secret"),
+            ("MEETINGD_WORKER__LEASE_SECS", "120"),
+            ("MEETINGD_TEAMS__TOKEN_URL", "http://login.example.com/organizations/oauth2/v2.0/token"),
+        ],
+    );
+    let t = text(&out);
+    assert!(t.contains("slowest Microsoft Teams job") && t.contains("= 240 s"), "{t}");
+    assert!(t.contains("teams.token_url is plain http to login.example.com"), "{t}");
 }
