@@ -175,7 +175,8 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
                 config.http.pool_size,
                 Some(std::time::Duration::from_millis(config.http.pool_wait_ms)),
             )?;
-            Some((listener, http::AppState::new(api_pool, keyring.clone(), &config).map_err(RunError::Config)?))
+            let state = http::AppState::new(api_pool, keyring.clone(), &config).map_err(RunError::Config)?;
+            Some((listener, state.with_providers(providers.clone())))
         }
         None => None,
     };

@@ -13,6 +13,7 @@ pub mod error;
 pub mod health;
 pub mod integrations;
 pub mod meetings;
+pub mod platforms;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::db::Pool;
+use crate::providers::Providers;
 use crate::providers::auth::Connectors;
 use error::ApiError;
 
@@ -43,6 +45,9 @@ pub struct AppState {
     pub connectors: Connectors,
     /// Zoom's webhook, when Zoom and its webhook secret token are configured.
     pub zoom_webhook: Option<Arc<webhooks::ZoomWebhook>>,
+    /// The platforms meetings are made on (what `GET /api/platforms` offers): the daemon's own
+    /// (see [`AppState::with_providers`]), else those that need no account.
+    pub providers: Providers,
 }
 
 impl AppState {
@@ -59,7 +64,22 @@ impl AppState {
         }
         let connectors = Connectors::from_config(config)?;
         let zoom_webhook = webhooks::ZoomWebhook::from_config(&config.zoom)?.map(Arc::new);
-        Ok(AppState { pool, keyring, config: Arc::new(config.clone()), jwt: Arc::new(jwt), connectors, zoom_webhook })
+        let providers = Providers::from_config(config);
+        Ok(AppState {
+            pool,
+            keyring,
+            config: Arc::new(config.clone()),
+            jwt: Arc::new(jwt),
+            connectors,
+            zoom_webhook,
+            providers,
+        })
+    }
+
+    /// The same state, offering the platforms of `providers` (the worker's).
+    pub fn with_providers(mut self, providers: Providers) -> AppState {
+        self.providers = providers;
+        self
     }
 }
 
@@ -67,12 +87,12 @@ impl AppState {
 #[openapi(
     info(title = "meetingd API", description = "Online-meeting links for marketplace bookings: connect platforms, manage meetings, export calendars."),
     paths(
-        connect::connect, connect::callback, integrations::list, integrations::remove,
+        connect::connect, connect::callback, platforms::list, integrations::list, integrations::remove,
         meetings::create, meetings::update, meetings::delete, meetings::show, meetings::calendar, webhooks::zoom,
         openapi_json
     ),
     components(schemas(
-        error::ErrorBody, error::ErrorDetail, connect::ConnectResponse, integrations::IntegrationView,
+        error::ErrorBody, error::ErrorDetail, connect::ConnectResponse, platforms::PlatformView, integrations::IntegrationView,
         meetings::CreateRequest, meetings::UpdateRequest, meetings::MeetingView, webhooks::UrlValidationResponse
     )),
     modifiers(&BearerAuth),
@@ -104,6 +124,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/auth/{platform}/connect", post(connect::connect))
         .route("/api/auth/{platform}/callback", get(connect::callback))
+        .route("/api/platforms", get(platforms::list))
         .route("/api/integrations", get(integrations::list))
         .route("/api/integrations/{platform}", delete(integrations::remove))
         .route("/api/meetings/create", post(meetings::create))

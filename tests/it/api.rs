@@ -362,6 +362,47 @@ async fn connecting_teams_refuses_a_personal_account_and_gets_teams_links_for_a_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platforms_lists_what_this_deployment_offers_with_the_callers_connections() {
+    let api = Api::start().await;
+    let platforms = |user| {
+        let api = &api;
+        async move {
+            let r = api.call("GET", "/api/platforms", Some(api.as_user(user)), None).await;
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Value>().await.unwrap().as_array().unwrap().clone()
+        }
+    };
+    let by_name = |list: &[Value], name: &str| list.iter().find(|p| p["platform"] == name).cloned().unwrap();
+    let before = platforms(api.provider).await;
+    let names: Vec<&str> = before.iter().map(|p| p["platform"].as_str().unwrap()).collect();
+    assert_eq!(names, ["google_meet", "zoom", "teams", "jitsi"]);
+    let zoom = by_name(&before, "zoom");
+    assert_eq!((zoom["display_name"].as_str(), zoom["needs_account"].as_bool()), (Some("Zoom"), Some(true)));
+    assert_eq!((zoom["connected"].as_bool(), &zoom["status"]), (Some(false), &Value::Null));
+    assert_eq!(zoom["connect_path"], "/api/auth/zoom/connect");
+    assert_eq!(zoom["options"], json!(["waiting_room", "recording", "passcode", "mute_on_entry"]));
+    assert_eq!(by_name(&before, "teams")["options"], json!(["waiting_room", "recording", "passcode"]));
+    assert_eq!(by_name(&before, "google_meet")["connect_path"], "/api/auth/google-meet/connect");
+    assert_eq!(by_name(&before, "google_meet")["options"], json!([]));
+    let jitsi = by_name(&before, "jitsi");
+    assert_eq!((jitsi["connected"].as_bool(), jitsi["fallback"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(jitsi["connect_path"], Value::Null);
+
+    // Connected, then refused by the platform: the caller's state follows.
+    api.connect_google(api.provider).await;
+    let google = by_name(&platforms(api.provider).await, "google_meet");
+    assert_eq!((google["connected"].as_bool(), google["status"].as_str()), (Some(true), Some("active")));
+    api.c.execute("UPDATE user_meeting_integrations SET is_active = false", &[]).await.unwrap();
+    let google = by_name(&platforms(api.provider).await, "google_meet");
+    assert_eq!((google["connected"].as_bool(), google["status"].as_str()), (Some(false), Some("needs_reconnect")));
+    // Another caller sees their own (none); without a token, 401.
+    let theirs = by_name(&platforms(api.customer).await, "google_meet");
+    assert_eq!((theirs["connected"].as_bool(), &theirs["status"]), (Some(false), &Value::Null));
+    assert_eq!(api.call("GET", "/api/platforms", None, None).await.status(), StatusCode::UNAUTHORIZED);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_bookings_are_requeued_when_the_provider_connects() {
     let api = Api::start().await;
     let b = market::book(&api.c, api.service, api.customer, "confirmed").await;
@@ -515,6 +556,7 @@ async fn access_matrix_over_every_endpoint() {
     // (method, path, body, expected status per caller in the order of `everyone`)
     let everyone = [Provider, OtherProvider, Customer, OtherCustomer, NoToken, Expired, WrongSignature, AlgNone];
     let rows: Vec<(&str, String, Option<Value>, [u16; 8])> = vec![
+        ("GET", "/api/platforms".into(), None, [200, 200, 200, 200, 401, 401, 401, 401]),
         ("GET", "/api/integrations".into(), None, [200, 200, 403, 403, 401, 401, 401, 401]),
         ("POST", "/api/auth/google-meet/connect".into(), None, [200, 200, 403, 403, 401, 401, 401, 401]),
         ("DELETE", "/api/integrations/google_meet".into(), None, [404, 404, 403, 403, 401, 401, 401, 401]),
@@ -802,6 +844,7 @@ async fn openapi_document_validates_and_lists_every_endpoint() {
     for path in [
         "/api/auth/{platform}/connect",
         "/api/auth/{platform}/callback",
+        "/api/platforms",
         "/api/integrations",
         "/api/integrations/{platform}",
         "/api/meetings/create",
