@@ -93,6 +93,37 @@ pub struct Identity {
     pub email: Option<String>,
 }
 
+/// `GET url` with the connection's fresh access token, its JSON answer read as `T`: how a
+/// platform with a REST "who am I" endpoint (Zoom's `users/me`, Graph's `me`) learns the account.
+/// `vendor` names the platform in the errors; neither the token nor the answer is ever quoted.
+pub(super) async fn who_am_i<T: serde::de::DeserializeOwned>(
+    url: Result<url::Url, url::ParseError>,
+    access_token: &SecretString,
+    timeout: std::time::Duration,
+    vendor: &str,
+) -> Result<T, ProviderError> {
+    let url = url.map_err(|e| ProviderError::Permanent(format!("bad {vendor} API base URL: {e}")))?;
+    let response = reqwest::Client::builder()
+        // These endpoints do not redirect; following one could send the token elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .build()
+        .expect("a reqwest client with rustls builds")
+        .get(url)
+        .bearer_auth(secrecy::ExposeSecret::expose_secret(access_token))
+        .send()
+        .await
+        .map_err(|e| ProviderError::Transient(format!("connection to {vendor} failed: {}", e.without_url())))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(ProviderError::Transient(format!("{vendor} answered HTTP {status} for the connected user")));
+    }
+    response
+        .json()
+        .await
+        .map_err(|_| ProviderError::Transient(format!("{vendor}'s answer about the connected user could not be read")))
+}
+
 /// A platform's account connection as configured: its endpoints, meetingd's client, and the
 /// lookup of the connected account.
 #[async_trait::async_trait]

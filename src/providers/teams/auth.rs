@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::super::auth::{Identity, OAuthSpec, PlatformAuth};
+use super::super::auth::{Identity, OAuthSpec, PlatformAuth, who_am_i};
 use super::super::{Platform, ProviderError};
 use super::oauth_client;
 use crate::config::TeamsConfig;
@@ -84,32 +84,9 @@ impl PlatformAuth for TeamsAuth {
 
     /// Graph's id of the user and their address (`mail`, else the sign-in name).
     async fn identity(&self, access_token: &SecretString) -> Result<Identity, ProviderError> {
-        let url = self
-            .config
-            .api_base_url
-            .join("me")
-            .map_err(|e| ProviderError::Permanent(format!("bad teams.api_base_url: {e}")))?;
-        let response = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_millis(self.config.request_timeout_ms))
-            .build()
-            .expect("a reqwest client with rustls builds")
-            .get(url)
-            .bearer_auth(access_token.expose_secret())
-            .send()
-            .await
-            .map_err(|e| {
-                ProviderError::Transient(format!("connection to Microsoft Graph failed: {}", e.without_url()))
-            })?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(ProviderError::Transient(format!(
-                "Microsoft Graph answered HTTP {status} for the connected user"
-            )));
-        }
-        let user: GraphUser = response.json().await.map_err(|_| {
-            ProviderError::Transient("Microsoft Graph's answer about the connected user could not be read".into())
-        })?;
+        let url = self.config.api_base_url.join("me");
+        let timeout = Duration::from_millis(self.config.request_timeout_ms);
+        let user: GraphUser = who_am_i(url, access_token, timeout, "Microsoft Graph").await?;
         Ok(Identity { platform_user_id: user.id, email: user.mail.or(user.user_principal_name) })
     }
 

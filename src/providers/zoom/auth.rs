@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::super::auth::{Identity, OAuthSpec, PlatformAuth};
+use super::super::auth::{Identity, OAuthSpec, PlatformAuth, who_am_i};
 use super::super::{Platform, ProviderError};
 use super::oauth_client;
 use crate::config::ZoomConfig;
@@ -78,29 +78,9 @@ impl PlatformAuth for ZoomAuth {
 
     /// Zoom's user id and e-mail address, from `GET /v2/users/me`.
     async fn identity(&self, access_token: &SecretString) -> Result<Identity, ProviderError> {
-        let url = self
-            .config
-            .api_base_url
-            .join("users/me")
-            .map_err(|e| ProviderError::Permanent(format!("bad zoom.api_base_url: {e}")))?;
-        let response = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_millis(self.config.request_timeout_ms))
-            .build()
-            .expect("a reqwest client with rustls builds")
-            .get(url)
-            .bearer_auth(access_token.expose_secret())
-            .send()
-            .await
-            .map_err(|e| ProviderError::Transient(format!("connection to Zoom failed: {}", e.without_url())))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(ProviderError::Transient(format!("Zoom answered HTTP {status} for the connected user")));
-        }
-        let user: ZoomUser = response
-            .json()
-            .await
-            .map_err(|_| ProviderError::Transient("Zoom's answer about the connected user could not be read".into()))?;
+        let url = self.config.api_base_url.join("users/me");
+        let timeout = Duration::from_millis(self.config.request_timeout_ms);
+        let user: ZoomUser = who_am_i(url, access_token, timeout, "Zoom").await?;
         Ok(Identity { platform_user_id: user.id, email: user.email })
     }
 }
