@@ -20,6 +20,7 @@ pub mod oauth_states;
 pub mod quota;
 pub mod reconcile;
 pub mod requeue;
+pub mod services;
 pub mod sql;
 pub mod status;
 pub mod tls;

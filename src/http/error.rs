@@ -21,6 +21,9 @@ pub struct ErrorDetail {
     pub code: String,
     /// A sentence for people.
     pub message: String,
+    /// Where to send the user to fix it (`platform_not_connected`: the app's Integrations page).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 #[derive(Debug)]
@@ -28,11 +31,22 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    pub location: Option<String>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), location: None }
+    }
+
+    /// The same error, naming where the user fixes it.
+    pub fn at(mut self, location: impl Into<String>) -> ApiError {
+        self.location = Some(location.into());
+        self
+    }
+
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
     pub fn unauthenticated(message: impl Into<String>) -> ApiError {
@@ -61,7 +75,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        let body = ErrorBody {
+            error: ErrorDetail { code: self.code.to_string(), message: self.message, location: self.location },
+        };
         (self.status, Json(body)).into_response()
     }
 }

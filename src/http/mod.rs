@@ -14,6 +14,7 @@ pub mod health;
 pub mod integrations;
 pub mod meetings;
 pub mod platforms;
+pub mod services;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -87,16 +88,17 @@ impl AppState {
 #[openapi(
     info(title = "meetingd API", description = "Online-meeting links for marketplace bookings: connect platforms, manage meetings, export calendars."),
     paths(
-        connect::connect, connect::callback, platforms::list, integrations::list, integrations::remove,
+        connect::connect, connect::callback, platforms::list, services::show, services::update, integrations::list, integrations::remove,
         meetings::create, meetings::update, meetings::delete, meetings::show, meetings::calendar, webhooks::zoom,
         openapi_json
     ),
     components(schemas(
-        error::ErrorBody, error::ErrorDetail, connect::ConnectResponse, platforms::PlatformView, integrations::IntegrationView,
+        error::ErrorBody, error::ErrorDetail, connect::ConnectResponse, platforms::PlatformView, services::ServiceMeetingView, services::ServiceMeetingUpdate, integrations::IntegrationView,
         meetings::CreateRequest, meetings::UpdateRequest, meetings::MeetingView, webhooks::UrlValidationResponse
     )),
     modifiers(&BearerAuth),
     tags((name = "integrations", description = "Providers' platform accounts"), (name = "meetings", description = "Meetings of bookings"),
+        (name = "services", description = "A service's meeting platform and settings, for its provider"),
         (name = "webhooks", description = "Notifications from the platforms, signed by them (no bearer token)"))
 )]
 pub struct ApiDoc;
@@ -125,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/{platform}/connect", post(connect::connect))
         .route("/api/auth/{platform}/callback", get(connect::callback))
         .route("/api/platforms", get(platforms::list))
+        .route("/api/services/{id}/meeting", get(services::show).put(services::update))
         .route("/api/integrations", get(integrations::list))
         .route("/api/integrations/{platform}", delete(integrations::remove))
         .route("/api/meetings/create", post(meetings::create))

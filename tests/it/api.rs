@@ -403,6 +403,76 @@ async fn platforms_lists_what_this_deployment_offers_with_the_callers_connection
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_platform_is_set_by_its_provider_by_the_rules_and_its_bookings_follow() {
+    let api = Api::start().await;
+    let path = format!("/api/services/{}/meeting", api.service);
+    let put = |user, body: Value| {
+        let (api, path) = (&api, &path);
+        async move {
+            let r = api.call("PUT", path, Some(api.as_user(user)), Some(body)).await;
+            let status = r.status();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let shown: Value = api.call("GET", &path, Some(api.as_user(api.provider)), None).await.json().await.unwrap();
+    assert_eq!((shown["platform"].as_str(), shown["is_online"].as_bool()), (Some("google_meet"), Some(true)));
+    // Only the service's provider.
+    assert_eq!(
+        api.call("GET", &path, Some(api.as_user(api.other_provider)), None).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(api.call("GET", &path, Some(api.as_user(api.customer)), None).await.status(), StatusCode::FORBIDDEN);
+    let (status, _) = put(api.other_provider, json!({"platform": "jitsi"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The rules.
+    let (status, e) = put(api.provider, json!({"platform": null})).await;
+    assert_eq!((status, e["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("platform_required")));
+    let (status, e) = put(api.provider, json!({"platform": "skype"})).await;
+    assert_eq!((status, e["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_platform")));
+    let (status, e) = put(api.provider, json!({"platform": "zoom", "settings": {"lobby": true}})).await;
+    assert_eq!((status, e["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_settings")));
+    assert!(e["error"]["message"].as_str().unwrap().contains("lobby"), "{e}");
+    let (status, e) = put(api.provider, json!({"platform": "teams", "settings": {"mute_on_entry": true}})).await;
+    assert_eq!((status, e["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("unsupported_option")));
+    assert!(e["error"]["message"].as_str().unwrap().contains("mute_on_entry"), "{e}");
+    let (status, e) = put(api.provider, json!({"platform": "zoom", "settings": {"waiting_room": true}})).await;
+    assert_eq!((status, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("platform_not_connected")));
+    assert_eq!(e["error"]["location"], format!("{APP_URL}/dashboard/integrations"));
+    let unchanged: Value = api.call("GET", &path, Some(api.as_user(api.provider)), None).await.json().await.unwrap();
+    assert_eq!(unchanged["platform"], "google_meet", "a refused change changes nothing");
+
+    // Allowed: saved, and the upcoming booking follows.
+    let b = market::book(&api.c, api.service, api.customer, "confirmed").await;
+    eventually("the Jitsi fallback link", Duration::from_secs(20), || async {
+        (meeting(&api.c, b).await.status.as_deref() == Some("ready")).then_some(())
+    })
+    .await;
+    api.connect(api.provider, "zoom", |url| api.zoom.consent(url)).await;
+    let settings = json!({"waiting_room": true, "recording": "cloud", "title": "{service} with {customer}"});
+    let (status, saved) = put(api.provider, json!({"platform": "zoom", "settings": settings})).await;
+    assert_eq!(status, StatusCode::OK, "{saved}");
+    assert_eq!((saved["platform"].as_str(), saved["rearmed"].as_i64()), (Some("zoom"), Some(1)));
+    let row = api
+        .c
+        .query_one("SELECT meeting_platform, meeting_settings FROM services WHERE id = $1", &[&api.service])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "zoom");
+    assert_eq!(row.get::<_, Value>(1), settings);
+    let m = eventually("the booking moves to Zoom", Duration::from_secs(20), || async {
+        let m = meeting(&api.c, b).await;
+        (m.platform.as_deref() == Some("zoom") && m.status.as_deref() == Some("ready")).then_some(m)
+    })
+    .await;
+    let live = api.zoom.live_meetings();
+    assert_eq!(live.len(), 1);
+    assert_eq!(m.link.as_deref(), live[0].body["join_url"].as_str());
+    assert_eq!(live[0].body["settings"]["waiting_room"], true);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_bookings_are_requeued_when_the_provider_connects() {
     let api = Api::start().await;
     let b = market::book(&api.c, api.service, api.customer, "confirmed").await;
@@ -845,6 +915,7 @@ async fn openapi_document_validates_and_lists_every_endpoint() {
         "/api/auth/{platform}/connect",
         "/api/auth/{platform}/callback",
         "/api/platforms",
+        "/api/services/{id}/meeting",
         "/api/integrations",
         "/api/integrations/{platform}",
         "/api/meetings/create",
