@@ -45,7 +45,7 @@ pub async fn strays(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// The live meetings recorded in `account` on `platform`, not ended, recorded before `listed_at`
+/// The live meetings recorded in `account` (its row and, when known, its identity) on `platform`, not ended, recorded before `listed_at`
 /// (when the listing began), that the listing did not show: gone at the platform. Each is
 /// recorded as deleted and its booking's job re-armed, so the worker makes a new one if the
 /// booking still wants it. With `dry_run`, only found. Returns the bookings.
@@ -57,8 +57,11 @@ pub async fn vanished(
     listed_at: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<Vec<Uuid>, DbError> {
+    // Only meetings made in this very account: after a reconnect to another account the row id
+    // stays, but the old account's meetings are not in the new account's listing.
     let found = "SELECT m.booking_id, m.external_id FROM meetingd.meetings m
                   WHERE m.integration_id = $1 AND m.platform = $2 AND m.state = 'live'
+                    AND ($5::text IS NULL OR m.account IS NULL OR m.account = $5)
                     AND m.end_time > now() + interval '1 minute' AND m.updated_at < $4
                     AND m.external_id <> ALL ($3::text[])";
     let sql = if dry_run {
@@ -72,7 +75,7 @@ pub async fn vanished(
              SELECT booking_id, meetingd.touch_job(booking_id) FROM gone"
         )
     };
-    let params: [&dyn Param; 4] = [&account.integration_id, &platform, &listed, &listed_at];
+    let params: [&dyn Param; 5] = [&account.integration_id, &platform, &listed, &listed_at, &account.identity];
     Ok(db.query(&sql, &params).await?.iter().map(|r| r.get(0)).collect())
 }
 

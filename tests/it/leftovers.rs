@@ -226,6 +226,24 @@ async fn the_reconcile_sweep_deletes_what_no_booking_wants_and_remakes_what_vani
 }
 
 #[tokio::test]
+async fn the_sweep_after_a_reconnect_does_not_take_the_old_accounts_meetings_for_vanished() {
+    let g = setup_with(3600, |_| {}).await;
+    let (b, event) = linked(&g).await;
+    // The provider reconnects with another Google account: the row stays, the account changes.
+    let (access, refresh) = g.google.issue_for("second@example.com");
+    connect_google_as(&g.config, g.m.provider, &access, &refresh, 3600, "second@example.com").await;
+    let swept = sweep(&g, false).await;
+    assert!(
+        swept.vanished.is_empty(),
+        "the old account's event is not in the new one's listing, yet not gone: {swept:?}"
+    );
+    assert!(!deleted(&g, &event));
+    let state: String =
+        g.c.query_one("SELECT state FROM meetingd.meetings WHERE booking_id = $1", &[&b]).await.unwrap().get(0);
+    assert_eq!(state, "live");
+}
+
+#[tokio::test]
 async fn a_create_whose_answer_was_lost_before_a_reconnect_is_deleted_where_it_was_made() {
     use meetingd_testkit::fake_google::{DEFAULT_ACCOUNT, Fail};
     let g = setup_with(3600, |_| {}).await;
