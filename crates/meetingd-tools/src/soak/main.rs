@@ -66,6 +66,7 @@ use clap::Parser;
 use meetingd::crypto::Keyring;
 use meetingd_testkit::cluster::PrivateCluster;
 use meetingd_testkit::fake_google::FakeGoogle;
+use meetingd_testkit::fake_graph::FakeGraph;
 use meetingd_testkit::fake_zoom::FakeZoom;
 use uuid::Uuid;
 
@@ -73,7 +74,10 @@ use chaos::{Chaos, Counters, History, daemon_trouble, settle};
 use check::{Check, Verdict, print_evidence};
 use daemons::{DaemonEnv, Daemons};
 use db::Db;
-use market::{Fakes, google_chaos_rules, prepare_schema, seed, zoom_chaos_rules, zoom_token_chaos_rules};
+use market::{
+    Fakes, google_chaos_rules, graph_chaos_rules, graph_token_chaos_rules, prepare_schema, seed, zoom_chaos_rules,
+    zoom_token_chaos_rules,
+};
 
 const PROVIDERS: usize = 20;
 const DAEMONS: usize = 2;
@@ -95,10 +99,14 @@ const RECONNECTED: usize = 2;
 /// no title), not the two the chaos reconnects (the 4th and 5th: another Google account) nor the
 /// last two (their doomed services are Google's).
 const ZOOM_PROVIDERS: [usize; 6] = [2, 5, 8, 11, 14, 17];
+/// The providers on Microsoft Teams, each with a mailbox of its own; none of those excluded above.
+const TEAMS_PROVIDERS: [usize; 4] = [1, 7, 10, 13];
 
-/// meetingd's HTTP time-outs towards Google and Zoom, and the fakes' slow answers, which exceed them.
+/// meetingd's HTTP time-outs towards Google, Zoom and Microsoft, and the fakes' slow answers, which
+/// exceed them.
 const GOOGLE_TIMEOUT_MS: u64 = 1000;
 const ZOOM_TIMEOUT_MS: u64 = 1000;
+const TEAMS_TIMEOUT_MS: u64 = 1000;
 const SLOW_ANSWER: Duration = Duration::from_millis(1500);
 
 /// Confirmation batches, spread over the first part of the chaos.
@@ -191,9 +199,10 @@ async fn soak(args: &Args, cluster: &PrivateCluster, started: Instant) -> Result
     prepare_schema(db.client_mut()).await?;
     let google = FakeGoogle::start().await;
     let zoom = FakeZoom::start().await;
+    let graph = FakeGraph::start().await;
     let key = Keyring::generate_key();
     let marks = meetingd::providers::zoom::Marks::new(std::sync::Arc::new(Keyring::new(&key, &[])?));
-    seed(&mut db, Fakes { google: &google, zoom: &zoom, marks: &marks }, &key, args.bookings).await?;
+    seed(&mut db, Fakes { google: &google, zoom: &zoom, graph: &graph, marks: &marks }, &key, args.bookings).await?;
 
     let env = DaemonEnv {
         bin: daemon_bin,
@@ -201,6 +210,7 @@ async fn soak(args: &Args, cluster: &PrivateCluster, started: Instant) -> Result
         key,
         google: google.clone(),
         zoom: zoom.clone(),
+        graph: graph.clone(),
         log_dir: cluster.root.clone(),
         log_filter: args.daemon_log.clone(),
     };
@@ -215,6 +225,8 @@ async fn soak(args: &Args, cluster: &PrivateCluster, started: Instant) -> Result
     google.chaos(google_chaos_rules());
     zoom.chaos(zoom_chaos_rules());
     zoom.token_chaos(zoom_token_chaos_rules());
+    graph.chaos(graph_chaos_rules());
+    graph.token_chaos(graph_token_chaos_rules());
     let mut counters = Counters::default();
     let mut history = History::new();
     let chaos = Chaos {
@@ -231,10 +243,12 @@ async fn soak(args: &Args, cluster: &PrivateCluster, started: Instant) -> Result
     google.set_pending_gets(0);
     zoom.chaos(Vec::new());
     zoom.token_chaos(Vec::new());
+    graph.chaos(Vec::new());
+    graph.token_chaos(Vec::new());
 
     let settled = settle(&mut db, &mut daemons, &mut counters).await?;
     let exits = daemons.stop_all().await?;
-    let fakes = Fakes { google: &google, zoom: &zoom, marks: &marks };
+    let fakes = Fakes { google: &google, zoom: &zoom, graph: &graph, marks: &marks };
     let mut check = Check::read(&mut db, &fakes).await?;
     check.settled = settled;
     check.daemon_trouble = daemon_trouble(&counters, &exits);
