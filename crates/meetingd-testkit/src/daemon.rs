@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Running;
 use crate::fake_google::{self, FakeGoogle};
+use crate::fake_graph::{self, FakeGraph};
 use crate::fake_zoom::{self, FakeZoom};
 
 /// Counts the sessions of the current database waiting in LISTEN: a daemon listens last, after
@@ -116,6 +117,17 @@ impl DaemonCommand {
             .set("ZOOM__TOKEN_URL", format!("{base}/oauth/token"))
             .set("ZOOM__REVOKE_URL", format!("{base}/oauth/revoke"))
             .set("ZOOM__API_BASE_URL", format!("{base}/v2/"))
+    }
+
+    /// Microsoft's OAuth client, token endpoint and Graph at the fake.
+    pub fn teams(self, graph: &FakeGraph) -> DaemonCommand {
+        let base = graph.base();
+        let tenant = fake_graph::TENANT;
+        self.set("TEAMS__CLIENT_ID", fake_graph::CLIENT_ID)
+            .set("TEAMS__CLIENT_SECRET", fake_graph::CLIENT_SECRET)
+            .set("TEAMS__AUTH_URL", format!("{base}/{tenant}/oauth2/v2.0/authorize"))
+            .set("TEAMS__TOKEN_URL", format!("{base}/{tenant}/oauth2/v2.0/token"))
+            .set("TEAMS__API_BASE_URL", format!("{base}/v1.0/"))
     }
 
     /// Starts it with its output thrown away, killed when dropped (tests).

@@ -11,7 +11,9 @@
 //! `{"error":{"code","message"}}`: 401 `InvalidAuthenticationToken`, 403, 429 and 503 with
 //! `Retry-After`. Failures are scripted per test, including a create that is made but whose
 //! answer is lost; answers can be slowed down, and the most requests ever in flight at once per
-//! mailbox are counted. Everything stays in memory.
+//! mailbox are counted. Random trouble for the soak ([`FakeGraph::chaos`],
+//! [`FakeGraph::token_chaos`]) comes with a journal of every call and its answer. Everything stays
+//! in memory.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -19,8 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Form, Path, State};
+use axum::body::Body;
+use axum::extract::{Form, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use serde_json::{Value, json};
@@ -90,6 +94,11 @@ pub struct Inner {
     /// The most Graph calls in flight at once for one mailbox.
     pub most_in_flight: usize,
     counter: u64,
+    /// Random trouble on Graph calls and token-endpoint failures (see [`FakeGraph::chaos`]).
+    chaos: Vec<(f64, Trouble)>,
+    token_chaos: Vec<(f64, Fail)>,
+    /// Every call with its answer, as `journal()` gives it.
+    journal: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -132,6 +141,7 @@ impl FakeGraph {
             .route("/v1.0/me", get(me))
             .route("/v1.0/me/onlineMeetings/createOrGet", post(create_or_get))
             .route("/v1.0/me/onlineMeetings/{id}", patch(patch_meeting).delete(delete_meeting).get(get_meeting))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), chaos_layer))
             .with_state(state.clone());
         let addr = crate::serve_locally(app).await;
         FakeGraph { addr, state }
@@ -505,5 +515,149 @@ async fn delete_meeting(State(state): Shared, headers: HeaderMap, Path(id): Path
     match fail {
         Some(f) => failure(&f),
         None => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+// Random trouble for the soak: one middleware in front of every route draws it, so the handlers
+// above stay as Microsoft answers when nothing goes wrong.
+
+/// Random trouble for one Graph call.
+#[derive(Debug, Clone)]
+pub enum Trouble {
+    /// Answers the failure; after doing the call's work when `after_work` (a lost answer: the
+    /// meeting is made, moved or deleted, the caller hears a failure). A 401
+    /// `InvalidAuthenticationToken` also expires the access token it was given.
+    Fail(Fail),
+    /// Answers only after `delay`, past the caller's time-out; the work is done at once when
+    /// `after_work` (the answer is lost to the time-out), else not at all.
+    Slow { delay: Duration, after_work: bool },
+}
+
+impl FakeGraph {
+    /// Random trouble on every Graph call from now on: one draw per call over the
+    /// `(probability, trouble)` rules; a call that meets none goes on as usual (scripted failures
+    /// included). An empty list stops it.
+    pub fn chaos(&self, rules: Vec<(f64, Trouble)>) {
+        self.state.lock().unwrap().chaos = rules;
+    }
+
+    /// Random failures of the token endpoint, answered as `temporarily_unavailable` (AADSTS50196)
+    /// with the failure's status: before doing anything, or after rotating the refresh token when
+    /// `after_work` (harmless here: Microsoft's old refresh token stays valid).
+    pub fn token_chaos(&self, rules: Vec<(f64, Fail)>) {
+        self.state.lock().unwrap().token_chaos = rules;
+    }
+
+    /// Every call so far: time, method, path, the `externalId` its body carries, the status
+    /// answered and the trouble it met. No token or body is quoted.
+    pub fn journal(&self) -> Vec<String> {
+        self.state.lock().unwrap().journal.clone()
+    }
+}
+
+/// One draw over `rules`: the first whose cumulated probability exceeds the roll.
+fn draw<T: Clone>(rules: &[(f64, T)]) -> Option<T> {
+    let roll: f64 = rand::random();
+    let mut sum = 0.0;
+    rules
+        .iter()
+        .find(|(p, _)| {
+            sum += p;
+            roll < sum
+        })
+        .map(|(_, t)| t.clone())
+}
+
+/// The token endpoint's failure: `temporarily_unavailable`, as the identity platform answers it.
+fn token_failure(f: &Fail) -> Response {
+    let mut response = reply(
+        f.status,
+        json!({"error": "temporarily_unavailable", "error_codes": [50196],
+               "error_description": "AADSTS50196: The server is temporarily unavailable.", "trace_id": "fake"}),
+    );
+    if let Some(ra) = &f.retry_after {
+        response.headers_mut().insert("retry-after", HeaderValue::from_str(ra).unwrap());
+    }
+    response
+}
+
+/// In front of every route: draws the call's trouble (the one place chaos is drawn), acts it out
+/// around the handler, and journals the call with its answer.
+async fn chaos_layer(State(state): Shared, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    let token_call = path.ends_with("/oauth2/v2.0/token");
+    // Only a JSON body's `externalId` is quoted (the token endpoint's form holds secrets).
+    let external = (!token_call)
+        .then(|| serde_json::from_slice::<Value>(&bytes).ok())
+        .flatten()
+        .and_then(|b| b["externalId"].as_str().map(str::to_string));
+    let call = match external {
+        Some(external) => format!("{} {path} {external}", parts.method),
+        None => format!("{} {path}", parts.method),
+    };
+    let trouble = {
+        let mut s = state.lock().unwrap();
+        let trouble = if token_call {
+            draw(&s.token_chaos).map(Trouble::Fail)
+        } else if path.starts_with("/v1.0/") {
+            draw(&s.chaos)
+        } else {
+            None
+        };
+        if let Some(Trouble::Fail(f)) = &trouble
+            && f.status == 401
+            && let Some(bearer) = parts.headers.get("authorization").and_then(|v| v.to_str().ok())
+            && let Some(token) = bearer.strip_prefix("Bearer ")
+            && let Some(t) = s.access.get_mut(token)
+        {
+            t.1 = false;
+        }
+        trouble
+    };
+    let request = Request::from_parts(parts, Body::from(bytes));
+    let note = |status: StatusCode, what: &str| {
+        let at = chrono::Utc::now().format("%H:%M:%S%.3f");
+        state.lock().unwrap().journal.push(format!("{at} {call} -> {}{what}", status.as_u16()));
+    };
+    let answer_of = |f: &Fail| if token_call { token_failure(f) } else { failure(f) };
+    match trouble {
+        None => {
+            let answer = next.run(request).await;
+            note(answer.status(), "");
+            answer
+        }
+        Some(Trouble::Fail(f)) if !f.after_work => {
+            let answer = answer_of(&f);
+            note(answer.status(), " (chaos: failed, nothing done)");
+            answer
+        }
+        Some(Trouble::Fail(f)) => {
+            let done = next.run(request).await;
+            if !done.status().is_success() {
+                note(done.status(), " (chaos: a lost answer, but the call failed anyway)");
+                return done;
+            }
+            let answer = answer_of(&f);
+            note(answer.status(), &format!(" (chaos: done, its {} answer lost)", done.status().as_u16()));
+            answer
+        }
+        Some(Trouble::Slow { delay, after_work }) => {
+            // Noted before the wait: the caller gives up first, and its going away may end this.
+            let answer = if after_work {
+                let done = next.run(request).await;
+                note(done.status(), &format!(" (chaos: done, answered after {} ms)", delay.as_millis()));
+                done
+            } else {
+                note(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(" (chaos: nothing done, answered after {} ms)", delay.as_millis()),
+                );
+                StatusCode::GATEWAY_TIMEOUT.into_response()
+            };
+            tokio::time::sleep(delay).await;
+            answer
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The end-state check: every booking against its meetings row and its platform's live meetings,
-//! the fake Google's events (by booking id) or the fake Zoom's meetings (by marker): lost,
+//! the fake Google's events (by booking id), the fake Zoom's meetings (by marker) or the fake
+//! Graph's Teams meetings (by `externalId`): lost,
 //! duplicated, orphaned, stuck, mismatched; the Zoom providers who must reconnect (the one
 //! tolerance, see [`Reconnects`]); the evidence for the first problems, and the verdict line. It
 //! only reads.
@@ -14,6 +15,7 @@ use chrono::{DateTime, Utc};
 use meetingd::providers::google::event_id;
 use meetingd::providers::zoom::{Marks, intent_of};
 use meetingd_testkit::fake_google::{FakeGoogle, StoredEvent};
+use meetingd_testkit::fake_graph::FakeGraph;
 use meetingd_testkit::fake_zoom::{FakeZoom, StoredMeeting, marker_in};
 use uuid::Uuid;
 
@@ -120,6 +122,66 @@ impl ZoomMeetings {
     }
 }
 
+/// A live Teams meeting at the fake Graph whose `externalId` names a booking, as far as the check
+/// needs it.
+struct LiveTeams {
+    id: String,
+    generation: i32,
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+    link: Option<String>,
+}
+
+/// The booking and generation an `externalId` of meetingd's names (`meetingd-<booking>-g<n>`,
+/// see `meetingd::providers::teams::external_id`).
+fn teams_intent(external: &str) -> Option<(Uuid, i32)> {
+    let (booking, generation) = external.strip_prefix("meetingd-")?.split_once("-g")?;
+    let (booking, generation) = (Uuid::parse_str(booking).ok()?, generation.parse().ok()?);
+    (meetingd::providers::teams::external_id(booking, generation) == external).then_some((booking, generation))
+}
+
+/// The fake Graph's live Teams meetings (every mailbox), by the booking their `externalId` names
+/// (every booking meetingd has a job or the marketplace a row for, every generation).
+struct TeamsMeetings {
+    by_booking: HashMap<Uuid, Vec<LiveTeams>>,
+    /// Live meetings whose `externalId` names no known booking.
+    unknown: Vec<String>,
+    live: usize,
+}
+
+impl TeamsMeetings {
+    async fn read(db: &mut Db, graph: &FakeGraph) -> Result<TeamsMeetings> {
+        let ids: HashSet<Uuid> = db
+            .query("SELECT booking_id FROM meetingd.jobs UNION SELECT id FROM bookings", &[])
+            .await
+            .context("reading the booking ids")?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let live = graph.live_meetings();
+        let mut meetings = TeamsMeetings { by_booking: HashMap::new(), unknown: Vec::new(), live: live.len() };
+        for m in &live {
+            let id = m.body["id"].as_str().unwrap_or_default().to_string();
+            let named = m.body["externalId"].as_str().and_then(teams_intent).filter(|(b, _)| ids.contains(b));
+            let time = |key: &str| m.body[key].as_str().and_then(|t| t.parse::<DateTime<Utc>>().ok());
+            match named {
+                Some((booking, generation)) => {
+                    let meeting = LiveTeams {
+                        id,
+                        generation,
+                        start: time("startDateTime"),
+                        end: time("endDateTime"),
+                        link: m.body["joinWebUrl"].as_str().map(str::to_string),
+                    };
+                    meetings.by_booking.entry(booking).or_default().push(meeting);
+                }
+                None => meetings.unknown.push(format!("{id} ({})", m.body["externalId"])),
+            }
+        }
+        Ok(meetings)
+    }
+}
+
 /// The one tolerance: a Zoom provider who must reconnect because a daemon died between Zoom
 /// rotating their refresh token and meetingd committing the new one. Zoom kills the old refresh
 /// token at once, so the next refresh answers `invalid_grant` and meetingd deactivates the
@@ -214,8 +276,9 @@ pub struct Check {
     pub other: usize,
     pub live_events: usize,
     pub live_zoom: usize,
+    pub live_teams: usize,
     pub live_rows: i64,
-    /// Confirmed bookings with one live event or Zoom meeting, a live row, the right times and
+    /// Confirmed bookings with one live event, Zoom or Teams meeting, a live row, the right times and
     /// link; or, for a Zoom provider who must reconnect, the fallback's.
     pub good: usize,
     /// Zoom providers who must reconnect (the tolerance, see [`Reconnects`]), and when told.
@@ -227,7 +290,7 @@ pub struct Check {
     pub deactivated: Vec<String>,
     pub lost: usize,
     pub duplicates: usize,
-    /// Live events and Zoom meetings of deleted bookings or old generations, and meetings reported
+    /// Live events, Zoom and Teams meetings of deleted bookings or old generations, and meetings reported
     /// out of meetingd's reach (but those of the tolerance).
     pub orphans: usize,
     /// Bookings without a start time that did not fail with a sentence.
@@ -246,6 +309,7 @@ impl Check {
         let meetings = read_meetings(db).await?;
         let reconnects = Reconnects::read(db).await?;
         let mut zoom = ZoomMeetings::read(db, fakes.zoom, fakes.marks).await?;
+        let mut teams = TeamsMeetings::read(db, fakes.graph).await?;
         let mut events: HashMap<String, Vec<LiveEvent>> = HashMap::new();
         let live = fakes.google.live_events();
         for e in &live {
@@ -255,6 +319,7 @@ impl Check {
             bookings: bookings.len(),
             live_events: live.len(),
             live_zoom: zoom.live,
+            live_teams: teams.live,
             reconnects: reconnects.told.clone(),
             deactivated: reconnects.unexpected.clone(),
             live_rows: db.count("SELECT count(*) FROM meetingd.meetings WHERE state = 'live'", &[]).await?,
@@ -284,6 +349,9 @@ impl Check {
             if b.platform.as_deref() == Some("zoom") {
                 let live = zoom.by_booking.remove(&b.id).unwrap_or_default();
                 check.zoom_booking(b, meetings.get(&b.id), live, &reconnects);
+            } else if b.platform.as_deref() == Some("teams") {
+                let live = teams.by_booking.remove(&b.id).unwrap_or_default();
+                check.teams_booking(b, meetings.get(&b.id), live);
             } else {
                 let evs = events.remove(&b.id.to_string()).unwrap_or_default();
                 check.booking(b, meetings.get(&b.id), &evs);
@@ -310,6 +378,20 @@ impl Check {
                 "check: {} live Zoom meeting(s) without a known booking's marker: {:?}",
                 zoom.unknown.len(),
                 zoom.unknown
+            );
+        }
+        // Live Teams meetings of deleted bookings, of bookings not on Teams, or of no known booking.
+        for (booking, live) in teams.by_booking {
+            check.orphans += live.len();
+            let ids: Vec<&str> = live.iter().map(|m| m.id.as_str()).collect();
+            println!("check: {} live Teams meeting(s) of deleted or non-Teams booking {booking}: {ids:?}", live.len());
+        }
+        if !teams.unknown.is_empty() {
+            check.orphans += teams.unknown.len();
+            println!(
+                "check: {} live Teams meeting(s) without a known booking's externalId: {:?}",
+                teams.unknown.len(),
+                teams.unknown
             );
         }
         // Live events whose booking is gone (deleted with its service) or unknown: orphans.
@@ -453,6 +535,77 @@ impl Check {
         }
     }
 
+    /// A booking whose service asks for Teams: its meetings at the fake Graph are those whose
+    /// `externalId` names it. Microsoft's refresh tokens survive rotation, so no Teams provider
+    /// may have to reconnect.
+    fn teams_booking(&mut self, b: &Booking, row: Option<&MeetingRow>, live: Vec<LiveTeams>) {
+        match b.status.as_str() {
+            "confirmed" => {
+                self.confirmed += 1;
+                self.confirmed_teams_booking(b, row, live);
+            }
+            "cancelled" => {
+                self.cancelled += 1;
+                if !live.is_empty() {
+                    self.duplicates += live.len();
+                    let ids: Vec<&str> = live.iter().map(|m| m.id.as_str()).collect();
+                    self.problem(b.id, "duplicate", format!("cancelled, yet live at the fake Graph: {ids:?}"));
+                }
+                if let Some(r) = row.filter(|r| r.state == "live") {
+                    self.mismatched += 1;
+                    self.problem(
+                        b.id,
+                        "mismatched",
+                        format!("cancelled, yet its meetings row {} is live", r.external_id),
+                    );
+                }
+            }
+            _ => self.other += 1,
+        }
+    }
+
+    fn confirmed_teams_booking(&mut self, b: &Booking, row: Option<&MeetingRow>, live: Vec<LiveTeams>) {
+        let generation = row.filter(|r| r.platform == "teams").map(|r| r.generation);
+        let (current, older): (Vec<LiveTeams>, Vec<LiveTeams>) =
+            live.into_iter().partition(|m| Some(m.generation) == generation);
+        if !older.is_empty() {
+            self.orphans += older.len();
+            let ids: Vec<String> = older.iter().map(|m| format!("{} (generation {})", m.id, m.generation)).collect();
+            self.problem(
+                b.id,
+                "orphan",
+                format!("live Teams meetings of other generations than {generation:?}: {ids:?}"),
+            );
+        }
+        if b.link.is_none() || current.is_empty() {
+            self.lost += 1;
+            let detail = format!(
+                "confirmed on Teams; link {:?}, meeting_status {:?}, meetings row generation {generation:?}, \
+                 no live Teams meeting with its externalId",
+                b.link, b.meeting_status
+            );
+            self.problem(b.id, "lost", detail);
+            return;
+        }
+        if current.len() > 1 {
+            self.duplicates += current.len() - 1;
+            let ids: Vec<&str> = current.iter().map(|m| m.id.as_str()).collect();
+            self.problem(
+                b.id,
+                "duplicate",
+                format!("{} live Teams meetings with its externalId: {ids:?}", current.len()),
+            );
+            return;
+        }
+        let reasons = teams_mismatches(b, row, &current[0]);
+        if reasons.is_empty() {
+            self.good += 1;
+        } else {
+            self.mismatched += 1;
+            self.problem(b.id, "mismatched", reasons.join("; "));
+        }
+    }
+
     /// A confirmed booking of a Zoom provider who must reconnect, which meetingd moved to the
     /// fallback platform: its link is the fallback's, and no unreported Zoom meeting of it is live.
     fn fallback_booking(&mut self, b: &Booking, row: Option<&MeetingRow>, live: &[LiveZoom]) {
@@ -516,6 +669,9 @@ impl Check {
         let creates = fakes.zoom.state.lock().unwrap().creates;
         let journal = fakes.zoom.journal();
         let troubled = journal.iter().filter(|call| call.contains("(chaos")).count();
+        let teams_made = fakes.graph.state.lock().unwrap().meetings.len();
+        let graph_journal = fakes.graph.journal();
+        let graph_troubled = graph_journal.iter().filter(|call| call.contains("(chaos")).count();
         println!(
             "check: {} bookings: {} confirmed, {} cancelled, {} other",
             self.bookings, self.confirmed, self.cancelled, self.other
@@ -532,9 +688,16 @@ impl Check {
             journal.len(),
             fakes.zoom.refresh_calls()
         );
+        println!(
+            "check: fake Graph holds {} live Teams meetings ({teams_made} made, {} calls of which {graph_troubled} \
+             met the chaos, {} token refreshes)",
+            self.live_teams,
+            graph_journal.len(),
+            fakes.graph.refresh_calls()
+        );
         println!("check: meetingd.meetings holds {} live rows; jobs: {}", self.live_rows, self.jobs);
         println!(
-            "check: {} of {} confirmed bookings have exactly one live event or Zoom meeting, a live row with \
+            "check: {} of {} confirmed bookings have exactly one live event, Zoom or Teams meeting, a live row with \
              their times, the meeting's start and its link, or the fallback's ({})",
             self.good, self.confirmed, self.fell_back
         );
@@ -573,7 +736,50 @@ impl Check {
     }
 }
 
-/// Where a confirmed booking, its meetings row and its one live event disagree.
+/// Where a confirmed Teams booking, its meetings row and its one live Teams meeting disagree.
+fn teams_mismatches(b: &Booking, row: Option<&MeetingRow>, meeting: &LiveTeams) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if b.meeting_status.as_deref() != Some("ready") {
+        reasons.push(format!("meeting_status {:?}", b.meeting_status));
+    }
+    // To the second: meetingd sends whole seconds, Graph keeps fractions of its own.
+    let second = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp());
+    if second(meeting.start) != Some(b.start.timestamp()) || second(meeting.end) != Some(b.end.timestamp()) {
+        reasons.push(format!(
+            "Teams meeting {} at {:?}–{:?}, booking at {}–{}",
+            meeting.id, meeting.start, meeting.end, b.start, b.end
+        ));
+    }
+    if meeting.link.is_none() || meeting.link != b.link {
+        reasons.push(format!("Teams link {:?}, booking link {:?}", meeting.link, b.link));
+    }
+    match row {
+        None => reasons.push("no meetings row".into()),
+        Some(r) => {
+            if r.state != "live" {
+                reasons.push(format!("meetings row is {}", r.state));
+            }
+            if r.start != b.start || r.end != b.end {
+                reasons.push(format!("meetings row at {}–{}, booking at {}–{}", r.start, r.end, b.start, b.end));
+            }
+            if r.external_id != meeting.id {
+                reasons.push(format!(
+                    "meetings row names {} (generation {}), live Teams meeting is {} (generation {})",
+                    r.external_id, r.generation, meeting.id, meeting.generation
+                ));
+            }
+            if b.meeting_id.as_deref() != Some(r.external_id.as_str()) || b.link.as_deref() != Some(r.join_url.as_str())
+            {
+                reasons.push(format!(
+                    "booking shows {:?} {:?}, meetings row {} {}",
+                    b.meeting_id, b.link, r.external_id, r.join_url
+                ));
+            }
+        }
+    }
+    reasons
+}
+
 /// Where a confirmed Zoom booking, its meetings row and its one live Zoom meeting disagree.
 fn zoom_mismatches(b: &Booking, row: Option<&MeetingRow>, meeting: &LiveZoom) -> Vec<String> {
     let mut reasons = Vec::new();
@@ -746,6 +952,7 @@ pub async fn print_evidence(
         booking_rows_evidence(db, p.booking).await?;
         fake_evidence(fakes.google, p.booking);
         fake_zoom_evidence(fakes.zoom, fakes.marks, p.booking);
+        fake_teams_evidence(fakes.graph, p.booking);
         log_evidence(log_dir, p.booking)?;
     }
     Ok(())
@@ -823,6 +1030,29 @@ fn fake_zoom_evidence(zoom: &FakeZoom, marks: &Marks, booking: Uuid) {
     for call in zoom.journal() {
         let ours = marker_in(&call).and_then(|mark| marks.read(mark)).is_some_and(|(b, _)| b == booking);
         if ours || ids.iter().any(|id| call.contains(id.as_str())) {
+            println!("  call     {call}");
+        }
+    }
+}
+
+/// The fake Graph's Teams meetings whose `externalId` names the booking (deleted ones too) and
+/// the calls carrying such an `externalId` or naming those meetings.
+fn fake_teams_evidence(graph: &FakeGraph, booking: Uuid) {
+    let meetings: Vec<_> = graph.state.lock().unwrap().meetings.values().cloned().collect();
+    let mut ids = Vec::new();
+    for m in &meetings {
+        let external = m.body["externalId"].as_str().unwrap_or_default();
+        let Some((_, generation)) = teams_intent(external).filter(|(b, _)| *b == booking) else { continue };
+        let id = m.body["id"].as_str().unwrap_or_default().to_string();
+        println!(
+            "  teams    {id} generation {generation} mailbox {} deleted={} start={} end={} link={}",
+            m.owner, m.deleted, m.body["startDateTime"], m.body["endDateTime"], m.body["joinWebUrl"]
+        );
+        ids.push(format!("/onlineMeetings/{id} "));
+    }
+    let simple = booking.simple().to_string();
+    for call in graph.journal() {
+        if call.contains(&simple) || ids.iter().any(|id| call.contains(id.as_str())) {
             println!("  call     {call}");
         }
     }

@@ -1,5 +1,5 @@
 //! The soak's two `meetingd run` children: their configuration (fast retries, short leases, the
-//! fake Google and the fake Zoom with short time-outs), one log file per slot, kills, restarts and
+//! fake Google, the fake Zoom and the fake Microsoft Graph with short time-outs), one log file per slot, kills, restarts and
 //! revivals. It starts and stops daemons; it never touches the database but to see them listen.
 
 use std::fs::{self, OpenOptions};
@@ -11,11 +11,12 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 use meetingd_testkit::daemon::{Child, DaemonCommand, LISTENING_SESSIONS, wait_listening};
 use meetingd_testkit::fake_google::FakeGoogle;
+use meetingd_testkit::fake_graph::FakeGraph;
 use meetingd_testkit::fake_zoom::FakeZoom;
 use secrecy::SecretString;
 
 use crate::db::Db;
-use crate::{DAEMONS, GOOGLE_TIMEOUT_MS, READY_TIMEOUT, STOP_TIMEOUT, ZOOM_TIMEOUT_MS};
+use crate::{DAEMONS, GOOGLE_TIMEOUT_MS, READY_TIMEOUT, STOP_TIMEOUT, TEAMS_TIMEOUT_MS, ZOOM_TIMEOUT_MS};
 
 /// Everything a `meetingd run` child needs.
 pub struct DaemonEnv {
@@ -24,6 +25,7 @@ pub struct DaemonEnv {
     pub key: SecretString,
     pub google: FakeGoogle,
     pub zoom: FakeZoom,
+    pub graph: FakeGraph,
     pub log_dir: PathBuf,
     pub log_filter: String,
 }
@@ -62,6 +64,11 @@ impl DaemonEnv {
             .set("LIMITS__ZOOM__PLATFORM_RATE", "500")
             // Counted, as in production, but far above what a provider's share of a large run needs.
             .set("LIMITS__ZOOM__DAILY_MEETING_WRITES", "100000")
+            .teams(&self.graph)
+            .set("TEAMS__REQUEST_TIMEOUT_MS", TEAMS_TIMEOUT_MS.to_string())
+            // Graph's 4 calls at once per mailbox stay (`integration_concurrency`, the default).
+            .set("LIMITS__TEAMS__INTEGRATION_RATE", "50")
+            .set("LIMITS__TEAMS__PLATFORM_RATE", "500")
             .set("WORKER__MAX_ATTEMPTS", "50")
             .set("WORKER__RETRY_BASE_MS", "50")
             .set("WORKER__RETRY_MAX_MS", "1000")

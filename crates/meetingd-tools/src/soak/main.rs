@@ -1,5 +1,6 @@
-//! `meetingd-soak`: two `meetingd run` daemons against a fake Google and a fake Zoom under chaos,
-//! then a check that every booking ended with exactly the meeting it should have.
+//! `meetingd-soak`: two `meetingd run` daemons against a fake Google, a fake Zoom and a fake
+//! Microsoft Graph (Teams) under chaos, then a check that every booking ended with exactly the
+//! meeting it should have.
 //!
 //! This is a soak program, not a test: `cargo build --workspace --bins`, then
 //! `target/debug/meetingd-soak --bookings 500`. It exits non-zero when the end state is wrong,
@@ -13,10 +14,11 @@
 //!   a free port; as the `postgres` user when run as root), because it restarts the server mid-run;
 //!   the cluster is stopped and deleted at the end, also on failure, time-out or Ctrl-C;
 //! * loads the reference marketplace schema, runs meetingd's migrations and seeds 20 providers:
-//!   14 with an online `google_meet` service and a Google connection, 6 with an online `zoom`
-//!   service and a Zoom connection (on each platform half of them with an access token about to
+//!   10 with an online `google_meet` service and a Google connection, 6 with an online `zoom`
+//!   service and a Zoom connection, 4 with an online `teams` service and a Microsoft connection,
+//!   each to a mailbox of its own (on each platform half of them with an access token about to
 //!   expire, so refreshes happen), and N pending bookings spread over them (so about 30 % are
-//!   Zoom's);
+//!   Zoom's and 20 % Teams');
 //! * starts an in-process fake of Google's token endpoint and Calendar API with chaos: 503s, 429s
 //!   with `Retry-After: 1`, answers slower than meetingd's HTTP time-out, lost responses (the work is
 //!   done, the answer is an error) and, now and then, Meet conferences that stay pending a while;
@@ -26,6 +28,13 @@
 //!   meeting made, found again by its marker), moves and deletes, and answers slower than
 //!   meetingd's time-out (with or without the work done); its token endpoint fails with 503s now
 //!   and then, always before rotating anything;
+//! * and an in-process fake of Microsoft's token endpoint and Graph's online meetings with chaos:
+//!   503s and 429s with `Retry-After: 1`, 401 `InvalidAuthenticationToken` (the access token
+//!   expired: meetingd refreshes), lost answers of `createOrGet` (the same meeting answered again
+//!   when repeated), moves and deletes, and answers slower than meetingd's time-out (with or
+//!   without the work done); its token endpoint answers 503 now and then, before or after rotating
+//!   the refresh token (the old one stays valid, as Microsoft's do); meetingd's 4 calls at once per
+//!   mailbox stay;
 //! * runs two `meetingd run` child processes (the binary built next to this one) and, while they
 //!   work, confirms the bookings in batches, SIGKILLs a daemon every few seconds (alternating) and
 //!   restarts it, crashes and restarts PostgreSQL once (`-m immediate`), terminates the LISTEN
@@ -39,15 +48,19 @@
 //!   and the event's Meet link on the booking; every confirmed Zoom booking has exactly one live
 //!   meeting at the fake Zoom carrying its marker, a live row with the booking's times naming
 //!   that meeting, a meeting whose start and duration are the booking's, and its `join_url` on the
-//!   booking; every cancelled booking has neither a live event or Zoom meeting nor a live
-//!   meetings row; no job is left pending or failed but those of the bookings without a start
-//!   time, which failed with a sentence; no live event or Zoom meeting is left for a deleted
+//!   booking; every confirmed Teams booking has exactly one live online meeting at the fake Graph
+//!   whose `externalId` is the booking's current generation's, a live row naming it, a meeting at
+//!   the booking's times (to the second) and its `joinWebUrl` on the booking; every cancelled
+//!   booking has neither a live event, Zoom or Teams meeting nor a live meetings row; no job is
+//!   left pending or failed but those of the bookings without a start time, which failed with a
+//!   sentence; no live event, Zoom or Teams meeting is left for a deleted
 //!   booking or an old generation (an orphan), no meeting was reported orphaned and no
 //!   integration deactivated — with one tolerance, printed: a Zoom provider whose refresh token
 //!   Zoom rotated while a daemon that never saved the new one died (SIGKILL or the PostgreSQL
 //!   crash mid-refresh) must reconnect, by design; their integration is inactive, they were told,
 //!   and their bookings are checked against the fallback (a Jitsi link; Zoom meetings left behind
-//!   only if reported orphaned).
+//!   only if reported orphaned). No Teams provider ever must: Microsoft's old refresh token stays
+//!   valid after a rotation.
 //!
 //! The last line is `soak: N bookings, lost=…, duplicates=…, orphans=…, stuck=…, mismatched=…: ok`
 //! (or `FAILED`).
@@ -66,6 +79,7 @@ use clap::Parser;
 use meetingd::crypto::Keyring;
 use meetingd_testkit::cluster::PrivateCluster;
 use meetingd_testkit::fake_google::FakeGoogle;
+use meetingd_testkit::fake_graph::FakeGraph;
 use meetingd_testkit::fake_zoom::FakeZoom;
 use uuid::Uuid;
 
@@ -73,7 +87,10 @@ use chaos::{Chaos, Counters, History, daemon_trouble, settle};
 use check::{Check, Verdict, print_evidence};
 use daemons::{DaemonEnv, Daemons};
 use db::Db;
-use market::{Fakes, google_chaos_rules, prepare_schema, seed, zoom_chaos_rules, zoom_token_chaos_rules};
+use market::{
+    Fakes, google_chaos_rules, graph_chaos_rules, graph_token_chaos_rules, prepare_schema, seed, zoom_chaos_rules,
+    zoom_token_chaos_rules,
+};
 
 const PROVIDERS: usize = 20;
 const DAEMONS: usize = 2;
@@ -95,10 +112,14 @@ const RECONNECTED: usize = 2;
 /// no title), not the two the chaos reconnects (the 4th and 5th: another Google account) nor the
 /// last two (their doomed services are Google's).
 const ZOOM_PROVIDERS: [usize; 6] = [2, 5, 8, 11, 14, 17];
+/// The providers on Microsoft Teams, each with a mailbox of its own; none of those excluded above.
+const TEAMS_PROVIDERS: [usize; 4] = [1, 7, 10, 13];
 
-/// meetingd's HTTP time-outs towards Google and Zoom, and the fakes' slow answers, which exceed them.
+/// meetingd's HTTP time-outs towards Google, Zoom and Microsoft, and the fakes' slow answers, which
+/// exceed them.
 const GOOGLE_TIMEOUT_MS: u64 = 1000;
 const ZOOM_TIMEOUT_MS: u64 = 1000;
+const TEAMS_TIMEOUT_MS: u64 = 1000;
 const SLOW_ANSWER: Duration = Duration::from_millis(1500);
 
 /// Confirmation batches, spread over the first part of the chaos.
@@ -124,7 +145,7 @@ const EVIDENCE_LIMIT: usize = 10;
 #[derive(Debug, Parser)]
 #[command(
     name = "meetingd-soak",
-    about = "Soak two meetingd daemons against a fake Google and a fake Zoom under chaos (kills, a PostgreSQL \
+    about = "Soak two meetingd daemons against a fake Google, a fake Zoom and a fake Microsoft Graph under chaos (kills, a PostgreSQL \
              restart, API failures) on a throwaway PostgreSQL cluster, then check every booking's meeting"
 )]
 struct Args {
@@ -191,9 +212,10 @@ async fn soak(args: &Args, cluster: &PrivateCluster, started: Instant) -> Result
     prepare_schema(db.client_mut()).await?;
     let google = FakeGoogle::start().await;
     let zoom = FakeZoom::start().await;
+    let graph = FakeGraph::start().await;
     let key = Keyring::generate_key();
     let marks = meetingd::providers::zoom::Marks::new(std::sync::Arc::new(Keyring::new(&key, &[])?));
-    seed(&mut db, Fakes { google: &google, zoom: &zoom, marks: &marks }, &key, args.bookings).await?;
+    seed(&mut db, Fakes { google: &google, zoom: &zoom, graph: &graph, marks: &marks }, &key, args.bookings).await?;
 
     let env = DaemonEnv {
         bin: daemon_bin,
@@ -201,6 +223,7 @@ async fn soak(args: &Args, cluster: &PrivateCluster, started: Instant) -> Result
         key,
         google: google.clone(),
         zoom: zoom.clone(),
+        graph: graph.clone(),
         log_dir: cluster.root.clone(),
         log_filter: args.daemon_log.clone(),
     };
@@ -215,6 +238,8 @@ async fn soak(args: &Args, cluster: &PrivateCluster, started: Instant) -> Result
     google.chaos(google_chaos_rules());
     zoom.chaos(zoom_chaos_rules());
     zoom.token_chaos(zoom_token_chaos_rules());
+    graph.chaos(graph_chaos_rules());
+    graph.token_chaos(graph_token_chaos_rules());
     let mut counters = Counters::default();
     let mut history = History::new();
     let chaos = Chaos {
@@ -231,10 +256,12 @@ async fn soak(args: &Args, cluster: &PrivateCluster, started: Instant) -> Result
     google.set_pending_gets(0);
     zoom.chaos(Vec::new());
     zoom.token_chaos(Vec::new());
+    graph.chaos(Vec::new());
+    graph.token_chaos(Vec::new());
 
     let settled = settle(&mut db, &mut daemons, &mut counters).await?;
     let exits = daemons.stop_all().await?;
-    let fakes = Fakes { google: &google, zoom: &zoom, marks: &marks };
+    let fakes = Fakes { google: &google, zoom: &zoom, graph: &graph, marks: &marks };
     let mut check = Check::read(&mut db, &fakes).await?;
     check.settled = settled;
     check.daemon_trouble = daemon_trouble(&counters, &exits);

@@ -1,7 +1,7 @@
 //! The soak's schema and seed data: the marketplace's tables loosened as real marketplaces are,
-//! meetingd's migrations, providers with Google or Zoom connections, bookings (some with NULL
-//! columns), the services the chaos deletes, and the fake Google's and the fake Zoom's chaos
-//! rules. Set-up only: it changes nothing once the chaos has begun but what the chaos asks for.
+//! meetingd's migrations, providers with Google, Zoom or Microsoft Teams connections, bookings (some
+//! with NULL columns), the services the chaos deletes, and the fake Google's, the fake Zoom's and
+//! the fake Graph's chaos rules. Set-up only: it changes nothing once the chaos has begun but what the chaos asks for.
 
 use anyhow::{Context, Result, ensure};
 use meetingd::admin::NewIntegration;
@@ -9,6 +9,7 @@ use meetingd::crypto::Keyring;
 use meetingd::fixtures::MARKETPLACE_FIXTURE;
 use meetingd::providers::Platform;
 use meetingd_testkit::fake_google::{Fail, FakeGoogle};
+use meetingd_testkit::fake_graph::{self, FakeGraph};
 use meetingd_testkit::fake_zoom::{self, FakeZoom, Trouble};
 use meetingd_testkit::market;
 use secrecy::SecretString;
@@ -17,7 +18,8 @@ use uuid::Uuid;
 
 use crate::db::Db;
 use crate::{
-    DOOMED_BOOKINGS, DOOMED_SERVICES, DOOMED_TAG, ODD_BOOKINGS, ODD_TAG, PROVIDERS, SLOW_ANSWER, TAG, ZOOM_PROVIDERS,
+    DOOMED_BOOKINGS, DOOMED_SERVICES, DOOMED_TAG, ODD_BOOKINGS, ODD_TAG, PROVIDERS, SLOW_ANSWER, TAG, TEAMS_PROVIDERS,
+    ZOOM_PROVIDERS,
 };
 
 /// The marketplace's tables first (meetingd's migrations refuse to run without them), then meetingd's.
@@ -39,12 +41,13 @@ pub async fn prepare_schema(db: &mut Client) -> Result<()> {
 pub struct Fakes<'a> {
     pub google: &'a FakeGoogle,
     pub zoom: &'a FakeZoom,
+    pub graph: &'a FakeGraph,
     /// What reads the marks in the Zoom meetings' agendas (the daemons' key).
     pub marks: &'a meetingd::providers::zoom::Marks,
 }
 
-/// Providers with an online service and a connection each (`zoom` for [`ZOOM_PROVIDERS`],
-/// `google_meet` for the others), customers, and `n` pending bookings round-robin over the
+/// Providers with an online service and a connection each (`zoom` for [`ZOOM_PROVIDERS`], `teams`
+/// for [`TEAMS_PROVIDERS`], `google_meet` for the others), customers, and `n` pending bookings round-robin over the
 /// services, one hour apart from tomorrow on.
 pub async fn seed(db: &mut Db, fakes: Fakes<'_>, key: &SecretString, n: u32) -> Result<()> {
     let providers = i32::try_from(PROVIDERS).context("provider count")?;
@@ -118,12 +121,13 @@ async fn seed_odd_rows(db: &mut Db) -> Result<()> {
 }
 
 /// A connection per provider, tokens issued by the fake: Zoom for [`ZOOM_PROVIDERS`] (whose
-/// services switch to `zoom`), Google for the others. On each platform every other access token
+/// services switch to `zoom`), Microsoft for [`TEAMS_PROVIDERS`] (to `teams`), Google for the others. On each platform every other access token
 /// expires in 30 s (meetingd refreshes five minutes ahead, so at its first use).
 async fn connect_providers(db: &mut Db, fakes: Fakes<'_>, key: &SecretString) -> Result<()> {
     let keyring = Keyring::new(key, &[]).context("building the keyring")?;
     let rows = db.query("SELECT id FROM users WHERE role = 'provider' ORDER BY email", &[]).await?;
     let mut zoom_users: Vec<Uuid> = Vec::new();
+    let mut teams_users: Vec<Uuid> = Vec::new();
     let connections: Vec<NewIntegration> = rows
         .iter()
         .enumerate()
@@ -133,6 +137,10 @@ async fn connect_providers(db: &mut Db, fakes: Fakes<'_>, key: &SecretString) ->
                 let expires_in = if zoom_users.len().is_multiple_of(2) { 3600 } else { 30 };
                 zoom_users.push(user);
                 zoom_account(fakes.zoom, user, i, &email, expires_in)
+            } else if TEAMS_PROVIDERS.contains(&i) {
+                let expires_in = if teams_users.len().is_multiple_of(2) { 3600 } else { 30 };
+                teams_users.push(user);
+                teams_account(fakes.graph, user, i, &email, expires_in)
             } else {
                 let expires_in = if i % 2 == 0 { 3600 } else { 30 };
                 google_account(fakes.google, user, &email, expires_in)
@@ -143,7 +151,34 @@ async fn connect_providers(db: &mut Db, fakes: Fakes<'_>, key: &SecretString) ->
     db.query("UPDATE services SET meeting_platform = 'zoom' WHERE provider_id = ANY($1)", &[&zoom_users])
         .await
         .context("switching services to Zoom")?;
+    db.query("UPDATE services SET meeting_platform = 'teams' WHERE provider_id = ANY($1)", &[&teams_users])
+        .await
+        .context("switching services to Teams")?;
     Ok(())
+}
+
+/// A Teams connection of `user`, provider `n`, to a work account (a mailbox) of its own, with
+/// tokens the fake issued at consent.
+fn teams_account(graph: &FakeGraph, user: Uuid, n: usize, email: &str, expires_in: i64) -> NewIntegration {
+    let graph_user = teams_user_id(n);
+    let (access, refresh) = graph.issue_for(&graph_user);
+    NewIntegration {
+        user_id: user,
+        platform: Platform::Teams,
+        access_token: SecretString::from(access),
+        refresh_token: Some(SecretString::from(refresh)),
+        expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(expires_in)),
+        scopes: meetingd::providers::teams::OAUTH.scopes.iter().map(|s| s.to_string()).collect(),
+        platform_user_id: Some(graph_user),
+        email: Some(email.to_string()),
+    }
+}
+
+/// The Graph user id (a GUID, as work accounts have) of provider `n`'s Microsoft account: the
+/// fake's first work account with the provider's number in its last group.
+fn teams_user_id(n: usize) -> String {
+    let work = fake_graph::WORK_USER_ID;
+    format!("{}{n:012}", &work[..work.len() - 12])
 }
 
 /// A Zoom connection of `user`, provider `n`, to a Zoom account of its own, with tokens the fake
@@ -251,4 +286,29 @@ pub fn zoom_chaos_rules() -> Vec<(f64, Trouble)> {
 /// Random failures of Zoom's token endpoint, before it rotates anything.
 pub fn zoom_token_chaos_rules() -> Vec<(f64, fake_zoom::Fail)> {
     vec![(0.05, fake_zoom::Fail::new(503, 0, "Service Unavailable"))]
+}
+
+/// Random trouble on every Graph call (about 14 % in all).
+pub fn graph_chaos_rules() -> Vec<(f64, fake_graph::Trouble)> {
+    use fake_graph::{Fail as GraphFail, Trouble as GraphTrouble};
+    vec![
+        (0.04, GraphTrouble::Fail(GraphFail::throttled(503, "1"))),
+        (0.03, GraphTrouble::Fail(GraphFail::throttled(429, "1"))),
+        // The access token expired early: meetingd refreshes (the old refresh token stays valid).
+        (0.01, GraphTrouble::Fail(GraphFail::new(401, "InvalidAuthenticationToken"))),
+        // Done, but the answer is lost: a createOrGet answers the same meeting when repeated.
+        (0.03, GraphTrouble::Fail(GraphFail::lost_answer())),
+        // Slower than meetingd's time-out: nothing done, or done with the answer too late.
+        (0.01, GraphTrouble::Slow { delay: SLOW_ANSWER, after_work: false }),
+        (0.01, GraphTrouble::Slow { delay: SLOW_ANSWER, after_work: true }),
+    ]
+}
+
+/// Random failures of Microsoft's token endpoint: before it does anything, or after rotating the
+/// refresh token (harmless: the old one stays valid).
+pub fn graph_token_chaos_rules() -> Vec<(f64, fake_graph::Fail)> {
+    vec![
+        (0.04, fake_graph::Fail::new(503, "temporarily_unavailable")),
+        (0.02, fake_graph::Fail { after_work: true, ..fake_graph::Fail::new(503, "temporarily_unavailable") }),
+    ]
 }
