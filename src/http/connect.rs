@@ -33,7 +33,7 @@ use crate::crypto::Column;
 use crate::db::oauth_states;
 use crate::db::requeue::{self, Failed};
 use crate::providers::Platform;
-use crate::providers::auth::{Identity, OAuthSpec, PathPlatform};
+use crate::providers::auth::{OAuthSpec, PathPlatform};
 
 /// The state cookie's name when `http.cookie_secure` is off (plain-http development).
 pub const STATE_COOKIE: &str = "meetingd_oauth_state";
@@ -151,7 +151,7 @@ pub async fn connect(
 #[utoipa::path(
     get, path = "/api/auth/{platform}/callback", tag = "integrations",
     params(("platform" = String, Path, description = "`google-meet`, `zoom` or `teams`"), CallbackQuery),
-    responses((status = 303, description = "Redirect to http.app_url + /dashboard/integrations?connected=… or ?error=… (invalid_state, state_expired, access_denied, missing_code, exchange_failed, insufficient_scope: a required scope was not granted, nothing stored; personal_account_unsupported: a personal Microsoft account, which cannot hold Teams meetings, nothing stored)"))
+    responses((status = 303, description = "Redirect to http.app_url + /dashboard/integrations?connected=… or ?error=… (invalid_state, state_expired, access_denied, missing_code, exchange_failed, account_unknown: the platform did not say which account it is, nothing stored, insufficient_scope: a required scope was not granted, nothing stored; personal_account_unsupported: a personal Microsoft account, which cannot hold Teams meetings, nothing stored)"))
 )]
 pub async fn callback(
     State(state): State<AppState>,
@@ -258,10 +258,13 @@ async fn finish_connect(
     if tokens.refresh_token.is_none() {
         tracing::warn!(user_id = %user_id, "{} issued no refresh token; the connection will need renewing when the access token expires", spec.vendor);
     }
-    let identity = connector.identity(&tokens.access_token).await.unwrap_or_else(|e| {
-        tracing::warn!(user_id = %user_id, error = %e, "could not learn the connected account's e-mail");
-        Identity::default()
-    });
+    // Which account this is decides where its meetings are acted on, whether a later connection
+    // is another account, and what a platform's deauthorization names: without it nothing is
+    // stored, and the provider is asked to try again.
+    let identity = connector.identity(&tokens.access_token).await.map_err(|e| {
+        tracing::warn!(user_id = %user_id, platform = %platform, error = %e, "could not learn which account was connected; not stored");
+        "account_unknown".to_string()
+    })?;
     if let Some(code) = connector.refusal(&identity) {
         tracing::warn!(user_id = %user_id, platform = %platform, refusal = code, "this kind of account cannot be used; not stored");
         return Err(code.into());

@@ -245,6 +245,19 @@ async fn connecting_zoom_through_the_api_gets_zoom_links_and_disconnect_revokes_
     assert_eq!(q["code_challenge_method"], "S256");
     assert_eq!(q["scope"], meetingd::providers::zoom::OAUTH.scopes.join(" "));
 
+    // Zoom does not say who the account is: nothing is stored, the provider tries again.
+    let location = api
+        .connect(api.provider, "zoom", |url| {
+            api.zoom.fail_next([meetingd_testkit::fake_zoom::Fail::new(503, 0, "Service unavailable")]);
+            api.zoom.consent(url)
+        })
+        .await;
+    assert_eq!(location, format!("{APP_URL}/dashboard/integrations?error=account_unknown"));
+    assert_eq!(
+        market::count(&api.c, "SELECT count(*) FROM user_meeting_integrations WHERE platform = 'zoom'").await,
+        0
+    );
+
     let location = api.connect(api.provider, "zoom", |url| api.zoom.consent(url)).await;
     assert_eq!(location, format!("{APP_URL}/dashboard/integrations?connected=zoom"));
     let row = api
