@@ -382,7 +382,14 @@ impl MeetingProvider for Teams {
         if !made.at_times_of(req) {
             tracing::info!(booking_id = %req.booking_id, "moving the Teams meeting an earlier attempt made to the booking's times");
         }
-        self.moved(&who, &made.id, req).await
+        // Graph answered this meeting a moment ago: a 404 now is Graph catching up, not a
+        // meeting gone for good.
+        self.moved(&who, &made.id, req).await.map_err(|e| match e {
+            ProviderError::NotFound => {
+                ProviderError::Transient("Microsoft Graph did not find the meeting it had just answered".into())
+            }
+            other => other,
+        })
     }
 
     async fn update(&self, existing: &Meeting, req: &MeetingRequest) -> Result<Meeting, ProviderError> {

@@ -310,6 +310,14 @@ fn until_midnight(now: DateTime<Utc>) -> Duration {
     (tomorrow - now).to_std().unwrap_or_default()
 }
 
+/// A meeting Zoom just answered that it then says does not exist: tried again later.
+fn just_listed(e: ProviderError) -> ProviderError {
+    match e {
+        ProviderError::NotFound => ProviderError::Transient("Zoom did not find a meeting it had just listed".into()),
+        other => other,
+    }
+}
+
 fn into_provider(e: CallError) -> ProviderError {
     match e {
         CallError::Unauthorized => ProviderError::Unauthorized,
@@ -549,7 +557,8 @@ impl Zoom {
             && keep.duration == Some(duration_minutes(req));
         match keep.join_url {
             Some(link) if same_time => Ok(Some(Meeting { external_id: id, join_url: link, account: who.account() })),
-            _ => self.moved(who, &id, req).await.map(Some),
+            // Listed a moment ago: a 404 now is Zoom catching up, not a meeting gone for good.
+            _ => self.moved(who, &id, req).await.map(Some).map_err(just_listed),
         }
     }
 
