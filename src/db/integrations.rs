@@ -303,6 +303,8 @@ pub struct Summary {
     pub email: Option<String>,
     /// Active and holding a token.
     pub active: bool,
+    /// Holding a token, active or not (a disconnected or deauthorized one holds none).
+    pub has_token: bool,
     pub created_at: Option<DateTime<Utc>>,
 }
 
@@ -310,13 +312,20 @@ pub struct Summary {
 pub async fn of_user(client: Sql<'_>, user_id: Uuid) -> Result<Vec<Summary>, DbError> {
     Ok(client
         .query(
-            "SELECT platform, platform_user_email, COALESCE(is_active, false) AND access_token <> '', created_at
+            "SELECT platform, platform_user_email, COALESCE(is_active, false) AND access_token <> '', created_at,
+                    COALESCE(access_token, '') <> ''
                FROM user_meeting_integrations WHERE user_id = $1 ORDER BY platform",
             &[&user_id],
         )
         .await?
         .iter()
-        .map(|r| Summary { platform: r.get(0), email: r.get(1), active: r.get(2), created_at: r.get(3) })
+        .map(|r| Summary {
+            platform: r.get(0),
+            email: r.get(1),
+            active: r.get(2),
+            created_at: r.get(3),
+            has_token: r.get(4),
+        })
         .collect())
 }
 

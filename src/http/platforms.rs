@@ -70,7 +70,9 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
             if platform.needs_account() && (spec.is_none() || state.connectors.get(platform).is_none()) {
                 return None;
             }
-            let mine = connected.iter().find(|c| c.platform == platform.as_str());
+            // A connection the provider removed (or the platform deauthorized) holds no token:
+            // not connected, rather than waiting for a reconnect.
+            let mine = connected.iter().find(|c| c.platform == platform.as_str() && c.has_token);
             Some(PlatformView {
                 platform: platform.as_str().into(),
                 display_name: platform.display_name().into(),

@@ -408,6 +408,11 @@ async fn platforms_lists_what_this_deployment_offers_with_the_callers_connection
     api.c.execute("UPDATE user_meeting_integrations SET is_active = false", &[]).await.unwrap();
     let google = by_name(&platforms(api.provider).await, "google_meet");
     assert_eq!((google["connected"].as_bool(), google["status"].as_str()), (Some(false), Some("needs_reconnect")));
+    // Disconnected by the provider: simply not connected.
+    let gone = api.call("DELETE", "/api/integrations/google_meet", Some(api.as_user(api.provider)), None).await;
+    assert_eq!(gone.status(), StatusCode::NO_CONTENT);
+    let google = by_name(&platforms(api.provider).await, "google_meet");
+    assert_eq!((google["connected"].as_bool(), &google["status"]), (Some(false), &Value::Null));
     // Another caller sees their own (none); without a token, 401.
     let theirs = by_name(&platforms(api.customer).await, "google_meet");
     assert_eq!((theirs["connected"].as_bool(), &theirs["status"]), (Some(false), &Value::Null));
