@@ -141,11 +141,18 @@ fn topic(req: &MeetingRequest) -> String {
 /// The agenda: the mark first (so a list that shortens agendas still shows it), then the
 /// description template's text, cut so the whole fits Zoom's limit.
 fn agenda(req: &MeetingRequest, mark: String) -> String {
+    let rest = agenda_after_mark(req, mark.chars().count());
+    format!("{mark}{rest}")
+}
+
+/// What follows a mark of `mark_chars` characters in the agenda: nothing, or a blank line and
+/// the description, cut so the whole fits Zoom's limit.
+fn agenda_after_mark(req: &MeetingRequest, mark_chars: usize) -> String {
     match req.description.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
-        None => mark,
+        None => String::new(),
         Some(text) => {
-            let room = AGENDA_MAX - mark.chars().count() - 2;
-            format!("{mark}\n\n{}", text.chars().take(room).collect::<String>())
+            let room = AGENDA_MAX.saturating_sub(mark_chars + 2);
+            format!("\n\n{}", text.chars().take(room).collect::<String>())
         }
     }
 }
@@ -228,11 +235,24 @@ struct ZoomMeeting {
     #[serde(default)]
     join_url: Option<String>,
     #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
     agenda: Option<String>,
     #[serde(default)]
     start_time: Option<String>,
     #[serde(default)]
     duration: Option<i64>,
+    #[serde(default)]
+    settings: Option<serde_json::Value>,
+}
+
+impl ZoomMeeting {
+    /// Whether it is at `req`'s times (Zoom keeps whole seconds and minutes).
+    fn at_times_of(&self, req: &MeetingRequest) -> bool {
+        let start = chrono::SubsecRound::trunc_subsecs(req.start, 0);
+        self.start_time.as_deref().and_then(|t| t.parse::<DateTime<Utc>>().ok()) == Some(start)
+            && self.duration == Some(duration_minutes(req))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -551,10 +571,7 @@ impl Zoom {
         }
         let id = keep.id.to_string();
         tracing::info!(booking_id = %req.booking_id, meeting_id = %id, "adopted the Zoom meeting an earlier attempt created");
-        // Zoom keeps whole seconds.
-        let start = chrono::SubsecRound::trunc_subsecs(req.start, 0);
-        let same_time = keep.start_time.as_deref().and_then(|t| t.parse::<DateTime<Utc>>().ok()) == Some(start)
-            && keep.duration == Some(duration_minutes(req));
+        let same_time = keep.at_times_of(req);
         match keep.join_url {
             Some(link) if same_time => Ok(Some(Meeting { external_id: id, join_url: link, account: who.account() })),
             // Listed a moment ago: a 404 now is Zoom catching up, not a meeting gone for good.
@@ -569,6 +586,28 @@ impl Zoom {
         self.counted(who, |t| self.patch(t, id, body.clone())).await?;
         let fresh = self.access().authorized(who, |t| self.get(t, id)).await.map_err(into_provider)?;
         meeting_of(fresh, who)
+    }
+
+    /// Whether `m` is already what a move to `req` would make it: its times, topic, marked agenda
+    /// and the options the service set (the passcode, set once on create, aside).
+    fn in_step(&self, m: &ZoomMeeting, req: &MeetingRequest) -> bool {
+        let agenda = m.agenda.as_deref().unwrap_or_default();
+        // The text after the mark, as `agenda` writes it.
+        let rest = agenda
+            .strip_prefix(MARK_PREFIX)
+            .and_then(|after| after.find(']').map(|end| &after[end + 1..]))
+            .unwrap_or(agenda);
+        let settings_match = settings(&req.options).is_none_or(|want| {
+            want.as_object()
+                .into_iter()
+                .flatten()
+                .all(|(key, value)| m.settings.as_ref().and_then(|s| s.get(key)) == Some(value))
+        });
+        m.at_times_of(req)
+            && m.topic.as_deref() == Some(topic(req).as_str())
+            && self.marks.names(agenda, req.booking_id, req.generation)
+            && rest == agenda_after_mark(req, agenda.chars().count() - rest.chars().count())
+            && settings_match
     }
 
     /// The body of a create or a move of `req`'s meeting, with a fresh mark.
@@ -613,11 +652,18 @@ impl MeetingProvider for Zoom {
         meeting_of(created, &who)
     }
 
+    /// Moves the meeting when it is not as the booking wants it. The meeting is read first (a
+    /// read is free; a PATCH takes one of the account's 100 daily writes), so a booking re-armed
+    /// without a change costs nothing of the quota.
     async fn update(&self, existing: &Meeting, req: &MeetingRequest) -> Result<Meeting, ProviderError> {
         let who = Who::of(existing, req.provider_user_id);
         let Some(id) = numeric(&existing.external_id) else {
             return Err(ProviderError::NotFound);
         };
+        let current = self.access().authorized(&who, |t| self.get(t, id)).await.map_err(into_provider)?;
+        if self.in_step(&current, req) {
+            return meeting_of(current, &who);
+        }
         self.moved(&who, id, req).await
     }
 

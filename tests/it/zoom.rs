@@ -829,3 +829,40 @@ async fn prune_drops_the_daily_counts_of_past_days() {
     .await;
     assert_eq!(left, 2, "today's and yesterday's are kept");
 }
+
+#[tokio::test]
+async fn a_booking_re_armed_without_a_change_costs_none_of_the_daily_writes() {
+    let z = setup().await;
+    z.c.execute(
+        "UPDATE services SET meeting_settings = $2, description = 'Bring notes' WHERE id = $1",
+        &[&z.service, &serde_json::json!({"waiting_room": true})],
+    )
+    .await
+    .unwrap();
+    let b = z.book().await;
+    z.run().await;
+    let integration = zoom_integration(&z.c).await;
+    assert_eq!(used_today(&z, integration).await, 1);
+    let link = meeting(&z.c, b).await.link;
+    // Re-armed with nothing changed (a resync, a backfill): read, not written.
+    z.c.execute("SELECT meetingd.touch_job($1)", &[&b]).await.unwrap();
+    z.run().await;
+    assert!(!z.zoom.calls().iter().any(|c| c.starts_with("patch")), "{:?}", z.zoom.calls());
+    assert_eq!(used_today(&z, integration).await, 1, "no daily write spent");
+    assert_eq!(meeting(&z.c, b).await.link, link);
+    // The provider rewrote the agenda in Zoom: the next re-arm puts the mark back (one write).
+    {
+        let mut s = z.zoom.state.lock().unwrap();
+        let m = s.meetings.values_mut().next().unwrap();
+        m.body["agenda"] = "my own notes".into();
+    }
+    z.c.execute("SELECT meetingd.touch_job($1)", &[&b]).await.unwrap();
+    z.run().await;
+    assert_eq!(used_today(&z, integration).await, 2);
+    let agenda = z.zoom.live_meetings()[0].body["agenda"].as_str().unwrap().to_string();
+    assert_eq!(z.marks().read(&agenda), Some((b, 1)), "{agenda}");
+    // A reschedule is a write.
+    market::reschedule_hours(&z.c, b, 1).await;
+    z.run().await;
+    assert_eq!(used_today(&z, integration).await, 3);
+}
