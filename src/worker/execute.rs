@@ -183,10 +183,15 @@ impl Run<'_> {
     }
 
     /// Creates the meeting on `choice`; when the provider's account there cannot be used
-    /// (revoked, undecryptable), on the fallback platform instead. Returns the event for the app.
+    /// (revoked, undecryptable), or the platform asks to wait past the booking's start (a daily
+    /// quota), on the fallback platform instead. Returns the event for the app.
     async fn create(&mut self, mut choice: Choice, req: &MeetingRequest) -> (Outcome, Option<Event>) {
         let (worker, s) = (self.worker, self.s);
         let mut fell_back_because: Option<String> = None;
+        let fallback_to = match worker.fallback {
+            Fallback::Platform(p) if worker.providers.get(p).is_some() => Some(p),
+            _ => None,
+        };
         loop {
             let Some(provider) = worker.providers.get(choice.platform) else {
                 let error = format!("{} meetings are not available on this server.", choice.platform.display_name());
@@ -237,6 +242,14 @@ impl Run<'_> {
                         message: ready_message(choice, s, fell_back_because.as_deref()),
                     };
                     return (linked(choice.platform, &s.requested(), meeting, req), Some(event));
+                }
+                Err(e) if !choice.fallback && waits_past_start(&e, req) && fallback_to.is_some() => {
+                    let p = fallback_to.expect("checked");
+                    fell_back_because = Some(format!(
+                        "{} cannot make the meeting before the booking starts: {e}",
+                        choice.platform.display_name()
+                    ));
+                    choice = Choice { platform: p, fallback: true };
                 }
                 Err(e) if e.needs_fallback() && !choice.fallback => match worker.fallback {
                     Fallback::Platform(p) if worker.providers.get(p).is_some() => {
@@ -592,6 +605,15 @@ impl Intents {
             (None, _) => self.discarded.clone(),
         }
     }
+}
+
+/// A wait the platform asked for (a daily quota: Zoom's, Google's) longer than a few minutes
+/// and ending after the booking starts: the meeting would come too late.
+fn waits_past_start(e: &ProviderError, req: &MeetingRequest) -> bool {
+    const SHORT: std::time::Duration = std::time::Duration::from_secs(300);
+    e.retry_after().is_some_and(|wait| {
+        wait > SHORT && chrono::Duration::from_std(wait).is_ok_and(|w| chrono::Utc::now() + w > req.start)
+    })
 }
 
 /// What an audit line says about a successful call.

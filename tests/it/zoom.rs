@@ -866,3 +866,28 @@ async fn a_booking_re_armed_without_a_change_costs_none_of_the_daily_writes() {
     z.run().await;
     assert_eq!(used_today(&z, integration).await, 3);
 }
+
+#[tokio::test]
+async fn a_daily_limit_that_outlasts_the_bookings_start_falls_back_and_one_that_does_not_waits() {
+    let z = setup().await;
+    // Zoom says: no more today, for two hours.
+    let daily = || Fail { retry_after: Some("7200".into()), ..Fail::daily_limit() };
+    z.zoom.fail_next([daily()]);
+    let soon = z.book().await;
+    z.c.execute(
+        "UPDATE bookings SET start_time = now() + interval '1 hour', end_time = now() + interval '2 hours' WHERE id = $1",
+        &[&soon],
+    )
+    .await
+    .unwrap();
+    z.run().await;
+    let state = meeting(&z.c, soon).await;
+    assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("jitsi")), "{state:?}");
+    // A booking tomorrow waits for Zoom instead.
+    z.zoom.fail_next([daily()]);
+    let later = z.book().await;
+    z.run().await;
+    let j = job(&z.c, later).await.unwrap();
+    assert_eq!((j.state.as_str(), j.due_later), ("pending", true), "{j:?}");
+    assert_eq!(meeting(&z.c, later).await.platform, None);
+}
