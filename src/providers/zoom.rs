@@ -169,8 +169,8 @@ fn duration_minutes(req: &MeetingRequest) -> i64 {
 
 /// The body of a create or a move: the booking's title, description (after `mark`) and times, and the meeting
 /// options the service set (a move re-applies them, so a change of the service's options reaches
-/// the meeting with its next move). A create with `passcode: true` carries a passcode meetingd
-/// generates ([`passcode`]); a move leaves it as it is (the link carries it).
+/// the meeting with its next move). A create with `passcode: true` asks Zoom for a passcode
+/// (`default_password`); a move leaves it as it is (the link carries it).
 fn meeting_body(req: &MeetingRequest, mark: String, create: bool) -> serde_json::Value {
     let mut body = serde_json::json!({
         "topic": topic(req),
@@ -182,7 +182,9 @@ fn meeting_body(req: &MeetingRequest, mark: String, create: bool) -> serde_json:
     if create {
         body["type"] = 2.into();
         if req.options.passcode == Some(true) {
-            body["password"] = passcode().into();
+            // Zoom makes the passcode by the account's own passcode rules (length, digits only,
+            // a special character…), which a passcode of meetingd's could break.
+            body["default_password"] = true.into();
         }
     }
     if let Some(settings) = settings(&req.options) {
@@ -196,7 +198,7 @@ const SUPPORTED: [MeetingOption; 4] =
     [MeetingOption::WaitingRoom, MeetingOption::Recording, MeetingOption::Passcode, MeetingOption::MuteOnEntry];
 
 /// The options set, as Zoom's meeting `settings`; `None` when none is (each setting then stays
-/// the account's default). `passcode` is not a setting: it is the create body's `password`.
+/// the account's default). `passcode` is not a setting: it is the create body's `default_password`.
 fn settings(options: &MeetingOptions) -> Option<serde_json::Value> {
     let mut settings = serde_json::Map::new();
     if let Some(on) = options.waiting_room {
@@ -213,18 +215,6 @@ fn settings(options: &MeetingOptions) -> Option<serde_json::Value> {
         settings.insert("mute_upon_entry".into(), muted.into());
     }
     (!settings.is_empty()).then_some(serde_json::Value::Object(settings))
-}
-
-/// Zoom's longest passcode.
-pub const PASSCODE_LEN: usize = 10;
-
-/// A meeting passcode: [`PASSCODE_LEN`] letters and digits (Zoom allows at most 10 of
-/// `[A-Za-z0-9@-_*]`) from rand's OS-seeded, cryptographically secure generator. Never logged:
-/// only the create body carries it, and that body is never logged or quoted.
-fn passcode() -> String {
-    use rand::Rng;
-    use rand::distr::Alphanumeric;
-    rand::rng().sample_iter(Alphanumeric).take(PASSCODE_LEN).map(char::from).collect()
 }
 
 /// A meeting as Zoom answers it. Fields not named here (`start_url` among them) are dropped while

@@ -582,7 +582,7 @@ async fn set_meeting_settings(c: &tokio_postgres::Client, service: Uuid, setting
 }
 
 #[tokio::test]
-async fn a_zoom_service_with_every_option_gets_them_on_its_meeting_and_a_passcode_of_zooms_shape() {
+async fn a_zoom_service_with_every_option_gets_them_on_its_meeting_and_a_passcode_zoom_makes() {
     let (captured, _guard) = meetingd_testkit::logs::capture_trace();
     let z = setup().await;
     let all = serde_json::json!({"waiting_room": true, "recording": "cloud", "passcode": true, "mute_on_entry": true});
@@ -596,9 +596,8 @@ async fn a_zoom_service_with_every_option_gets_them_on_its_meeting_and_a_passcod
     let stored = z.zoom.meeting(&id).unwrap().body;
     let expected = serde_json::json!({"waiting_room": true, "join_before_host": false, "auto_recording": "cloud", "mute_upon_entry": true});
     assert_eq!(stored["settings"], expected);
-    let passcode = stored["password"].as_str().expect("a passcode was sent").to_string();
-    assert_eq!(passcode.len(), 10, "{passcode}");
-    assert!(passcode.bytes().all(|b| b.is_ascii_alphanumeric()), "{passcode}");
+    assert_eq!(stored["default_password"], true, "a passcode by the account's rules");
+    let passcode = stored["password"].as_str().expect("Zoom made a passcode").to_string();
     let details = audit_details(&z.c, b, "meeting.create").await;
     assert!(details.iter().all(|d| !d.contains("not supported")), "Zoom honours every option: {details:?}");
 
@@ -628,7 +627,7 @@ async fn options_set_to_off_are_sent_and_unset_ones_leave_zooms_defaults() {
     let id = meeting(&z.c, b).await.meeting_id.unwrap();
     let stored = z.zoom.meeting(&id).unwrap().body;
     assert_eq!(stored["settings"], serde_json::json!({"waiting_room": false}));
-    assert!(stored.get("password").is_none(), "passcode false sends none");
+    assert!(stored.get("password").is_none() && stored.get("default_password").is_none(), "passcode false sends none");
 
     // No options at all: no settings object, so the account's defaults hold.
     set_meeting_settings(&z.c, z.service, serde_json::json!({})).await;
