@@ -356,15 +356,23 @@ pub struct Deauthorized {
 /// Deauthorized): every integration row and retired copy of that account on `platform` is made
 /// inactive and its tokens wiped. A row already inactive and empty is left alone, so a repeated
 /// notification changes nothing. Call inside a transaction.
-pub async fn deauthorize(client: Sql<'_>, platform: &str, platform_user_id: &str) -> Result<Deauthorized, DbError> {
+pub async fn deauthorize(
+    client: Sql<'_>,
+    platform: &str,
+    platform_user_id: &str,
+    at: Option<DateTime<Utc>>,
+) -> Result<Deauthorized, DbError> {
+    // A row connected (again) after the deauthorization holds a new grant: left alone. A
+    // refresh of the old grant, the only other write, cannot succeed after it.
     let integrations = client
         .query(
             "UPDATE user_meeting_integrations
                 SET is_active = false, access_token = '', refresh_token = NULL, expires_at = NULL, updated_at = now()
               WHERE platform = $1 AND platform_user_id = $2
                 AND (COALESCE(is_active, false) OR access_token <> '' OR refresh_token IS NOT NULL)
+                AND ($3::timestamptz IS NULL OR updated_at IS NULL OR updated_at <= $3 + interval '30 seconds')
              RETURNING COALESCE(user_id, '00000000-0000-0000-0000-000000000000')",
-            &[&platform, &platform_user_id],
+            &[&platform, &platform_user_id, &at],
         )
         .await?
         .iter()

@@ -146,6 +146,10 @@ struct UrlValidation {
 struct Deauthorization {
     /// The Zoom user who removed the app: an integration's `platform_user_id`.
     user_id: String,
+    /// When they removed it (ISO 8601). A connection made after that (they added the app
+    /// again before a late or repeated delivery arrived) is not wiped.
+    #[serde(default)]
+    deauthorization_time: Option<String>,
 }
 
 /// The answer to Zoom's endpoint URL validation.
@@ -194,8 +198,10 @@ pub async fn zoom(State(state): State<AppState>, headers: HeaderMap, body: Bytes
             Ok(Json(UrlValidationResponse { plain_token, encrypted_token }).into_response())
         }
         "app_deauthorized" => {
-            let Deauthorization { user_id } = serde_json::from_value(notification.payload).map_err(|_| unreadable())?;
-            deauthorize(&state, &user_id).await?;
+            let Deauthorization { user_id, deauthorization_time } =
+                serde_json::from_value(notification.payload).map_err(|_| unreadable())?;
+            let at = deauthorization_time.as_deref().and_then(|t| t.parse::<DateTime<Utc>>().ok());
+            deauthorize(&state, &user_id, at).await?;
             Ok(StatusCode::OK.into_response())
         }
         other => {
@@ -208,11 +214,11 @@ pub async fn zoom(State(state): State<AppState>, headers: HeaderMap, body: Bytes
 /// In one transaction: the Zoom account's integration rows and retired copies made inactive
 /// with their tokens wiped, the provider told to reconnect, audit rows, and the provider's
 /// upcoming Zoom bookings re-armed so the worker moves them to the fallback platform.
-async fn deauthorize(state: &AppState, zoom_user: &str) -> Result<(), ApiError> {
+async fn deauthorize(state: &AppState, zoom_user: &str, at: Option<DateTime<Utc>>) -> Result<(), ApiError> {
     let platform = Platform::Zoom;
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
-    let done = integrations::deauthorize(tx.sql(), platform.as_str(), zoom_user).await?;
+    let done = integrations::deauthorize(tx.sql(), platform.as_str(), zoom_user, at).await?;
     if done.integrations.is_empty() && done.retired.is_empty() {
         drop(tx);
         tracing::info!(zoom_user, "Zoom app deauthorized by an account with no active integration: nothing to do");

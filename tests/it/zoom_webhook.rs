@@ -288,6 +288,26 @@ async fn app_deauthorized_also_wipes_the_kept_copy_of_a_former_account() {
 }
 
 #[tokio::test]
+async fn a_late_deauthorization_leaves_a_connection_made_after_it() {
+    let w = setup().await;
+    // The provider removed the app ten minutes ago and has connected again since; Zoom's
+    // delivery of the removal arrives only now.
+    let mut body: serde_json::Value = serde_json::from_str(&FakeZoom::deauthorization_body(ZOOM_USER)).unwrap();
+    let then = chrono::Utc::now() - chrono::Duration::minutes(10);
+    body["payload"]["deauthorization_time"] = then.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into();
+    let before = w.stored(w.m.provider).await;
+    assert_eq!(w.send_signed(SECRET, now(), &body.to_string()).await.status(), StatusCode::OK);
+    assert_eq!(w.stored(w.m.provider).await, before, "the new connection stays");
+    assert_eq!(w.reconnect_events().await, 0);
+    // Delivered on time (the removal after the connection): wiped.
+    body["payload"]["deauthorization_time"] =
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true).into();
+    assert_eq!(w.send_signed(SECRET, now(), &body.to_string()).await.status(), StatusCode::OK);
+    assert!(!w.stored(w.m.provider).await.0);
+    assert_eq!(w.reconnect_events().await, 1);
+}
+
+#[tokio::test]
 async fn unknown_accounts_other_events_and_junk_are_answered_without_changes() {
     let w = setup().await;
     let before = w.stored(w.m.provider).await;
