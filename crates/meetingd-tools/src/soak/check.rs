@@ -132,6 +132,36 @@ struct LiveTeams {
     link: Option<String>,
 }
 
+/// A live meeting at a fake whose platform names its booking and generation on the meeting (a
+/// Zoom mark, a Teams `externalId`), as the per-booking check needs it.
+trait Named {
+    /// The platform's stored name and how the check's sentences call it, and what names the
+    /// booking on the meeting.
+    const PLATFORM: (&'static str, &'static str, &'static str);
+    fn id(&self) -> &str;
+    fn generation(&self) -> i32;
+}
+
+impl Named for LiveZoom {
+    const PLATFORM: (&'static str, &'static str, &'static str) = ("zoom", "Zoom", "marker");
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn generation(&self) -> i32 {
+        self.generation
+    }
+}
+
+impl Named for LiveTeams {
+    const PLATFORM: (&'static str, &'static str, &'static str) = ("teams", "Teams", "externalId");
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn generation(&self) -> i32 {
+        self.generation
+    }
+}
+
 /// The booking and generation an `externalId` of meetingd's names (`meetingd-<booking>-g<n>`,
 /// see `meetingd::providers::teams::external_id`).
 fn teams_intent(external: &str) -> Option<(Uuid, i32)> {
@@ -474,64 +504,11 @@ impl Check {
                     self.fell_back += 1;
                     self.fallback_booking(b, row, &live);
                 } else {
-                    self.confirmed_zoom_booking(b, row, live);
+                    self.confirmed_named_booking(b, row, live, zoom_mismatches);
                 }
             }
-            "cancelled" => {
-                self.cancelled += 1;
-                if !live.is_empty() {
-                    self.duplicates += live.len();
-                    let ids: Vec<&str> = live.iter().map(|m| m.id.as_str()).collect();
-                    self.problem(b.id, "duplicate", format!("cancelled, yet live at the fake Zoom: {ids:?}"));
-                }
-                if let Some(r) = row.filter(|r| r.state == "live") {
-                    self.mismatched += 1;
-                    self.problem(
-                        b.id,
-                        "mismatched",
-                        format!("cancelled, yet its meetings row {} is live", r.external_id),
-                    );
-                }
-            }
+            "cancelled" => self.cancelled_named_booking(b, row, &live),
             _ => self.other += 1,
-        }
-    }
-
-    fn confirmed_zoom_booking(&mut self, b: &Booking, row: Option<&MeetingRow>, live: Vec<LiveZoom>) {
-        let generation = row.filter(|r| r.platform == "zoom").map(|r| r.generation);
-        let (current, older): (Vec<LiveZoom>, Vec<LiveZoom>) =
-            live.into_iter().partition(|m| Some(m.generation) == generation);
-        if !older.is_empty() {
-            self.orphans += older.len();
-            let ids: Vec<String> = older.iter().map(|m| format!("{} (generation {})", m.id, m.generation)).collect();
-            self.problem(
-                b.id,
-                "orphan",
-                format!("live Zoom meetings of other generations than {generation:?}: {ids:?}"),
-            );
-        }
-        if b.link.is_none() || current.is_empty() {
-            self.lost += 1;
-            let detail = format!(
-                "confirmed on Zoom; link {:?}, meeting_status {:?}, meetings row generation {generation:?}, \
-                 no live Zoom meeting with its marker",
-                b.link, b.meeting_status
-            );
-            self.problem(b.id, "lost", detail);
-            return;
-        }
-        if current.len() > 1 {
-            self.duplicates += current.len() - 1;
-            let ids: Vec<&str> = current.iter().map(|m| m.id.as_str()).collect();
-            self.problem(b.id, "duplicate", format!("{} live Zoom meetings with its marker: {ids:?}", current.len()));
-            return;
-        }
-        let reasons = zoom_mismatches(b, row, &current[0]);
-        if reasons.is_empty() {
-            self.good += 1;
-        } else {
-            self.mismatched += 1;
-            self.problem(b.id, "mismatched", reasons.join("; "));
         }
     }
 
@@ -542,46 +519,55 @@ impl Check {
         match b.status.as_str() {
             "confirmed" => {
                 self.confirmed += 1;
-                self.confirmed_teams_booking(b, row, live);
+                self.confirmed_named_booking(b, row, live, teams_mismatches);
             }
-            "cancelled" => {
-                self.cancelled += 1;
-                if !live.is_empty() {
-                    self.duplicates += live.len();
-                    let ids: Vec<&str> = live.iter().map(|m| m.id.as_str()).collect();
-                    self.problem(b.id, "duplicate", format!("cancelled, yet live at the fake Graph: {ids:?}"));
-                }
-                if let Some(r) = row.filter(|r| r.state == "live") {
-                    self.mismatched += 1;
-                    self.problem(
-                        b.id,
-                        "mismatched",
-                        format!("cancelled, yet its meetings row {} is live", r.external_id),
-                    );
-                }
-            }
+            "cancelled" => self.cancelled_named_booking(b, row, &live),
             _ => self.other += 1,
         }
     }
 
-    fn confirmed_teams_booking(&mut self, b: &Booking, row: Option<&MeetingRow>, live: Vec<LiveTeams>) {
-        let generation = row.filter(|r| r.platform == "teams").map(|r| r.generation);
-        let (current, older): (Vec<LiveTeams>, Vec<LiveTeams>) =
-            live.into_iter().partition(|m| Some(m.generation) == generation);
+    /// A cancelled booking on a platform whose meetings name it: none of them live, no live row.
+    fn cancelled_named_booking<M: Named>(&mut self, b: &Booking, row: Option<&MeetingRow>, live: &[M]) {
+        let (_, vendor, _) = M::PLATFORM;
+        self.cancelled += 1;
+        if !live.is_empty() {
+            self.duplicates += live.len();
+            let ids: Vec<&str> = live.iter().map(Named::id).collect();
+            self.problem(b.id, "duplicate", format!("cancelled, yet live at the fake {vendor}: {ids:?}"));
+        }
+        if let Some(r) = row.filter(|r| r.state == "live") {
+            self.mismatched += 1;
+            self.problem(b.id, "mismatched", format!("cancelled, yet its meetings row {} is live", r.external_id));
+        }
+    }
+
+    /// A confirmed booking on a platform whose meetings name it: exactly one live meeting of the
+    /// recorded generation, as `mismatches` wants it; none of another generation.
+    fn confirmed_named_booking<M: Named>(
+        &mut self,
+        b: &Booking,
+        row: Option<&MeetingRow>,
+        live: Vec<M>,
+        mismatches: fn(&Booking, Option<&MeetingRow>, &M) -> Vec<String>,
+    ) {
+        let (platform, vendor, name) = M::PLATFORM;
+        let generation = row.filter(|r| r.platform == platform).map(|r| r.generation);
+        let (current, older): (Vec<M>, Vec<M>) = live.into_iter().partition(|m| Some(m.generation()) == generation);
         if !older.is_empty() {
             self.orphans += older.len();
-            let ids: Vec<String> = older.iter().map(|m| format!("{} (generation {})", m.id, m.generation)).collect();
+            let ids: Vec<String> =
+                older.iter().map(|m| format!("{} (generation {})", m.id(), m.generation())).collect();
             self.problem(
                 b.id,
                 "orphan",
-                format!("live Teams meetings of other generations than {generation:?}: {ids:?}"),
+                format!("live {vendor} meetings of other generations than {generation:?}: {ids:?}"),
             );
         }
         if b.link.is_none() || current.is_empty() {
             self.lost += 1;
             let detail = format!(
-                "confirmed on Teams; link {:?}, meeting_status {:?}, meetings row generation {generation:?}, \
-                 no live Teams meeting with its externalId",
+                "confirmed on {vendor}; link {:?}, meeting_status {:?}, meetings row generation {generation:?}, \
+                 no live {vendor} meeting with its {name}",
                 b.link, b.meeting_status
             );
             self.problem(b.id, "lost", detail);
@@ -589,15 +575,15 @@ impl Check {
         }
         if current.len() > 1 {
             self.duplicates += current.len() - 1;
-            let ids: Vec<&str> = current.iter().map(|m| m.id.as_str()).collect();
+            let ids: Vec<&str> = current.iter().map(Named::id).collect();
             self.problem(
                 b.id,
                 "duplicate",
-                format!("{} live Teams meetings with its externalId: {ids:?}", current.len()),
+                format!("{} live {vendor} meetings with its {name}: {ids:?}", current.len()),
             );
             return;
         }
-        let reasons = teams_mismatches(b, row, &current[0]);
+        let reasons = mismatches(b, row, &current[0]);
         if reasons.is_empty() {
             self.good += 1;
         } else {
