@@ -11,51 +11,58 @@ impl Config {
     /// which platform that is, and how it is counted; `None` when no configured platform makes
     /// calls (Jitsi makes none).
     pub fn slowest_job(&self) -> Option<(Duration, &'static str, String)> {
-        let mut slowest: Option<(Duration, &'static str, String)> = None;
-        let g = &self.google;
-        if !g.client_id.trim().is_empty() && matches!(g.client_secret(), Ok(Some(_))) {
-            use crate::providers::google::{MOST_CALLS_PER_JOB, MOST_REQUESTS_PER_CALL};
-            let requests = MOST_CALLS_PER_JOB * MOST_REQUESTS_PER_CALL + 1;
-            let total = Duration::from_millis(
-                requests.saturating_mul(g.request_timeout_ms).saturating_add(g.conference_wait_ms),
-            );
-            let how = format!(
-                "up to {MOST_CALLS_PER_JOB} Calendar calls (delete a stray create, delete or move the recorded meeting, insert, fetch and move an adopted event, 3 conference re-requests, a last conference poll), each with a token refresh and a second try after a 401, plus one refresh when the token is due: {requests} requests × google.request_timeout_ms ({} ms) + google.conference_wait_ms ({} ms) = {} s",
+        use crate::providers::{google, teams, zoom};
+        let (g, z, t) = (&self.google, &self.zoom, &self.teams);
+        let google_on = !g.client_id.trim().is_empty() && matches!(g.client_secret(), Ok(Some(_)));
+        // (configured, name, most calls, requests per call, config section, its request
+        // time-out, a wait of its own beside the calls, what the calls are)
+        let platforms = [
+            (
+                google_on,
+                "Google Meet",
+                google::MOST_CALLS_PER_JOB,
+                google::MOST_REQUESTS_PER_CALL,
+                "google",
                 g.request_timeout_ms,
-                g.conference_wait_ms,
-                total.as_secs_f64().ceil() as u64
-            );
-            slowest = Some((total, "Google Meet", how));
-        }
-        let z = &self.zoom;
-        if z.is_configured() {
-            use crate::providers::zoom::{MOST_CALLS_PER_JOB, MOST_REQUESTS_PER_CALL};
-            let requests = MOST_CALLS_PER_JOB * MOST_REQUESTS_PER_CALL + 1;
-            let total = Duration::from_millis(requests.saturating_mul(z.request_timeout_ms));
-            let how = format!(
-                "up to {MOST_CALLS_PER_JOB} Meetings API calls (list and delete a stray create's meeting, move the recorded meeting and read it back, list for an earlier attempt's meeting, delete a second copy, move and read the adopted one; lists of one page), each with a token refresh and a second try after a 401, plus one refresh when the token is due: {requests} requests × zoom.request_timeout_ms ({} ms) = {} s",
+                Some(("google.conference_wait_ms", g.conference_wait_ms)),
+                "Calendar calls (delete a stray create, delete or move the recorded meeting, insert, fetch and move an adopted event, 3 conference re-requests, a last conference poll)",
+            ),
+            (
+                z.is_configured(),
+                "Zoom",
+                zoom::MOST_CALLS_PER_JOB,
+                zoom::MOST_REQUESTS_PER_CALL,
+                "zoom",
                 z.request_timeout_ms,
-                total.as_secs_f64().ceil() as u64
-            );
-            if slowest.as_ref().is_none_or(|(longest, _, _)| total > *longest) {
-                slowest = Some((total, "Zoom", how));
-            }
-        }
-        let t = &self.teams;
-        if t.is_configured() {
-            use crate::providers::teams::{MOST_CALLS_PER_JOB, MOST_REQUESTS_PER_CALL};
-            let requests = MOST_CALLS_PER_JOB * MOST_REQUESTS_PER_CALL + 1;
-            let total = Duration::from_millis(requests.saturating_mul(t.request_timeout_ms));
-            let how = format!(
-                "up to {MOST_CALLS_PER_JOB} Graph calls (find and delete a stray create's meeting, move the recorded meeting, createOrGet and a move or the options), each with a token refresh and a second try after a 401, plus one refresh when the token is due: {requests} requests × teams.request_timeout_ms ({} ms) = {} s",
+                None,
+                "Meetings API calls (list and delete a stray create's meeting, move the recorded meeting and read it back, list for an earlier attempt's meeting, delete a second copy, move and read the adopted one; lists of one page)",
+            ),
+            (
+                t.is_configured(),
+                "Microsoft Teams",
+                teams::MOST_CALLS_PER_JOB,
+                teams::MOST_REQUESTS_PER_CALL,
+                "teams",
                 t.request_timeout_ms,
-                total.as_secs_f64().ceil() as u64
-            );
-            if slowest.as_ref().is_none_or(|(longest, _, _)| total > *longest) {
-                slowest = Some((total, "Microsoft Teams", how));
-            }
-        }
-        slowest
+                None,
+                "Graph calls (find and delete a stray create's meeting, move the recorded meeting, createOrGet and a move or the options)",
+            ),
+        ];
+        platforms
+            .into_iter()
+            .filter(|p| p.0)
+            .map(|(_, name, calls, per_call, section, timeout_ms, wait, what)| {
+                let requests = calls * per_call + 1;
+                let wait_ms = wait.map_or(0, |(_, ms)| ms);
+                let total = Duration::from_millis(requests.saturating_mul(timeout_ms).saturating_add(wait_ms));
+                let wait_text = wait.map_or(String::new(), |(key, ms)| format!(" + {key} ({ms} ms)"));
+                let how = format!(
+                    "up to {calls} {what}, each with a token refresh and a second try after a 401, plus one refresh when the token is due: {requests} requests × {section}.request_timeout_ms ({timeout_ms} ms){wait_text} = {} s",
+                    total.as_secs_f64().ceil() as u64
+                );
+                (total, name, how)
+            })
+            .max_by_key(|(total, _, _)| *total)
     }
 
     /// A lease that can run out while its job still calls a platform: another daemon would then
