@@ -127,8 +127,7 @@ pub async fn update(
                 format!("{} is not offered on this server.", platform.display_name()),
             ));
         };
-        let supported = provider.supported_options();
-        if let Some(option) = parsed.options.set().into_iter().find(|o| !supported.contains(o)) {
+        if let Some(option) = provider.ignored_options(&parsed.options).into_iter().next() {
             return Err(ApiError::unprocessable(
                 "unsupported_option",
                 format!(

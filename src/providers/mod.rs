@@ -227,6 +227,11 @@ pub trait MeetingProvider: Send + Sync {
     fn supported_options(&self) -> &'static [MeetingOption] {
         &[]
     }
+    /// Of the options set in `options`, those this platform does not apply: the unsupported
+    /// ones, and a supported one set to a value it cannot honour. Default: the unsupported ones.
+    fn ignored_options(&self, options: &MeetingOptions) -> Vec<MeetingOption> {
+        options.unsupported(self.supported_options())
+    }
     async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError>;
     /// `create`, when an earlier attempt at the same `(booking_id, generation)` may already have
     /// made the meeting: the worker recorded its create intent ([`MeetingProvider::intent_id`])

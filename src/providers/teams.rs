@@ -370,6 +370,16 @@ impl MeetingProvider for Teams {
         &SUPPORTED
     }
 
+    /// Teams records to the cloud only: `recording: "local"` is not applied either.
+    fn ignored_options(&self, options: &MeetingOptions) -> Vec<MeetingOption> {
+        let mut ignored = options.unsupported(&SUPPORTED);
+        if options.recording == Some(Recording::Local) {
+            ignored.push(MeetingOption::Recording);
+        }
+        ignored.sort();
+        ignored
+    }
+
     /// `createOrGet`, safe to repeat: a meeting an earlier attempt made is answered again, and
     /// moved if the booking moved since.
     async fn create(&self, req: &MeetingRequest) -> Result<Meeting, ProviderError> {

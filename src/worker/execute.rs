@@ -474,7 +474,7 @@ impl Run<'_> {
     /// `platform` does not honour (`MeetingProvider::supported_options`): the meeting was made
     /// or moved without them.
     fn note_ignored_options(&mut self, provider: &dyn MeetingProvider, platform: Platform, req: &MeetingRequest) {
-        let ignored = req.options.unsupported(provider.supported_options());
+        let ignored = provider.ignored_options(&req.options);
         if ignored.is_empty() {
             return;
         }

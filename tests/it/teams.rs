@@ -364,3 +364,30 @@ async fn no_log_line_or_row_ever_contains_a_token() {
         .get(0);
     assert!(!dump.contains("-secret"), "{dump}");
 }
+
+#[tokio::test]
+async fn local_recording_is_reported_as_not_applied() {
+    let t = setup().await;
+    t.c.execute(
+        "UPDATE services SET meeting_settings = $2 WHERE id = $1",
+        &[&t.service, &serde_json::json!({"recording": "local", "waiting_room": false})],
+    )
+    .await
+    .unwrap();
+    let b = t.book().await;
+    t.run().await;
+    let state = meeting(&t.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
+    let stored = t.graph.meeting(state.meeting_id.as_deref().unwrap()).unwrap();
+    assert_eq!(stored.body["recordAutomatically"], false);
+    let detail: String = t
+        .c
+        .query_one(
+            "SELECT detail FROM meetingd.audit_log WHERE booking_id = $1 AND action = 'meeting.create' AND outcome = 'ok'",
+            &[&b],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(detail.contains("not supported by Microsoft Teams: recording"), "{detail}");
+}
