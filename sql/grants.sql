@@ -5,7 +5,7 @@
 --   psql "$OWNER_URL" -v role=meetingd -f /usr/share/meetingd/sql/grants.sql
 --
 -- The daemon then connects as that role: it reads the marketplace tables, writes only the
--- meeting columns of `bookings`, keeps the providers' integration rows, and works in schema
+-- meeting columns of `bookings` and `services`, keeps the providers' integration rows, and works in schema
 -- meetingd. The triggers run as their owner (SECURITY DEFINER), so the app's own role needs no
 -- rights on schema meetingd.
 
@@ -13,6 +13,9 @@ GRANT USAGE ON SCHEMA public TO :"role";
 GRANT SELECT ON users, services, bookings TO :"role";
 GRANT UPDATE (meeting_link, meeting_id, meeting_platform, meeting_settings, meeting_status, meeting_error)
   ON bookings TO :"role";
+-- A provider sets their service's meeting platform and settings through the API
+-- (PUT /api/services/{id}/meeting).
+GRANT UPDATE (meeting_platform, meeting_settings) ON services TO :"role";
 GRANT SELECT, INSERT, UPDATE, DELETE ON user_meeting_integrations TO :"role";
 
 GRANT USAGE ON SCHEMA meetingd TO :"role";
