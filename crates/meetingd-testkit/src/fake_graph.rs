@@ -521,17 +521,9 @@ async fn delete_meeting(State(state): Shared, headers: HeaderMap, Path(id): Path
 // Random trouble for the soak: one middleware in front of every route draws it, so the handlers
 // above stay as Microsoft answers when nothing goes wrong.
 
-/// Random trouble for one Graph call.
-#[derive(Debug, Clone)]
-pub enum Trouble {
-    /// Answers the failure; after doing the call's work when `after_work` (a lost answer: the
-    /// meeting is made, moved or deleted, the caller hears a failure). A 401
-    /// `InvalidAuthenticationToken` also expires the access token it was given.
-    Fail(Fail),
-    /// Answers only after `delay`, past the caller's time-out; the work is done at once when
-    /// `after_work` (the answer is lost to the time-out), else not at all.
-    Slow { delay: Duration, after_work: bool },
-}
+/// Random trouble for one Graph call (see `chaos.rs`). A 401 `InvalidAuthenticationToken` also
+/// expires the access token it was given.
+pub type Trouble = crate::chaos::Trouble<Fail>;
 
 impl FakeGraph {
     /// Random trouble on every Graph call from now on: one draw per call over the
@@ -553,19 +545,6 @@ impl FakeGraph {
     pub fn journal(&self) -> Vec<String> {
         self.state.lock().unwrap().journal.clone()
     }
-}
-
-/// One draw over `rules`: the first whose cumulated probability exceeds the roll.
-fn draw<T: Clone>(rules: &[(f64, T)]) -> Option<T> {
-    let roll: f64 = rand::random();
-    let mut sum = 0.0;
-    rules
-        .iter()
-        .find(|(p, _)| {
-            sum += p;
-            roll < sum
-        })
-        .map(|(_, t)| t.clone())
 }
 
 /// The token endpoint's failure: `temporarily_unavailable`, as the identity platform answers it.
@@ -600,9 +579,9 @@ async fn chaos_layer(State(state): Shared, request: Request, next: Next) -> Resp
     let trouble = {
         let mut s = state.lock().unwrap();
         let trouble = if token_call {
-            draw(&s.token_chaos).map(Trouble::Fail)
+            crate::chaos::draw(&s.token_chaos).map(Trouble::Fail)
         } else if path.starts_with("/v1.0/") {
-            draw(&s.chaos)
+            crate::chaos::draw(&s.chaos)
         } else {
             None
         };
@@ -622,42 +601,5 @@ async fn chaos_layer(State(state): Shared, request: Request, next: Next) -> Resp
         state.lock().unwrap().journal.push(format!("{at} {call} -> {}{what}", status.as_u16()));
     };
     let answer_of = |f: &Fail| if token_call { token_failure(f) } else { failure(f) };
-    match trouble {
-        None => {
-            let answer = next.run(request).await;
-            note(answer.status(), "");
-            answer
-        }
-        Some(Trouble::Fail(f)) if !f.after_work => {
-            let answer = answer_of(&f);
-            note(answer.status(), " (chaos: failed, nothing done)");
-            answer
-        }
-        Some(Trouble::Fail(f)) => {
-            let done = next.run(request).await;
-            if !done.status().is_success() {
-                note(done.status(), " (chaos: a lost answer, but the call failed anyway)");
-                return done;
-            }
-            let answer = answer_of(&f);
-            note(answer.status(), &format!(" (chaos: done, its {} answer lost)", done.status().as_u16()));
-            answer
-        }
-        Some(Trouble::Slow { delay, after_work }) => {
-            // Noted before the wait: the caller gives up first, and its going away may end this.
-            let answer = if after_work {
-                let done = next.run(request).await;
-                note(done.status(), &format!(" (chaos: done, answered after {} ms)", delay.as_millis()));
-                done
-            } else {
-                note(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!(" (chaos: nothing done, answered after {} ms)", delay.as_millis()),
-                );
-                StatusCode::GATEWAY_TIMEOUT.into_response()
-            };
-            tokio::time::sleep(delay).await;
-            answer
-        }
-    }
+    crate::chaos::act_out(trouble, request, next, |f| f.after_work, answer_of, note).await
 }

@@ -13,7 +13,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -582,17 +581,9 @@ async fn delete_meeting(State(state): Shared, headers: HeaderMap, Path(id): Path
 // Random trouble for the soak: one middleware in front of every route draws it, so the handlers
 // above stay as Zoom answers when nothing goes wrong.
 
-/// Random trouble for one Meetings API call.
-#[derive(Debug, Clone)]
-pub enum Trouble {
-    /// Answers the failure; after doing the call's work when `after_work` (a lost answer: the
-    /// meeting is made, moved or deleted, the caller hears a failure). A code 124 also expires
-    /// the access token it was given, as Zoom's "invalid access token" means.
-    Fail(Fail),
-    /// Answers only after `delay`, past the caller's time-out; the work is done at once when
-    /// `after_work` (the answer is lost to the time-out), else not at all.
-    Slow { delay: Duration, after_work: bool },
-}
+/// Random trouble for one Meetings API call (see `chaos.rs`). A code 124 also expires the access
+/// token it was given, as Zoom's "invalid access token" means.
+pub type Trouble = crate::chaos::Trouble<Fail>;
 
 impl FakeZoom {
     /// Random trouble on every Meetings API call from now on: one draw per call over the
@@ -617,19 +608,6 @@ impl FakeZoom {
     }
 }
 
-/// One draw over `rules`: the first whose cumulated probability exceeds the roll.
-fn draw<T: Clone>(rules: &[(f64, T)]) -> Option<T> {
-    let roll: f64 = rand::random();
-    let mut sum = 0.0;
-    rules
-        .iter()
-        .find(|(p, _)| {
-            sum += p;
-            roll < sum
-        })
-        .map(|(_, t)| t.clone())
-}
-
 /// The first meeting marker (`[meetingd …]`) in `text` (an agenda, a request body), if any.
 pub fn marker_in(text: &str) -> Option<&str> {
     let start = text.find("[meetingd ")?;
@@ -650,9 +628,9 @@ async fn chaos_layer(State(state): Shared, request: Request, next: Next) -> Resp
     let trouble = {
         let mut s = state.lock().unwrap();
         let trouble = if path == "/oauth/token" {
-            draw(&s.token_chaos).map(Trouble::Fail)
+            crate::chaos::draw(&s.token_chaos).map(Trouble::Fail)
         } else if path.starts_with("/v2/") {
-            draw(&s.chaos)
+            crate::chaos::draw(&s.chaos)
         } else {
             None
         };
@@ -670,42 +648,5 @@ async fn chaos_layer(State(state): Shared, request: Request, next: Next) -> Resp
         let at = chrono::Utc::now().format("%H:%M:%S%.3f");
         state.lock().unwrap().journal.push(format!("{at} {call} -> {}{what}", status.as_u16()));
     };
-    match trouble {
-        None => {
-            let answer = next.run(request).await;
-            note(answer.status(), "");
-            answer
-        }
-        Some(Trouble::Fail(f)) if !f.after_work => {
-            let answer = failure(&f);
-            note(answer.status(), " (chaos: failed, nothing done)");
-            answer
-        }
-        Some(Trouble::Fail(f)) => {
-            let done = next.run(request).await;
-            if !done.status().is_success() {
-                note(done.status(), " (chaos: a lost answer, but the call failed anyway)");
-                return done;
-            }
-            let answer = failure(&f);
-            note(answer.status(), &format!(" (chaos: done, its {} answer lost)", done.status().as_u16()));
-            answer
-        }
-        Some(Trouble::Slow { delay, after_work }) => {
-            // Noted before the wait: the caller gives up first, and its going away may end this.
-            let answer = if after_work {
-                let done = next.run(request).await;
-                note(done.status(), &format!(" (chaos: done, answered after {} ms)", delay.as_millis()));
-                done
-            } else {
-                note(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!(" (chaos: nothing done, answered after {} ms)", delay.as_millis()),
-                );
-                StatusCode::GATEWAY_TIMEOUT.into_response()
-            };
-            tokio::time::sleep(delay).await;
-            answer
-        }
-    }
+    crate::chaos::act_out(trouble, request, next, |f| f.after_work, failure, note).await
 }

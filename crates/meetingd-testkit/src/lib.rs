@@ -10,6 +10,7 @@
 //! a test, only the means to set one up.
 
 pub mod certs;
+pub mod chaos;
 pub mod cluster;
 pub mod daemon;
 pub mod db;
