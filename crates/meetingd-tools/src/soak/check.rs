@@ -722,22 +722,26 @@ impl Check {
     }
 }
 
-/// Where a confirmed Teams booking, its meetings row and its one live Teams meeting disagree.
-fn teams_mismatches(b: &Booking, row: Option<&MeetingRow>, meeting: &LiveTeams) -> Vec<String> {
+/// Where a confirmed booking, its meetings row and its one live meeting disagree, on every
+/// platform: the booking not ready; `times`, the platform's own comparison of the meeting's times
+/// with the booking's; the meeting's link (`what` names the meeting in sentences) not the
+/// booking's; the row not live, at other times, naming another meeting (`wrong_meeting` says how,
+/// or `None` when it names this one), or not what the booking shows.
+fn mismatches_of(
+    b: &Booking,
+    row: Option<&MeetingRow>,
+    times: Option<String>,
+    what: &str,
+    link: &Option<String>,
+    wrong_meeting: impl Fn(&MeetingRow) -> Option<String>,
+) -> Vec<String> {
     let mut reasons = Vec::new();
     if b.meeting_status.as_deref() != Some("ready") {
         reasons.push(format!("meeting_status {:?}", b.meeting_status));
     }
-    // To the second: meetingd sends whole seconds, Graph keeps fractions of its own.
-    let second = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp());
-    if second(meeting.start) != Some(b.start.timestamp()) || second(meeting.end) != Some(b.end.timestamp()) {
-        reasons.push(format!(
-            "Teams meeting {} at {:?}–{:?}, booking at {}–{}",
-            meeting.id, meeting.start, meeting.end, b.start, b.end
-        ));
-    }
-    if meeting.link.is_none() || meeting.link != b.link {
-        reasons.push(format!("Teams link {:?}, booking link {:?}", meeting.link, b.link));
+    reasons.extend(times);
+    if link.is_none() || *link != b.link {
+        reasons.push(format!("{what} link {link:?}, booking link {:?}", b.link));
     }
     match row {
         None => reasons.push("no meetings row".into()),
@@ -748,12 +752,7 @@ fn teams_mismatches(b: &Booking, row: Option<&MeetingRow>, meeting: &LiveTeams) 
             if r.start != b.start || r.end != b.end {
                 reasons.push(format!("meetings row at {}–{}, booking at {}–{}", r.start, r.end, b.start, b.end));
             }
-            if r.external_id != meeting.id {
-                reasons.push(format!(
-                    "meetings row names {} (generation {}), live Teams meeting is {} (generation {})",
-                    r.external_id, r.generation, meeting.id, meeting.generation
-                ));
-            }
+            reasons.extend(wrong_meeting(r));
             if b.meeting_id.as_deref() != Some(r.external_id.as_str()) || b.link.as_deref() != Some(r.join_url.as_str())
             {
                 reasons.push(format!(
@@ -764,90 +763,59 @@ fn teams_mismatches(b: &Booking, row: Option<&MeetingRow>, meeting: &LiveTeams) 
         }
     }
     reasons
+}
+
+/// Where a confirmed Teams booking, its meetings row and its one live Teams meeting disagree.
+fn teams_mismatches(b: &Booking, row: Option<&MeetingRow>, meeting: &LiveTeams) -> Vec<String> {
+    // To the second: meetingd sends whole seconds, Graph keeps fractions of its own.
+    let second = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp());
+    let times = (second(meeting.start) != Some(b.start.timestamp()) || second(meeting.end) != Some(b.end.timestamp()))
+        .then(|| {
+            format!(
+                "Teams meeting {} at {:?}–{:?}, booking at {}–{}",
+                meeting.id, meeting.start, meeting.end, b.start, b.end
+            )
+        });
+    mismatches_of(b, row, times, "Teams", &meeting.link, |r| {
+        (r.external_id != meeting.id).then(|| {
+            format!(
+                "meetings row names {} (generation {}), live Teams meeting is {} (generation {})",
+                r.external_id, r.generation, meeting.id, meeting.generation
+            )
+        })
+    })
 }
 
 /// Where a confirmed Zoom booking, its meetings row and its one live Zoom meeting disagree.
 fn zoom_mismatches(b: &Booking, row: Option<&MeetingRow>, meeting: &LiveZoom) -> Vec<String> {
-    let mut reasons = Vec::new();
-    if b.meeting_status.as_deref() != Some("ready") {
-        reasons.push(format!("meeting_status {:?}", b.meeting_status));
-    }
     // Zoom keeps whole seconds and whole minutes.
     let start = chrono::SubsecRound::trunc_subsecs(b.start, 0);
     let minutes = ((b.end - b.start).num_seconds().max(1) + 59) / 60;
-    if meeting.start != Some(start) || meeting.duration != Some(minutes) {
-        reasons.push(format!(
+    let times = (meeting.start != Some(start) || meeting.duration != Some(minutes)).then(|| {
+        format!(
             "Zoom meeting {} at {:?} for {:?} min, booking at {} for {minutes} min",
             meeting.id, meeting.start, meeting.duration, b.start
-        ));
-    }
-    if meeting.link.is_none() || meeting.link != b.link {
-        reasons.push(format!("Zoom link {:?}, booking link {:?}", meeting.link, b.link));
-    }
-    match row {
-        None => reasons.push("no meetings row".into()),
-        Some(r) => {
-            if r.state != "live" {
-                reasons.push(format!("meetings row is {}", r.state));
-            }
-            if r.start != b.start || r.end != b.end {
-                reasons.push(format!("meetings row at {}–{}, booking at {}–{}", r.start, r.end, b.start, b.end));
-            }
-            if r.external_id != meeting.id {
-                reasons.push(format!(
-                    "meetings row names {} (generation {}), live Zoom meeting is {}",
-                    r.external_id, r.generation, meeting.id
-                ));
-            }
-            if b.meeting_id.as_deref() != Some(r.external_id.as_str()) || b.link.as_deref() != Some(r.join_url.as_str())
-            {
-                reasons.push(format!(
-                    "booking shows {:?} {:?}, meetings row {} {}",
-                    b.meeting_id, b.link, r.external_id, r.join_url
-                ));
-            }
-        }
-    }
-    reasons
+        )
+    });
+    mismatches_of(b, row, times, "Zoom", &meeting.link, |r| {
+        (r.external_id != meeting.id).then(|| {
+            format!(
+                "meetings row names {} (generation {}), live Zoom meeting is {}",
+                r.external_id, r.generation, meeting.id
+            )
+        })
+    })
 }
 
+/// Where a confirmed Google booking, its meetings row and its one live event disagree.
 fn mismatches(b: &Booking, row: Option<&MeetingRow>, event: &LiveEvent) -> Vec<String> {
-    let mut reasons = Vec::new();
-    if b.meeting_status.as_deref() != Some("ready") {
-        reasons.push(format!("meeting_status {:?}", b.meeting_status));
-    }
-    if event.start != Some(b.start) || event.end != Some(b.end) {
-        reasons
-            .push(format!("event {} at {:?}–{:?}, booking at {}–{}", event.id, event.start, event.end, b.start, b.end));
-    }
-    if event.link.is_none() || event.link != b.link {
-        reasons.push(format!("event link {:?}, booking link {:?}", event.link, b.link));
-    }
-    match row {
-        None => reasons.push("no meetings row".into()),
-        Some(r) => {
-            if r.state != "live" {
-                reasons.push(format!("meetings row is {}", r.state));
-            }
-            if r.start != b.start || r.end != b.end {
-                reasons.push(format!("meetings row at {}–{}, booking at {}–{}", r.start, r.end, b.start, b.end));
-            }
-            if r.external_id != event.id || r.external_id != event_id(b.id, r.generation) {
-                reasons.push(format!(
-                    "meetings row names {} (generation {}), live event is {}",
-                    r.external_id, r.generation, event.id
-                ));
-            }
-            if b.meeting_id.as_deref() != Some(r.external_id.as_str()) || b.link.as_deref() != Some(r.join_url.as_str())
-            {
-                reasons.push(format!(
-                    "booking shows {:?} {:?}, meetings row {} {}",
-                    b.meeting_id, b.link, r.external_id, r.join_url
-                ));
-            }
-        }
-    }
-    reasons
+    let times = (event.start != Some(b.start) || event.end != Some(b.end))
+        .then(|| format!("event {} at {:?}–{:?}, booking at {}–{}", event.id, event.start, event.end, b.start, b.end));
+    mismatches_of(b, row, times, "event", &event.link, |r| {
+        (r.external_id != event.id || r.external_id != event_id(b.id, r.generation)).then(|| {
+            format!("meetings row names {} (generation {}), live event is {}", r.external_id, r.generation, event.id)
+        })
+    })
 }
 
 async fn read_bookings(db: &mut Db) -> Result<Vec<Booking>> {
