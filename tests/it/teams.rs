@@ -292,15 +292,8 @@ async fn options_are_applied_and_what_teams_cannot_do_is_reported() {
     assert_eq!(stored.body["lobbyBypassSettings"]["scope"], "organizer");
     assert_eq!(stored.body["recordAutomatically"], true);
     assert_eq!(stored.body["joinMeetingIdSettings"]["isPasscodeRequired"], true);
-    let detail: String = t
-        .c
-        .query_one(
-            "SELECT detail FROM meetingd.audit_log WHERE booking_id = $1 AND action = 'meeting.create' AND outcome = 'ok'",
-            &[&b],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let details = market::audit_details(&t.c, b, "meeting.create").await;
+    let detail = details.join("; ");
     assert!(detail.contains("mute_on_entry") && !detail.contains("waiting_room"), "{detail}");
 }
 
@@ -380,14 +373,7 @@ async fn local_recording_is_reported_as_not_applied() {
     assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
     let stored = t.graph.meeting(state.meeting_id.as_deref().unwrap()).unwrap();
     assert_eq!(stored.body["recordAutomatically"], false);
-    let detail: String = t
-        .c
-        .query_one(
-            "SELECT detail FROM meetingd.audit_log WHERE booking_id = $1 AND action = 'meeting.create' AND outcome = 'ok'",
-            &[&b],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let details = market::audit_details(&t.c, b, "meeting.create").await;
+    let detail = details.join("; ");
     assert!(detail.contains("not supported by Microsoft Teams: recording"), "{detail}");
 }

@@ -559,19 +559,6 @@ async fn an_integration_added_with_the_cli_gets_zoom_meetings() {
     assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("zoom")), "{state:?}");
 }
 
-/// The audit details of the booking's meeting operation `action`, oldest first.
-async fn audit_details(c: &tokio_postgres::Client, b: Uuid, action: &str) -> Vec<String> {
-    c.query(
-        "SELECT coalesce(detail, '') FROM meetingd.audit_log WHERE booking_id = $1 AND action = $2 ORDER BY id",
-        &[&b, &action],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
-}
-
 async fn set_meeting_settings(c: &tokio_postgres::Client, service: Uuid, settings: serde_json::Value) {
     c.execute(
         "UPDATE services SET meeting_settings = $2::text::jsonb WHERE id = $1",
@@ -598,7 +585,7 @@ async fn a_zoom_service_with_every_option_gets_them_on_its_meeting_and_a_passcod
     assert_eq!(stored["settings"], expected);
     assert_eq!(stored["default_password"], true, "a passcode by the account's rules");
     let passcode = stored["password"].as_str().expect("Zoom made a passcode").to_string();
-    let details = audit_details(&z.c, b, "meeting.create").await;
+    let details = market::audit_details(&z.c, b, "meeting.create").await;
     assert!(details.iter().all(|d| !d.contains("not supported")), "Zoom honours every option: {details:?}");
 
     // A move re-applies the options and keeps the passcode (the link carries it).
@@ -657,7 +644,7 @@ async fn a_google_service_with_a_waiting_room_gets_its_meeting_and_the_audit_nam
     g.worker.run_once().await.unwrap();
     let state = meeting(&g.c, b).await;
     assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("google_meet")), "{state:?}");
-    let details = audit_details(&g.c, b, "meeting.create").await;
+    let details = market::audit_details(&g.c, b, "meeting.create").await;
     assert_eq!(details.len(), 1, "{details:?}");
     assert!(details[0].contains("options not supported by Google Meet: waiting_room"), "{details:?}");
 }
@@ -671,7 +658,7 @@ async fn a_zoom_booking_that_falls_back_to_jitsi_names_the_options_jitsi_ignores
     z.run().await;
     let state = meeting(&z.c, b).await;
     assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("jitsi")), "{state:?}");
-    let details = audit_details(&z.c, b, "meeting.create").await;
+    let details = market::audit_details(&z.c, b, "meeting.create").await;
     assert_eq!(details.len(), 1, "{details:?}");
     assert!(details[0].contains("fallback to jitsi"), "{details:?}");
     assert!(details[0].contains("options not supported by Jitsi Meet: recording, passcode"), "{details:?}");

@@ -196,3 +196,16 @@ pub async fn events(db: &Client, booking: Uuid) -> Vec<(String, String)> {
 pub async fn count(db: &Client, sql: &str) -> i64 {
     db.query_one(sql, &[]).await.unwrap().get(0)
 }
+
+/// The audit details of `action` on booking `b`, oldest first.
+pub async fn audit_details(db: &Client, b: Uuid, action: &str) -> Vec<String> {
+    db.query(
+        "SELECT coalesce(detail, '') FROM meetingd.audit_log WHERE booking_id = $1 AND action = $2 ORDER BY id",
+        &[&b, &action],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
