@@ -53,10 +53,7 @@ pub async fn connect_google_as(
     expires_in_secs: i64,
     email: &str,
 ) {
-    let mut client = meetingd_testkit::db::connect(secrecy::ExposeSecret::expose_secret(&config.database.url)).await;
-    let new = market::google_connection(user, access, refresh, expires_in_secs, email);
-    let keyring = config.encryption.keyring().unwrap();
-    market::store_integrations(&mut client, &keyring, "test", &[new]).await.unwrap();
+    market::store_connection(config, market::google_connection(user, access, refresh, expires_in_secs, email)).await;
 }
 
 /// Flips one character of every stored access token ciphertext.

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use meetingd::admin::NewIntegration;
 use meetingd::config::Config;
 use meetingd::providers::Platform;
 use meetingd::providers::teams::external_id;
@@ -12,7 +11,7 @@ use meetingd::worker::Worker;
 use meetingd_testkit::db::TestDb;
 use meetingd_testkit::fake_graph::{self, Fail, FakeGraph};
 use meetingd_testkit::market::{self, Market, job, make_due, meeting};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use uuid::Uuid;
 
 use crate::google::worker_for;
@@ -29,19 +28,9 @@ struct T {
 
 /// Stores a Teams connection for `user` as meetingd's connect flow would (tokens encrypted).
 async fn connect_teams(config: &Config, user: Uuid, access: &str, refresh: &str, expires_in_secs: i64) {
-    let mut client = meetingd_testkit::db::connect(config.database.url.expose_secret()).await;
-    let new = NewIntegration {
-        user_id: user,
-        platform: Platform::Teams,
-        access_token: SecretString::from(access.to_string()),
-        refresh_token: Some(SecretString::from(refresh.to_string())),
-        expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(expires_in_secs)),
-        scopes: vec!["https://graph.microsoft.com/OnlineMeetings.ReadWrite".into()],
-        platform_user_id: Some(fake_graph::WORK_USER_ID.into()),
-        email: Some(fake_graph::WORK_EMAIL.into()),
-    };
-    let keyring = config.encryption.keyring().unwrap();
-    market::store_integrations(&mut client, &keyring, "test", &[new]).await.unwrap();
+    let (id, email) = (fake_graph::WORK_USER_ID, fake_graph::WORK_EMAIL);
+    let new = market::connection(Platform::Teams, user, access, refresh, expires_in_secs, Some(id), email);
+    market::store_connection(config, new).await;
 }
 
 async fn setup_with(expires_in_secs: i64, adjust: impl FnOnce(&mut Config)) -> T {

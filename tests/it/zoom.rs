@@ -1,7 +1,6 @@
 //! Zoom end to end against the fake Zoom: create, move, delete, the marker that makes a create
 //! exactly-once without an idempotency key, token refresh with rotation, and Zoom's error codes.
 
-use meetingd::admin::NewIntegration;
 use meetingd::config::Config;
 use meetingd::providers::Platform;
 use meetingd::providers::zoom::{Marks, unsealed_mark};
@@ -9,7 +8,7 @@ use meetingd::worker::Worker;
 use meetingd_testkit::db::TestDb;
 use meetingd_testkit::fake_zoom::{self, Fail, FakeZoom};
 use meetingd_testkit::market::{self, Market, job, make_due, meeting};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use uuid::Uuid;
 
 use crate::google::worker_for;
@@ -26,19 +25,16 @@ struct Z {
 
 /// Stores a Zoom connection for `user` as meetingd's connect flow would (tokens encrypted).
 async fn connect_zoom(config: &Config, user: Uuid, access: &str, refresh: &str, expires_in_secs: i64) {
-    let mut client = meetingd_testkit::db::connect(config.database.url.expose_secret()).await;
-    let new = NewIntegration {
-        user_id: user,
-        platform: Platform::Zoom,
-        access_token: SecretString::from(access.to_string()),
-        refresh_token: Some(SecretString::from(refresh.to_string())),
-        expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(expires_in_secs)),
-        scopes: vec!["meeting:write:meeting".into()],
-        platform_user_id: Some("hostAbc123".into()),
-        email: Some("provider@example.com".into()),
-    };
-    let keyring = config.encryption.keyring().unwrap();
-    market::store_integrations(&mut client, &keyring, "test", &[new]).await.unwrap();
+    let new = market::connection(
+        Platform::Zoom,
+        user,
+        access,
+        refresh,
+        expires_in_secs,
+        Some("hostAbc123"),
+        "provider@example.com",
+    );
+    market::store_connection(config, new).await;
 }
 
 async fn setup_with(expires_in_secs: i64) -> Z {

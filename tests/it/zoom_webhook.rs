@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use hmac::Mac;
-use meetingd::admin::NewIntegration;
 use meetingd::config::Config;
 use meetingd::providers::Platform;
 use meetingd::worker::Worker;
@@ -13,7 +12,7 @@ use meetingd_testkit::db::TestDb;
 use meetingd_testkit::fake_zoom::FakeZoom;
 use meetingd_testkit::market::{self, Market, job, meeting};
 use reqwest::StatusCode;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -38,19 +37,9 @@ struct W {
 /// would (tokens encrypted).
 async fn connect_zoom(config: &Config, zoom: &FakeZoom, user: Uuid, zoom_user: &str) {
     let (access, refresh) = zoom.issue();
-    let mut client = meetingd_testkit::db::connect(config.database.url.expose_secret()).await;
-    let new = NewIntegration {
-        user_id: user,
-        platform: Platform::Zoom,
-        access_token: SecretString::from(access),
-        refresh_token: Some(SecretString::from(refresh)),
-        expires_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
-        scopes: vec!["meeting:write:meeting".into()],
-        platform_user_id: Some(zoom_user.into()),
-        email: Some(format!("{zoom_user}@example.com")),
-    };
-    let keyring = config.encryption.keyring().unwrap();
-    market::store_integrations(&mut client, &keyring, "test", &[new]).await.unwrap();
+    let email = format!("{zoom_user}@example.com");
+    let new = market::connection(Platform::Zoom, user, &access, &refresh, 3600, Some(zoom_user), &email);
+    market::store_connection(config, new).await;
 }
 
 /// The API's router alone, served on 127.0.0.1 for the test (the worker is driven by hand).

@@ -1,4 +1,4 @@
-//! Seed data: marketplace rows (users, services, bookings), a provider's Google connection stored
+//! Seed data: marketplace rows (users, services, bookings), a provider's platform connection stored
 //! as meetingd stores it (tokens encrypted with the daemon's keyring), and reading back the state
 //! meetingd left on a booking. It writes only the rows it is asked for and commits nothing it did
 //! not start; set-based bulk seeding of a benchmark's size stays with the tool that needs it.
@@ -11,19 +11,44 @@ use secrecy::SecretString;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-/// A Google connection of `user` to the Google account `email`, with the tokens Google issued at
-/// consent; the access token expires `expires_in_secs` from now.
-pub fn google_connection(user: Uuid, access: &str, refresh: &str, expires_in_secs: i64, email: &str) -> NewIntegration {
+/// A connection of `user` on `platform` to the account `platform_user_id` / `email`, with the
+/// tokens the platform issued at consent and the scopes meetingd asks for; the access token
+/// expires `expires_in_secs` from now.
+pub fn connection(
+    platform: Platform,
+    user: Uuid,
+    access: &str,
+    refresh: &str,
+    expires_in_secs: i64,
+    platform_user_id: Option<&str>,
+    email: &str,
+) -> NewIntegration {
+    let scopes = meetingd::providers::auth::spec(platform).map_or(&[][..], |s| s.scopes);
     NewIntegration {
         user_id: user,
-        platform: Platform::GoogleMeet,
+        platform,
         access_token: SecretString::from(access.to_string()),
         refresh_token: Some(SecretString::from(refresh.to_string())),
         expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(expires_in_secs)),
-        scopes: meetingd::providers::google::OAUTH.scopes.iter().map(|s| s.to_string()).collect(),
-        platform_user_id: None,
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        platform_user_id: platform_user_id.map(str::to_string),
         email: Some(email.to_string()),
     }
+}
+
+/// A Google connection of `user` to the Google account `email` (Google names an account by its
+/// address alone).
+pub fn google_connection(user: Uuid, access: &str, refresh: &str, expires_in_secs: i64, email: &str) -> NewIntegration {
+    connection(Platform::GoogleMeet, user, access, refresh, expires_in_secs, None, email)
+}
+
+/// Stores `new` as the daemon configured by `config` would: over a connection of its own, the
+/// tokens encrypted with the configuration's key.
+pub async fn store_connection(config: &meetingd::config::Config, new: NewIntegration) {
+    use secrecy::ExposeSecret;
+    let mut client = crate::db::connect(config.database.url.expose_secret()).await;
+    let keyring = config.encryption.keyring().expect("the test configuration has a key");
+    store_integrations(&mut client, &keyring, "test", &[new]).await.expect("the connection is stored");
 }
 
 /// Stores `connections` in one transaction, as meetingd's own connect flow does (`actor` in the
@@ -37,7 +62,7 @@ pub async fn store_integrations(
     let tx = client.transaction().await.context("starting the integrations transaction")?;
     for new in connections {
         let sql = meetingd::db::Sql::new(tx.client(), meetingd::db::Mode::DIRECT).in_transaction();
-        store_integration(sql, keyring, actor, new).await.context("storing a Google integration")?;
+        store_integration(sql, keyring, actor, new).await.context("storing an integration")?;
     }
     tx.commit().await.context("committing the integrations")?;
     Ok(())

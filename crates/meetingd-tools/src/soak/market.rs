@@ -162,16 +162,7 @@ async fn connect_providers(db: &mut Db, fakes: Fakes<'_>, key: &SecretString) ->
 fn teams_account(graph: &FakeGraph, user: Uuid, n: usize, email: &str, expires_in: i64) -> NewIntegration {
     let graph_user = teams_user_id(n);
     let (access, refresh) = graph.issue_for(&graph_user);
-    NewIntegration {
-        user_id: user,
-        platform: Platform::Teams,
-        access_token: SecretString::from(access),
-        refresh_token: Some(SecretString::from(refresh)),
-        expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(expires_in)),
-        scopes: meetingd::providers::teams::OAUTH.scopes.iter().map(|s| s.to_string()).collect(),
-        platform_user_id: Some(graph_user),
-        email: Some(email.to_string()),
-    }
+    market::connection(Platform::Teams, user, &access, &refresh, expires_in, Some(&graph_user), email)
 }
 
 /// The Graph user id (a GUID, as work accounts have) of provider `n`'s Microsoft account: the
@@ -185,16 +176,8 @@ fn teams_user_id(n: usize) -> String {
 /// issued at consent.
 fn zoom_account(zoom: &FakeZoom, user: Uuid, n: usize, email: &str, expires_in: i64) -> NewIntegration {
     let (access, refresh) = zoom.issue();
-    NewIntegration {
-        user_id: user,
-        platform: Platform::Zoom,
-        access_token: SecretString::from(access),
-        refresh_token: Some(SecretString::from(refresh)),
-        expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(expires_in)),
-        scopes: meetingd::providers::zoom::OAUTH.scopes.iter().map(|s| s.to_string()).collect(),
-        platform_user_id: Some(format!("soakZoomHost{n}")),
-        email: Some(email.to_string()),
-    }
+    let host = format!("soakZoomHost{n}");
+    market::connection(Platform::Zoom, user, &access, &refresh, expires_in, Some(&host), email)
 }
 
 /// A Google connection of `user` to the fake's account `email`.
