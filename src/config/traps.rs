@@ -35,7 +35,7 @@ impl Config {
                 "zoom",
                 z.request_timeout_ms,
                 None,
-                "Meetings API calls (list and delete a stray create's meeting, move the recorded meeting and read it back, list for an earlier attempt's meeting, delete a second copy, move and read the adopted one; lists of one page)",
+                "Meetings API calls (list and delete a stray create's meeting, read the recorded meeting, move it and read it back, list for an earlier attempt's meeting, delete a second copy, move and read the adopted one; lists of one page)",
             ),
             (
                 t.is_configured(),

@@ -31,8 +31,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::db::Pool;
-use crate::providers::Providers;
 use crate::providers::auth::Connectors;
+use crate::providers::{MeetingProvider, Platform, Providers};
 use error::ApiError;
 
 /// What every handler can reach.
@@ -81,6 +81,12 @@ impl AppState {
     pub fn with_providers(mut self, providers: Providers) -> AppState {
         self.providers = providers;
         self
+    }
+
+    /// The provider of `platform` when this server offers it: meetings are made on it, and a
+    /// platform with accounts can have them connected here.
+    pub fn offered(&self, platform: Platform) -> Option<&Arc<dyn MeetingProvider>> {
+        self.providers.get(platform).filter(|_| !platform.needs_account() || self.connectors.get(platform).is_some())
     }
 }
 

@@ -64,12 +64,8 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
     let views = Platform::ALL
         .into_iter()
         .filter_map(|platform| {
-            let provider = state.providers.get(platform)?;
+            let provider = state.offered(platform)?;
             let spec = auth::spec(platform);
-            // A platform with accounts is offered only when its accounts can be connected here.
-            if platform.needs_account() && (spec.is_none() || state.connectors.get(platform).is_none()) {
-                return None;
-            }
             // A connection the provider removed (or the platform deauthorized) holds no token:
             // not connected, rather than waiting for a reconnect.
             let mine = connected.iter().find(|c| c.platform == platform.as_str() && c.has_token);

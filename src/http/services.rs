@@ -117,11 +117,7 @@ pub async fn update(
         Some(name) => Some(name.parse::<Platform>().map_err(|e| ApiError::unprocessable("unknown_platform", e))?),
     };
     if let Some(platform) = platform {
-        let offered = state
-            .providers
-            .get(platform)
-            .filter(|_| !platform.needs_account() || state.connectors.get(platform).is_some());
-        let Some(provider) = offered else {
+        let Some(provider) = state.offered(platform) else {
             return Err(ApiError::unprocessable(
                 "platform_unavailable",
                 format!("{} is not offered on this server.", platform.display_name()),

@@ -51,9 +51,9 @@ pub const AGENDA_MAX: usize = 2000;
 /// The most Meetings API calls one job can make on Zoom, counted from `worker/execute.rs` and
 /// this module, with every list one page long (300 unexpired meetings; each further page adds
 /// one): delete a stray create intent's meeting: list, delete (2); move the recorded meeting:
-/// patch, get (2); create again: list, delete a second copy, move the adopted one: patch, get
-/// (4). `meetingd check` compares `worker.lease_secs` with it.
-pub const MOST_CALLS_PER_JOB: u64 = 8;
+/// get, patch, get (3); create again: list, delete a second copy, move the adopted one: patch,
+/// get (4). `meetingd check` compares `worker.lease_secs` with it.
+pub const MOST_CALLS_PER_JOB: u64 = 9;
 
 /// Requests one call can take: the call, and after a 401 (code 124) a token refresh and the
 /// call again. A job also refreshes once before its first call when the stored token is due.

@@ -95,7 +95,7 @@ async fn check_reports_a_lease_shorter_than_the_slowest_job_and_plain_http_platf
     let out = meetingd(&["check"], &[google[0], ("MEETINGD_WORKER__LEASE_SECS", "5")]);
     assert!(!text(&out).contains("worker.lease_secs"), "{}", text(&out));
 
-    // Zoom: 8 calls × 3 requests + 1 refresh = 25 requests of 15 s; its URLs are checked too.
+    // Zoom: 9 calls × 3 requests + 1 refresh = 28 requests of 15 s; its URLs are checked too.
     let zoom = [("MEETINGD_ZOOM__CLIENT_ID", "zoom-client"), ("MEETINGD_ZOOM__CLIENT_SECRET", "zoom-secret")];
     let out = meetingd(
         &["check"],
@@ -108,7 +108,7 @@ async fn check_reports_a_lease_shorter_than_the_slowest_job_and_plain_http_platf
         ],
     );
     let t = text(&out);
-    assert!(t.contains("slowest Zoom job") && t.contains("= 375 s"), "{t}");
+    assert!(t.contains("slowest Zoom job") && t.contains("= 420 s"), "{t}");
     assert!(t.contains("zoom.token_url is plain http to zoom.example.com"), "{t}");
     // Both: the slower of the two names the lease it needs.
     let out = meetingd(
@@ -117,7 +117,7 @@ async fn check_reports_a_lease_shorter_than_the_slowest_job_and_plain_http_platf
     );
     let t = text(&out);
     assert!(t.contains("slowest Google Meet job") && t.contains("= 425 s"), "{t}");
-    let out = meetingd(&["check"], &[google[0], zoom[0], zoom[1], ("MEETINGD_WORKER__LEASE_SECS", "375")]);
+    let out = meetingd(&["check"], &[google[0], zoom[0], zoom[1], ("MEETINGD_WORKER__LEASE_SECS", "420")]);
     assert!(!text(&out).contains("worker.lease_secs"), "{}", text(&out));
 
     // Teams: 5 calls × 3 requests + 1 refresh = 16 requests of 15 s; its URLs are checked too.
