@@ -16,9 +16,19 @@
 //!   dead entries);
 //! * settled: after `VACUUM ANALYZE` (what autovacuum does within a minute of the burst), M more
 //!   bookings one at a time;
-//! * slow platform: L bookings of Google Meet services, confirmed by one statement, against an
-//!   in-process fake of Google Calendar that takes `--provider-latency-ms` to answer every call
-//!   (rate limits lifted): throughput against the bound `worker.concurrency / latency`.
+//! * Google burst: G bookings of Google Meet services (20 providers, each with a connection),
+//!   confirmed by one statement, against an in-process fake of Google Calendar that answers at
+//!   once (rate limits lifted): the path users pay for (claim, create intent, the Calendar call,
+//!   write-back), with transactions and WAL fsyncs per booking and where the CPU went;
+//! * Google one at a time: T more, confirmed 10 ms apart without waiting (as the peer harness's
+//!   `MODE=trickle` does);
+//! * slow platform: L bookings of Google Meet services, confirmed by one statement, against the
+//!   fake taking `--provider-latency-ms` to answer every call (rate limits lifted): throughput
+//!   against the bound `worker.concurrency / latency`.
+//!
+//! With `--peer DIR` (the peer harness, `../shared/bench-peer/`), each run also runs
+//! graphile-worker doing the same Google job (a burst of G and T one at a time), and the bench
+//! prints meetingd's figures as ratios to the peer's: only ratios measured in one run compare.
 //!
 //! Before the burst, the idle daemon's CPU use is sampled from /proc for a few seconds.
 //!
@@ -27,11 +37,13 @@
 //! is written back), so the bench's own polling interval does not enter them. Jitsi rooms need no
 //! network call, so the burst and sequential figures are meetingd's and PostgreSQL's own.
 
+mod cpu;
+mod peer;
 mod phases;
 mod report;
 mod seed;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitCode, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -43,9 +55,9 @@ use meetingd_testkit::fake_google::FakeGoogle;
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
-use phases::{Daemon, Slow, run_burst, run_sequential, run_slow};
+use phases::{Burst, Daemon, Slow, run_burst, run_sequential, run_slow, run_trickle};
 use report::{Check, Latency, print_summary};
-use seed::{prepare_schema, seed, seed_slow};
+use seed::{booking_ids, prepare_schema, seed, seed_google};
 
 const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -69,11 +81,13 @@ const BURST_TAG: &str = "bench:burst";
 const SEQUENTIAL_TAG: &str = "bench:sequential";
 const SETTLED_TAG: &str = "bench:settled";
 const SLOW_TAG: &str = "bench:slow";
+const GOOGLE_BURST_TAG: &str = "bench:google-burst";
+const GOOGLE_TRICKLE_TAG: &str = "bench:google-trickle";
 const BURST_SERVICE: &str = "Bench burst session";
 const SEQUENTIAL_SERVICE: &str = "Bench sequential session";
-const SLOW_SERVICE: &str = "Bench slow-platform session";
-/// Providers of the slow-platform phase, each with a Google connection.
-const SLOW_PROVIDERS: i32 = 20;
+const GOOGLE_SERVICE: &str = "Bench Google Meet session";
+/// Providers of the Google Meet phases, each with a Google connection (as in the peer harness).
+const GOOGLE_PROVIDERS: i32 = 20;
 /// How long the idle daemon's CPU use is sampled.
 const IDLE_SAMPLE: Duration = Duration::from_secs(5);
 
@@ -96,9 +110,30 @@ struct Args {
     /// The daemon's worker.concurrency (its default, 32, unless given).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: u32,
+    /// Google Meet bookings confirmed at once against the fake Google answering at once (0 skips
+    /// that phase).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    google_bookings: u32,
+    /// Google Meet bookings confirmed one at a time afterwards, `--trickle-gap-ms` apart (0 skips).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    google_trickle: u32,
+    /// The gap between two one-at-a-time Google Meet confirmations (the peer harness's is 10 ms).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    trickle_gap_ms: u64,
+    /// Run the peer harness in this folder (`../shared/bench-peer`) after each run, with the same
+    /// Google workload, and print meetingd's figures as ratios to the peer's.
+    #[arg(long)]
+    peer: Option<PathBuf>,
     /// Google Meet bookings confirmed at once against the slow fake platform (0 skips that phase).
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     slow_bookings: u32,
+    /// Connect the daemon to PostgreSQL over TLS (`sslmode=prefer`, meetingd's default) instead
+    /// of plain TCP, which the bench's own connections and the peer use.
+    #[arg(long)]
+    db_tls: bool,
+    /// Only the Google Meet phases (and the peer's): no Jitsi burst, sequential or settled phase.
+    #[arg(long)]
+    google_only: bool,
     /// How long the fake platform takes to answer each call in the slow-platform phase.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     provider_latency_ms: u64,
@@ -140,8 +175,13 @@ async fn bench(args: &Args) -> Result<bool> {
 
     let mut runs = Vec::new();
     for run in 1..=args.runs {
-        let figures =
+        let mut figures =
             scratch_run(&admin, &server_url, &daemon_bin, args).await.with_context(|| format!("run {run}"))?;
+        if let Some(dir) = &args.peer {
+            let n = args.google_bookings.max(1);
+            let m = args.google_trickle.max(1);
+            figures.peer = Some(peer::run(dir, &server_url, n, m, args.concurrency).await.context("the peer")?);
+        }
         figures.print(run);
         runs.push(figures);
     }
@@ -177,14 +217,22 @@ async fn print_header(admin: &Client, args: &Args) -> Result<()> {
     println!("meetingd-bench — a benchmark, not a test");
     println!("machine     nproc {cpus}{model}; PostgreSQL {version}");
     println!(
-        "workload    burst N={} over {} providers, sequential M={}, slow platform L={} at {} ms, concurrency {}, runs {}",
+        "workload    daemon to PostgreSQL over {}; Jitsi burst N={} over {} providers, sequential M={}{}; Google burst G={} and T={} one at a time {} ms apart over {} providers; \
+         slow platform L={} at {} ms; concurrency {}, runs {}{}",
+        if args.db_tls { "TLS" } else { "plain TCP (as the peer)" },
         args.bookings,
         args.providers,
         args.sequential,
+        if args.google_only { " (skipped)" } else { "" },
+        args.google_bookings,
+        args.google_trickle,
+        args.trickle_gap_ms,
+        GOOGLE_PROVIDERS,
         args.slow_bookings,
         args.provider_latency_ms,
         args.concurrency,
-        args.runs
+        args.runs,
+        args.peer.as_ref().map(|p| format!("; peer {}", p.display())).unwrap_or_default()
     );
     Ok(())
 }
@@ -226,13 +274,11 @@ async fn scratch_run(admin: &Client, server_url: &str, daemon_bin: &Path, args: 
 
 /// Everything one run measured.
 struct RunFigures {
-    burst: Latency,
-    /// Bookings per second, from the first confirmation to the last link (database clock).
-    burst_rate: f64,
-    /// Database transactions committed per burst booking, the bench's own excluded.
-    tx_per_booking: f64,
-    sequential: Latency,
-    settled: Latency,
+    /// The Jitsi phases (none with `--google-only`).
+    jitsi: Option<Jitsi>,
+    google_burst: Option<Burst>,
+    google_trickle: Option<Latency>,
+    peer: Option<peer::Peer>,
     slow: Option<Slow>,
     /// CPU the idle daemon used, in % of one core.
     idle_cpu_pct: f64,
@@ -242,21 +288,26 @@ struct RunFigures {
     daemon_exit: ExitStatus,
 }
 
+/// The Jitsi phases' figures: no platform call, so they are meetingd's and PostgreSQL's own.
+struct Jitsi {
+    burst: Burst,
+    sequential: Latency,
+    settled: Latency,
+}
+
 async fn measure(url: &str, daemon_bin: &Path, args: &Args) -> Result<RunFigures> {
     let mut db = connect(url).await?;
-    eprintln!(
-        "· loading the marketplace schema, migrating, seeding {} + 2 × {} bookings",
-        args.bookings, args.sequential
-    );
+    eprintln!("· loading the marketplace schema, migrating, seeding");
     prepare_schema(&mut db).await?;
     let (sequential_ids, settled_ids) = seed(&db, args).await?;
     let google = FakeGoogle::start().await;
-    google.state.lock().map_err(|_| anyhow!("the fake platform's state is poisoned"))?.latency =
-        Some(Duration::from_millis(args.provider_latency_ms));
     let key = Keyring::generate_key();
-    if args.slow_bookings > 0 {
-        seed_slow(&mut db, &google, &key, args.slow_bookings).await?;
-    }
+    let google_phases = [
+        (GOOGLE_BURST_TAG, args.google_bookings),
+        (GOOGLE_TRICKLE_TAG, args.google_trickle),
+        (SLOW_TAG, args.slow_bookings),
+    ];
+    seed_google(&mut db, &google, &key, &google_phases).await?;
 
     let started = Instant::now();
     let mut daemon = Daemon::start(daemon_bin, url, args, &key, &google)?;
@@ -269,33 +320,61 @@ async fn measure(url: &str, daemon_bin: &Path, args: &Args) -> Result<RunFigures
         IDLE_SAMPLE.as_secs()
     );
     let idle_cpu_pct = daemon.idle_cpu_pct(IDLE_SAMPLE).await?;
-    eprintln!("· burst of {}", args.bookings);
 
-    let burst = run_burst(&db, &mut daemon, args.bookings).await?;
-    eprintln!("· sequential: {} bookings one at a time", sequential_ids.len());
-    let sequential = run_sequential(&db, url, &mut daemon, SEQUENTIAL_TAG, &sequential_ids).await?;
-    eprintln!("· settled: VACUUM ANALYZE, then {} more bookings one at a time", settled_ids.len());
-    db.batch_execute("VACUUM ANALYZE").await.context("vacuuming the scratch database")?;
-    let settled = run_sequential(&db, url, &mut daemon, SETTLED_TAG, &settled_ids).await?;
+    let jitsi = if args.google_only {
+        None
+    } else {
+        eprintln!("· Jitsi burst of {}", args.bookings);
+        let burst = run_burst(&db, &mut daemon, BURST_TAG, args.bookings).await?;
+        eprintln!("· sequential: {} bookings one at a time", sequential_ids.len());
+        let sequential = run_sequential(&db, url, &mut daemon, SEQUENTIAL_TAG, &sequential_ids).await?;
+        eprintln!("· settled: VACUUM ANALYZE, then {} more bookings one at a time", settled_ids.len());
+        db.batch_execute("VACUUM ANALYZE").await.context("vacuuming the scratch database")?;
+        let settled = run_sequential(&db, url, &mut daemon, SETTLED_TAG, &settled_ids).await?;
+        Some(Jitsi { burst, sequential, settled })
+    };
+
+    // Each Google phase starts on a settled database, as the peer's fresh one is.
+    let google_burst = if args.google_bookings > 0 {
+        db.batch_execute("VACUUM ANALYZE").await.context("vacuuming the scratch database")?;
+        eprintln!("· Google Meet burst of {} (the fake answers at once)", args.google_bookings);
+        Some(run_burst(&db, &mut daemon, GOOGLE_BURST_TAG, args.google_bookings).await?)
+    } else {
+        None
+    };
+    let google_trickle = if args.google_trickle > 0 {
+        db.batch_execute("VACUUM ANALYZE").await.context("vacuuming the scratch database")?;
+        let ids = booking_ids(&db, GOOGLE_TRICKLE_TAG).await?;
+        eprintln!("· Google Meet: {} bookings one at a time, {} ms apart", ids.len(), args.trickle_gap_ms);
+        let gap = Duration::from_millis(args.trickle_gap_ms);
+        Some(run_trickle(&db, &mut daemon, GOOGLE_TRICKLE_TAG, &ids, gap).await?)
+    } else {
+        None
+    };
     let peak_rss_kb = daemon.proc_status_kb("VmHWM")?.max(daemon.max_rss_kb);
     let slow = if args.slow_bookings > 0 {
         eprintln!(
             "· slow platform: {} Google Meet bookings at {} ms a call",
             args.slow_bookings, args.provider_latency_ms
         );
+        google.state.lock().map_err(|_| anyhow!("the fake platform's state is poisoned"))?.latency =
+            Some(Duration::from_millis(args.provider_latency_ms));
         Some(run_slow(&db, &mut daemon, args).await?)
     } else {
         None
     };
-    let expected = u64::from(args.bookings) + 2 * u64::from(args.sequential) + u64::from(args.slow_bookings);
+    let jitsi_bookings = if args.google_only { 0 } else { u64::from(args.bookings) + 2 * u64::from(args.sequential) };
+    let expected = jitsi_bookings
+        + u64::from(args.google_bookings)
+        + u64::from(args.google_trickle)
+        + u64::from(args.slow_bookings);
     let check = Check::read(&db, expected).await?;
     let daemon_exit = daemon.stop().await?;
     Ok(RunFigures {
-        burst: burst.latency,
-        burst_rate: burst.rate,
-        tx_per_booking: burst.tx_per_booking,
-        sequential,
-        settled,
+        jitsi,
+        google_burst,
+        google_trickle,
+        peer: None,
         slow,
         idle_cpu_pct,
         idle_rss_kb,

@@ -14,10 +14,11 @@ use secrecy::SecretString;
 use tokio_postgres::{Client, NoTls, Statement};
 use uuid::Uuid;
 
+use crate::cpu::{CpuSample, CpuSplit, ticks_of};
 use crate::report::Latency;
 use crate::{
-    Args, BURST_POLL, BURST_TAG, BURST_TIMEOUT, READY_TIMEOUT, SEQUENTIAL_POLL, SEQUENTIAL_TIMEOUT, SLOW_TAG,
-    STATS_MIN_INTERVAL, STATS_SETTLE, STOP_TIMEOUT, pg_config,
+    Args, BURST_POLL, BURST_TIMEOUT, READY_TIMEOUT, SEQUENTIAL_POLL, SEQUENTIAL_TIMEOUT, SLOW_TAG, STATS_MIN_INTERVAL,
+    STATS_SETTLE, STOP_TIMEOUT, pg_config,
 };
 
 /// The daemon as a child process, and what /proc says about it. Dropping it without `stop` kills
@@ -32,7 +33,8 @@ pub struct Daemon {
 impl Daemon {
     /// `key` encrypts the scratch database's tokens; `google` is the fake platform.
     pub fn start(bin: &Path, url: &str, args: &Args, key: &SecretString, google: &FakeGoogle) -> Result<Daemon> {
-        let child = DaemonCommand::new(bin, url, key)
+        let url = daemon_url(url, args.db_tls);
+        let child = DaemonCommand::new(bin, &url, key)
             .log(&args.daemon_log)
             // The benchmark measures the worker: the API and metrics ports stay off.
             .set("WORKER__CONCURRENCY", args.concurrency.to_string())
@@ -77,24 +79,12 @@ impl Daemon {
         kb.parse().with_context(|| format!("{path}: {field} {value:?} is not a number of kB"))
     }
 
-    /// utime + stime of the process, in clock ticks (/proc/<pid>/stat fields 14 and 15).
-    fn cpu_ticks(&self) -> Result<u64> {
-        let path = format!("/proc/{}/stat", self.pid);
-        let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).with_context(|| format!("{path} is malformed"))?;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let tick = |i: usize| -> Result<u64> {
-            fields.get(i).and_then(|f| f.parse().ok()).with_context(|| format!("{path}: field {} unreadable", i + 3))
-        };
-        Ok(tick(11)? + tick(12)?)
-    }
-
     /// CPU used while nothing happens, in % of one core (clock ticks are 1/100 s on Linux).
     pub async fn idle_cpu_pct(&self, window: Duration) -> Result<f64> {
-        let before = self.cpu_ticks()?;
+        let pid = self.pid.to_string();
+        let before = ticks_of(&pid)?.1;
         tokio::time::sleep(window).await;
-        let used = self.cpu_ticks()? - before;
+        let used = ticks_of(&pid)?.1 - before;
         Ok(used as f64 / 100.0 / window.as_secs_f64() * 100.0)
     }
 
@@ -106,6 +96,18 @@ impl Daemon {
     /// SIGTERM, then wait for the graceful drain; returns how it exited.
     pub async fn stop(&mut self) -> Result<ExitStatus> {
         self.child.stop(STOP_TIMEOUT).await
+    }
+}
+
+/// The daemon's connection string: plain TCP, as the bench's own connections and the peer's
+/// (node-postgres connects without TLS unless told), unless `tls` or the URL names an `sslmode`.
+fn daemon_url(url: &str, tls: bool) -> String {
+    if tls || url.contains("sslmode=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&sslmode=disable")
+    } else {
+        format!("{url}?sslmode=disable")
     }
 }
 
@@ -155,32 +157,67 @@ pub async fn run_slow(db: &Client, daemon: &mut Daemon, args: &Args) -> Result<S
 pub struct Burst {
     pub latency: Latency,
     pub rate: f64,
+    /// Transactions committed in the scratch database per booking, the bench's own excluded.
     pub tx_per_booking: f64,
+    /// WAL fsyncs per booking, server-wide (`pg_stat_wal.wal_sync`), the bench's own excluded:
+    /// what the disk pays, after group commit.
+    pub fsyncs_per_booking: f64,
+    /// CPU from the confirmation to the last link.
+    pub cpu: CpuSplit,
 }
 
-/// Confirms every burst booking in one statement and waits until all are linked.
-pub async fn run_burst(db: &Client, daemon: &mut Daemon, n: u32) -> Result<Burst> {
+/// Confirms every booking tagged `tag` in one statement and waits until all are linked.
+pub async fn run_burst(db: &Client, daemon: &mut Daemon, tag: &str, n: u32) -> Result<Burst> {
     // Prepared up front: with the extended protocol, preparing is itself a counted transaction.
-    let commits = db.prepare("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()").await?;
+    let counters = db
+        .prepare(
+            "SELECT d.xact_commit, w.wal_sync FROM pg_stat_database d, pg_stat_wal w
+              WHERE d.datname = current_database()",
+        )
+        .await?;
     let confirm =
         db.prepare("UPDATE bookings SET status = 'confirmed' WHERE status = 'pending' AND notes = $1").await?;
-    let ready = db.prepare("SELECT count(*) FROM bookings WHERE meeting_status = 'ready'").await?;
+    let ready = db.prepare("SELECT count(*) FROM bookings WHERE meeting_status = 'ready' AND notes = $1").await?;
     flush_own_stats(db).await?;
 
-    let before: i64 = db.query_one(&commits, &[]).await.context("reading xact_commit")?.get(0);
-    let confirmed = db.execute(&confirm, &[&BURST_TAG]).await.context("confirming the burst bookings")?;
+    let read = async || -> Result<(i64, i64)> {
+        let row = db.query_one(&counters, &[]).await.context("reading xact_commit and wal_sync")?;
+        Ok((row.get(0), row.get(1)))
+    };
+    let (commits_before, syncs_before) = read().await?;
+    let cpu_before = CpuSample::take(daemon.pid)?;
+    let confirmed = db.execute(&confirm, &[&tag]).await.with_context(|| format!("confirming the {tag} bookings"))?;
     ensure!(confirmed == u64::from(n), "confirmed {confirmed} bookings instead of {n}");
-    let polls = wait_all_ready(db, daemon, &ready, i64::from(n)).await?;
+    let polls = wait_all_ready(db, daemon, &ready, tag, i64::from(n)).await?;
+    let cpu = CpuSample::take(daemon.pid)?.since(&cpu_before);
 
     eprintln!("· all linked; waiting {} s for PostgreSQL's statistics to settle", STATS_SETTLE.as_secs());
     tokio::time::sleep(STATS_SETTLE).await;
-    let after: i64 = db.query_one(&commits, &[]).await.context("reading xact_commit")?.get(0);
-    // The bench's own: the first read, the confirming UPDATE and every poll.
+    let (commits_after, syncs_after) = read().await?;
+    // The bench's own: the first read, the confirming UPDATE and every poll; one fsync, the UPDATE's.
     let own = 2 + polls;
-    let tx_per_booking = ((after - before) as f64 - own as f64) / f64::from(n);
+    let tx_per_booking = ((commits_after - commits_before) as f64 - own as f64) / f64::from(n);
+    let fsyncs_per_booking = ((syncs_after - syncs_before) as f64 - 1.0).max(0.0) / f64::from(n);
 
-    let latency = Latency::read(db, BURST_TAG).await?;
-    Ok(Burst { rate: f64::from(n) / latency.span_secs, latency, tx_per_booking })
+    let latency = Latency::read(db, tag).await?;
+    Ok(Burst { rate: f64::from(n) / latency.span_secs, latency, tx_per_booking, fsyncs_per_booking, cpu })
+}
+
+/// Confirms each booking on its own, one every `gap`, without waiting for the links (as the
+/// peer harness's `MODE=trickle` does), then waits until all are linked.
+pub async fn run_trickle(db: &Client, daemon: &mut Daemon, tag: &str, ids: &[Uuid], gap: Duration) -> Result<Latency> {
+    let confirm = db.prepare("UPDATE bookings SET status = 'confirmed' WHERE id = $1 AND status = 'pending'").await?;
+    let ready = db.prepare("SELECT count(*) FROM bookings WHERE meeting_status = 'ready' AND notes = $1").await?;
+    let mut ticks = tokio::time::interval(gap);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for id in ids {
+        ticks.tick().await;
+        let confirmed = db.execute(&confirm, &[id]).await.context("confirming a booking")?;
+        ensure!(confirmed == 1, "booking {id} was not pending");
+    }
+    daemon.sample_rss()?;
+    wait_all_ready(db, daemon, &ready, tag, ids.len() as i64).await?;
+    Latency::read(db, tag).await
 }
 
 /// Makes this session's statistics current: a statement more than PostgreSQL's minimum flush
@@ -192,13 +229,13 @@ async fn flush_own_stats(db: &Client) -> Result<()> {
 }
 
 /// Polls until `n` bookings show a ready meeting, sampling the daemon's RSS; returns the polls made.
-async fn wait_all_ready(db: &Client, daemon: &mut Daemon, ready: &Statement, n: i64) -> Result<i64> {
+async fn wait_all_ready(db: &Client, daemon: &mut Daemon, ready: &Statement, tag: &str, n: i64) -> Result<i64> {
     let deadline = Instant::now() + BURST_TIMEOUT;
     let mut polls = 0;
     loop {
         daemon.ensure_running()?;
         daemon.sample_rss()?;
-        let linked: i64 = db.query_one(ready, &[]).await.context("counting ready bookings")?.get(0);
+        let linked: i64 = db.query_one(ready, &[&tag]).await.context("counting ready bookings")?.get(0);
         polls += 1;
         if linked >= n {
             return Ok(polls);

@@ -6,13 +6,14 @@ use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
 use crate::RunFigures;
+use crate::phases::Burst;
 
 /// Commit-to-link latencies of one phase, in milliseconds, and the span they cover.
 #[derive(Debug, Clone, Copy)]
 pub struct Latency {
     pub count: i64,
-    p50_ms: f64,
-    p99_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
     pub max_ms: f64,
     /// From the earliest confirmation to the latest link, seconds.
     pub span_secs: f64,
@@ -58,7 +59,7 @@ pub struct Check {
     /// Bookings showing `ready` and their live meeting's link.
     bookings_linked: i64,
     /// Attempts beyond one per job (retries).
-    extra_attempts: i64,
+    pub extra_attempts: i64,
 }
 
 impl Check {
@@ -91,16 +92,24 @@ impl Check {
 
 impl RunFigures {
     pub fn print(&self, run: u32) {
-        let (b, c) = (&self.burst, &self.check);
+        let c = &self.check;
         println!("run {run}");
-        println!(
-            "  burst       {} bookings linked in {:.2} s = {:.0} bookings/s; commit-to-link p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-            b.count, b.span_secs, self.burst_rate, b.p50_ms, b.p99_ms, b.max_ms
-        );
-        for (phase, s) in [("sequential", &self.sequential), ("settled", &self.settled)] {
+        if let Some(j) = &self.jitsi {
+            print_burst("burst", "Jitsi", &j.burst);
+            for (phase, s) in [("sequential", &j.sequential), ("settled", &j.settled)] {
+                println!(
+                    "  {phase:<11} {} bookings one at a time; commit-to-link p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    s.count, s.p50_ms, s.p99_ms, s.max_ms
+                );
+            }
+        }
+        if let Some(b) = &self.google_burst {
+            print_burst("google", "Google Meet", b);
+        }
+        if let Some(t) = &self.google_trickle {
             println!(
-                "  {phase:<11} {} bookings one at a time; commit-to-link p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-                s.count, s.p50_ms, s.p99_ms, s.max_ms
+                "  google 1x1  {} Google Meet bookings one at a time; commit-to-link p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                t.count, t.p50_ms, t.p99_ms, t.max_ms
             );
         }
         if let Some(slow) = &self.slow {
@@ -117,13 +126,29 @@ impl RunFigures {
             );
         }
         println!(
-            "  daemon      RSS {:.1} MB idle, {:.1} MB peak (burst and one-at-a-time phases); idle CPU {:.2} % of a core; \
-             {:.2} database transactions per burst booking",
+            "  daemon      RSS {:.1} MB idle, {:.1} MB peak (every phase but the slow platform); idle CPU {:.2} % of a core",
             mb(self.idle_rss_kb),
             mb(self.peak_rss_kb),
             self.idle_cpu_pct,
-            self.tx_per_booking
         );
+        if let Some(p) = &self.peer {
+            println!(
+                "  peer        graphile-worker: burst {:.0} bookings/s; one at a time p50 {:.1} ms, p99 {:.1} ms; peak RSS {:.1} MB",
+                p.burst.per_s,
+                p.trickle.p50_ms,
+                p.trickle.p99_ms,
+                mb(p.burst.peak_rss_kb.max(p.trickle.peak_rss_kb))
+            );
+            if let (Some(b), Some(t)) = (&self.google_burst, &self.google_trickle) {
+                println!(
+                    "  ratios      burst {:.2}x the peer's rate; one at a time p50 {:.2}, p99 {:.2} of the peer's; peak RSS {:.2} of the peer's",
+                    b.rate / p.burst.per_s,
+                    t.p50_ms / p.trickle.p50_ms,
+                    t.p99_ms / p.trickle.p99_ms,
+                    self.peak_rss_kb as f64 / p.burst.peak_rss_kb.max(p.trickle.peak_rss_kb) as f64
+                );
+            }
+        }
         if !self.daemon_exit.success() {
             println!("  WARNING     meetingd exited with {} after SIGTERM", self.daemon_exit);
         }
@@ -139,39 +164,71 @@ impl RunFigures {
     }
 }
 
+fn print_burst(phase: &str, platform: &str, b: &Burst) {
+    let l = &b.latency;
+    println!(
+        "  {phase:<11} {} {platform} bookings linked in {:.2} s = {:.0} bookings/s; commit-to-link p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        l.count, l.span_secs, b.rate, l.p50_ms, l.p99_ms, l.max_ms
+    );
+    println!(
+        "  {:<11} {:.2} transactions and {:.2} WAL fsyncs per booking; {}",
+        "", b.tx_per_booking, b.fsyncs_per_booking, b.cpu
+    );
+}
+
 fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
 /// Min, median and max of each figure across runs.
 pub fn print_summary(runs: &[RunFigures]) {
-    type Figure = fn(&RunFigures) -> f64;
-    let figures: [(&str, Figure, usize); 13] = [
-        ("burst bookings/s", |r| r.burst_rate, 0),
-        ("burst p50 ms", |r| r.burst.p50_ms, 0),
-        ("burst p99 ms", |r| r.burst.p99_ms, 0),
-        ("burst max ms", |r| r.burst.max_ms, 0),
-        ("sequential p50 ms", |r| r.sequential.p50_ms, 1),
-        ("sequential p99 ms", |r| r.sequential.p99_ms, 1),
-        ("sequential max ms", |r| r.sequential.max_ms, 1),
-        ("settled p50 ms", |r| r.settled.p50_ms, 1),
-        ("settled p99 ms", |r| r.settled.p99_ms, 1),
-        ("daemon peak RSS MB", |r| mb(r.peak_rss_kb), 1),
-        ("idle CPU % of a core", |r| r.idle_cpu_pct, 2),
-        ("slow-platform % of bound", |r| r.slow.as_ref().map_or(f64::NAN, |s| s.rate / s.bound * 100.0), 0),
-        ("transactions/booking", |r| r.tx_per_booking, 2),
+    type Figure = fn(&RunFigures) -> Option<f64>;
+    let figures: [(&str, Figure, usize); 28] = [
+        ("Jitsi burst bookings/s", |r| r.jitsi.as_ref().map(|j| j.burst.rate), 0),
+        ("Jitsi burst p50 ms", |r| r.jitsi.as_ref().map(|j| j.burst.latency.p50_ms), 0),
+        ("Jitsi burst p99 ms", |r| r.jitsi.as_ref().map(|j| j.burst.latency.p99_ms), 0),
+        ("Jitsi tx/booking", |r| r.jitsi.as_ref().map(|j| j.burst.tx_per_booking), 2),
+        ("Jitsi fsyncs/booking", |r| r.jitsi.as_ref().map(|j| j.burst.fsyncs_per_booking), 3),
+        ("sequential p50 ms", |r| r.jitsi.as_ref().map(|j| j.sequential.p50_ms), 1),
+        ("sequential p99 ms", |r| r.jitsi.as_ref().map(|j| j.sequential.p99_ms), 1),
+        ("settled p50 ms", |r| r.jitsi.as_ref().map(|j| j.settled.p50_ms), 1),
+        ("settled p99 ms", |r| r.jitsi.as_ref().map(|j| j.settled.p99_ms), 1),
+        ("Google burst bookings/s", |r| r.google_burst.as_ref().map(|b| b.rate), 0),
+        ("Google burst p50 ms", |r| r.google_burst.as_ref().map(|b| b.latency.p50_ms), 0),
+        ("Google burst p99 ms", |r| r.google_burst.as_ref().map(|b| b.latency.p99_ms), 0),
+        ("Google tx/booking", |r| r.google_burst.as_ref().map(|b| b.tx_per_booking), 2),
+        ("Google fsyncs/booking", |r| r.google_burst.as_ref().map(|b| b.fsyncs_per_booking), 3),
+        ("Google 1x1 p50 ms", |r| r.google_trickle.map(|t| t.p50_ms), 1),
+        ("Google 1x1 p99 ms", |r| r.google_trickle.map(|t| t.p99_ms), 1),
+        ("daemon peak RSS MB", |r| Some(mb(r.peak_rss_kb)), 1),
+        ("idle CPU % of a core", |r| Some(r.idle_cpu_pct), 2),
+        ("slow-platform % of bound", |r| r.slow.as_ref().map(|s| s.rate / s.bound * 100.0), 0),
+        ("peer burst bookings/s", |r| r.peer.map(|p| p.burst.per_s), 0),
+        ("peer 1x1 p50 ms", |r| r.peer.map(|p| p.trickle.p50_ms), 1),
+        ("peer 1x1 p99 ms", |r| r.peer.map(|p| p.trickle.p99_ms), 1),
+        ("peer peak RSS MB", |r| r.peer.map(|p| mb(p.burst.peak_rss_kb.max(p.trickle.peak_rss_kb))), 1),
+        ("burst / peer", |r| Some(r.google_burst.as_ref()?.rate / r.peer?.burst.per_s), 2),
+        ("1x1 p50 / peer", |r| Some(r.google_trickle?.p50_ms / r.peer?.trickle.p50_ms), 2),
+        ("1x1 p99 / peer", |r| Some(r.google_trickle?.p99_ms / r.peer?.trickle.p99_ms), 2),
+        ("peak RSS / peer", |r| Some(r.peak_rss_kb as f64 / peer_rss(r)?), 2),
+        ("retries", |r| Some(r.check.extra_attempts as f64), 0),
     ];
     let title = format!("summary over {} runs", runs.len());
-    println!("{title:<24} {:>10} {:>10} {:>10}", "min", "median", "max");
+    println!("{title:<26} {:>10} {:>10} {:>10}", "min", "median", "max");
     for (name, figure, decimals) in figures {
-        let mut values: Vec<f64> = runs.iter().map(figure).filter(|v| !v.is_nan()).collect();
+        let mut values: Vec<f64> = runs.iter().filter_map(figure).filter(|v| !v.is_nan()).collect();
         if values.is_empty() {
             continue;
         }
         values.sort_by(f64::total_cmp);
         let (min, median, max) = (values[0], median(&values), values[values.len() - 1]);
-        println!("  {name:<22} {min:>10.decimals$} {median:>10.decimals$} {max:>10.decimals$}");
+        println!("  {name:<24} {min:>10.decimals$} {median:>10.decimals$} {max:>10.decimals$}");
     }
+}
+
+/// The peer's peak RSS over its two runs, in kB.
+fn peer_rss(r: &RunFigures) -> Option<f64> {
+    r.peer.map(|p| p.burst.peak_rss_kb.max(p.trickle.peak_rss_kb) as f64)
 }
 
 /// Median of sorted, non-empty values.

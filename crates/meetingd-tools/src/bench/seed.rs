@@ -1,5 +1,5 @@
 //! The bench's scratch database: the marketplace schema, meetingd's migrations, and every phase's
-//! providers, services and pending bookings, set-based (the slow platform's providers with Google
+//! providers, services and pending bookings, set-based (the Google Meet phases' providers with
 //! connections at the fake). Set-up only: nothing here is measured.
 
 use anyhow::{Context, Result, ensure};
@@ -12,8 +12,7 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::{
-    Args, BURST_SERVICE, BURST_TAG, SEQUENTIAL_SERVICE, SEQUENTIAL_TAG, SETTLED_TAG, SLOW_PROVIDERS, SLOW_SERVICE,
-    SLOW_TAG,
+    Args, BURST_SERVICE, BURST_TAG, GOOGLE_PROVIDERS, GOOGLE_SERVICE, SEQUENTIAL_SERVICE, SEQUENTIAL_TAG, SETTLED_TAG,
 };
 
 /// The marketplace's tables first (meetingd's migrations refuse to run without them), then meetingd's.
@@ -61,14 +60,7 @@ pub async fn seed(db: &Client, args: &Args) -> Result<(Vec<Uuid>, Vec<Uuid>)> {
     seed_bookings(db, SEQUENTIAL_SERVICE, SETTLED_TAG, sequential, sequential_day + 1 + sequential / 24).await?;
     db.batch_execute("ANALYZE").await.context("analyzing the seeded tables")?;
 
-    let ids = |tag: &'static str| async move {
-        let rows = db
-            .query("SELECT id FROM bookings WHERE notes = $1 ORDER BY start_time, id", &[&tag])
-            .await
-            .with_context(|| format!("listing the {tag} bookings"))?;
-        Ok::<Vec<Uuid>, anyhow::Error>(rows.iter().map(|r| r.get(0)).collect())
-    };
-    Ok((ids(SEQUENTIAL_TAG).await?, ids(SETTLED_TAG).await?))
+    Ok((booking_ids(db, SEQUENTIAL_TAG).await?, booking_ids(db, SETTLED_TAG).await?))
 }
 
 /// `count` pending bookings of the services titled `service`, round-robin over those services and
@@ -92,27 +84,32 @@ async fn seed_bookings(db: &Client, service: &str, tag: &str, count: i32, first_
     Ok(())
 }
 
-/// Providers with a Google Meet service and a Google connection at the fake, and `n` pending
-/// bookings of those services, after every other phase's.
-pub async fn seed_slow(db: &mut Client, google: &FakeGoogle, key: &SecretString, n: u32) -> Result<()> {
+/// Providers with a Google Meet service and a Google connection at the fake, and each phase's
+/// pending bookings of those services, `(tag, count)` in phase order, after every other phase's.
+pub async fn seed_google(
+    db: &mut Client,
+    google: &FakeGoogle,
+    key: &SecretString,
+    phases: &[(&'static str, u32)],
+) -> Result<()> {
     let providers = db
         .query(
             "INSERT INTO users (email, full_name, role)
-             SELECT format('slow-provider-%s@bench.example', g), format('Bench slow provider %s', g), 'provider'
+             SELECT format('google-provider-%s@bench.example', g), format('Bench Google provider %s', g), 'provider'
                FROM generate_series(1, $1::int) g
              RETURNING id",
-            &[&SLOW_PROVIDERS],
+            &[&GOOGLE_PROVIDERS],
         )
         .await
-        .context("seeding the slow-platform providers")?;
+        .context("seeding the Google Meet providers")?;
     db.execute(
         "INSERT INTO services (provider_id, title, description, duration_minutes, is_online, meeting_platform)
          SELECT id, $1, 'Online session', 60, true, 'google_meet'
-           FROM users WHERE email LIKE 'slow-provider-%'",
-        &[&SLOW_SERVICE],
+           FROM users WHERE email LIKE 'google-provider-%'",
+        &[&GOOGLE_SERVICE],
     )
     .await
-    .context("seeding the slow-platform services")?;
+    .context("seeding the Google Meet services")?;
     let keyring = Keyring::new(key, &[]).context("building the keyring")?;
     let connections: Vec<_> = providers
         .iter()
@@ -124,15 +121,26 @@ pub async fn seed_slow(db: &mut Client, google: &FakeGoogle, key: &SecretString,
                 &access,
                 &refresh,
                 2 * 3600,
-                &format!("slow-provider-{i}@bench.example"),
+                &format!("google-provider-{i}@bench.example"),
             )
         })
         .collect();
     market::store_integrations(db, &keyring, "bench", &connections).await?;
-    let count = i32::try_from(n).context("--slow-bookings")?;
-    let last_day: i32 =
-        db.query_one("SELECT (max(start_time)::date - now()::date)::int FROM bookings", &[]).await?.get(0);
-    seed_bookings(db, SLOW_SERVICE, SLOW_TAG, count, last_day + 2).await?;
+    for &(tag, n) in phases {
+        let count = i32::try_from(n).with_context(|| format!("{tag} bookings"))?;
+        let last_day: i32 =
+            db.query_one("SELECT (max(start_time)::date - now()::date)::int FROM bookings", &[]).await?.get(0);
+        seed_bookings(db, GOOGLE_SERVICE, tag, count, last_day + 2).await?;
+    }
     db.batch_execute("ANALYZE").await.context("analyzing the seeded tables")?;
     Ok(())
+}
+
+/// The ids of a phase's bookings in confirmation order.
+pub async fn booking_ids(db: &Client, tag: &str) -> Result<Vec<Uuid>> {
+    let rows = db
+        .query("SELECT id FROM bookings WHERE notes = $1 ORDER BY start_time, id", &[&tag])
+        .await
+        .with_context(|| format!("listing the {tag} bookings"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
