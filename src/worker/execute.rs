@@ -510,21 +510,25 @@ impl Run<'_> {
         Outcome::Failed { error: format!("Could not {operation} the {name} meeting: {error}.") }
     }
 
-    /// A platform's allowance for the account is spent until a reset an hour to a day away and
-    /// past the retry cap (`RateLimited` with such a wait: Zoom's daily limit, until 00:00 UTC;
-    /// Google's `quotaExceeded`): the job waits that long (one attempt) instead of spending its
-    /// attempts every few minutes against a limit that cannot have reset, and the sentence says
-    /// when it resumes. A shorter wait is a throttle's `Retry-After`, capped as usual. `None` for
-    /// any other error.
+    /// A platform's allowance for the account is spent until a reset past the retry cap: an hour
+    /// to a day away, or at 00:00 UTC however near (`RateLimited` with such a wait: Zoom's daily
+    /// limit; Google's `quotaExceeded`): the job waits that long (one attempt) instead of spending
+    /// its attempts against a limit that cannot have reset, and the sentence says when it
+    /// resumes. A shorter wait is a throttle's `Retry-After`, capped as usual. `None` for any
+    /// other error.
     fn after_allowance_spent(&self, error: &ProviderError, operation: &str, name: &str) -> Option<Outcome> {
         let ProviderError::RateLimited { retry_after: Some(wait) } = error else { return None };
         let policy = self.worker.config.retry_policy();
-        if *wait <= policy.max || *wait < Duration::from_secs(3600) || *wait > Duration::from_secs(86_400) {
+        if *wait <= policy.max || *wait > Duration::from_secs(86_400) {
             return None;
         }
         let resumes = Utc::now() + chrono::Duration::from_std(*wait).ok()?;
         let resumes = chrono::DurationRound::duration_round(resumes, chrono::Duration::minutes(1)).ok()?;
-        let daily = if resumes.time() == chrono::NaiveTime::MIN { " daily" } else { "" };
+        let at_midnight = resumes.time() == chrono::NaiveTime::MIN;
+        if *wait < Duration::from_secs(3600) && !at_midnight {
+            return None;
+        }
+        let daily = if at_midnight { " daily" } else { "" };
         let sentence = format!(
             "{name}'s{daily} limit of requests for this account is reached; meetingd tries again at {} UTC",
             resumes.format("%Y-%m-%d %H:%M")
