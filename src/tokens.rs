@@ -8,8 +8,9 @@
 //!
 //! Plaintext tokens exist only as `SecretString` in memory; nothing here logs one.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
@@ -61,16 +62,45 @@ impl From<deadpool_postgres::PoolError> for TokenError {
     }
 }
 
+/// How long an integration row read by a job's claim confirmation stands in for reading it again.
+const PRIMED_FOR: Duration = Duration::from_secs(1);
+
 /// Tokens of every provider, for every platform that uses OAuth.
 pub struct TokenStore {
     pool: Pool,
     keyring: Arc<Keyring>,
     actor: String,
+    /// Integration rows read moments ago (with a job's claim confirmation, in the same round
+    /// trip), by user and platform: the first read of a token uses one instead of reading again.
+    primed: Mutex<HashMap<(Uuid, String), (Instant, integrations::IntegrationRow)>>,
 }
 
 impl TokenStore {
     pub fn new(pool: Pool, keyring: Arc<Keyring>, actor: String) -> TokenStore {
-        TokenStore { pool, keyring, actor }
+        TokenStore { pool, keyring, actor, primed: Mutex::new(HashMap::new()) }
+    }
+
+    /// Keeps `row`, just read, for the token reads of the next [`PRIMED_FOR`].
+    pub fn prime(&self, row: integrations::IntegrationRow) {
+        let mut primed = self.primed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        if primed.len() >= 1024 {
+            primed.retain(|_, (at, _)| now.duration_since(*at) < PRIMED_FOR);
+        }
+        primed.insert((row.user_id, row.platform.clone()), (now, row));
+    }
+
+    /// The row primed for `user` on `platform`, if it is recent enough.
+    fn primed(&self, user: Uuid, platform: Platform) -> Option<integrations::IntegrationRow> {
+        let primed = self.primed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (at, row) = primed.get(&(user, platform.as_str().to_string()))?;
+        (at.elapsed() < PRIMED_FOR).then(|| row.clone())
+    }
+
+    /// Forgets the row primed for `user` on `platform`: its tokens are being replaced or wiped.
+    fn forget(&self, user: Uuid, platform: Platform) {
+        let mut primed = self.primed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        primed.remove(&(user, platform.as_str().to_string()));
     }
 
     /// A usable access token for the account `whose` names on `platform`, and that account.
@@ -87,6 +117,24 @@ impl TokenStore {
         oauth: &OAuthClient,
         refused: Option<&SecretString>,
     ) -> Result<(SecretString, Account), TokenError> {
+        // A row primed moments ago, still the account wanted, with a usable token: no read.
+        let user = match whose {
+            Whose::Provider(user) => user,
+            Whose::Account(account) => account.user_id,
+        };
+        if refused.is_none()
+            && let Some(row) = self.primed(user, platform)
+            && row.is_active
+            && match whose {
+                Whose::Provider(_) => true,
+                Whose::Account(account) => is_account(&row, account),
+            }
+        {
+            let access = self.decrypt(&row.access_token, &row, Column::AccessToken(row.owner()), platform)?;
+            if usable(&row, &access, None) {
+                return Ok((access, account_of(&row)));
+            }
+        }
         let mut client = self.pool.get().await?;
         // The row read here is the one used: a reconnect between two reads cannot put another
         // account's token on this account's meeting.
@@ -125,6 +173,7 @@ impl TokenStore {
             return Ok((access, account_of(&row)));
         }
 
+        self.forget(user, platform);
         let tx = client.transaction().await?;
         let row = load(tx.sql(), user, retired, platform, true).await?.ok_or(TokenError::NotConnected(platform))?;
         if let Whose::Account(account) = whose

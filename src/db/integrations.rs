@@ -60,19 +60,30 @@ const RETIRED_COLUMNS: &str = "integration_id, COALESCE(user_id, '00000000-0000-
                                COALESCE(platform_user_id, platform_user_email), id";
 
 fn from_row(r: &tokio_postgres::Row) -> IntegrationRow {
+    integration_row_at(r, 0)
+}
+
+/// An integration row whose [`COLUMNS`] start at column `at` of `r`.
+pub fn integration_row_at(r: &tokio_postgres::Row, at: usize) -> IntegrationRow {
     IntegrationRow {
-        id: r.get(0),
-        user_id: r.get(1),
-        platform: r.get(2),
-        access_token: r.get(3),
-        refresh_token: r.get(4),
-        expires_at: r.get(5),
-        is_active: r.get(6),
-        email: r.get(7),
-        created_at: r.get(8),
-        identity: r.get(9),
-        retired: r.get(10),
+        id: r.get(at),
+        user_id: r.get(at + 1),
+        platform: r.get(at + 2),
+        access_token: r.get(at + 3),
+        refresh_token: r.get(at + 4),
+        expires_at: r.get(at + 5),
+        is_active: r.get(at + 6),
+        email: r.get(at + 7),
+        created_at: r.get(at + 8),
+        identity: r.get(at + 9),
+        retired: r.get(at + 10),
     }
+}
+
+/// A query of the provider `user`'s row for `platform` (SQL expressions), as [`load`] reads it,
+/// for a statement that reads it along with something else.
+pub fn select_current(user: &str, platform: &str) -> String {
+    format!("SELECT {COLUMNS} FROM user_meeting_integrations WHERE user_id = {user} AND platform = {platform}")
 }
 
 /// The row for a provider and platform; `lock` takes `FOR UPDATE` (inside a transaction).

@@ -16,18 +16,19 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::integrations::{self, IntegrationRow, integration_row_at};
 use super::{Conn, DbError, Param, Sql};
 use crate::job::{BookingView, Claim, Intent, MeetingRecord, Snapshot};
 use crate::providers::{Account, Meeting};
 
-pub use write_back::{BookingLocks, write_back};
+pub use write_back::{RowLocks, write_back};
 
 /// Claims up to `limit` due jobs for `owner`, with a lease on the database clock, and reads the
 /// booking and meeting behind each: one statement, one round trip.
 ///
 /// The claim commits before any platform is called, asynchronously (`synchronous_commit = off`):
 /// it promises only a lease. Before its first call to a platform that keeps meetings, the worker
-/// confirms the claim with a synchronous, fenced write ([`hold_claim`], or the create intent),
+/// confirms the claim with a synchronous, fenced write ([`hold_claims`], with the create intent if any),
 /// which makes it durable; a Jitsi room exists nowhere, so it needs none. A claim that a server
 /// crash loses is claimed again, under a new [`Claim::token`], and the lost one can no longer
 /// record anything.
@@ -185,35 +186,117 @@ fn time_of(r: &tokio_postgres::Row, column: &str, problems: &mut Vec<String>) ->
     }
 }
 
-/// Records, fenced on the claim, that a create of `generation` on `platform` is about to be
-/// attempted. Commits on its own before the platform call; `false` when the lease was lost (the
-/// call must not be made).
-pub async fn record_intent(db: Sql<'_>, claim: &Claim, intent: &Intent) -> Result<bool, DbError> {
-    let integration = intent.account.as_ref().map(|a| a.integration_id);
-    let identity = intent.account.as_ref().and_then(|a| a.identity.as_deref());
-    let params: [&dyn Param; 8] = [
-        &claim.job_id,
-        &claim.claim_seq,
-        &intent.platform,
-        &intent.generation,
-        &claim.token,
-        &intent.owner,
-        &integration,
-        &identity,
-    ];
-    let sql = "UPDATE meetingd.jobs SET intent_platform = $3, intent_generation = $4, intent_owner = $6,
-                                        intent_integration = $7, intent_account = $8
-                WHERE id = $1 AND claim_seq = $2 AND lease_token = $5";
-    Ok(db.execute(sql, &params).await? == 1)
+/// A fenced write to a claimed job's row, committed synchronously before the job's first call to
+/// a platform that keeps meetings: with a create intent (a create of `generation` on `platform` is
+/// about to be attempted), or without one (an update that changes nothing, to confirm the claim:
+/// its synchronous commit also makes the asynchronously committed claim durable).
+///
+/// `integration` names a provider and platform whose integration row the statement reads too,
+/// at no extra round trip: the job's next step reads that row's token.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub claim: Claim,
+    pub intent: Option<Intent>,
+    pub integration: Option<(Uuid, String)>,
 }
 
-/// Confirms, fenced on the claim, that `claim` still holds, with a write (an update that changes
-/// nothing) so that its synchronous commit also makes the claim itself durable. `false` when the
-/// claim is gone (its lease was taken over, or a server crash lost it).
-pub async fn hold_claim(db: Sql<'_>, claim: &Claim) -> Result<bool, DbError> {
-    let sql = "UPDATE meetingd.jobs SET lease_owner = lease_owner
-                WHERE id = $1 AND claim_seq = $2 AND lease_token = $3";
-    Ok(db.execute(sql, &[&claim.job_id, &claim.claim_seq, &claim.token]).await? == 1)
+/// What [`hold_claims`] answers for one hold: whether its claim held (`None`: the job row was
+/// locked and skipped), and the integration row it asked for, if there is one.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub held: Option<bool>,
+    pub integration: Option<IntegrationRow>,
+}
+
+/// Writes [`Hold`]s, fenced on each claim, in one statement, so jobs starting together share one
+/// round trip and one synchronous commit. Says, per hold, whether its claim still held (`false`:
+/// the lease was lost, or a server crash lost the claim; the platform call must not be made), or,
+/// with [`RowLocks::Skip`], `None` for a job row someone else holds locked right now (a batch
+/// never waits for one job: that hold is written on its own).
+pub async fn hold_claims(db: Sql<'_>, holds: &[Hold], locks: RowLocks) -> Result<Vec<Held>, DbError> {
+    let ids: Vec<i64> = holds.iter().map(|h| h.claim.job_id).collect();
+    let seqs: Vec<i64> = holds.iter().map(|h| h.claim.claim_seq).collect();
+    let tokens: Vec<Uuid> = holds.iter().map(|h| h.claim.token).collect();
+    fn intent(h: &Hold) -> Option<&Intent> {
+        h.intent.as_ref()
+    }
+    fn account(h: &Hold) -> Option<&Account> {
+        h.intent.as_ref()?.account.as_ref()
+    }
+    let set: Vec<bool> = holds.iter().map(|h| intent(h).is_some()).collect();
+    let platforms: Vec<Option<String>> = holds.iter().map(|h| intent(h).map(|i| i.platform.clone())).collect();
+    let generations: Vec<Option<i32>> = holds.iter().map(|h| intent(h).map(|i| i.generation)).collect();
+    let owners: Vec<Option<Uuid>> = holds.iter().map(|h| intent(h).and_then(|i| i.owner)).collect();
+    let integrations: Vec<Option<Uuid>> = holds.iter().map(|h| account(h).map(|a| a.integration_id)).collect();
+    let identities: Vec<Option<String>> = holds.iter().map(|h| account(h).and_then(|a| a.identity.clone())).collect();
+    let readers: Vec<Option<Uuid>> = holds.iter().map(|h| h.integration.as_ref().map(|(user, _)| *user)).collect();
+    let read_platforms: Vec<Option<String>> =
+        holds.iter().map(|h| h.integration.as_ref().map(|(_, platform)| platform.clone())).collect();
+    let params: [&dyn Param; 11] = [
+        &ids,
+        &seqs,
+        &tokens,
+        &set,
+        &platforms,
+        &generations,
+        &owners,
+        &integrations,
+        &identities,
+        &readers,
+        &read_platforms,
+    ];
+    let sql = match locks {
+        RowLocks::Wait => &*HOLD_WAITING,
+        RowLocks::Skip => &*HOLD_SKIPPING,
+    };
+    let rows = db.query(sql, &params).await?;
+    let mut answers = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let (id, held, fenced): (i64, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        // Not held although the fence matched: the row was locked and skipped.
+        let answer = if held || locks == RowLocks::Wait || !fenced { Some(held) } else { None };
+        let integration = row.get::<_, Option<Uuid>>(3).map(|_| integration_row_at(&row, 3));
+        answers.insert(id, Held { held: answer, integration });
+    }
+    Ok(holds
+        .iter()
+        .map(|h| answers.remove(&h.claim.job_id).unwrap_or(Held { held: None, integration: None }))
+        .collect())
+}
+
+/// The hold statement: the job rows whose claim still holds are locked (`{lock}`), then written;
+/// an update that changes nothing still writes, and its synchronous commit makes the claim
+/// durable. Answers, per hold, whether it was written and whether its fence matched when the
+/// statement began.
+const HOLD: &str = "WITH v AS (
+        SELECT * FROM unnest($1::int8[], $2::int8[], $3::uuid[], $4::bool[], $5::text[], $6::int4[],
+                             $7::uuid[], $8::uuid[], $9::text[], $10::uuid[], $11::text[])
+                   AS v(id, seq, token, set, platform, generation, owner, integration, account, reader, rplatform)
+     ), mine AS (
+        SELECT j.id FROM meetingd.jobs j JOIN v ON j.id = v.id AND j.claim_seq = v.seq AND j.lease_token = v.token
+        ORDER BY j.id {lock}
+     ), held AS (
+        UPDATE meetingd.jobs j
+           SET intent_platform = CASE WHEN v.set THEN v.platform ELSE j.intent_platform END,
+               intent_generation = CASE WHEN v.set THEN v.generation ELSE j.intent_generation END,
+               intent_owner = CASE WHEN v.set THEN v.owner ELSE j.intent_owner END,
+               intent_integration = CASE WHEN v.set THEN v.integration ELSE j.intent_integration END,
+               intent_account = CASE WHEN v.set THEN v.account ELSE j.intent_account END
+          FROM v, mine
+         WHERE j.id = v.id AND mine.id = v.id
+        RETURNING j.id
+     )
+     SELECT v.id, h.id IS NOT NULL,
+            EXISTS (SELECT 1 FROM meetingd.jobs j WHERE j.id = v.id AND j.claim_seq = v.seq AND j.lease_token = v.token),
+            i.*
+       FROM v LEFT JOIN held h ON h.id = v.id
+       LEFT JOIN LATERAL ({integration}) i ON true";
+
+static HOLD_WAITING: LazyLock<String> = LazyLock::new(|| hold_sql("FOR NO KEY UPDATE OF j"));
+static HOLD_SKIPPING: LazyLock<String> = LazyLock::new(|| hold_sql("FOR NO KEY UPDATE OF j SKIP LOCKED"));
+
+fn hold_sql(lock: &str) -> String {
+    HOLD.replace("{lock}", lock).replace("{integration}", &integrations::select_current("v.reader", "v.rplatform"))
 }
 
 /// Records that a meeting exists at its platform out of meetingd's reach (the account it lives in

@@ -297,6 +297,8 @@ pub struct ProviderDeps {
 #[derive(Clone, Default)]
 pub struct Providers {
     map: HashMap<Platform, Arc<dyn MeetingProvider>>,
+    /// The token store the real providers share (none for scripted ones).
+    tokens: Option<Arc<TokenStore>>,
 }
 
 impl Providers {
@@ -330,13 +332,22 @@ impl Providers {
             );
         }
         if let Some(oauth) = google::oauth_client(&config.google)? {
-            providers = providers.with(Arc::new(google::GoogleMeet::new(config.google.clone(), oauth, tokens)));
+            providers = providers.with(Arc::new(google::GoogleMeet::new(config.google.clone(), oauth, tokens.clone())));
         } else {
             tracing::info!(
                 "Google Meet is not configured (google.client_id / client secret); services asking for it get the fallback"
             );
         }
+        providers.tokens = Some(tokens);
         Ok(providers)
+    }
+
+    /// Hands the token store an integration row just read along with something else, so the
+    /// next token read of that account needs no query of its own (see `TokenStore::prime`).
+    pub fn prime(&self, row: crate::db::integrations::IntegrationRow) {
+        if let Some(tokens) = &self.tokens {
+            tokens.prime(row);
+        }
     }
 
     /// Adds or replaces the provider for its platform (tests swap in scripted providers).

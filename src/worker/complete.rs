@@ -6,23 +6,39 @@
 //! write-backs and giving up on a job after too many. It must not call a platform or decide a
 //! job's outcome (`execute.rs` did).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::batch::{Batcher, Handler, Submitted};
 use super::{Processed, Worker};
-use crate::db::jobs::{self, BookingLocks};
+use crate::db::jobs::{self, RowLocks};
 use crate::db::{DbError, Pool};
 use crate::job::{Finished, Outcome, Snapshot, WriteBack};
 use crate::retry::jitter_unit;
 
-/// A finished job for the batch writer, and where to say how it went: `None` means "not in the
-/// batch; record it on its own".
-pub(super) struct ToWrite {
-    finished: Finished,
-    reply: tokio::sync::oneshot::Sender<(Option<Processed>, Finished)>,
-}
-
 /// The most write-backs one transaction takes.
 const MAX_WRITE_BATCH: usize = 64;
+
+/// The batch writer's handler: the write-backs of every job finished meanwhile, in one
+/// transaction that skips bookings locked elsewhere (those jobs are recorded on their own).
+pub(super) fn write_batches(pool: Pool, actor: String) -> Batcher<Finished, WriteBack> {
+    let handler: Handler<Finished, WriteBack> = Arc::new(move |finished: Vec<Finished>| {
+        let (pool, actor) = (pool.clone(), actor.clone());
+        Box::pin(async move {
+            let written = async {
+                let client = pool.get().await?;
+                jobs::write_back(&client, &actor, &finished, RowLocks::Skip).await
+            }
+            .await;
+            let results = written.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, jobs = finished.len(), "batch write-back failed; recording each job on its own");
+                vec![None; finished.len()]
+            });
+            (finished, results)
+        })
+    });
+    Batcher::new("batch_writer", MAX_WRITE_BATCH, handler)
+}
 
 impl Worker {
     /// Records a finished job (through the batch writer when other jobs are finishing too, on its
@@ -32,47 +48,17 @@ impl Worker {
             // Nothing to group it with: its own write-back takes fewer round trips.
             self.complete_alone(&finished).await
         } else {
-            self.complete_in_batch(finished).await
+            match self.writer.submit(finished).await {
+                Submitted::Done(written) => Processed::Recorded(written),
+                Submitted::Alone(finished) => self.complete_alone(&finished).await,
+                // The writer is gone (runtime shutting down): the lease expires and the job runs again.
+                Submitted::Lost => Processed::NotRecorded,
+            }
         };
         if processed == Processed::Recorded(WriteBack::LeaseLost) {
             tracing::warn!("lease on the job expired before its outcome was recorded; another claim owns it now");
         }
         processed
-    }
-
-    /// Through the batch writer, which groups the write-backs of jobs that finish together into
-    /// one transaction; on its own when the batch could not take it.
-    async fn complete_in_batch(&self, finished: Finished) -> Processed {
-        let writer = self.batch_writer();
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let finished = match writer.send(ToWrite { finished, reply }) {
-            Err(unsent) => unsent.0.finished,
-            Ok(()) => match answer.await {
-                Ok((Some(processed), _)) => return processed,
-                Ok((None, finished)) => finished,
-                // The writer is gone (runtime shutting down): the lease expires and the job runs again.
-                Err(_) => return Processed::NotRecorded,
-            },
-        };
-        self.complete_alone(&finished).await
-    }
-
-    /// The batch writer's queue; a writer that stopped (a panic) is logged and started again.
-    fn batch_writer(&self) -> tokio::sync::mpsc::UnboundedSender<ToWrite> {
-        let mut writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match writer.as_ref() {
-            Some(tx) if !tx.is_closed() => tx.clone(),
-            stopped => {
-                if stopped.is_some() {
-                    tracing::error!("the batch writer stopped; restarting it");
-                    metrics::counter!(crate::metrics::LOOP_RESTARTS, "loop" => "batch_writer").increment(1);
-                }
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                tokio::spawn(write_batches(self.pool.clone(), self.actor.clone(), rx));
-                *writer = Some(tx.clone());
-                tx
-            }
-        }
     }
 
     /// One job's write-back, in a transaction of its own that waits for the booking's lock.
@@ -84,7 +70,7 @@ impl Worker {
                 return Processed::NotRecorded;
             }
         };
-        match jobs::write_back(&client, &self.actor, std::slice::from_ref(f), BookingLocks::Wait).await {
+        match jobs::write_back(&client, &self.actor, std::slice::from_ref(f), RowLocks::Wait).await {
             Ok(results) => results.first().copied().flatten().map_or(Processed::NotRecorded, Processed::Recorded),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot record the job's outcome; it runs again when its lease expires");
@@ -145,37 +131,5 @@ impl Worker {
         let outcome = Outcome::Failed { error };
         self.count(s.claim.requested_at, &outcome, processed);
         (processed, outcome)
-    }
-}
-
-/// The batch writer: takes every finished job waiting (up to `MAX_WRITE_BATCH`) and records
-/// them in one transaction; jobs the batch could not take, or all of them when the batch failed,
-/// are handed back to be recorded one by one. Ends when the worker is dropped.
-async fn write_batches(pool: Pool, actor: String, mut rx: tokio::sync::mpsc::UnboundedReceiver<ToWrite>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let (finished, replies): (Vec<Finished>, Vec<_>) = batch.into_iter().map(|w| (w.finished, w.reply)).unzip();
-        let written = async {
-            let client = pool.get().await?;
-            jobs::write_back(&client, &actor, &finished, BookingLocks::Skip).await
-        }
-        .await;
-        let results = match written {
-            Ok(results) => results,
-            Err(e) => {
-                tracing::debug!(error = %e, jobs = finished.len(), "batch write-back failed; recording each job on its own");
-                vec![None; finished.len()]
-            }
-        };
-        for ((f, reply), result) in finished.into_iter().zip(replies).zip(results) {
-            // A job whose task is gone (aborted at shutdown) runs again when its lease expires.
-            let _ = reply.send((result.map(Processed::Recorded), f));
-        }
     }
 }

@@ -293,12 +293,7 @@ impl Run<'_> {
         if self.intents.current.as_ref() == Some(&intent) {
             return Ok(());
         }
-        let recorded = async {
-            let client = worker.pool.get().await?;
-            jobs::record_intent(client.sql(), &s.claim, &intent).await
-        }
-        .await;
-        let problem = match recorded {
+        let problem = match worker.hold(&s.claim, Some(intent.clone()), owner.map(|o| (o, platform))).await {
             Ok(true) => {
                 // A fenced, synchronously committed update: it holds the claim too.
                 self.intents.current = Some(intent);
@@ -327,12 +322,8 @@ impl Run<'_> {
         if self.intents.held || !provider.keeps_meetings() {
             return Ok(());
         }
-        let held = async {
-            let client = self.worker.pool.get().await?;
-            jobs::hold_claim(client.sql(), &self.s.claim).await
-        }
-        .await;
-        let problem = match held {
+        let provider_id = self.s.booking.as_ref().and_then(|b| b.provider_id);
+        let problem = match self.worker.hold(&self.s.claim, None, provider_id.map(|p| (p, platform))).await {
             Ok(true) => {
                 self.intents.held = true;
                 return Ok(());

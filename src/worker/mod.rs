@@ -7,9 +7,11 @@
 //! holds its public surface (`run_once` for tests, `process`, `status_line`). Nothing here may
 //! hold a database transaction across a platform call.
 
+mod batch;
 mod complete;
 mod dispatch;
 mod execute;
+mod hold;
 mod plan;
 
 use std::sync::Arc;
@@ -39,9 +41,10 @@ pub struct Worker {
     stats: Stats,
     liveness: Option<Arc<crate::systemd::Liveness>>,
     limiter: Option<crate::ratelimit::RateLimiter>,
-    /// Finished jobs on their way to the batch writer (started on first use, and again if it
-    /// ever stops).
-    writer: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<complete::ToWrite>>>,
+    /// Groups the write-backs of jobs finishing together.
+    writer: batch::Batcher<crate::job::Finished, WriteBack>,
+    /// Groups the create intents and claim confirmations of jobs starting together.
+    holder: batch::Batcher<jobs::Hold, jobs::Held>,
     /// Jobs being reconciled or recorded right now.
     active: AtomicUsize,
 }
@@ -70,18 +73,20 @@ impl Worker {
         wake: Arc<Notify>,
         instance: Uuid,
     ) -> Worker {
+        let actor = actor(instance);
         Worker {
+            writer: complete::write_batches(pool.clone(), actor.clone()),
+            holder: hold::hold_batches(pool.clone()),
             pool,
             providers,
             config,
             fallback,
-            actor: actor(instance),
+            actor,
             instance,
             wake,
             stats: Stats::default(),
             liveness: None,
             limiter: None,
-            writer: std::sync::Mutex::new(None),
             active: AtomicUsize::new(0),
         }
     }

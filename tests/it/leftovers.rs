@@ -267,15 +267,12 @@ async fn a_create_whose_answer_was_lost_before_a_reconnect_is_deleted_where_it_w
     assert_eq!(meeting(&g.c, b).await.status.as_deref(), Some("ready"));
 }
 
-#[tokio::test]
-async fn a_reconnect_between_the_claim_and_the_create_makes_no_meeting_in_an_account_the_intent_does_not_name() {
+/// The provider's reconnect to another Google account (`second@example.com`) lands while a job
+/// runs: a trigger on `meetingd.jobs` swaps the integration row to the new account, as the
+/// connect flow does, when the job row is updated as `when` says (SQL over OLD and NEW).
+async fn reconnect_mid_run(g: &G, when: &str) {
     use meetingd::crypto::{Column, Owner};
-    use meetingd_testkit::fake_google::DEFAULT_ACCOUNT;
     use secrecy::SecretString;
-    let g = setup_with(3600, |_| {}).await;
-    // The provider's reconnect to another Google account lands right after the worker recorded
-    // its create intent (with the account it claimed) and before the create reads a token: a
-    // trigger on the intent's write swaps the row to the new account, as the connect flow does.
     let (access, refresh) = g.google.issue_for("second@example.com");
     let row: Uuid =
         g.c.query_one("SELECT id FROM user_meeting_integrations WHERE user_id = $1", &[&g.m.provider])
@@ -290,7 +287,7 @@ async fn a_reconnect_between_the_claim_and_the_create_makes_no_meeting_in_an_acc
          INSERT INTO swap (access, refresh) VALUES ('{}', '{}');
          CREATE FUNCTION swap_account() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
-           IF NEW.intent_platform IS NOT NULL AND OLD.intent_platform IS NULL THEN
+           IF {when} THEN
              UPDATE user_meeting_integrations u
                 SET access_token = s.access, refresh_token = s.refresh, platform_user_email = 'second@example.com'
                FROM swap s WHERE NOT s.used;
@@ -304,6 +301,15 @@ async fn a_reconnect_between_the_claim_and_the_create_makes_no_meeting_in_an_acc
     ))
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_reconnect_between_the_claim_and_the_create_makes_no_meeting_in_an_account_the_intent_does_not_name() {
+    use meetingd_testkit::fake_google::DEFAULT_ACCOUNT;
+    let g = setup_with(3600, |_| {}).await;
+    // Right after the claim read the booking's account (its lease is written in the same
+    // statement), before the intent is recorded and the create's token read.
+    reconnect_mid_run(&g, "NEW.lease_token IS NOT NULL AND OLD.lease_token IS NULL").await;
     let b = market::book(&g.c, g.service, g.m.customer, "confirmed").await;
     g.worker.run_once().await.unwrap();
     let swapped: bool = g.c.query_one("SELECT used FROM swap", &[]).await.unwrap().get(0);
@@ -319,6 +325,27 @@ async fn a_reconnect_between_the_claim_and_the_create_makes_no_meeting_in_an_acc
     assert_eq!(live.len(), 1, "exactly one meeting: {:?}", g.google.calls());
     assert_eq!(live[0].owner, "second@example.com", "in the account connected now");
     assert!(!live.iter().any(|e| e.owner == DEFAULT_ACCOUNT));
+}
+
+#[tokio::test]
+async fn a_reconnect_committed_after_the_intent_leaves_the_meeting_in_the_account_the_intent_names() {
+    use meetingd_testkit::fake_google::DEFAULT_ACCOUNT;
+    let g = setup_with(3600, |_| {}).await;
+    // In the statement that records the intent: the token is read with the intent, in one
+    // snapshot, so the create acts in the account the intent names, whatever commits after.
+    reconnect_mid_run(&g, "NEW.intent_platform IS NOT NULL AND OLD.intent_platform IS NULL").await;
+    let b = market::book(&g.c, g.service, g.m.customer, "confirmed").await;
+    g.worker.run_once().await.unwrap();
+    let swapped: bool = g.c.query_one("SELECT used FROM swap", &[]).await.unwrap().get(0);
+    assert!(swapped, "the reconnect happened mid-run");
+    let state = meeting(&g.c, b).await;
+    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
+    let live = g.google.live_events();
+    assert_eq!(live.len(), 1, "exactly one meeting: {:?}", g.google.calls());
+    assert_eq!(live[0].owner, DEFAULT_ACCOUNT, "in the account the intent names");
+    let account: Option<String> =
+        g.c.query_one("SELECT account FROM meetingd.meetings WHERE booking_id = $1", &[&b]).await.unwrap().get(0);
+    assert_eq!(account.as_deref(), Some(DEFAULT_ACCOUNT), "and recorded as made there");
 }
 
 #[tokio::test]

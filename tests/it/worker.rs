@@ -400,15 +400,10 @@ async fn a_claim_lost_with_the_server_cannot_pass_for_the_next_claim_of_its_numb
     assert_ne!(next.claim.token, lost.claim.token);
 
     // The lost claim's holder can record neither a create intent nor an outcome.
-    assert!(
-        !jobs::record_intent(
-            client.sql(),
-            &lost.claim,
-            &meetingd::job::Intent { platform: "google_meet".into(), generation: 1, owner: None, account: None }
-        )
-        .await
-        .unwrap()
-    );
+    let intent = meetingd::job::Intent { platform: "google_meet".into(), generation: 1, owner: None, account: None };
+    let hold = jobs::Hold { claim: lost.claim.clone(), intent: Some(intent), integration: None };
+    let held = jobs::hold_claims(client.sql(), &[hold], jobs::RowLocks::Wait).await.unwrap();
+    assert_eq!(held.iter().map(|h| h.held).collect::<Vec<_>>(), [Some(false)]);
     assert_eq!(s.worker.process(lost).await, Processed::Recorded(WriteBack::LeaseLost));
     assert_eq!(s.worker.process(next).await, Processed::Recorded(WriteBack::Done));
     assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
@@ -418,7 +413,7 @@ async fn a_claim_lost_with_the_server_cannot_pass_for_the_next_claim_of_its_numb
 
 #[tokio::test]
 async fn a_lost_claim_and_its_successor_in_one_batch_write_only_the_successor() {
-    use meetingd::db::jobs::{self, BookingLocks};
+    use meetingd::db::jobs::{self, RowLocks};
     use meetingd::job::{Finished, Outcome};
     use meetingd::providers::Meeting;
     let s = setup().await;
@@ -455,7 +450,7 @@ async fn a_lost_claim_and_its_successor_in_one_batch_write_only_the_successor() 
         }
     };
     let batch = [finished(&lost, "ghost"), finished(&current, "real")];
-    let results = jobs::write_back(&client, "test", &batch, BookingLocks::Skip).await.unwrap();
+    let results = jobs::write_back(&client, "test", &batch, RowLocks::Skip).await.unwrap();
     assert_eq!(results, vec![Some(WriteBack::LeaseLost), Some(WriteBack::Done)]);
     assert_eq!(meeting(&s.c, b).await.link.as_deref(), Some("https://meet.example/real"));
     let recorded = market::count(
@@ -616,7 +611,7 @@ async fn batch_write_back_fences_each_job_and_leaves_app_locked_bookings_to_thei
             Finished { snapshot: snap.clone(), outcome, audit, event, resolved: None, removed: false }
         })
         .collect();
-    let written = jobs::write_back(&client, "test", &batch, jobs::BookingLocks::Skip);
+    let written = jobs::write_back(&client, "test", &batch, jobs::RowLocks::Skip);
     let results = tokio::time::timeout(Duration::from_secs(5), written)
         .await
         .expect("the batch never waits for the app's lock")
@@ -649,7 +644,7 @@ async fn batch_write_back_fences_each_job_and_leaves_app_locked_bookings_to_thei
     // Locked: not written by the batch; its own write-back records it once the app commits.
     assert_eq!(meeting(&s.c, locked).await.link, None);
     let alone = batch.iter().find(|f| f.snapshot.claim.booking_id == locked).unwrap();
-    let written = jobs::write_back(&client, "test", std::slice::from_ref(alone), jobs::BookingLocks::Wait).await;
+    let written = jobs::write_back(&client, "test", std::slice::from_ref(alone), jobs::RowLocks::Wait).await;
     assert_eq!(written.unwrap(), vec![Some(WriteBack::Done)]);
     assert_eq!(meeting(&s.c, locked).await.status.as_deref(), Some("ready"));
     let f = meeting(&s.c, failed).await;
@@ -729,4 +724,73 @@ async fn connections_to_a_read_only_server_are_dropped_and_made_again() {
     assert!(refused.is_read_only(), "{refused}");
     assert_eq!(worker.run_once().await.unwrap(), 1, "the next claim runs on a new, writable connection");
     assert_eq!(meeting(&s.c, b).await.status.as_deref(), Some("ready"));
+}
+
+#[tokio::test]
+async fn holds_batched_together_skip_a_job_row_locked_elsewhere_and_read_the_integration_along() {
+    use meetingd::db::jobs::{self, Hold, RowLocks};
+    use meetingd::job::Intent;
+    let s = setup().await;
+    let google = market::service(&s.c, s.m.provider, true, Some("google_meet")).await;
+    market::store_connection(
+        &s.db.config(),
+        market::google_connection(s.m.provider, "access", "refresh", 3600, "provider@example.com"),
+    )
+    .await;
+    let bookings = [
+        market::book(&s.c, google, s.m.customer, "confirmed").await,
+        market::book(&s.c, google, s.m.customer, "confirmed").await,
+        market::book(&s.c, google, s.m.customer, "confirmed").await,
+    ];
+    let (client, mut claimed) = claim_as_another_daemon(&s).await;
+    claimed.sort_by_key(|c| bookings.iter().position(|b| *b == c.claim.booking_id));
+    assert_eq!(claimed.len(), 3);
+    // The third claim is no longer the job's: its token changed.
+    s.c.execute("UPDATE meetingd.jobs SET lease_token = gen_random_uuid() WHERE booking_id = $1", &[&bookings[2]])
+        .await
+        .unwrap();
+    // The app holds the first job's row (a booking change in a transaction still open).
+    let mut app = s.db.client().await;
+    let tx = app.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM meetingd.jobs WHERE booking_id = $1 FOR UPDATE", &[&bookings[0]]).await.unwrap();
+
+    let holds: Vec<Hold> = claimed
+        .iter()
+        .map(|c| Hold {
+            claim: c.claim.clone(),
+            intent: Some(Intent {
+                platform: "google_meet".into(),
+                generation: 1,
+                owner: Some(s.m.provider),
+                account: None,
+            }),
+            integration: Some((s.m.provider, "google_meet".into())),
+        })
+        .collect();
+    let held = jobs::hold_claims(client.sql(), &holds, RowLocks::Skip).await.unwrap();
+    assert_eq!(
+        held.iter().map(|h| h.held).collect::<Vec<_>>(),
+        [None, Some(true), Some(false)],
+        "locked: left out; lost: refused"
+    );
+    let row = held[1].integration.as_ref().expect("the provider's Google row is read along");
+    assert_eq!((row.user_id, row.platform.as_str(), row.is_active), (s.m.provider, "google_meet", true));
+    let intents = |b: Uuid| {
+        let c = &s.c;
+        async move {
+            c.query_one("SELECT intent_platform FROM meetingd.jobs WHERE booking_id = $1", &[&b])
+                .await
+                .unwrap()
+                .get::<_, Option<String>>(0)
+        }
+    };
+    assert_eq!(intents(bookings[1]).await.as_deref(), Some("google_meet"), "the held claim's intent is recorded");
+    assert_eq!(intents(bookings[2]).await, None, "the lost claim records nothing");
+    tx.rollback().await.unwrap();
+    assert_eq!(intents(bookings[0]).await, None, "the skipped one was not written");
+
+    // On its own, the skipped hold waits for the row and is written.
+    let alone = jobs::hold_claims(client.sql(), &holds[..1], RowLocks::Wait).await.unwrap();
+    assert_eq!(alone[0].held, Some(true));
+    assert_eq!(intents(bookings[0]).await.as_deref(), Some("google_meet"));
 }

@@ -13,9 +13,10 @@ use super::PLAN_SETTINGS;
 use crate::db::{Conn, DbError, Param};
 use crate::job::{Finished, Outcome, WriteBack};
 
-/// What a write-back does when the app holds a job's booking row.
+/// What a batched statement does when someone else holds one of its rows locked (the app, a
+/// job's booking row; another statement, a job row).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BookingLocks {
+pub enum RowLocks {
     /// Wait for it (up to the pool's `lock_timeout`): for a job recorded on its own.
     Wait,
     /// Leave that job out (its result is `None`): for a batch, which must never wait for the app.
@@ -42,7 +43,7 @@ fn write_back_sql(booking_lock: &str, booking_join: &str) -> String {
 ///
 /// The statement locks the jobs' booking rows before their job rows, the order the app's own
 /// transaction (booking update, then the trigger's job upsert) takes them, so the two can never
-/// deadlock. With [`BookingLocks::Skip`] a booking the app holds is skipped, so a batch never
+/// deadlock. With [`RowLocks::Skip`] a booking the app holds is skipped, so a batch never
 /// waits for the app (and cannot deadlock with an app transaction that changes several
 /// bookings); record that job again on its own. A deleted booking is never locked: with `Skip`
 /// its job is left out too, with `Wait` it is recorded.
@@ -53,15 +54,15 @@ pub async fn write_back(
     client: &Conn,
     actor: &str,
     batch: &[Finished],
-    locks: BookingLocks,
+    locks: RowLocks,
 ) -> Result<Vec<Option<WriteBack>>, DbError> {
     let mut w = Writes { actor, ..Writes::default() };
     for (entry, f) in (1..).zip(batch) {
         w.add(entry, f);
     }
     let sql: &str = match locks {
-        BookingLocks::Wait => &WRITE_BACK_WAITING,
-        BookingLocks::Skip => &WRITE_BACK_SKIPPING,
+        RowLocks::Wait => &WRITE_BACK_WAITING,
+        RowLocks::Skip => &WRITE_BACK_SKIPPING,
     };
     let rows = client.sql().in_own_transaction(PLAN_SETTINGS, sql, &w.params()).await?;
     // By entry (1-based); an entry whose booking was not locked has no row.
