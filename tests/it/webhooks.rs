@@ -39,8 +39,14 @@ struct Daemon {
 impl Daemon {
     /// Starts one and waits until `listening` daemons listen on the database (the feed is on by then).
     async fn start(config: Config, c: &Client, listening: i64) -> Daemon {
+        Self::start_with(config, c, listening, None).await
+    }
+
+    /// The same, serving /metrics on `ops`.
+    async fn start_with(config: Config, c: &Client, listening: i64, ops: Option<tokio::net::TcpListener>) -> Daemon {
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(meetingd::run_with(config, meetingd::RunOptions::default(), shutdown.clone()));
+        let options = meetingd::RunOptions { providers: None, http_listener: None, ops_listener: ops };
+        let task = tokio::spawn(meetingd::run_with(config, options, shutdown.clone()));
         eventually("the daemon listens", Duration::from_secs(20), || async {
             assert!(!task.is_finished(), "the daemon stopped");
             let n: i64 = c.query_one(LISTENING_SESSIONS, &[]).await.unwrap().get(0);
@@ -257,9 +263,22 @@ async fn an_event_past_max_age_is_dead_lettered_shown_in_status_and_sent_again_o
     short.webhooks.max_age_secs = 2;
     short.webhooks.retry_base_ms = 200;
     short.webhooks.retry_max_ms = 400;
-    let daemon = Daemon::start(short, &c, 1).await;
+    let ops = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_url = format!("http://{}/metrics", ops.local_addr().unwrap());
+    let daemon = Daemon::start_with(short, &c, 1, Some(ops)).await;
     let event = events(&c, 1).await[0];
     wait_state(&c, event, "dead").await;
+    // Counted, and sampled as a gauge (no id or URL in a label).
+    let metrics = eventually("the dead letter in the metrics", Duration::from_secs(20), || async {
+        let text = reqwest::get(&metrics_url).await.ok()?.text().await.ok()?;
+        text.lines().any(|l| l == "meetingd_webhooks_dead 1").then_some(text)
+    })
+    .await;
+    for series in ["meetingd_webhook_deliveries_total{outcome=\"retry\"}", "meetingd_webhooks_pending 0"] {
+        assert!(metrics.lines().any(|l| l.starts_with(series)), "{series}: {metrics}");
+    }
+    assert!(metrics.lines().any(|l| l.starts_with("meetingd_webhook_deliveries_total{outcome=\"dead\"}")), "{metrics}");
+    assert!(!metrics.contains("receiver-private-token") && !metrics.contains("127.0.0.1"), "{metrics}");
     daemon.stop().await;
     let tries = receiver.received();
     assert!(!tries.is_empty() && tries.iter().all(|r| r.answered == 500), "{tries:?}");
@@ -279,6 +298,14 @@ async fn an_event_past_max_age_is_dead_lettered_shown_in_status_and_sent_again_o
     daemon.stop().await;
     let last = receiver.received().pop().unwrap();
     assert_eq!((last.answered, last.id()), (200, tries[0].id()));
+
+    // Switched off: a new event is not queued, and status says so.
+    let off = meetingd(&["webhooks", "off"], &[("DATABASE_URL", &db.url)]);
+    assert!(off.status.success(), "{}", text(&off));
+    let quiet = events(&c, 1).await[0];
+    assert_eq!(delivery(&c, quiet).await, None);
+    let status = text(&meetingd(&["status"], &[("DATABASE_URL", &db.url)]));
+    assert!(status.contains("webhooks      off"), "{status}");
 }
 
 /// Current-thread runtime: the daemon, the receiver and every library log on the test's thread,
