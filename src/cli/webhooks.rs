@@ -65,7 +65,11 @@ pub async fn execute(file: Option<PathBuf>, command: WebhooksCommand) -> anyhow:
 /// The webhooks line of `meetingd status`.
 pub fn print_status(w: &Webhooks) {
     match w.since {
-        None if w.pending + w.dead == 0 => println!("webhooks      off (no daemon with webhooks.url has started)"),
+        None if w.pending + w.dead == 0 => {
+            println!(
+                "webhooks      off (no daemon with webhooks.url has started since `meetingd webhooks off`, if ever)"
+            )
+        }
         None => println!("webhooks      off; {} pending, {} dead-lettered left from before", w.pending, w.dead),
         Some(since) => println!(
             "webhooks      on since {}: {} pending ({} failing, oldest {:.1} s), {} dead-lettered{}",
