@@ -7,7 +7,9 @@
 -- The daemon then connects as that role: it reads the marketplace tables, writes only the
 -- meeting columns of `bookings` and `services`, keeps the providers' integration rows, and works in schema
 -- meetingd. The triggers run as their owner (SECURITY DEFINER), so the app's own role needs no
--- rights on schema meetingd.
+-- rights on schema meetingd. The webhook tables (V10) are covered by the schema-wide grants below:
+-- the daemon inserts delivery rows (the trigger on meetingd.events runs as the inserting role),
+-- claims, updates and prunes them, and sets or clears meetingd.webhook_feed.
 
 GRANT USAGE ON SCHEMA public TO :"role";
 GRANT SELECT ON users, services, bookings TO :"role";

@@ -284,6 +284,8 @@ pub struct Status {
     /// Meetings out of meetingd's reach, newest first.
     pub orphans: Vec<status::Orphan>,
     pub orphan_count: i64,
+    /// Webhook deliveries (`[webhooks]`).
+    pub webhooks: status::Webhooks,
 }
 
 pub async fn status(client: Sql<'_>) -> Result<Status, DbError> {
@@ -293,6 +295,7 @@ pub async fn status(client: Sql<'_>) -> Result<Status, DbError> {
         recent_failures: status::recent_failures(client).await?,
         orphans: status::recent_orphans(client).await?,
         orphan_count: status::orphan_count(client).await?,
+        webhooks: status::webhooks(client).await?,
     })
 }
 

@@ -18,7 +18,9 @@ use crate::providers::Platform;
 use crate::telemetry::LogFormat;
 
 mod check;
+mod webhooks;
 pub use check::check;
+pub use webhooks::WebhooksCommand;
 
 #[derive(Debug, Parser)]
 #[command(name = "meetingd", version, about = "Automatic online-meeting links for a services marketplace")]
@@ -73,6 +75,9 @@ pub enum Command {
     /// One booking's meeting: state, audit trail, retries.
     #[command(subcommand)]
     Bookings(BookingsCommand),
+    /// Outbound webhooks (`[webhooks]`): send dead letters again, switch the feed off.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -266,7 +271,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = crate::db::session(&config.database).await?;
             let p = crate::db::maintenance::prune(client.sql(), &config.retention).await?;
             println!(
-                "pruned {} row(s): {} audit, {} events, {} finished jobs, {} expired OAuth states, {} retired integrations, {} orphan reports, {} past daily counts",
+                "pruned {} row(s): {} audit, {} events, {} finished jobs, {} expired OAuth states, {} retired integrations, {} orphan reports, {} past daily counts, {} webhook deliveries",
                 p.total(),
                 p.audit_log,
                 p.events,
@@ -274,7 +279,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 p.oauth_states,
                 p.retired_integrations,
                 p.orphaned_meetings,
-                p.platform_quota
+                p.platform_quota,
+                p.webhook_deliveries
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -305,6 +311,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Webhooks(command) => webhooks::execute(cli.config, command).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -361,6 +368,7 @@ fn print_status(s: &crate::admin::Status) {
             );
         }
     }
+    webhooks::print_status(&s.webhooks);
     if !s.recent_failures.is_empty() {
         println!("last failures (retry with `meetingd bookings retry <id>` or `--all-failed`):");
         for f in &s.recent_failures {

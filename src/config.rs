@@ -3,7 +3,8 @@
 //! Owns how settings are found and what makes them valid. It never opens a connection or a file
 //! other than the one config file it is given, and never writes anything. Each platform's section
 //! (`[google]`, `[jitsi]`) is a struct here that validates itself (`[zoom]`: `config/zoom.rs`, `[teams]`: `config/teams.rs`); `[http]` is `config/http.rs`,
-//! `check`'s timing and transport findings are `config/traps.rs`, the tests `config/tests.rs`.
+//! `[webhooks]` is `config/webhooks.rs`, `check`'s timing and transport findings are
+//! `config/traps.rs`, the tests `config/tests.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,6 +52,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub retention: RetentionConfig,
     pub reconcile: ReconcileConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 /// The daily reconcile sweep from the platforms' side (see `reconcile.rs`).
@@ -77,6 +79,10 @@ pub struct RetentionConfig {
     pub finished_jobs_days: u32,
     /// Orphaned-meeting reports.
     pub orphaned_meetings_days: u32,
+    /// Delivered webhooks (`meetingd.webhook_deliveries`).
+    pub webhook_deliveries_days: u32,
+    /// Dead-lettered webhooks (kept to be looked at and re-driven with `meetingd webhooks retry`).
+    pub webhook_dead_days: u32,
 }
 
 /// Rate limits per platform (see `ratelimit.rs`).
@@ -385,6 +391,7 @@ impl Config {
         }
         self.zoom.use_credentials(dir);
         self.teams.use_credentials(dir);
+        self.webhooks.use_credentials(dir);
         if unset(&self.http.jwt_secret, &self.http.jwt_secret_file)
             && let Some(p) = present(CREDENTIAL_JWT_SECRET)
         {
@@ -477,6 +484,7 @@ impl Config {
         self.google.problems(&mut problems);
         self.zoom.problems(&mut problems);
         self.teams.problems(&mut problems);
+        self.webhooks.problems(&mut problems);
         for (name, r) in
             [("google_meet", &self.limits.google_meet), ("zoom", &self.limits.zoom), ("teams", &self.limits.teams)]
         {
@@ -552,10 +560,12 @@ pub fn redact_url(url: &str) -> String {
 mod http;
 mod teams;
 mod traps;
+mod webhooks;
 mod zoom;
 
 pub use http::HttpConfig;
 pub use teams::{CREDENTIAL_TEAMS_SECRET, TeamsConfig};
+pub use webhooks::{CREDENTIAL_WEBHOOKS_SECRET, WebhooksConfig};
 pub use zoom::{CREDENTIAL_ZOOM_SECRET, ZoomConfig};
 
 #[cfg(test)]

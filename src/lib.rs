@@ -27,6 +27,7 @@ pub mod supervise;
 pub mod systemd;
 pub mod telemetry;
 pub mod tokens;
+pub mod webhooks;
 pub mod worker;
 
 use std::sync::Arc;
@@ -181,6 +182,15 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
         None => None,
     };
     let wake = Arc::new(Notify::new());
+    let events_wake = Arc::new(Notify::new());
+    let webhooks =
+        webhooks::Webhooks::new(pool.clone(), &config.webhooks, &config.worker, instance, events_wake.clone())
+            .map_err(RunError::Config)?
+            .map(Arc::new);
+    // Before anything is ready: an event recorded once the daemon listens is queued for delivery.
+    if let Some(webhooks) = &webhooks {
+        webhooks.switch_on().await?;
+    }
     let sampler_pool = pool.clone();
     let sweep = config.reconcile.enabled.then(|| {
         reconcile::every_day(
@@ -206,6 +216,7 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
             liveness: Some(liveness.clone()),
             ping_interval: std::time::Duration::from_millis(config.worker.listen_ping_interval_ms),
             wake: wake.clone(),
+            events_wake: webhooks.is_some().then(|| events_wake.clone()),
             state: state.clone(),
         };
         let stop = shutdown.clone();
@@ -247,6 +258,13 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
         std::time::Duration::from_secs(5),
         shutdown.clone(),
     ));
+    if let Some(webhooks) = webhooks {
+        liveness.enable_webhooks();
+        let stop = shutdown.clone();
+        tasks.spawn(supervise::supervise(systemd::Loop::Webhooks, liveness.clone(), shutdown.clone(), move || {
+            webhooks.clone().run(stop.clone())
+        }));
+    }
     let (dispatcher, stop) = (worker.clone(), shutdown.clone());
     tasks.spawn(supervise::supervise(systemd::Loop::Dispatcher, liveness.clone(), shutdown.clone(), move || {
         dispatcher.clone().run(stop.clone())

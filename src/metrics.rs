@@ -27,6 +27,11 @@ pub const NOTIFY_QUEUE_USAGE: &str = "meetingd_pg_notification_queue_usage";
 pub const LISTENER_UP: &str = "meetingd_listener_connected";
 pub const LOOP_RESTARTS: &str = "meetingd_loop_restarts_total";
 pub const QUOTA_REFUSALS: &str = "meetingd_platform_quota_refusals_total";
+pub const WEBHOOK_DELIVERIES: &str = "meetingd_webhook_deliveries_total";
+pub const WEBHOOKS_PENDING: &str = "meetingd_webhooks_pending";
+pub const WEBHOOKS_FAILING: &str = "meetingd_webhooks_failing";
+pub const WEBHOOKS_DEAD: &str = "meetingd_webhooks_dead";
+pub const WEBHOOKS_OLDEST_PENDING_AGE: &str = "meetingd_webhooks_oldest_pending_age_seconds";
 
 /// The process-wide recorder (installed once; later calls return the same handle).
 pub fn install() -> PrometheusHandle {
@@ -68,6 +73,14 @@ fn describe() {
         QUOTA_REFUSALS,
         "Platform requests not sent because the account's daily allowance is used up (Zoom's daily meeting creations and updates), by platform"
     );
+    describe_counter!(
+        WEBHOOK_DELIVERIES,
+        "Webhook delivery attempts by this daemon, by outcome (delivered, retry, gone, dead, lease_lost, not_recorded)"
+    );
+    describe_gauge!(WEBHOOKS_PENDING, "Webhook messages not delivered yet");
+    describe_gauge!(WEBHOOKS_FAILING, "Pending webhook messages whose last attempt failed");
+    describe_gauge!(WEBHOOKS_DEAD, "Dead-lettered webhook messages (meetingd webhooks retry sends them again)");
+    describe_gauge!(WEBHOOKS_OLDEST_PENDING_AGE, "Age of the oldest pending webhook message, in seconds");
     describe_gauge!(QUEUE_DEPTH, "Pending jobs in meetingd.jobs");
     describe_gauge!(OLDEST_DUE_AGE, "Age of the oldest job that is due and unclaimed, in seconds");
     describe_gauge!(FAILED_JOBS, "Jobs that ran out of attempts (bookings with meeting_status failed)");
@@ -101,6 +114,10 @@ pub async fn sample(
                 gauge!(FAILED_JOBS).set(g.failed_jobs);
                 gauge!(NEEDS_RECONNECT).set(g.needs_reconnect);
                 gauge!(NOTIFY_QUEUE_USAGE).set(g.notification_queue_usage);
+                gauge!(WEBHOOKS_PENDING).set(g.webhooks.pending as f64);
+                gauge!(WEBHOOKS_FAILING).set(g.webhooks.failing as f64);
+                gauge!(WEBHOOKS_DEAD).set(g.webhooks.dead as f64);
+                gauge!(WEBHOOKS_OLDEST_PENDING_AGE).set(g.webhooks.oldest_pending_secs);
             }
             Err(e) => tracing::debug!(error = %crate::db::describe(&e), "metrics sample failed"),
         }

@@ -1,4 +1,5 @@
-//! Keeps the daemon's long-running loops (the dispatcher, the LISTEN connection) running.
+//! Keeps the daemon's long-running loops (the dispatcher, the LISTEN connection, the webhook
+//! sender) running.
 //!
 //! A loop that ends or panics before shutdown is logged with what happened, marked down (so
 //! `/readyz` answers 503 and the systemd watchdog is not fed), and started again after a

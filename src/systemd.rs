@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 pub enum Loop {
     Dispatcher,
     Listener,
+    /// The webhook delivery loop (`webhooks/`), when `[webhooks] url` is set.
+    Webhooks,
 }
 
 impl Loop {
@@ -24,6 +26,7 @@ impl Loop {
         match self {
             Loop::Dispatcher => "dispatcher",
             Loop::Listener => "listener",
+            Loop::Webhooks => "webhook sender",
         }
     }
 }
@@ -38,6 +41,8 @@ pub struct Liveness {
     listener_enabled: bool,
     dispatcher_running: AtomicBool,
     listener_running: AtomicBool,
+    webhooks_enabled: AtomicBool,
+    webhooks_running: AtomicBool,
 }
 
 impl Liveness {
@@ -49,6 +54,8 @@ impl Liveness {
             listener_enabled,
             dispatcher_running: AtomicBool::new(true),
             listener_running: AtomicBool::new(true),
+            webhooks_enabled: AtomicBool::new(false),
+            webhooks_running: AtomicBool::new(true),
         })
     }
 
@@ -56,7 +63,13 @@ impl Liveness {
         match which {
             Loop::Dispatcher => &self.dispatcher_running,
             Loop::Listener => &self.listener_running,
+            Loop::Webhooks => &self.webhooks_running,
         }
+    }
+
+    /// The webhook delivery loop runs too: its being down counts (it has no beat of its own).
+    pub fn enable_webhooks(&self) {
+        self.webhooks_enabled.store(true, Ordering::Relaxed);
     }
 
     pub fn set_running(&self, which: Loop, up: bool) {
@@ -68,6 +81,9 @@ impl Liveness {
         let mut loops = vec![Loop::Dispatcher];
         if self.listener_enabled {
             loops.push(Loop::Listener);
+        }
+        if self.webhooks_enabled.load(Ordering::Relaxed) {
+            loops.push(Loop::Webhooks);
         }
         loops.into_iter().filter(|l| !self.running_flag(*l).load(Ordering::Relaxed)).collect()
     }

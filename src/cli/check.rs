@@ -1,5 +1,5 @@
 //! `meetingd check`: one line per check (configuration, database, schema, marketplace columns,
-//! platforms, the API's bearer tokens, leases and transports) and every problem found.
+//! platforms, the API's bearer tokens, webhooks, leases and transports) and every problem found.
 //!
 //! It reads and connects, and changes nothing.
 
@@ -88,6 +88,24 @@ pub async fn check(file: Option<PathBuf>) -> bool {
             ),
             Err(e) => report(false, "http", e),
         }
+    }
+    let w = &config.webhooks;
+    if w.is_on() {
+        let secret = match w.secret() {
+            Ok(Some(_)) => "whsec_***",
+            _ => "missing",
+        };
+        report(
+            true,
+            "webhooks",
+            format!(
+                "every event POSTed to {} (Standard Webhooks, secret {secret}); dead-lettered {} s after the event",
+                w.shown_url(),
+                w.max_age_secs
+            ),
+        );
+    } else {
+        report(true, "webhooks", "off (webhooks.url is empty)".into());
     }
     let shown = redact_url(config.database.url.expose_secret());
     let client = match crate::db::session(&config.database).await {

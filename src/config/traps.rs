@@ -110,7 +110,7 @@ impl Config {
 }
 
 /// Whether `url` names this machine: a loopback address or `localhost`.
-fn is_loopback(url: &url::Url) -> bool {
+pub(super) fn is_loopback(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),

@@ -111,7 +111,7 @@ impl ZoomConfig {
 
 /// `file` becomes the credential `name` in `dir` when neither `inline` nor `file` is set and the
 /// credential exists.
-fn fill_from_credential(inline: &SecretString, file: &mut PathBuf, dir: &Path, name: &str) {
+pub(super) fn fill_from_credential(inline: &SecretString, file: &mut PathBuf, dir: &Path, name: &str) {
     let unset = inline.expose_secret().is_empty() && file.as_os_str().is_empty();
     let credential = dir.join(name);
     if unset && credential.is_file() {

@@ -1,4 +1,5 @@
-//! The LISTEN connection: wakes the dispatcher when the trigger NOTIFYs.
+//! The LISTEN connection: wakes the dispatcher when the trigger NOTIFYs, and the webhook
+//! delivery loop (`webhooks/`) when an event is recorded (channel `meetingd_events`).
 //!
 //! Owns one dedicated connection (a pooled one cannot receive notifications), driven with
 //! `poll_message`, pinged, with TCP keepalives, reconnected with back-off. A NOTIFY is only a
@@ -19,6 +20,9 @@ use crate::config::DatabaseConfig;
 
 /// The channel the trigger notifies on; the payload is the job id.
 pub const CHANNEL: &str = "meetingd";
+
+/// The channel every new row of `meetingd.events` is sent on (the app's; its payload is not read).
+pub const EVENTS_CHANNEL: &str = "meetingd_events";
 
 /// Shared view of the listener, for readiness and status.
 #[derive(Debug)]
@@ -55,6 +59,9 @@ pub struct Listener {
     pub liveness: Option<std::sync::Arc<crate::systemd::Liveness>>,
     pub ping_interval: Duration,
     pub wake: Arc<Notify>,
+    /// Woken by every NOTIFY on [`EVENTS_CHANNEL`] and every (re)connect, when set: the webhook
+    /// delivery loop's.
+    pub events_wake: Option<Arc<Notify>>,
     pub state: Arc<ListenerState>,
 }
 
@@ -102,6 +109,7 @@ impl Listener {
         let (pg, tls) = super::pg_config(&self.db)?;
         let (client, mut connection) = pg.connect(tls).await.map_err(DbError::Connect)?;
         let wake = self.wake.clone();
+        let events_wake = self.events_wake.clone();
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         let mut driver = tokio::spawn(async move {
             while let Some(message) = messages.next().await {
@@ -116,6 +124,11 @@ impl Listener {
                         }
                         wake.notify_one();
                     }
+                    Ok(AsyncMessage::Notification(n)) if n.channel() == EVENTS_CHANNEL => {
+                        if let Some(events) = &events_wake {
+                            events.notify_one();
+                        }
+                    }
                     Ok(AsyncMessage::Notice(notice)) => {
                         tracing::debug!(message = notice.message(), "notice on LISTEN connection");
                     }
@@ -126,12 +139,20 @@ impl Listener {
             Ok(())
         });
         let result = async {
-            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+            // One statement text, so `meetingd status` still finds it as `LISTEN meetingd%`.
+            let listen = match self.events_wake {
+                Some(_) => format!("LISTEN {CHANNEL}; LISTEN {EVENTS_CHANNEL}"),
+                None => format!("LISTEN {CHANNEL}"),
+            };
+            client.batch_execute(&listen).await?;
             self.state.set(true);
             self.beat();
             tracing::info!("listening for booking changes on channel '{CHANNEL}'");
             // Anything committed while we were not listening is found by this rescan.
             self.wake.notify_one();
+            if let Some(events) = &self.events_wake {
+                events.notify_one();
+            }
             let mut ping = tokio::time::interval(self.ping_interval);
             ping.tick().await;
             loop {

@@ -2,7 +2,8 @@
 //!
 //! `backfill` queues the confirmed future bookings of online services that meetingd has never
 //! seen (a marketplace that had bookings before meetingd was installed); `prune` deletes what
-//! meetingd wrote and no longer needs, per `[retention]`. Neither touches a marketplace row:
+//! meetingd wrote and no longer needs, per `[retention]` (delivered and dead-lettered webhooks
+//! too; a pending one stays until it is delivered or dead). Neither touches a marketplace row:
 //! backfill only re-arms jobs (`meetingd.touch_job`), prune only deletes from schema `meetingd`.
 //! Prune never deletes a job that still matters: one whose booking has a live meeting or a
 //! pending create, since that job is what re-arms the booking when the marketplace changes it,
@@ -41,6 +42,8 @@ pub struct Pruned {
     pub orphaned_meetings: i64,
     /// Past days of the platforms' daily counts (`meetingd.platform_quota`).
     pub platform_quota: i64,
+    /// Delivered and dead-lettered webhooks (`meetingd.webhook_deliveries`); pending ones stay.
+    pub webhook_deliveries: i64,
 }
 
 impl Pruned {
@@ -52,6 +55,7 @@ impl Pruned {
             + self.retired_integrations
             + self.orphaned_meetings
             + self.platform_quota
+            + self.webhook_deliveries
     }
 }
 
@@ -131,6 +135,22 @@ pub async fn prune(db: Sql<'_>, retention: &RetentionConfig) -> Result<Pruned, D
             days(1),
         )
         .await?,
+        webhook_deliveries: in_batches(
+            db,
+            "DELETE FROM meetingd.webhook_deliveries WHERE event_id IN (
+                SELECT event_id FROM meetingd.webhook_deliveries
+                 WHERE state = 'delivered' AND finished_at < now() - make_interval(secs => $1) LIMIT $2)",
+            days(retention.webhook_deliveries_days),
+        )
+        .await?
+            + in_batches(
+                db,
+                "DELETE FROM meetingd.webhook_deliveries WHERE event_id IN (
+                SELECT event_id FROM meetingd.webhook_deliveries
+                 WHERE state = 'dead' AND finished_at < now() - make_interval(secs => $1) LIMIT $2)",
+                days(retention.webhook_dead_days),
+            )
+            .await?,
     })
 }
 
@@ -161,6 +181,7 @@ pub async fn prune_every(
                 retired_integrations = p.retired_integrations,
                 orphaned_meetings = p.orphaned_meetings,
                 platform_quota = p.platform_quota,
+                webhook_deliveries = p.webhook_deliveries,
                 "pruned what [retention] no longer keeps"
             ),
             Ok(_) => {}

@@ -25,6 +25,7 @@ pub mod sql;
 pub mod status;
 pub mod tls;
 pub mod users;
+pub mod webhooks;
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! What `meetingd status`, `meetingd check` and the metrics sampler read: the queue's counts,
-//! failures, integrations waiting for a reconnect, orphaned meetings, the session's TLS.
+//! failures, integrations waiting for a reconnect, orphaned meetings, webhook deliveries, the
+//! session's TLS.
 //!
 //! Read-only aggregates over `meetingd.*` and `user_meeting_integrations`; nothing here changes
 //! a row or returns a token.
@@ -138,6 +139,45 @@ pub struct Gauges {
     pub failed_jobs: f64,
     pub needs_reconnect: f64,
     pub notification_queue_usage: f64,
+    pub webhooks: Webhooks,
+}
+
+/// Webhook deliveries at a glance (`meetingd.webhook_deliveries`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Webhooks {
+    /// Whether the feed is on (events are queued), and since when.
+    pub since: Option<DateTime<Utc>>,
+    pub pending: i64,
+    /// Pending messages whose last attempt failed.
+    pub failing: i64,
+    pub dead: i64,
+    pub oldest_pending_secs: f64,
+}
+
+/// A sub-select with the columns of [`Webhooks`]; each count reads one partial index's rows
+/// (pending, dead), never the delivered ones.
+const WEBHOOK_COUNTS: &str = "(SELECT (SELECT since FROM meetingd.webhook_feed) AS since,
+        count(*) AS pending,
+        count(*) FILTER (WHERE last_error IS NOT NULL) AS failing,
+        (SELECT count(*) FROM meetingd.webhook_deliveries WHERE state = 'dead') AS dead,
+        COALESCE(EXTRACT(EPOCH FROM now() - min(queued_at)), 0)::float8 AS oldest_pending_secs
+   FROM meetingd.webhook_deliveries WHERE state = 'pending')";
+
+fn webhooks_of(r: &tokio_postgres::Row, at: usize) -> Webhooks {
+    Webhooks {
+        since: r.get(at),
+        pending: r.get(at + 1),
+        failing: r.get(at + 2),
+        dead: r.get(at + 3),
+        oldest_pending_secs: r.get(at + 4),
+    }
+}
+
+/// Webhook deliveries: counts, and the oldest pending message's age.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn webhooks(db: Sql<'_>) -> Result<Webhooks, DbError> {
+    let r = db.query_one(&format!("SELECT w.* FROM {WEBHOOK_COUNTS} w"), &[]).await?;
+    Ok(webhooks_of(&r, 0))
 }
 
 /// All gauges in one statement. The error is the driver's: the sampler only logs it (at debug).
@@ -145,13 +185,15 @@ pub struct Gauges {
 pub async fn gauges(db: Sql<'_>) -> Result<Gauges, tokio_postgres::Error> {
     let r = db
         .query_one(
-            "SELECT (SELECT count(*) FROM meetingd.jobs WHERE state = 'pending')::float8,
+            &format!("SELECT (SELECT count(*) FROM meetingd.jobs WHERE state = 'pending')::float8,
                     COALESCE((SELECT EXTRACT(EPOCH FROM now() - min(run_at)) FROM meetingd.jobs
                                WHERE state = 'pending' AND run_at <= now()
                                  AND (lease_until IS NULL OR lease_until < now())), 0)::float8,
                     (SELECT count(*) FROM meetingd.jobs WHERE state = 'failed')::float8,
                     (SELECT count(*) FROM user_meeting_integrations WHERE is_active IS NOT TRUE AND access_token <> '')::float8,
-                    pg_notification_queue_usage()",
+                    pg_notification_queue_usage(),
+                    w.*
+               FROM {WEBHOOK_COUNTS} w"),
             &[],
         )
         .await?;
@@ -161,6 +203,7 @@ pub async fn gauges(db: Sql<'_>) -> Result<Gauges, tokio_postgres::Error> {
         failed_jobs: r.get(2),
         needs_reconnect: r.get(3),
         notification_queue_usage: r.get(4),
+        webhooks: webhooks_of(&r, 5),
     })
 }
 

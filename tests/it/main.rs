@@ -18,6 +18,7 @@ mod teams;
 mod tls;
 mod traps;
 mod trigger;
+mod webhooks;
 mod worker;
 mod zoom;
 mod zoom_webhook;

@@ -9,6 +9,7 @@ use meetingd::worker::Worker;
 use meetingd_testkit::db::{TestDb, eventually};
 use meetingd_testkit::fake_google::FakeGoogle;
 use meetingd_testkit::market::{self, meeting};
+use meetingd_testkit::webhook_receiver::{Receiver, SECRET};
 use secrecy::SecretString;
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -62,8 +63,12 @@ async fn the_daemon_works_with_only_the_documented_grants() {
     let role = Role::create(&db).await;
     let mut config = db.config();
     config.database.url = SecretString::from(role.url());
+    let receiver = Receiver::start().await;
+    config.webhooks.url = receiver.url();
+    config.webhooks.secret = SecretString::from(SECRET);
 
-    // The whole daemon: start-up (schema check), LISTEN, claims and write-backs.
+    // The whole daemon: start-up (schema check, the webhook feed switched on), LISTEN, claims and
+    // write-backs, webhook deliveries.
     let shutdown = tokio_util::sync::CancellationToken::new();
     let daemon = tokio::spawn(meetingd::run_with(config.clone(), meetingd::RunOptions::default(), shutdown.clone()));
     let b = market::book(&c, m.online, m.customer, "confirmed").await;
@@ -75,6 +80,18 @@ async fn the_daemon_works_with_only_the_documented_grants() {
     market::set_status(&c, b, "cancelled").await;
     eventually("unlinked by the restricted role", Duration::from_secs(20), || async {
         (meeting(&c, b).await.status.as_deref() == Some("deleted")).then_some(())
+    })
+    .await;
+    eventually("the events delivered as webhooks by the restricted role", Duration::from_secs(20), || async {
+        let r = c
+            .query_one(
+                "SELECT count(*) FILTER (WHERE state = 'delivered'), count(*) FROM meetingd.webhook_deliveries",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (delivered, all): (i64, i64) = (r.get(0), r.get(1));
+        (all >= 1 && delivered == all && receiver.received().len() as i64 == all).then_some(())
     })
     .await;
     shutdown.cancel();

@@ -5,7 +5,7 @@
 //! private one), per-test databases cloned from a migrated template ([`db`]), the in-process fake of
 //! Google ([`fake_google`]), of Zoom ([`fake_zoom`]) and of Microsoft Graph ([`fake_graph`]), an auth service's JWKS endpoint ([`jwks`]), certificates ([`certs`]),
 //! a private PgBouncer ([`pgbouncer`]), running the daemon in-process or as a `meetingd run` child
-//! ([`daemon`]) and seed data ([`market`]). It
+//! ([`daemon`]), seed data ([`market`]) and a webhook receiver ([`webhook_receiver`]). It
 //! is never part of the daemon: nothing under `src/` may depend on it, and it holds no assertion of
 //! a test, only the means to set one up.
 
@@ -21,6 +21,7 @@ pub mod jwks;
 pub mod logs;
 pub mod market;
 pub mod pgbouncer;
+pub mod webhook_receiver;
 
 use std::path::{Path, PathBuf};
 
