@@ -108,12 +108,14 @@ async fn the_daemon_works_with_only_the_documented_grants() {
     assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("google_meet")), "{state:?}");
     assert_eq!(google.refresh_calls(), 1);
 
-    // The API's PUT /api/services/{id}/meeting: the service's meeting columns, and a re-arm.
+    // The API's PUT /api/services/{id}/meeting: the rules (over what the daemon published at its
+    // start), the service's meeting columns (through the function, not a grant), and a re-arm.
     let api_pool = meetingd::db::pool(&config.database, 1).unwrap();
     let client = api_pool.get().await.unwrap();
     let rearmed = meetingd::db::services::set_meeting(client.sql(), service, Some("jitsi"), &serde_json::json!({}))
         .await
-        .expect("the restricted role sets a service's meeting platform");
+        .expect("the restricted role sets a service's meeting platform")
+        .expect("by the rules, which it may read");
     assert_eq!(rearmed, 1);
     let platform: String =
         c.query_one("SELECT meeting_platform FROM services WHERE id = $1", &[&service]).await.unwrap().get(0);
