@@ -32,3 +32,26 @@ pub async fn publish(db: Sql<'_>, offer: &[PlatformOffer], by: &str) -> Result<(
     .await?;
     Ok(())
 }
+
+/// One row of `meetingd.platforms` as `check` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub platform: String,
+    pub offered: bool,
+    pub fallback: bool,
+    pub by: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What was published, in `meetingd.platforms`' order of names; empty when no daemon has.
+pub async fn published(db: Sql<'_>) -> Result<Vec<Published>, DbError> {
+    Ok(db
+        .query(
+            "SELECT platform, offered, fallback, published_by, published_at FROM meetingd.platforms ORDER BY platform",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| Published { platform: r.get(0), offered: r.get(1), fallback: r.get(2), by: r.get(3), at: r.get(4) })
+        .collect())
+}
