@@ -64,25 +64,7 @@ impl Refusal {
             message: db.message().to_string(),
         })
     }
-}
 
-/// Sets service `id`'s meeting platform (`None`: none) and settings by the rules of
-/// `meetingd.set_service_meeting` (the same the app's own writes may call), and re-arms its
-/// upcoming confirmed bookings: how many were re-armed, or why the rules refused the change
-/// (then nothing changed).
-pub async fn set_meeting(
-    db: Sql<'_>,
-    id: Uuid,
-    platform: Option<&str>,
-    settings: &serde_json::Value,
-) -> Result<Result<i64, Refusal>, DbError> {
-    match db.query_one("SELECT meetingd.set_service_meeting($1, $2, $3)", &[&id, &platform, &settings]).await {
-        Ok(row) => Ok(Ok(row.get(0))),
-        Err(e) => Refusal::of(&e).or_else(|| Refusal::of_value(&e)).map(Err).ok_or(DbError::Query(e)),
-    }
-}
-
-impl Refusal {
     /// Also a refusal: a value PostgreSQL cannot hold at all (`\u0000` in the settings, a NUL in
     /// the platform's name), which the function never saw.
     fn of_value(error: &tokio_postgres::Error) -> Option<Refusal> {
@@ -99,5 +81,21 @@ impl Refusal {
             _ => return None,
         };
         Some(Refusal { code: code.into(), key: Some(key.into()), message: message.into() })
+    }
+}
+
+/// Sets service `id`'s meeting platform (`None`: none) and settings by the rules of
+/// `meetingd.set_service_meeting` (the same the app's own writes may call), and re-arms its
+/// upcoming confirmed bookings: how many were re-armed, or why the rules refused the change
+/// (then nothing changed).
+pub async fn set_meeting(
+    db: Sql<'_>,
+    id: Uuid,
+    platform: Option<&str>,
+    settings: &serde_json::Value,
+) -> Result<Result<i64, Refusal>, DbError> {
+    match db.query_one("SELECT meetingd.set_service_meeting($1, $2, $3)", &[&id, &platform, &settings]).await {
+        Ok(row) => Ok(Ok(row.get(0))),
+        Err(e) => Refusal::of(&e).or_else(|| Refusal::of_value(&e)).map(Err).ok_or(DbError::Query(e)),
     }
 }

@@ -106,6 +106,18 @@ async fn the_put_and_the_sql_functions_refuse_alike_case_by_case() {
         assert_eq!(set(&mut app, *service, *platform, settings).await.as_deref(), *expected, "set {what}");
     }
 
+    // What PostgreSQL cannot hold is refused too, not a 500.
+    for (body, code) in [
+        (json!({"platform": "jitsi", "settings": {"title": "a\u{0}b"}}), "invalid_settings"),
+        (json!({"platform": "jit\u{0}si"}), "unknown_platform"),
+    ] {
+        let r = api
+            .call("PUT", &format!("/api/services/{online}/meeting"), Some(api.as_user(api.provider)), Some(body))
+            .await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], code);
+    }
+
     // A connection makes the same change acceptable to both.
     api.connect(api.provider, "zoom", |url| api.zoom.consent(url)).await;
     let settings = json!({"waiting_room": true, "mute_on_entry": true});
