@@ -115,6 +115,7 @@ pub async fn show(
                 ("unsupported_option" = (value = json!({"error": {"code": "unsupported_option",
                     "message": "Microsoft Teams cannot honour the meeting option \"mute_on_entry\"; remove it or choose another platform."}})))
             )),
+        (status = 503, description = "`platforms_unpublished`: `meetingd.platforms` is empty (each daemon fills it at start-up, before it serves this API)", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)
     ),
     security(("bearer" = []))
