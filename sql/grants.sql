@@ -15,12 +15,12 @@ GRANT USAGE ON SCHEMA public TO :"role";
 GRANT SELECT ON users, services, bookings TO :"role";
 GRANT UPDATE (meeting_link, meeting_id, meeting_platform, meeting_settings, meeting_status, meeting_error)
   ON bookings TO :"role";
--- A provider sets their service's meeting platform and settings through the API
--- (PUT /api/services/{id}/meeting).
-GRANT UPDATE (meeting_platform, meeting_settings) ON services TO :"role";
 GRANT SELECT, INSERT, UPDATE, DELETE ON user_meeting_integrations TO :"role";
 
 GRANT USAGE ON SCHEMA meetingd TO :"role";
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA meetingd TO :"role";
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA meetingd TO :"role";
+-- Among them meetingd.set_service_meeting (PUT /api/services/{id}/meeting), which writes a
+-- service's meeting columns as its owner: the role needs no UPDATE on services. meetingd.platforms
+-- is what the daemon publishes at start-up.
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA meetingd TO :"role";

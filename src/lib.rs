@@ -154,6 +154,11 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
         None => Providers::real(&config, &deps),
     }
     .map_err(RunError::Config)?;
+    // What this deployment offers, for the database's rules of a service's meeting platform
+    // (meetingd.check_service_meeting): published before the API serves.
+    let connectors = providers::auth::Connectors::from_config(&config).map_err(RunError::Config)?;
+    let offer = providers::offer::offering(&providers, &connectors, config.fallback.platform);
+    db::platforms::publish(pool.get().await?.sql(), &offer, &worker::actor(instance)).await?;
     let metrics = crate::metrics::install();
     let ops = match (options.ops_listener, config.http.metrics_listen.as_str()) {
         (Some(listener), _) => Some(listener),

@@ -1,5 +1,6 @@
-//! `meetingd check`: one line per check (configuration, database, schema, marketplace columns,
-//! platforms, the API's bearer tokens, webhooks, leases and transports) and every problem found.
+//! `meetingd check`: one line per check (configuration, database, schema, what the daemons
+//! published for the SQL rules of a service's platform, marketplace columns, platforms, the API's
+//! bearer tokens, webhooks, leases and transports) and every problem found.
 //!
 //! It reads and connects, and changes nothing.
 
@@ -128,6 +129,10 @@ pub async fn check(file: Option<PathBuf>) -> bool {
         Ok(status) => report(status.is_current(), "schema", status.explain()),
         Err(e) => report(false, "schema", e.to_string()),
     }
+    match published(&config, client.sql()).await {
+        Ok(line) => report(true, "published", line),
+        Err(warning) => println!("warn {:<14} {warning}", "published"),
+    }
     match crate::db::marketplace::inspect(client.sql()).await {
         Ok(columns) => {
             for c in columns {
@@ -137,6 +142,49 @@ pub async fn check(file: Option<PathBuf>) -> bool {
         Err(e) => report(false, "column", format!("cannot inspect the marketplace columns: {e}")),
     }
     ok
+}
+
+/// What the daemons published for the database's rules of a service's meeting platform
+/// (`meetingd.platforms`), against what this configuration offers: `Err` is a warning (nothing
+/// published yet, or another configuration's offering), never a failure, since the daemon
+/// publishes at its start.
+async fn published(config: &Config, db: crate::db::Sql<'_>) -> Result<String, String> {
+    let rows = crate::db::platforms::published(db).await.map_err(|e| format!("cannot read meetingd.platforms: {e}"))?;
+    let Some(first) = rows.iter().max_by_key(|r| r.at) else {
+        return Err("no daemon has published the platforms yet: until one starts, meetingd.set_service_meeting \
+                    refuses a named platform (platforms_unpublished)"
+            .into());
+    };
+    let describe = |offered: Vec<(&str, bool)>| {
+        offered
+            .iter()
+            .map(|(p, fallback)| if *fallback { format!("{p} (fallback)") } else { p.to_string() })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let theirs = describe(rows.iter().filter(|r| r.offered).map(|r| (r.platform.as_str(), r.fallback)).collect());
+    let line = format!("{theirs} offered, by {} at {}", first.by, first.at.format("%Y-%m-%d %H:%M:%S UTC"));
+    // This configuration's offering, when its providers can be built here (they need the key).
+    let keyring = config.encryption.keyring().ok();
+    let pool = crate::db::pool(&config.database, 1).ok();
+    let connectors = crate::providers::auth::Connectors::from_config(config).ok();
+    let (Some(keyring), Some(pool), Some(connectors)) = (keyring, pool, connectors) else {
+        return Ok(line);
+    };
+    let deps = crate::providers::ProviderDeps { pool, keyring: std::sync::Arc::new(keyring), actor: "check".into() };
+    let Ok(providers) = crate::providers::Providers::real(config, &deps) else {
+        return Ok(line);
+    };
+    let mut offer = crate::providers::offer::offering(&providers, &connectors, config.fallback.platform);
+    offer.sort_by_key(|p| p.platform);
+    let mine = describe(offer.iter().filter(|p| p.offered).map(|p| (p.platform, p.fallback)).collect());
+    if mine == theirs {
+        Ok(format!("{line}; as this configuration"))
+    } else {
+        Err(format!(
+            "{line}; this configuration offers {mine}: restart the daemons with it so that the SQL rules follow"
+        ))
+    }
 }
 
 /// `check`'s warnings about bearer tokens: settings that work but let tokens meant for something

@@ -17,6 +17,7 @@ pub mod maintenance;
 pub mod marketplace;
 pub mod migrate;
 pub mod oauth_states;
+pub mod platforms;
 pub mod quota;
 pub mod reconcile;
 pub mod requeue;

@@ -103,7 +103,8 @@ fn callback_url(state: &AppState, spec: &OAuthSpec) -> url::Url {
     post, path = "/api/auth/{platform}/connect", tag = "integrations",
     params(("platform" = String, Path, description = "`google-meet`, `zoom` or `teams` (each when its OAuth client is configured)")),
     responses(
-        (status = 200, description = "Send the browser to the consent screen; the state cookie is set", body = ConnectResponse),
+        (status = 200, description = "Send the browser to the consent screen; the state cookie is set", body = ConnectResponse,
+            example = json!({"authorization_url": "https://zoom.us/oauth/authorize?response_type=code&client_id=AbCdEf123&state=q4mX2yJc9kP0sVn7tLw3uA8bZ1rE6fHd5gKi&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256&redirect_uri=https%3A%2F%2Fmeetingd.example.com%2Fapi%2Fauth%2Fzoom%2Fcallback"})),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 503, description = "The platform's OAuth client is not configured", body = ErrorBody)
     ),

@@ -18,10 +18,12 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code, e.g. `unauthenticated`, `not_found`, `invalid_json`.
+    #[schema(example = "platform_not_connected")]
     pub code: String,
     /// A sentence for people.
     pub message: String,
     /// Where to send the user to fix it (`platform_not_connected`: the app's Integrations page).
+    #[schema(example = "https://app.example.com/dashboard/integrations")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
 }

@@ -21,10 +21,13 @@ use crate::db::integrations;
 #[derive(Serialize, ToSchema)]
 pub struct IntegrationView {
     /// `google_meet`, `zoom`, `teams`.
+    #[schema(example = "zoom")]
     pub platform: String,
     /// The connected account's e-mail address, when known.
+    #[schema(example = "dana@example.com")]
     pub account_email: Option<String>,
     /// `active`, or `needs_reconnect` after the platform revoked access.
+    #[schema(example = "active")]
     pub status: String,
     pub connected_since: Option<DateTime<Utc>>,
 }
@@ -32,7 +35,12 @@ pub struct IntegrationView {
 /// The caller's integrations.
 #[utoipa::path(
     get, path = "/api/integrations", tag = "integrations",
-    responses((status = 200, body = [IntegrationView]), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses(
+        (status = 200, body = [IntegrationView], example = json!([
+            {"platform": "zoom", "account_email": "dana@example.com", "status": "active", "connected_since": "2026-11-02T09:30:00Z"}
+        ])),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+    ),
     security(("bearer" = []))
 )]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<IntegrationView>>, ApiError> {

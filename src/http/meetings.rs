@@ -45,9 +45,12 @@ pub struct UpdateRequest {
 pub struct MeetingView {
     pub booking_id: Uuid,
     /// Shown to the customer only once the booking is confirmed.
+    #[schema(example = "https://us02web.zoom.us/j/81234567890?pwd=Zk9tY2xhV1BqZz09")]
     pub meeting_link: Option<String>,
+    #[schema(example = "zoom")]
     pub meeting_platform: Option<String>,
     /// `pending`, `ready`, `failed`, `manual`, `deleted`, or null when there is none yet.
+    #[schema(example = "ready")]
     pub meeting_status: Option<String>,
     /// Why the meeting failed (the provider only).
     pub meeting_error: Option<String>,
@@ -252,7 +255,13 @@ fn exportable(booking: Uuid, link: Option<String>) -> Option<Link> {
 /// The booking's meeting as the caller may see it.
 #[utoipa::path(
     get, path = "/api/bookings/{booking_id}/meeting", tag = "meetings", params(("booking_id" = Uuid, Path)),
-    responses((status = 200, body = MeetingView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses(
+        (status = 200, body = MeetingView, example = json!({
+            "booking_id": "5f0c2a9e-8d1b-4c3e-9a7f-2b6d4e8f1a3c", "meeting_link": "https://us02web.zoom.us/j/81234567890?pwd=Zk9tY2xhV1BqZz09",
+            "meeting_platform": "zoom", "meeting_status": "ready", "meeting_error": null
+        })),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)
+    ),
     security(("bearer" = []))
 )]
 pub async fn show(

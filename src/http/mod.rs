@@ -86,7 +86,7 @@ impl AppState {
     /// The provider of `platform` when this server offers it: meetings are made on it, and a
     /// platform with accounts can have them connected here.
     pub fn offered(&self, platform: Platform) -> Option<&Arc<dyn MeetingProvider>> {
-        self.providers.get(platform).filter(|_| !platform.needs_account() || self.connectors.get(platform).is_some())
+        crate::providers::offer::offered(&self.providers, &self.connectors, platform)
     }
 }
 

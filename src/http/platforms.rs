@@ -47,7 +47,16 @@ pub struct PlatformView {
 /// The platforms this deployment offers, and the caller's connection to each.
 #[utoipa::path(
     get, path = "/api/platforms", tag = "integrations",
-    responses((status = 200, body = [PlatformView]), (status = 401, body = ErrorBody)),
+    responses(
+        (status = 200, body = [PlatformView], example = json!([
+            {"platform": "zoom", "display_name": "Zoom", "needs_account": true, "connected": true, "status": "active",
+             "connect_path": "/api/auth/zoom/connect", "options": ["waiting_room", "recording", "passcode", "mute_on_entry"],
+             "fallback": false},
+            {"platform": "jitsi", "display_name": "Jitsi Meet", "needs_account": false, "connected": true, "status": null,
+             "connect_path": null, "options": [], "fallback": true}
+        ])),
+        (status = 401, body = ErrorBody)
+    ),
     security(("bearer" = []))
 )]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<PlatformView>>, ApiError> {

@@ -10,6 +10,7 @@ mod account;
 pub mod auth;
 pub mod google;
 pub mod jitsi;
+pub mod offer;
 pub mod teams;
 pub mod zoom;
 

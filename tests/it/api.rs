@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 mod hardening;
+mod openapi_examples;
+mod service_rules;
 
 const JWT_SECRET: &str = "app-signing-secret-for-tests-0123456789";
 const APP_URL: &str = "https://app.example.com";

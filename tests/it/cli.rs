@@ -50,6 +50,41 @@ async fn check_reports_a_current_schema_and_exits_zero() {
 }
 
 #[tokio::test]
+async fn check_says_what_the_daemons_published_for_the_sql_rules_and_whether_it_is_this_configuration() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let check = || {
+        let out = meetingd(&["check"], &[("DATABASE_URL", &db.url)]);
+        assert!(out.status.success(), "warnings only: {}", text(&out));
+        text(&out)
+    };
+    let t = check();
+    assert!(t.contains("warn published") && t.contains("no daemon has published the platforms yet"), "{t}");
+
+    // What a daemon of this configuration (defaults: Jitsi alone, the fallback) publishes.
+    let config = meetingd::config::Config::defaults();
+    let providers = meetingd::providers::Providers::from_config(&config);
+    let connectors = meetingd::providers::auth::Connectors::default();
+    let offer = meetingd::providers::offer::offering(&providers, &connectors, config.fallback.platform);
+    let pool = meetingd::db::pool(&db.config().database, 1).unwrap();
+    meetingd::db::platforms::publish(pool.get().await.unwrap().sql(), &offer, "daemon:one").await.unwrap();
+    let t = check();
+    assert!(
+        t.contains("ok   published")
+            && t.contains("jitsi (fallback) offered, by daemon:one")
+            && t.contains("as this configuration"),
+        "{t}"
+    );
+    // Another configuration's (Zoom offered too).
+    c.execute("UPDATE meetingd.platforms SET offered = true WHERE platform = 'zoom'", &[]).await.unwrap();
+    let t = check();
+    assert!(
+        t.contains("warn published") && t.contains("this configuration offers jitsi (fallback): restart the daemons"),
+        "{t}"
+    );
+}
+
+#[tokio::test]
 async fn check_explains_every_problem_and_exits_non_zero() {
     let db = TestDb::marketplace_only().await;
     let out = meetingd(&["check"], &[("MEETINGD_DATABASE__URL", &db.url)]);

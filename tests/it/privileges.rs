@@ -26,12 +26,20 @@ struct Role {
 
 impl Role {
     async fn create(db: &TestDb) -> Role {
-        let name = format!("meetingd_daemon_{}", Uuid::new_v4().simple());
-        let owner = db.client().await;
-        owner.batch_execute(&format!("CREATE ROLE {name} LOGIN")).await.unwrap();
-        owner.batch_execute(&GRANTS.replace(":\"role\"", &name)).await.expect("the grants apply");
-        let db_url = db.url.clone();
-        Role { name, db_url }
+        let role = Role::bare(db, "meetingd_daemon").await;
+        role.grant(db, &GRANTS.replace(":\"role\"", &role.name)).await;
+        role
+    }
+
+    /// A login role with no rights at all.
+    async fn bare(db: &TestDb, prefix: &str) -> Role {
+        let name = format!("{prefix}_{}", Uuid::new_v4().simple());
+        db.client().await.batch_execute(&format!("CREATE ROLE {name} LOGIN")).await.unwrap();
+        Role { name, db_url: db.url.clone() }
+    }
+
+    async fn grant(&self, db: &TestDb, grants: &str) {
+        db.client().await.batch_execute(grants).await.expect("the grants apply");
     }
 
     fn url(&self) -> String {
@@ -125,14 +133,80 @@ async fn the_daemon_works_with_only_the_documented_grants() {
     assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("google_meet")), "{state:?}");
     assert_eq!(google.refresh_calls(), 1);
 
-    // The API's PUT /api/services/{id}/meeting: the service's meeting columns, and a re-arm.
+    // The API's PUT /api/services/{id}/meeting: the rules (over what the daemon published at its
+    // start), the service's meeting columns (through the function, not a grant), and a re-arm.
     let api_pool = meetingd::db::pool(&config.database, 1).unwrap();
     let client = api_pool.get().await.unwrap();
     let rearmed = meetingd::db::services::set_meeting(client.sql(), service, Some("jitsi"), &serde_json::json!({}))
         .await
-        .expect("the restricted role sets a service's meeting platform");
+        .expect("the restricted role sets a service's meeting platform")
+        .expect("by the rules, which it may read");
     assert_eq!(rearmed, 1);
     let platform: String =
         c.query_one("SELECT meeting_platform FROM services WHERE id = $1", &[&service]).await.unwrap().get(0);
     assert_eq!(platform, "jitsi");
+}
+
+/// The grants README.md documents for the app's role ("Choosing a service's meeting platform from
+/// SQL"), for role `name`.
+fn readme_app_grants(name: &str) -> String {
+    const README: &str = include_str!("../../README.md");
+    let start = README.find("GRANT USAGE ON SCHEMA meetingd TO app;").expect("README documents the app's grants");
+    let block = &README[start..start + README[start..].find("```").unwrap()];
+    block.replace(" TO app;", &format!(" TO {name};"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_role_with_the_documented_grants_alone_sets_a_services_platform_by_the_rules() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let m = market::seed(&c).await;
+    let config = meetingd::config::Config::defaults();
+    let offer = meetingd::providers::offer::offering(
+        &Providers::from_config(&config),
+        &meetingd::providers::auth::Connectors::default(),
+        config.fallback.platform,
+    );
+    meetingd::db::platforms::publish(meetingd::db::Sql::new(&c, meetingd::db::Mode::DIRECT), &offer, "daemon:test")
+        .await
+        .unwrap();
+    let role = Role::bare(&db, "app").await;
+    let app = meetingd_testkit::db::connect(&role.url()).await;
+    let set = "SELECT meetingd.set_service_meeting($1, 'jitsi', '{}')";
+
+    // Not for PUBLIC: without the grants, and with the schema but not the functions, refused.
+    let denied = |e: tokio_postgres::Error| e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE);
+    assert!(denied(app.query_one(set, &[&m.online]).await.unwrap_err()));
+    role.grant(&db, &format!("GRANT USAGE ON SCHEMA meetingd TO {}", role.name)).await;
+    assert!(denied(app.query_one(set, &[&m.online]).await.unwrap_err()), "EXECUTE is not PUBLIC's");
+
+    role.grant(&db, &readme_app_grants(&role.name)).await;
+    let offered: Vec<String> = app
+        .query("SELECT platform FROM meetingd.offered_platforms", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(offered, ["jitsi"]);
+    let refusal = app
+        .query_one(
+            "SELECT code, key FROM meetingd.check_service_meeting($1, 'jitsi', '{\"passcode\": true}')",
+            &[&m.online],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (refusal.get::<_, String>(0), refusal.get::<_, String>(1)),
+        ("unsupported_option".into(), "passcode".into())
+    );
+    let b = market::book(&c, m.online, m.customer, "confirmed").await;
+    let rearmed: i64 = app.query_one(set, &[&m.online]).await.expect("the app's role sets it").get(0);
+    assert_eq!(rearmed, 1);
+    let platform: String =
+        c.query_one("SELECT meeting_platform FROM services WHERE id = $1", &[&m.online]).await.unwrap().get(0);
+    assert_eq!(platform, "jitsi");
+    assert!(market::job(&c, b).await.is_some());
+    // It has no right on services itself.
+    assert!(denied(app.execute("UPDATE services SET meeting_platform = 'zoom'", &[]).await.unwrap_err()));
 }
