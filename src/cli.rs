@@ -266,7 +266,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = crate::db::session(&config.database).await?;
             let p = crate::db::maintenance::prune(client.sql(), &config.retention).await?;
             println!(
-                "pruned {} row(s): {} audit, {} events, {} finished jobs, {} expired OAuth states, {} retired integrations, {} orphan reports, {} past daily counts",
+                "pruned {} row(s): {} audit, {} events, {} finished jobs, {} expired OAuth states, {} retired integrations, {} orphan reports, {} past daily counts, {} idle rate buckets",
                 p.total(),
                 p.audit_log,
                 p.events,
@@ -274,7 +274,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 p.oauth_states,
                 p.retired_integrations,
                 p.orphaned_meetings,
-                p.platform_quota
+                p.platform_quota,
+                p.rate_buckets
             );
             Ok(ExitCode::SUCCESS)
         }

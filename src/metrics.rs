@@ -27,6 +27,7 @@ pub const NOTIFY_QUEUE_USAGE: &str = "meetingd_pg_notification_queue_usage";
 pub const LISTENER_UP: &str = "meetingd_listener_connected";
 pub const LOOP_RESTARTS: &str = "meetingd_loop_restarts_total";
 pub const QUOTA_REFUSALS: &str = "meetingd_platform_quota_refusals_total";
+pub const RATE_LIMITED: &str = "meetingd_rate_limited_jobs_total";
 
 /// The process-wide recorder (installed once; later calls return the same handle).
 pub fn install() -> PrometheusHandle {
@@ -67,6 +68,10 @@ fn describe() {
     describe_counter!(
         QUOTA_REFUSALS,
         "Platform requests not sent because the account's daily allowance is used up (Zoom's daily meeting creations and updates), by platform"
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Jobs held back until their turn because an account's or a platform's rate limit ([limits.*], shared by all daemons) had no token"
     );
     describe_gauge!(QUEUE_DEPTH, "Pending jobs in meetingd.jobs");
     describe_gauge!(OLDEST_DUE_AGE, "Age of the oldest job that is due and unclaimed, in seconds");

@@ -41,6 +41,8 @@ pub struct Pruned {
     pub orphaned_meetings: i64,
     /// Past days of the platforms' daily counts (`meetingd.platform_quota`).
     pub platform_quota: i64,
+    /// Idle rate-limit buckets (`meetingd.rate_buckets`): full again, no turn kept.
+    pub rate_buckets: i64,
 }
 
 impl Pruned {
@@ -52,6 +54,7 @@ impl Pruned {
             + self.retired_integrations
             + self.orphaned_meetings
             + self.platform_quota
+            + self.rate_buckets
     }
 }
 
@@ -131,6 +134,17 @@ pub async fn prune(db: Sql<'_>, retention: &RetentionConfig) -> Result<Pruned, D
             days(1),
         )
         .await?,
+        // A bucket full again and keeping no turn is as good as none; a row a claim holds is
+        // left for the next prune (never waited for).
+        rate_buckets: in_batches(
+            db,
+            "DELETE FROM meetingd.rate_buckets r WHERE (r.platform, r.account) IN (
+                SELECT platform, account FROM meetingd.rate_buckets
+                 WHERE full_at < now() - make_interval(secs => $1) AND reserved_until < now() - make_interval(secs => $1)
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            0.0,
+        )
+        .await?,
     })
 }
 
@@ -161,6 +175,7 @@ pub async fn prune_every(
                 retired_integrations = p.retired_integrations,
                 orphaned_meetings = p.orphaned_meetings,
                 platform_quota = p.platform_quota,
+                rate_buckets = p.rate_buckets,
                 "pruned what [retention] no longer keeps"
             ),
             Ok(_) => {}

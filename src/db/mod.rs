@@ -18,6 +18,7 @@ pub mod marketplace;
 pub mod migrate;
 pub mod oauth_states;
 pub mod quota;
+pub mod ratelimit;
 pub mod reconcile;
 pub mod requeue;
 pub mod services;
