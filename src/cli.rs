@@ -271,7 +271,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = crate::db::session(&config.database).await?;
             let p = crate::db::maintenance::prune(client.sql(), &config.retention).await?;
             println!(
-                "pruned {} row(s): {} audit, {} events, {} finished jobs, {} expired OAuth states, {} retired integrations, {} orphan reports, {} past daily counts, {} webhook deliveries",
+                "pruned {} row(s): {} audit, {} events, {} finished jobs, {} expired OAuth states, {} retired integrations, {} orphan reports, {} past daily counts, {} webhook deliveries, {} idle rate buckets",
                 p.total(),
                 p.audit_log,
                 p.events,
@@ -280,7 +280,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 p.retired_integrations,
                 p.orphaned_meetings,
                 p.platform_quota,
-                p.webhook_deliveries
+                p.webhook_deliveries,
+                p.rate_buckets
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -97,10 +97,10 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateConfig {
-    /// Calls per second per connected account.
+    /// Calls per second per connected account (all daemons together).
     pub integration_rate: f64,
     pub integration_burst: u32,
-    /// Calls per second for the whole platform (this daemon).
+    /// Calls per second for the whole platform (all daemons together).
     pub platform_rate: f64,
     pub platform_burst: u32,
     /// Calls in flight at once per connected account (this daemon); 0: no limit. Microsoft

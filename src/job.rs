@@ -43,6 +43,9 @@ pub struct Claim {
     pub intended_generation: i32,
     /// Write-backs the database refused since the booking last changed (see [`crate::db::jobs::note_write_failure`]).
     pub write_failures: i32,
+    /// The rate-limited platform whose token the claim took for this run's first call there
+    /// (`ratelimit.rs`); `None`: none taken.
+    pub rate_paid: Option<String>,
 }
 
 /// A create recorded before its platform call (`meetingd.jobs.intent_*`).

@@ -32,6 +32,7 @@ pub const WEBHOOKS_PENDING: &str = "meetingd_webhooks_pending";
 pub const WEBHOOKS_FAILING: &str = "meetingd_webhooks_failing";
 pub const WEBHOOKS_DEAD: &str = "meetingd_webhooks_dead";
 pub const WEBHOOKS_OLDEST_PENDING_AGE: &str = "meetingd_webhooks_oldest_pending_age_seconds";
+pub const RATE_LIMITED: &str = "meetingd_rate_limited_jobs_total";
 
 /// The process-wide recorder (installed once; later calls return the same handle).
 pub fn install() -> PrometheusHandle {
@@ -81,6 +82,10 @@ fn describe() {
     describe_gauge!(WEBHOOKS_FAILING, "Pending webhook messages whose last attempt failed");
     describe_gauge!(WEBHOOKS_DEAD, "Dead-lettered webhook messages (meetingd webhooks retry sends them again)");
     describe_gauge!(WEBHOOKS_OLDEST_PENDING_AGE, "Age of the oldest pending webhook message, in seconds");
+    describe_counter!(
+        RATE_LIMITED,
+        "Jobs held back until their turn because an account's or a platform's rate limit ([limits.*], shared by all daemons) had no token"
+    );
     describe_gauge!(QUEUE_DEPTH, "Pending jobs in meetingd.jobs");
     describe_gauge!(OLDEST_DUE_AGE, "Age of the oldest job that is due and unclaimed, in seconds");
     describe_gauge!(FAILED_JOBS, "Jobs that ran out of attempts (bookings with meeting_status failed)");

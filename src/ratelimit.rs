@@ -1,93 +1,94 @@
-//! Token buckets per platform and per connected account, so one provider's burst neither trips a
-//! platform's limits nor starves other providers.
+//! Rate limits per platform and per connected account (`[limits.*]`), kept in the database so
+//! that any number of daemons together keep each account and each platform within its rate.
 //!
-//! A call that would exceed a bucket is not made: the job is deferred until a token is due, without
-//! spending one of its attempts. Deferred jobs go behind the due jobs of other providers (they are
-//! claimed in `run_at` order), which is what keeps scheduling fair. Buckets live in each daemon's
-//! memory: with several daemons, each applies the configured rates (see `config/default.toml`).
+//! The buckets are rows of `meetingd.rate_buckets` (one per platform and provider, one per
+//! platform), taken from by `meetingd.take_rate_tokens` (V13): a token bucket of `rate` per second
+//! with `burst`, in the form of the generic cell rate algorithm (one timestamp a bucket). A job's
+//! first platform call is paid for by its claim (`db/jobs/claim.sql`): a job whose account or
+//! platform has no token is not claimed but moved to its turn (`run_at`, one slot per token
+//! behind the jobs held back before it), without spending an attempt, behind other providers'
+//! due jobs; the dispatcher hears when the first turn comes. A further call in the same run (a
+//! replacement's create, a stray create's delete) takes its token with one statement
+//! ([`Budgets::take`]) and defers the job when there is none. Jitsi (no account) is never limited.
+//!
+//! Owns which platforms are limited and the buckets' parameters; its statements are
+//! `db/ratelimit.rs`. It must not block a worker slot waiting for a token.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use uuid::Uuid;
 
 use crate::config::{LimitsConfig, RateConfig};
+use crate::db::{DbError, Pool, ratelimit};
 use crate::providers::Platform;
 
-/// A classic token bucket: `burst` tokens, refilled at `rate` per second.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
+/// The limited platforms this daemon calls and their buckets, as the statements take them: one
+/// entry per platform, a bucket as its interval between tokens (`every`, 1/rate seconds) and its
+/// `span` ((burst − 1) × every: how far ahead of the rate a burst may run).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Budgets {
+    pub platforms: Vec<String>,
+    pub account_every: Vec<f64>,
+    pub account_span: Vec<f64>,
+    pub platform_every: Vec<f64>,
+    pub platform_span: Vec<f64>,
 }
 
-impl TokenBucket {
-    pub fn new(rate: f64, burst: u32, now: Instant) -> TokenBucket {
-        TokenBucket { rate, burst: burst.max(1) as f64, tokens: burst.max(1) as f64, last: now }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.last = now;
-    }
-
-    /// How long until a token is available (zero: now).
-    pub fn wait(&mut self, now: Instant) -> Duration {
-        self.refill(now);
-        if self.tokens >= 1.0 || self.rate <= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
-        }
-    }
-
-    pub fn take(&mut self) {
-        self.tokens -= 1.0;
-    }
-}
-
-/// The buckets of one daemon.
-pub struct RateLimiter {
-    limits: LimitsConfig,
-    buckets: Mutex<HashMap<(Platform, Option<Uuid>), TokenBucket>>,
-}
-
-impl RateLimiter {
-    pub fn new(limits: LimitsConfig) -> RateLimiter {
-        RateLimiter { limits, buckets: Mutex::new(HashMap::new()) }
-    }
-
-    /// Takes one token from the platform's bucket and the account's bucket, or from neither and
-    /// says how long to wait.
-    pub fn try_acquire(&self, platform: Platform, account: Uuid, now: Instant) -> Result<(), Duration> {
-        let Some(rates) = self.limits.for_platform(platform) else { return Ok(()) };
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let mut bucket = |key, rate: f64, burst| -> Duration {
-            buckets.entry(key).or_insert_with(|| TokenBucket::new(rate, burst, now)).wait(now)
-        };
-        let wait = bucket((platform, None), rates.platform_rate, rates.platform_burst).max(bucket(
-            (platform, Some(account)),
-            rates.integration_rate,
-            rates.integration_burst,
-        ));
-        if !wait.is_zero() {
-            return Err(wait);
-        }
-        for key in [(platform, None), (platform, Some(account))] {
-            if let Some(b) = buckets.get_mut(&key) {
-                b.take();
+impl Budgets {
+    /// The buckets of `limits` for the platforms `enabled` says this daemon calls.
+    pub fn new(limits: &LimitsConfig, enabled: impl Fn(Platform) -> bool) -> Budgets {
+        let mut b = Budgets::default();
+        for platform in Platform::ALL {
+            let Some(rates) = limits.for_platform(platform) else { continue };
+            if !enabled(platform) {
+                continue;
             }
+            let (every, span) = bucket(rates.integration_rate, rates.integration_burst);
+            let (platform_every, platform_span) = bucket(rates.platform_rate, rates.platform_burst);
+            b.platforms.push(platform.as_str().to_string());
+            b.account_every.push(every);
+            b.account_span.push(span);
+            b.platform_every.push(platform_every);
+            b.platform_span.push(platform_span);
         }
-        // Accounts idle long enough to be full again need no entry.
-        if buckets.len() > 10_000 {
-            buckets.retain(|(_, account), b| account.is_none() || b.wait(now).is_zero() && b.tokens < b.burst);
-        }
-        Ok(())
+        b
     }
+
+    /// Whether calls on `platform` take tokens.
+    pub fn limits(&self, platform: Platform) -> bool {
+        self.platforms.iter().any(|p| p == platform.as_str())
+    }
+
+    /// Takes a token for one more call of `job` on `platform` for the provider `account`:
+    /// `Ok(None)` when taken, `Ok(Some(wait))` when the job must wait its turn (a slot is kept
+    /// for it).
+    pub async fn take(
+        &self,
+        pool: &Pool,
+        job: i64,
+        platform: Platform,
+        account: Uuid,
+    ) -> Result<Option<Duration>, DbError> {
+        if !self.limits(platform) {
+            return Ok(None);
+        }
+        let client = pool.get().await?;
+        let wait = ratelimit::take(client.sql(), job, platform.as_str(), account, self).await?;
+        if wait.is_some() {
+            metrics::counter!(crate::metrics::RATE_LIMITED).increment(1);
+        }
+        Ok(wait)
+    }
+}
+
+/// A bucket of `rate` tokens per second holding `burst`: (every, span) in seconds; a rate of 0
+/// or less limits nothing (every = 0).
+fn bucket(rate: f64, burst: u32) -> (f64, f64) {
+    if rate <= 0.0 || !rate.is_finite() {
+        return (0.0, 0.0);
+    }
+    let every = 1.0 / rate;
+    (every, f64::from(burst.max(1) - 1) * every)
 }
 
 impl LimitsConfig {
@@ -104,10 +105,9 @@ impl LimitsConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
-    fn limits(rate: f64, burst: u32, platform_rate: f64, platform_burst: u32) -> LimitsConfig {
-        let r = RateConfig {
+    fn limits() -> LimitsConfig {
+        let r = |rate: f64, burst, platform_rate: f64, platform_burst| RateConfig {
             integration_rate: rate,
             integration_burst: burst,
             platform_rate,
@@ -115,67 +115,16 @@ mod tests {
             daily_meeting_writes: 0,
             integration_concurrency: 0,
         };
-        LimitsConfig { google_meet: r.clone(), zoom: r.clone(), teams: r }
+        LimitsConfig { google_meet: r(2.0, 3, 50.0, 1), zoom: r(5.0, 10, 10.0, 20), teams: r(2.0, 10, 20.0, 40) }
     }
 
     #[test]
-    fn burst_then_rate_per_account() {
-        let t0 = Instant::now();
-        let l = RateLimiter::new(limits(2.0, 3, 1000.0, 1000));
-        let a = Uuid::new_v4();
-        for _ in 0..3 {
-            assert_eq!(l.try_acquire(Platform::GoogleMeet, a, t0), Ok(()));
-        }
-        let wait = l.try_acquire(Platform::GoogleMeet, a, t0).unwrap_err();
-        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
-        assert_eq!(l.try_acquire(Platform::GoogleMeet, a, t0 + Duration::from_millis(500)), Ok(()));
-        // Another account is not held back by the first one's burst.
-        assert_eq!(l.try_acquire(Platform::GoogleMeet, Uuid::new_v4(), t0), Ok(()));
-        // Jitsi has no limits.
-        for _ in 0..100 {
-            assert_eq!(l.try_acquire(Platform::Jitsi, a, t0), Ok(()));
-        }
-    }
-
-    #[test]
-    fn the_platform_bucket_caps_all_accounts_together() {
-        let t0 = Instant::now();
-        let l = RateLimiter::new(limits(100.0, 100, 10.0, 2));
-        assert!(l.try_acquire(Platform::Zoom, Uuid::new_v4(), t0).is_ok());
-        assert!(l.try_acquire(Platform::Zoom, Uuid::new_v4(), t0).is_ok());
-        let wait = l.try_acquire(Platform::Zoom, Uuid::new_v4(), t0).unwrap_err();
-        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
-    }
-
-    #[test]
-    fn a_refused_call_takes_no_token() {
-        let t0 = Instant::now();
-        let l = RateLimiter::new(limits(1.0, 1, 1.0, 5));
-        let a = Uuid::new_v4();
-        assert!(l.try_acquire(Platform::Teams, a, t0).is_ok());
-        for _ in 0..10 {
-            assert!(l.try_acquire(Platform::Teams, a, t0).is_err());
-        }
-        // The platform bucket was not drained by the refusals.
-        for _ in 0..4 {
-            assert!(l.try_acquire(Platform::Teams, Uuid::new_v4(), t0).is_ok());
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn never_more_than_burst_plus_rate_times_elapsed(rate in 0.5f64..50.0, burst in 1u32..20, steps in proptest::collection::vec(0u64..200, 1..300)) {
-            let t0 = Instant::now();
-            let l = RateLimiter::new(limits(rate, burst, 1e9, u32::MAX));
-            let a = Uuid::new_v4();
-            let mut now = t0;
-            let mut granted = 0u64;
-            for ms in steps {
-                now += Duration::from_millis(ms);
-                if l.try_acquire(Platform::GoogleMeet, a, now).is_ok() { granted += 1; }
-            }
-            let allowed = burst as f64 + rate * now.duration_since(t0).as_secs_f64();
-            prop_assert!(granted as f64 <= allowed + 1e-9, "{granted} > {allowed}");
-        }
+    fn buckets_of_the_enabled_limited_platforms() {
+        let b = Budgets::new(&limits(), |p| p != Platform::Teams);
+        assert_eq!(b.platforms, ["google_meet", "zoom"], "Teams not enabled, Jitsi never limited");
+        assert_eq!((b.account_every[0], b.account_span[0]), (0.5, 1.0), "2/s, burst 3");
+        assert_eq!((b.platform_every[0], b.platform_span[0]), (0.02, 0.0), "burst 1: no span");
+        assert!(b.limits(Platform::Zoom) && !b.limits(Platform::Jitsi) && !b.limits(Platform::Teams));
+        assert_eq!(bucket(0.0, 5), (0.0, 0.0), "no rate: no limit");
     }
 }

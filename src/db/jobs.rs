@@ -20,6 +20,7 @@ use super::integrations::{self, IntegrationRow, integration_row_at};
 use super::{Conn, DbError, Param, Sql};
 use crate::job::{BookingView, Claim, Intent, MeetingRecord, Snapshot};
 use crate::providers::{Account, Meeting};
+use crate::ratelimit::Budgets;
 
 pub use write_back::{RowLocks, write_back};
 
@@ -39,13 +40,47 @@ pub use write_back::{RowLocks, write_back};
 /// sequential scans ruled out: every step is an index lookup, which fits one job as well as a
 /// batch, on a table of any size.
 ///
+/// The claim also pays each job's first call on a rate-limited platform from `budgets`
+/// (`ratelimit.rs`); a job that cannot be paid for is not claimed but moved to its turn
+/// ([`Claimed::held_back`]).
+///
 /// Takes a connection of its own (not a transaction): the claim is its own transaction.
-pub async fn claim(client: &Conn, owner: Uuid, limit: usize, lease: Duration) -> Result<Vec<Snapshot>, DbError> {
-    let rows = client
-        .sql()
-        .in_own_transaction(CLAIM_SETTINGS, &CLAIM, &[&(limit as i64), &owner, &lease.as_secs_f64()])
-        .await?;
-    Ok(rows.iter().map(snapshot_of).collect())
+pub async fn claim(
+    client: &Conn,
+    owner: Uuid,
+    limit: usize,
+    lease: Duration,
+    budgets: &Budgets,
+) -> Result<Claimed, DbError> {
+    let params: [&dyn Param; 8] = [
+        &(limit as i64),
+        &owner,
+        &lease.as_secs_f64(),
+        &budgets.platforms,
+        &budgets.account_every,
+        &budgets.account_span,
+        &budgets.platform_every,
+        &budgets.platform_span,
+    ];
+    let rows = client.sql().in_own_transaction(CLAIM_SETTINGS, &CLAIM, &params).await?;
+    let held_back = rows.first().map_or(0, |r| r.get::<_, i64>("held_back")) as usize;
+    let next_turn = rows
+        .first()
+        .and_then(|r| r.get::<_, Option<f64>>("held_back_secs"))
+        .map(|secs| Duration::from_secs_f64(secs.max(0.0)));
+    let snapshots = rows.iter().filter(|r| r.get::<_, Option<i64>>("job_id").is_some()).map(snapshot_of).collect();
+    Ok(Claimed { snapshots, held_back, next_turn })
+}
+
+/// What one claim took.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub snapshots: Vec<Snapshot>,
+    /// Due jobs it left for lack of a rate-limit token, each moved to its turn.
+    pub held_back: usize,
+    /// When a claim that met rate-limited jobs should look again: how soon the next job falls
+    /// due (a turn it or another daemon kept).
+    pub next_turn: Option<Duration>,
 }
 
 /// The claim statement (`db/jobs/claim.sql`, whose header says what it does and why).
@@ -79,6 +114,7 @@ fn snapshot_of(r: &tokio_postgres::Row) -> Snapshot {
         }),
         intended_generation: intent_generation.unwrap_or(0),
         write_failures: r.get("write_failures"),
+        rate_paid: r.try_get("rate_paid").ok().flatten(),
     };
     let meeting = r.get::<_, Option<String>>("m_platform").map(|platform| {
         let account = r

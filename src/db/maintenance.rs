@@ -44,6 +44,8 @@ pub struct Pruned {
     pub platform_quota: i64,
     /// Delivered and dead-lettered webhooks (`meetingd.webhook_deliveries`); pending ones stay.
     pub webhook_deliveries: i64,
+    /// Idle rate-limit buckets (`meetingd.rate_buckets`): full again, no turn kept.
+    pub rate_buckets: i64,
 }
 
 impl Pruned {
@@ -56,6 +58,7 @@ impl Pruned {
             + self.orphaned_meetings
             + self.platform_quota
             + self.webhook_deliveries
+            + self.rate_buckets
     }
 }
 
@@ -151,6 +154,17 @@ pub async fn prune(db: Sql<'_>, retention: &RetentionConfig) -> Result<Pruned, D
                 days(retention.webhook_dead_days),
             )
             .await?,
+        // A bucket full again and keeping no turn is as good as none; a row a claim holds is
+        // left for the next prune (never waited for).
+        rate_buckets: in_batches(
+            db,
+            "DELETE FROM meetingd.rate_buckets r WHERE (r.platform, r.account) IN (
+                SELECT platform, account FROM meetingd.rate_buckets
+                 WHERE full_at < now() - make_interval(secs => $1) AND reserved_until < now() - make_interval(secs => $1)
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            0.0,
+        )
+        .await?,
     })
 }
 
@@ -182,6 +196,7 @@ pub async fn prune_every(
                 orphaned_meetings = p.orphaned_meetings,
                 platform_quota = p.platform_quota,
                 webhook_deliveries = p.webhook_deliveries,
+                rate_buckets = p.rate_buckets,
                 "pruned what [retention] no longer keeps"
             ),
             Ok(_) => {}

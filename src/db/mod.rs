@@ -19,6 +19,7 @@ pub mod migrate;
 pub mod oauth_states;
 pub mod platforms;
 pub mod quota;
+pub mod ratelimit;
 pub mod reconcile;
 pub mod requeue;
 pub mod services;

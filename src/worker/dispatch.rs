@@ -1,7 +1,8 @@
 //! The dispatcher: claims due jobs with bounded concurrency and runs each in a task of its own.
 //!
 //! Owns when to claim ([`Wakeups`]: at start, on a NOTIFY, when a job it ran is due again, while
-//! a claim had no room for everything, on the sweep beat) and the drain at shutdown. It must not
+//! a claim had no room for everything, when a job a claim held back for its rate-limit turn is
+//! due, on the sweep beat) and the drain at shutdown. It must not
 //! run a job itself (`execute.rs`) or poll the database on a timer beyond the sweep beat.
 
 use std::sync::Arc;
@@ -139,8 +140,13 @@ impl Worker {
             let free = concurrency - inflight.len();
             if wakeups.claim_now && !shutdown.is_cancelled() && (free >= batch || inflight.is_empty()) && free > 0 {
                 match self.claim(free).await {
-                    Ok(snapshots) => {
-                        let (claimed, full) = (snapshots.len(), snapshots.len() == free);
+                    Ok(jobs::Claimed { snapshots, held_back, next_turn }) => {
+                        // Jobs held back for their rate-limit turn moved out of the way: the due
+                        // jobs behind them (other providers') are claimed at once.
+                        let (claimed, full) = (snapshots.len(), snapshots.len() + held_back >= free);
+                        if let Some(turn) = next_turn {
+                            wakeups.wake_at(Instant::now() + turn.max(Duration::from_millis(5)));
+                        }
                         for s in snapshots {
                             let me = self.clone();
                             inflight.spawn(async move { me.run_claimed(s).await });

@@ -24,6 +24,8 @@ use crate::links::Link;
 use crate::providers::{Choice, Meeting, MeetingProvider, MeetingRequest, Platform, ProviderError};
 use crate::retry::jitter_unit;
 
+mod rate;
+
 /// One run of one claimed job: the worker, the job's snapshot, and what the run has done so far.
 pub(super) struct Run<'a> {
     worker: &'a Worker,
@@ -31,6 +33,8 @@ pub(super) struct Run<'a> {
     /// Audit lines of the platform calls made, in order.
     audit: Vec<AuditEntry>,
     intents: Intents,
+    /// The platform whose rate-limit token the claim took for this run's first call there.
+    rate_paid: Option<Platform>,
 }
 
 /// What a run ends with, before it is recorded.
@@ -58,6 +62,7 @@ pub(super) async fn execute(worker: &Worker, s: &Snapshot) -> Executed {
         s,
         audit: Vec::new(),
         intents: Intents { current: s.claim.intent.clone(), discarded: None, held: false, removed: false },
+        rate_paid: s.claim.rate_paid.as_deref().and_then(|p| p.parse().ok()),
     };
     let reconciled = AssertUnwindSafe(run.reconcile()).catch_unwind().await;
     let (outcome, audit, event) = match reconciled {
@@ -143,7 +148,7 @@ impl Run<'_> {
         let outcome = match worker.provider_for(&record.platform) {
             Err(reason) => Outcome::Failed { error: reason },
             Ok((platform, provider)) => {
-                if let Some(deferred) = worker.held_back(platform, s) {
+                if let Some(deferred) = self.held_back(platform, "update").await {
                     return (deferred, None);
                 }
                 if let Err(outcome) = self.hold_claim(provider.as_ref(), platform, "update").await {
@@ -197,7 +202,7 @@ impl Run<'_> {
                 let error = format!("{} meetings are not available on this server.", choice.platform.display_name());
                 return fail(choice.platform, error);
             };
-            if let Some(deferred) = worker.held_back(choice.platform, s) {
+            if let Some(deferred) = self.held_back(choice.platform, "create").await {
                 return (deferred, None);
             }
             // A create intent for this very meeting, recorded before this run: its create may
@@ -370,7 +375,7 @@ impl Run<'_> {
     ) -> Outcome {
         let s = self.s;
         let owner = owner.or_else(|| s.booking.as_ref().and_then(|b| b.provider_id));
-        if let Some(deferred) = self.worker.held_back(platform, s) {
+        if let Some(deferred) = self.held_back(platform, "delete").await {
             return deferred;
         }
         if let Err(outcome) = self.hold_claim(provider.as_ref(), platform, "delete").await {

@@ -16,7 +16,6 @@ mod plan;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -28,6 +27,7 @@ use crate::db::jobs;
 use crate::db::{DbError, Pool};
 use crate::job::{Outcome, Snapshot, WriteBack};
 use crate::providers::{MeetingProvider, Platform, Providers};
+use crate::ratelimit::Budgets;
 
 /// Everything a worker needs; cheap to share between tasks.
 pub struct Worker {
@@ -40,7 +40,8 @@ pub struct Worker {
     wake: Arc<Notify>,
     stats: Stats,
     liveness: Option<Arc<crate::systemd::Liveness>>,
-    limiter: Option<crate::ratelimit::RateLimiter>,
+    /// The rate-limited platforms and their buckets (none until [`Worker::with_limits`]).
+    budgets: Budgets,
     /// Groups the write-backs of jobs finishing together.
     writer: batch::Batcher<crate::job::Finished, WriteBack>,
     /// Groups the create intents and claim confirmations of jobs starting together.
@@ -86,14 +87,15 @@ impl Worker {
             wake,
             stats: Stats::default(),
             liveness: None,
-            limiter: None,
+            budgets: Budgets::default(),
             active: AtomicUsize::new(0),
         }
     }
 
-    /// Applies per-platform and per-account rate limits to platform calls.
+    /// Applies per-platform and per-account rate limits, shared with every daemon on the
+    /// database, to the calls on the platforms this worker makes meetings on.
     pub fn with_limits(mut self, limits: crate::config::LimitsConfig) -> Worker {
-        self.limiter = Some(crate::ratelimit::RateLimiter::new(limits));
+        self.budgets = Budgets::new(&limits, |p| self.providers.get(p).is_some());
         self
     }
 
@@ -110,23 +112,27 @@ impl Worker {
     /// Claims what is due now (up to `worker.concurrency`), reconciles it all, and returns how many
     /// jobs it processed. Tests drive the worker with this instead of sleeping.
     pub async fn run_once(&self) -> Result<usize, DbError> {
-        let snapshots = self.claim(self.config.concurrency).await?;
+        let snapshots = self.claim(self.config.concurrency).await?.snapshots;
         let n = snapshots.len();
         futures_util::future::join_all(snapshots.into_iter().map(|s| self.process(s))).await;
         Ok(n)
     }
 
-    async fn claim(&self, limit: usize) -> Result<Vec<Snapshot>, DbError> {
+    async fn claim(&self, limit: usize) -> Result<jobs::Claimed, DbError> {
         let client = self.pool.get().await?;
-        let snapshots = match jobs::claim(&client, self.instance, limit, self.config.lease()).await {
-            Ok(snapshots) => snapshots,
+        let claimed = match jobs::claim(&client, self.instance, limit, self.config.lease(), &self.budgets).await {
+            Ok(claimed) => claimed,
             Err(e) => {
                 crate::db::discard_if_read_only(&self.pool, client, &e);
                 return Err(e);
             }
         };
-        metrics::counter!(crate::metrics::JOBS_CLAIMED).increment(snapshots.len() as u64);
-        Ok(snapshots)
+        metrics::counter!(crate::metrics::JOBS_CLAIMED).increment(claimed.snapshots.len() as u64);
+        if claimed.held_back > 0 {
+            metrics::counter!(crate::metrics::RATE_LIMITED).increment(claimed.held_back as u64);
+            tracing::debug!(held_back = claimed.held_back, "rate limit: due jobs left for their turn");
+        }
+        Ok(claimed)
     }
 
     /// Reconciles one claimed job and records the outcome. Never panics the daemon: a panic is
@@ -181,14 +187,6 @@ impl Worker {
             }
             _ => {}
         }
-    }
-
-    /// `Some(outcome)` when a rate limit holds this call back.
-    fn held_back(&self, platform: Platform, s: &Snapshot) -> Option<Outcome> {
-        let account = s.booking.as_ref()?.provider_id?;
-        let wait = self.limiter.as_ref()?.try_acquire(platform, account, std::time::Instant::now()).err()?;
-        tracing::debug!(platform = %platform, wait_ms = wait.as_millis() as u64, "rate limit: deferring the platform call");
-        Some(Outcome::Defer { delay: wait + Duration::from_millis(5) })
     }
 
     /// The platform a stored name stands for and its provider on this server; `Err` is the

@@ -14,6 +14,7 @@ mod odd_rows;
 mod ops;
 mod pgbouncer;
 mod privileges;
+mod rates;
 mod teams;
 mod tls;
 mod traps;

@@ -126,12 +126,16 @@ async fn the_daemon_works_with_only_the_documented_grants() {
         config.fallback.platform,
         Arc::new(Notify::new()),
         instance,
-    );
+    )
+    .with_limits(config.limits.clone());
     let g = market::book(&c, service, m.customer, "confirmed").await;
     worker.run_once().await.unwrap();
     let state = meeting(&c, g).await;
     assert_eq!((state.status.as_deref(), state.platform.as_deref()), (Some("ready"), Some("google_meet")), "{state:?}");
     assert_eq!(google.refresh_calls(), 1);
+    // The claim took the call's rate-limit tokens: the account's bucket and Google's.
+    let buckets = market::count(&c, "SELECT count(*) FROM meetingd.rate_buckets WHERE platform = 'google_meet'").await;
+    assert_eq!(buckets, 2);
 
     // The API's PUT /api/services/{id}/meeting: the rules (over what the daemon published at its
     // start), the service's meeting columns (through the function, not a grant), and a re-arm.

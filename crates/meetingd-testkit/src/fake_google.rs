@@ -65,6 +65,8 @@ pub struct Inner {
     pub events: HashMap<String, StoredEvent>,
     pub inserts: usize,
     pub calls: Vec<String>,
+    /// Every Calendar call as it arrived: when, and the Google account its token acts for.
+    pub timed_calls: Vec<(std::time::Instant, String)>,
     script: VecDeque<Fail>,
     /// Random failures: (probability, failure), checked on every Calendar call.
     chaos: Vec<(f64, Fail)>,
@@ -251,6 +253,12 @@ impl FakeGoogle {
     pub fn calls(&self) -> Vec<String> {
         self.state.lock().unwrap().calls.clone()
     }
+
+    /// When each Calendar call for the Google account `account` arrived, in order.
+    pub fn call_times(&self, account: &str) -> Vec<std::time::Instant> {
+        let s = self.state.lock().unwrap();
+        s.timed_calls.iter().filter(|(_, a)| a == account).map(|(at, _)| *at).collect()
+    }
 }
 
 impl StoredEvent {
@@ -369,6 +377,8 @@ async fn gate_as(
         let mut s = state.lock().unwrap();
         s.calls.push(call);
         let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let caller = bearer.and_then(|t| s.accounts.get(t)).cloned().unwrap_or_else(|| DEFAULT_ACCOUNT.to_string());
+        s.timed_calls.push((std::time::Instant::now(), caller));
         if bearer.is_none_or(|t| s.access.get(t) != Some(&true)) {
             let mut body = google_error(401, "authError", "Invalid Credentials");
             body["error"]["message"] = json!(

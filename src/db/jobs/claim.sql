@@ -14,6 +14,19 @@
 -- and would be claimed with an older booking or meeting beside it. The `xmin` check leaves such
 -- a row unclaimed (its lock ends with the claim's transaction); it is claimed on the next round,
 -- with everything read as it is then.
+--
+-- Rate limits (`ratelimit.rs`; $4–$8: the limited platforms and their buckets, empty when none
+-- is): each due job's first platform call is paid for here, from its provider's and its
+-- platform's buckets (`meetingd.take_rate_tokens`, V13), in `run_at` order. That call is on the
+-- platform of a pending create intent, else of the live meeting (unless the booking is
+-- completed), else, for a confirmed booking of an online service, the service's. A job with no
+-- token is not claimed: its `run_at` moves to the turn kept for it (no attempt spent), behind
+-- other providers' due jobs. The result's first row says how many were held back and when the
+-- next turn comes (`held_back_secs`: the soonest job due later, so a dispatcher that claims
+-- rate-limited jobs wakes for each turn, its own or another daemon's; a row without a job when
+-- nothing was claimed). Each claimed job says
+-- which platform it paid for (`rate_paid`). Jobs on unlimited platforms (Jitsi) pay nothing: with
+-- no limited platform the bucket step is skipped whole.
 WITH due AS (
     SELECT id FROM meetingd.jobs
      WHERE state = 'pending' AND run_at <= now()
@@ -21,11 +34,40 @@ WITH due AS (
      ORDER BY run_at, id
      LIMIT $1
      FOR UPDATE SKIP LOCKED
+), paying AS (
+    SELECT j.id, j.run_at, k.platform, s.provider_id AS account
+      FROM meetingd.jobs j
+      LEFT JOIN LATERAL (SELECT * FROM bookings b WHERE b.id = j.booking_id OFFSET 0) b ON true
+      LEFT JOIN LATERAL (SELECT * FROM services s WHERE s.id = b.service_id OFFSET 0) s ON true
+      LEFT JOIN LATERAL (SELECT m.platform FROM meetingd.meetings m
+                          WHERE m.booking_id = j.booking_id AND m.state = 'live' OFFSET 0) m ON true
+     CROSS JOIN LATERAL (SELECT COALESCE(
+                j.intent_platform,
+                CASE WHEN b.status::text = 'completed' THEN NULL ELSE m.platform END,
+                CASE WHEN b.status::text = 'confirmed' AND COALESCE(s.is_online, false)
+                     THEN s.meeting_platform::text END) AS platform) k
+     WHERE cardinality($4::text[]) > 0
+       AND j.id = ANY (ARRAY(SELECT id FROM due))
+       AND k.platform = ANY ($4::text[]) AND s.provider_id IS NOT NULL
+), held AS (
+    SELECT h.held_job, h.retry_at
+      FROM (SELECT array_agg(id ORDER BY run_at, id) AS ids, array_agg(platform ORDER BY run_at, id) AS platforms,
+                   array_agg(account ORDER BY run_at, id) AS accounts
+              FROM paying) p
+     CROSS JOIN LATERAL meetingd.take_rate_tokens(p.ids, p.platforms, p.accounts, $4, $5, $6, $7, $8) h
+     WHERE p.ids IS NOT NULL
+), deferred AS (
+    UPDATE meetingd.jobs j SET run_at = h.retry_at
+      FROM held h
+     WHERE j.id = h.held_job
+       AND j.xmin = (SELECT seen.xmin FROM meetingd.jobs seen WHERE seen.id = j.id)
+ RETURNING j.run_at
 ), claimed AS (
     UPDATE meetingd.jobs j
        SET lease_owner = $2, lease_until = now() + make_interval(secs => $3), lease_token = gen_random_uuid(),
            claim_seq = j.claim_seq + 1, attempts = j.attempts + 1
      WHERE j.id = ANY (ARRAY(SELECT id FROM due))
+       AND j.id <> ALL (ARRAY(SELECT held_job FROM held))
        AND j.xmin = (SELECT seen.xmin FROM meetingd.jobs seen WHERE seen.id = j.id)
  RETURNING j.id, j.booking_id, j.claim_seq, j.lease_token, j.version, j.attempts, j.requested_at,
            j.intent_platform, j.intent_generation, j.intent_owner, j.intent_integration, j.intent_account,
@@ -44,8 +86,15 @@ SELECT c.id AS job_id, c.booking_id AS job_booking_id, c.claim_seq, c.lease_toke
        m.join_url AS m_join_url, m.start_time AS m_start, m.end_time AS m_end, m.generation AS m_generation,
        m.state = 'live' AS m_live, m.owner_id AS m_owner_id, m.integration_id AS m_integration_id,
        m.account AS m_account,
-       cu.full_name::text AS customer_name, cu.email::text AS customer_email, pu.full_name::text AS provider_name
-  FROM claimed c
+       cu.full_name::text AS customer_name, cu.email::text AS customer_email, pu.full_name::text AS provider_name,
+       pay.platform AS rate_paid, d.held_back, d.held_back_secs
+  FROM (SELECT count(*) AS held_back,
+               EXTRACT(epoch FROM LEAST(min(run_at), CASE WHEN EXISTS (SELECT 1 FROM paying) THEN
+                   (SELECT min(f.run_at) FROM meetingd.jobs f WHERE f.state = 'pending' AND f.run_at > now()) END)
+                 - clock_timestamp())::float8 AS held_back_secs
+          FROM deferred) d
+  LEFT JOIN claimed c ON true
+  LEFT JOIN paying pay ON pay.id = c.id
   LEFT JOIN LATERAL (SELECT * FROM bookings b WHERE b.id = c.booking_id OFFSET 0) b ON true
   LEFT JOIN LATERAL (SELECT * FROM services s WHERE s.id = b.service_id OFFSET 0) s ON true
   LEFT JOIN LATERAL (SELECT * FROM users u WHERE u.id = b.customer_id OFFSET 0) cu ON true

@@ -44,6 +44,7 @@ fn snapshot() -> Snapshot {
             intent: None,
             intended_generation: 0,
             write_failures: 0,
+            rate_paid: None,
         },
         booking: Some(BookingView {
             booking_id,
