@@ -18,6 +18,7 @@ mod teams;
 mod tls;
 mod traps;
 mod trigger;
+mod ui;
 mod worker;
 mod zoom;
 mod zoom_webhook;
