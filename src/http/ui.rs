@@ -47,6 +47,9 @@ pub fn routes<S: Clone + Send + Sync + 'static>(config: &HttpConfig) -> Router<S
     if !config.ui_demo {
         return router;
     }
+    tracing::warn!(
+        "http.ui_demo is on: the web components' demo page is served at /ui/ (for development, not production)"
+    );
     let router = router
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
         .route("/ui/", get(|| async { demo_file(DEMO_HTML, "text/html; charset=utf-8") }))

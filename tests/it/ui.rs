@@ -87,6 +87,12 @@ async fn the_demo_page_connects_google_sets_a_platform_and_shows_links_and_failu
     browser.shadow(selector, r#"input[value="zoom"]"#).await.click().await.unwrap();
     let prompt = browser.text_until(selector, r#"[part~="connect-prompt"]"#, |t| !t.is_empty()).await;
     assert!(prompt.contains("Connect Zoom before choosing it"), "{prompt}");
+    // Saved anyway: the API's 409 sentence by the platforms, with a link to the Integrations page.
+    browser.shadow(selector, r#"button[data-action="save"]"#).await.click().await.unwrap();
+    let refusal = browser.text_until(selector, r#".error[data-field="platform"]"#, |t| !t.is_empty()).await;
+    assert!(refusal.starts_with("Connect Zoom under Integrations"), "{refusal}");
+    let page = browser.shadow(selector, r#"[part~="connect-prompt"] a"#).await.attr("href").await.unwrap();
+    assert_eq!(page, Some(format!("{base}/dashboard/integrations")));
 
     // Connect Google: meetingd's connect, the (fake) consent screen, the callback, back here.
     browser

@@ -200,7 +200,7 @@ class MeetingdElement extends HTMLElement {
   announce(text) {
     this.statusRegion.textContent = '';
     // A change of text in an existing live region is what screen readers read out.
-    requestAnimationFrame(() => { this.statusRegion.textContent = text; });
+    setTimeout(() => { this.statusRegion.textContent = text; }, 100);
   }
 
   show(...nodes) { this.body.replaceChildren(...nodes); }
