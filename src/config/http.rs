@@ -39,6 +39,8 @@ pub struct HttpConfig {
     pub pool_size: usize,
     /// How long a request waits for one of them before it is answered 503.
     pub pool_wait_ms: u64,
+    /// Serve the web components' demo page at `/ui/` (the module itself is always served).
+    pub ui_demo: bool,
 }
 
 impl std::fmt::Debug for HttpConfig {
@@ -61,6 +63,7 @@ impl std::fmt::Debug for HttpConfig {
             .field("body_limit_bytes", &self.body_limit_bytes)
             .field("pool_size", &self.pool_size)
             .field("pool_wait_ms", &self.pool_wait_ms)
+            .field("ui_demo", &self.ui_demo)
             .finish()
     }
 }

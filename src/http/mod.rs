@@ -4,8 +4,8 @@
 //! never call a meeting platform directly (except OAuth: code exchange, the account lookup and
 //! revocation, through `providers::auth`): meeting changes are queued for the daemon's worker.
 //! Handlers hold no SQL: their statements are `db`'s. Every route but the OAuth callback, Zoom's
-//! webhook (`webhooks.rs`, signed by Zoom instead) and the OpenAPI document needs the app's bearer
-//! token.
+//! webhook (`webhooks.rs`, signed by Zoom instead), the OpenAPI document and the static files of
+//! the web components (`ui.rs`) needs the app's bearer token.
 
 pub mod auth;
 pub mod connect;
@@ -15,6 +15,7 @@ pub mod integrations;
 pub mod meetings;
 pub mod platforms;
 pub mod services;
+pub mod ui;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -143,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/bookings/{booking_id}/calendar.ics", get(meetings::calendar))
         .route("/api/webhooks/zoom", post(webhooks::zoom))
         .route("/api/openapi.json", get(openapi_json))
+        .merge(ui::routes(&state.config.http))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")

@@ -19,6 +19,7 @@ mod teams;
 mod tls;
 mod traps;
 mod trigger;
+mod ui;
 mod webhooks;
 mod worker;
 mod zoom;

@@ -5,7 +5,8 @@
 //! conferences), events.get/patch/delete (404 `notFound`, 410 `deleted`), the usual error bodies
 //! (401 `authError`, 403/429 rate limits with `Retry-After`, 5xx `backendError`), and the token
 //! endpoint's `invalid_grant` / `invalid_client`. Failures are scripted per test (or random, for
-//! the soak), and so are a consent that grants fewer scopes and a hostile Meet link. It keeps everything in memory and talks to no real Google.
+//! the soak), and so are a consent that grants fewer scopes and a hostile Meet link. Its consent
+//! screen (`/auth`, [`consent`]) approves at once and redirects back, as Google does, for a browser. It keeps everything in memory and talks to no real Google.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -18,6 +19,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+
+mod consent;
 
 pub const CLIENT_ID: &str = "test-client.apps.googleusercontent.com";
 pub const CLIENT_SECRET: &str = "GOCSPX-test-secret";
@@ -127,6 +130,7 @@ impl FakeGoogle {
     pub async fn start() -> FakeGoogle {
         let state = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new()
+            .route("/auth", get(consent::authorize))
             .route("/token", post(token))
             .route("/revoke", post(revoke))
             .route("/calendar/v3/calendars/{cal}", get(calendar))
@@ -175,14 +179,7 @@ impl FakeGoogle {
     /// Google would append to the redirect.
     pub fn consent(&self, authorization_url: &url::Url) -> String {
         let q: HashMap<String, String> = authorization_url.query_pairs().into_owned().collect();
-        assert_eq!(q.get("client_id").map(String::as_str), Some(CLIENT_ID));
-        assert_eq!(q.get("response_type").map(String::as_str), Some("code"));
-        assert_eq!(q.get("code_challenge_method").map(String::as_str), Some("S256"));
-        let mut s = self.state.lock().unwrap();
-        s.counter += 1;
-        let code = format!("4/0Ab-code-{}-secret", s.counter);
-        s.codes.insert(code.clone(), (q["code_challenge"].clone(), q["redirect_uri"].clone()));
-        code
+        consent::grant(&mut self.state.lock().unwrap(), &q).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The provider unticks scopes on the consent screen: the code grant answers `scope` with
