@@ -135,7 +135,7 @@ pub async fn update(
         }
         if platform.needs_account() {
             let client = state.pool.get().await?;
-            let connected = integrations::of_user(client.sql(), caller.user_id)
+            let connected = integrations::of_user(client.sql(), caller.user_id, &state.lifetimes())
                 .await?
                 .iter()
                 .any(|c| c.platform == platform.as_str() && c.active);

@@ -38,7 +38,7 @@ pub struct Worker {
     wake: Arc<Notify>,
     stats: Stats,
     liveness: Option<Arc<crate::systemd::Liveness>>,
-    limiter: Option<crate::ratelimit::RateLimiter>,
+    limiter: Option<Arc<crate::ratelimit::RateLimiter>>,
     /// Finished jobs on their way to the batch writer (started on first use, and again if it
     /// ever stops).
     writer: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<complete::ToWrite>>>,
@@ -88,8 +88,13 @@ impl Worker {
 
     /// Applies per-platform and per-account rate limits to platform calls.
     pub fn with_limits(mut self, limits: crate::config::LimitsConfig) -> Worker {
-        self.limiter = Some(crate::ratelimit::RateLimiter::new(limits));
+        self.limiter = Some(Arc::new(crate::ratelimit::RateLimiter::new(limits)));
         self
+    }
+
+    /// The rate limits its platform calls keep, to share with the connection monitor.
+    pub fn limiter(&self) -> Option<Arc<crate::ratelimit::RateLimiter>> {
+        self.limiter.clone()
     }
 
     /// The loop beats here (for the systemd watchdog).
