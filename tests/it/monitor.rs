@@ -186,6 +186,18 @@ async fn a_google_testing_connection_six_days_old_is_expiring_and_its_provider_i
     assert!(left > chrono::Duration::hours(23) && left <= chrono::Duration::days(1), "{by}");
     let integrations = api_get(&config, m.provider, "/api/integrations").await;
     assert_eq!(integrations[0]["status"], "expiring");
+    // `meetingd status` lists it, and the gauge counts it.
+    let connectors = Connectors::from_config(&config).unwrap();
+    let lifetimes = meetingd::monitor::Lifetimes::new(&connectors, &config.monitor).params();
+    let session = meetingd::db::session(&config.database).await.unwrap();
+    let status = meetingd::admin::status(session.sql(), &lifetimes).await.unwrap();
+    assert_eq!(
+        status.expiring.iter().map(|e| (e.user_id, e.platform.as_str())).collect::<Vec<_>>(),
+        [(m.provider, "google_meet")]
+    );
+    let platforms = vec!["google_meet".to_string()];
+    let states = meetingd::db::health::states(session.sql(), &lifetimes, &platforms).await.unwrap();
+    assert_eq!(states, [("google_meet".to_string(), "expiring".to_string(), 1)]);
 
     let monitor = monitor_for(&config);
     let report = monitor.run_once().await.unwrap();
@@ -276,4 +288,33 @@ async fn a_healthy_connection_with_an_expired_access_token_is_refreshed_quietly(
     assert_eq!((report.checked, report.working, report.refreshed), (1, 1, 0), "{report:?}");
     assert_eq!(google.refresh_calls(), 1);
     assert!(events(&c, m.provider).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_the_monitor_at_start_one_daemon_at_a_time() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let m = market::seed(&c).await;
+    let google = FakeGoogle::start().await;
+    let mut config = db.config();
+    google.configure(&mut config);
+    config.monitor.enabled = true;
+    let (access, refresh) = google.issue();
+    connect_google(&config, m.provider, &access, &refresh, 3600).await;
+    google.revoke_refresh(&refresh);
+    google.expire_access(&access);
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let daemon = tokio::spawn(meetingd::run_with(config.clone(), meetingd::RunOptions::default(), shutdown.clone()));
+    meetingd_testkit::db::eventually(
+        "the monitor to find the revoked grant",
+        std::time::Duration::from_secs(20),
+        || async { (!row(&c, Platform::GoogleMeet).await.active).then_some(()) },
+    )
+    .await;
+    assert_eq!(events(&c, m.provider).await, ["integration_needs_reconnect"]);
+    // Its turn is recorded, so a second daemon started now leaves the run to it.
+    assert_eq!(market::count(&c, "SELECT count(*) FROM meetingd.maintenance WHERE task = 'monitor'").await, 1);
+    shutdown.cancel();
+    daemon.await.unwrap().unwrap();
 }
