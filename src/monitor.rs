@@ -311,3 +311,29 @@ fn found(e: TokenError) -> Found {
         e @ (TokenError::OAuth(_) | TokenError::Unreadable(_, _)) => Found::Problem(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_are_the_configured_platforms_with_their_warning_windows() {
+        let mut config = Config::defaults();
+        config.google.client_id = "id".into();
+        config.google.client_secret = "secret".into();
+        config.teams.client_id = "id".into();
+        config.teams.client_secret = "secret".into();
+        let of = |config: &Config| Lifetimes::new(&Connectors::from_config(config).unwrap(), &config.monitor).params();
+        // A published Google app has no known end; Teams' idle limit, 14 days ahead; Zoom is not configured.
+        let p = of(&config);
+        assert_eq!((p.platforms, p.anchors), (vec!["teams".to_string()], vec!["refresh".to_string()]));
+        assert_eq!((p.length_secs, p.warn_secs), (vec![90.0 * 86_400.0], vec![14.0 * 86_400.0]));
+        config.google.publishing_status = "testing".into();
+        let p = of(&config);
+        assert_eq!(p.platforms, ["google_meet", "teams"]);
+        assert_eq!(
+            (p.anchors[0].as_str(), p.length_secs[0], p.warn_secs[0]),
+            ("consent", 7.0 * 86_400.0, 48.0 * 3600.0)
+        );
+    }
+}

@@ -318,3 +318,33 @@ async fn the_daemon_runs_the_monitor_at_start_one_daemon_at_a_time() {
     shutdown.cancel();
     daemon.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn an_access_token_graph_refuses_is_refreshed_and_the_connection_stays_active() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let m = market::seed(&c).await;
+    let graph = FakeGraph::start().await;
+    let mut config = db.config();
+    graph.configure(&mut config);
+    let (access, refresh) = graph.issue();
+    let new = market::connection(
+        Platform::Teams,
+        m.provider,
+        &access,
+        &refresh,
+        3600,
+        Some(fake_graph::WORK_USER_ID),
+        fake_graph::WORK_EMAIL,
+    );
+    market::store_connection(&config, new).await;
+    // Valid by its own clock, refused by Graph (401 InvalidAuthenticationToken on GET /me).
+    graph.expire_access(&access);
+
+    let report = monitor_for(&config).run_once().await.unwrap();
+    assert_eq!((report.checked, report.working, report.refreshed, report.undecided), (1, 1, 1, 0), "{report:?}");
+    assert_eq!(graph.calls().iter().filter(|c| *c == "me").count(), 1, "{:?}", graph.calls());
+    assert_eq!(graph.refresh_calls(), 1);
+    assert!(row(&c, Platform::Teams).await.active);
+    assert!(events(&c, m.provider).await.is_empty());
+}
