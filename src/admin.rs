@@ -52,6 +52,8 @@ pub async fn store_integration(
         },
     )
     .await?;
+    // A new grant: its known lifetime (if any) starts now.
+    crate::db::health::consented(tx, id).await?;
     let entry = AuditEntry {
         action: "integration.connect",
         platform: Some(new.platform.as_str().into()),
@@ -280,6 +282,8 @@ pub async fn retry_booking(client: Sql<'_>, booking: Uuid) -> Result<bool, DbErr
 pub struct Status {
     pub queue: status::Queue,
     pub needs_reconnect: Vec<status::NeedsReconnect>,
+    /// Connections whose grant ends soon, soonest first.
+    pub expiring: Vec<crate::db::health::Expiring>,
     pub recent_failures: Vec<status::Failure>,
     /// Meetings out of meetingd's reach, newest first.
     pub orphans: Vec<status::Orphan>,
@@ -288,10 +292,12 @@ pub struct Status {
     pub webhooks: status::Webhooks,
 }
 
-pub async fn status(client: Sql<'_>) -> Result<Status, DbError> {
+/// `lifetimes`: the platforms' grant lifetimes (`monitor::Lifetimes`), for the expiring connections.
+pub async fn status(client: Sql<'_>, lifetimes: &crate::db::health::LifetimeParams) -> Result<Status, DbError> {
     Ok(Status {
         queue: status::queue(client).await?,
         needs_reconnect: status::needs_reconnect(client).await?,
+        expiring: crate::db::health::expiring(client, lifetimes).await?,
         recent_failures: status::recent_failures(client).await?,
         orphans: status::recent_orphans(client).await?,
         orphan_count: status::orphan_count(client).await?,

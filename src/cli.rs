@@ -216,7 +216,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => {
             let config = Config::load(cli.config.as_deref())?;
             let client = crate::db::session(&config.database).await?;
-            print_status(&crate::admin::status(client.sql()).await?);
+            let connectors = crate::providers::auth::Connectors::from_config(&config).map_err(anyhow::Error::msg)?;
+            let lifetimes = crate::monitor::Lifetimes::new(&connectors, &config.monitor).params();
+            print_status(&crate::admin::status(client.sql(), &lifetimes).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Backfill { dry_run } => {
@@ -348,6 +350,18 @@ fn print_status(s: &crate::admin::Status) {
                 n.platform,
                 n.email.as_deref().unwrap_or("-"),
                 n.since.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_default()
+            );
+        }
+    }
+    if !s.expiring.is_empty() {
+        println!("expiring      {} connection(s) stop working soon unless reconnected:", s.expiring.len());
+        for e in &s.expiring {
+            println!(
+                "  {}  {:<11}  {:<28}  ends {}",
+                e.user_id,
+                e.platform,
+                e.email.as_deref().unwrap_or("-"),
+                e.ends_at.format("%Y-%m-%d %H:%M UTC")
             );
         }
     }

@@ -2,9 +2,8 @@
 //!
 //! Owns how settings are found and what makes them valid. It never opens a connection or a file
 //! other than the one config file it is given, and never writes anything. Each platform's section
-//! (`[google]`, `[jitsi]`) is a struct here that validates itself (`[zoom]`: `config/zoom.rs`, `[teams]`: `config/teams.rs`); `[http]` is `config/http.rs`,
-//! `[webhooks]` is `config/webhooks.rs`, `check`'s timing and transport findings are
-//! `config/traps.rs`, the tests `config/tests.rs`.
+//! (`[google]`, `[jitsi]`) is a struct here that validates itself (`[zoom]`: `config/zoom.rs`, `[teams]`: `config/teams.rs`); `[http]` is `config/http.rs`, `[monitor]` `config/monitor.rs`,
+//! `[webhooks]` is `config/webhooks.rs`, `check`'s timing and transport findings are `config/traps.rs`, the tests `config/tests.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -53,6 +52,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub reconcile: ReconcileConfig,
     pub webhooks: WebhooksConfig,
+    pub monitor: MonitorConfig,
 }
 
 /// The daily reconcile sweep from the platforms' side (see `reconcile.rs`).
@@ -281,6 +281,9 @@ pub struct GoogleConfig {
     pub send_updates: String,
     pub request_timeout_ms: u64,
     pub conference_wait_ms: u64,
+    /// The OAuth app's publishing status at Google: `production`, or `testing`, whose refresh
+    /// tokens die 7 days after consent.
+    pub publishing_status: String,
 }
 
 impl std::fmt::Debug for GoogleConfig {
@@ -294,6 +297,7 @@ impl std::fmt::Debug for GoogleConfig {
             .field("calendar_id", &self.calendar_id)
             .field("invite_customer", &self.invite_customer)
             .field("send_updates", &self.send_updates)
+            .field("publishing_status", &self.publishing_status)
             .finish()
     }
 }
@@ -302,6 +306,11 @@ impl GoogleConfig {
     /// The OAuth client secret, `None` when Google is not configured.
     pub fn client_secret(&self) -> Result<Option<SecretString>, String> {
         secret_or_file(&self.client_secret, &self.client_secret_file, "google.client_secret")
+    }
+
+    /// The OAuth app is in "Testing" at Google (its grants last 7 days).
+    pub fn testing(&self) -> bool {
+        self.publishing_status == "testing"
     }
 
     /// What is wrong with the `[google]` section, added to `problems`.
@@ -323,6 +332,12 @@ impl GoogleConfig {
         }
         if self.request_timeout_ms == 0 {
             problems.push("google.request_timeout_ms must be greater than 0".into());
+        }
+        if !matches!(self.publishing_status.as_str(), "production" | "testing") {
+            problems.push(format!(
+                "google.publishing_status must be \"production\" or \"testing\", not {:?}",
+                self.publishing_status
+            ));
         }
     }
 }
@@ -485,6 +500,7 @@ impl Config {
         self.zoom.problems(&mut problems);
         self.teams.problems(&mut problems);
         self.webhooks.problems(&mut problems);
+        self.monitor.problems(&mut problems);
         for (name, r) in
             [("google_meet", &self.limits.google_meet), ("zoom", &self.limits.zoom), ("teams", &self.limits.teams)]
         {
@@ -558,12 +574,14 @@ pub fn redact_url(url: &str) -> String {
 }
 
 mod http;
+mod monitor;
 mod teams;
 mod traps;
 mod webhooks;
 mod zoom;
 
 pub use http::HttpConfig;
+pub use monitor::MonitorConfig;
 pub use teams::{CREDENTIAL_TEAMS_SECRET, TeamsConfig};
 pub use webhooks::{CREDENTIAL_WEBHOOKS_SECRET, WebhooksConfig};
 pub use zoom::{CREDENTIAL_ZOOM_SECRET, ZoomConfig};

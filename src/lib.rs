@@ -16,6 +16,7 @@ pub mod ics;
 pub mod job;
 pub mod links;
 pub mod metrics;
+pub mod monitor;
 pub mod oauth;
 pub mod providers;
 pub mod quota;
@@ -206,6 +207,9 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
             shutdown.clone(),
         )
     });
+    let connectors = providers::auth::Connectors::from_config(&config).map_err(RunError::Config)?;
+    let lifetimes = monitor::Lifetimes::new(&connectors, &config.monitor).params();
+    let monitor = monitor::Monitor::new(pool.clone(), keyring.clone(), worker::actor(instance), connectors, &config);
     let worker = Arc::new(
         Worker::new(pool, providers, config.worker.clone(), config.fallback.platform, wake.clone(), instance)
             .with_liveness(liveness.clone())
@@ -214,6 +218,9 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
     let tasks = TaskTracker::new();
     if let Some(sweep) = sweep {
         tasks.spawn(sweep);
+    }
+    if config.monitor.enabled {
+        tasks.spawn(monitor.with_budgets(worker.budgets()).every(shutdown.clone()));
     }
     if let Some(state) = &listener_state {
         let listener = Listener {
@@ -260,6 +267,7 @@ pub async fn run_with(config: Config, options: RunOptions, shutdown: Cancellatio
     tasks.spawn(crate::metrics::sample(
         sampler_pool,
         listener_state.clone(),
+        lifetimes,
         std::time::Duration::from_secs(5),
         shutdown.clone(),
     ));

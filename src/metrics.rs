@@ -11,7 +11,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Pool;
+use crate::db::health::LifetimeParams;
 use crate::db::listen::ListenerState;
+use crate::providers::Platform;
 
 pub const JOBS_CLAIMED: &str = "meetingd_jobs_claimed_total";
 pub const JOBS_COMPLETED: &str = "meetingd_jobs_completed_total";
@@ -33,6 +35,11 @@ pub const WEBHOOKS_FAILING: &str = "meetingd_webhooks_failing";
 pub const WEBHOOKS_DEAD: &str = "meetingd_webhooks_dead";
 pub const WEBHOOKS_OLDEST_PENDING_AGE: &str = "meetingd_webhooks_oldest_pending_age_seconds";
 pub const RATE_LIMITED: &str = "meetingd_rate_limited_jobs_total";
+pub const INTEGRATIONS: &str = "meetingd_integrations";
+pub const INTEGRATION_CHECKS: &str = "meetingd_integration_checks_total";
+
+/// The states of [`INTEGRATIONS`].
+const STATES: [&str; 3] = ["active", "expiring", "needs_reconnect"];
 
 /// The process-wide recorder (installed once; later calls return the same handle).
 pub fn install() -> PrometheusHandle {
@@ -92,15 +99,27 @@ fn describe() {
     describe_gauge!(NEEDS_RECONNECT, "Integrations marked inactive, waiting for their provider to reconnect");
     describe_gauge!(NOTIFY_QUEUE_USAGE, "pg_notification_queue_usage(): the app's commits fail when this reaches 1");
     describe_gauge!(LISTENER_UP, "1 while the LISTEN connection is up");
+    describe_gauge!(
+        INTEGRATIONS,
+        "Connected accounts by platform and state (active, expiring: its grant ends within the warning window, needs_reconnect)"
+    );
+    describe_counter!(
+        INTEGRATION_CHECKS,
+        "Connection checks of the monitor, by platform and outcome (ok, refreshed, needs_reconnect, undecided, problem, gone)"
+    );
 }
 
-/// Refreshes the database-side gauges every `every` until `shutdown`.
+/// Refreshes the database-side gauges every `every` until `shutdown`; connections are counted
+/// by state with the grants' `lifetimes` (see `monitor::Lifetimes`).
 pub async fn sample(
     pool: Pool,
     listener: Option<std::sync::Arc<ListenerState>>,
+    lifetimes: LifetimeParams,
     every: Duration,
     shutdown: CancellationToken,
 ) {
+    let platforms: Vec<String> =
+        Platform::ALL.into_iter().filter(|p| p.needs_account()).map(|p| p.as_str().to_string()).collect();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -125,6 +144,17 @@ pub async fn sample(
                 gauge!(WEBHOOKS_OLDEST_PENDING_AGE).set(g.webhooks.oldest_pending_secs);
             }
             Err(e) => tracing::debug!(error = %crate::db::describe(&e), "metrics sample failed"),
+        }
+        match crate::db::health::states(client.sql(), &lifetimes, &platforms).await {
+            Ok(counts) => {
+                for platform in &platforms {
+                    for state in STATES {
+                        let n = counts.iter().find(|(p, s, _)| p == platform && s == state).map_or(0, |c| c.2);
+                        gauge!(INTEGRATIONS, "platform" => platform.clone(), "state" => state).set(n as f64);
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %crate::db::describe(&e), "metrics sample of connections failed"),
         }
     }
 }

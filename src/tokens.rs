@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::crypto::{Column, CryptoError, Keyring};
 use crate::db::audit::{insert_audit, insert_event};
-use crate::db::{DbError, Pool, integrations};
+use crate::db::{DbError, Pool, health, integrations};
 use crate::job::{AuditEntry, Event};
 use crate::oauth::{OAuthClient, OAuthError};
 use crate::providers::{Account, Platform};
@@ -209,6 +209,10 @@ impl TokenStore {
                     .as_ref()
                     .map(|t| self.keyring.encrypt(t, row.id, Column::RefreshToken(row.owner())));
                 integrations::save_tokens(tx.sql(), &row, &access_ct, refresh_ct.as_deref(), Some(expires_at)).await?;
+                if row.retired.is_none() {
+                    // A refresh starts a grant's idle lifetime again (Microsoft, Zoom): the monitor's clock.
+                    health::refreshed(tx.sql(), row.id).await?;
+                }
                 let rotated = if fresh.refresh_token.is_some() { "; refresh token rotated" } else { "" };
                 let entry = audit(
                     "integration.refresh",

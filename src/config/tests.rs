@@ -130,3 +130,19 @@ fn zoom_counts_its_daily_meeting_writes_and_only_zoom_does() {
         Ok(())
     });
 }
+
+#[test]
+fn the_monitor_and_googles_publishing_status_are_checked() {
+    let mut c = Config::defaults();
+    assert!(c.monitor.enabled && !c.google.testing());
+    assert_eq!((c.monitor.interval_secs, c.monitor.check_every_hours), (3600, 12));
+    c.google.publishing_status = "Testing".into();
+    c.monitor.refresh_warning_days = 90;
+    c.monitor.interval_secs = 0;
+    let problems = c.problems().join("\n");
+    assert!(problems.contains("google.publishing_status"), "{problems}");
+    assert!(problems.contains("monitor.refresh_warning_days"), "{problems}");
+    assert!(problems.contains("monitor.interval_secs"), "{problems}");
+    c.google.publishing_status = "testing".into();
+    assert!(c.google.testing());
+}

@@ -317,25 +317,41 @@ pub struct Summary {
     /// Holding a token, active or not (a disconnected or deauthorized one holds none).
     pub has_token: bool,
     pub created_at: Option<DateTime<Utc>>,
+    /// Active, and its grant ends within its platform's warning window (`db::health`).
+    pub expiring: bool,
+    /// When its grant ends unless reconnected (or refreshed), on a platform with a known lifetime.
+    pub ends_at: Option<DateTime<Utc>>,
 }
 
-/// The provider's integrations, by platform.
-pub async fn of_user(client: Sql<'_>, user_id: Uuid) -> Result<Vec<Summary>, DbError> {
+/// The provider's integrations, by platform, with their grants' lifetimes (`lifetimes`).
+pub async fn of_user(
+    client: Sql<'_>,
+    user_id: Uuid,
+    lifetimes: &super::health::LifetimeParams,
+) -> Result<Vec<Summary>, DbError> {
+    use super::health::{EXPIRING, LIFETIME};
+    let sql = format!(
+        "SELECT i.platform, i.platform_user_email, COALESCE(i.is_active, false) AND i.access_token <> '', i.created_at,
+                COALESCE(i.access_token, '') <> '', {EXPIRING}, l.ends_at
+           FROM user_meeting_integrations i {LIFETIME}
+          WHERE i.user_id = $5 ORDER BY i.platform"
+    );
+    let l = lifetimes;
     Ok(client
-        .query(
-            "SELECT platform, platform_user_email, COALESCE(is_active, false) AND access_token <> '', created_at,
-                    COALESCE(access_token, '') <> ''
-               FROM user_meeting_integrations WHERE user_id = $1 ORDER BY platform",
-            &[&user_id],
-        )
+        .query(&sql, &[&l.platforms, &l.anchors, &l.length_secs, &l.warn_secs, &user_id])
         .await?
         .iter()
-        .map(|r| Summary {
-            platform: r.get(0),
-            email: r.get(1),
-            active: r.get(2),
-            created_at: r.get(3),
-            has_token: r.get(4),
+        .map(|r| {
+            let active: bool = r.get(2);
+            Summary {
+                platform: r.get(0),
+                email: r.get(1),
+                active,
+                created_at: r.get(3),
+                has_token: r.get(4),
+                expiring: active && r.get::<_, bool>(5),
+                ends_at: r.get(6),
+            }
         })
         .collect())
 }

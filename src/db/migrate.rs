@@ -24,6 +24,12 @@ pub fn latest_version() -> i32 {
     migrations::runner().get_migrations().iter().map(|m| m.version()).max().unwrap_or(0)
 }
 
+/// How many migrations this binary carries (versions need not be contiguous: each branch of
+/// work is given its own number).
+pub fn embedded_count() -> usize {
+    migrations::runner().get_migrations().len()
+}
+
 /// What `migrate` did.
 #[derive(Debug)]
 pub struct Applied {

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod bookings;
 pub mod demo;
+pub mod health;
 pub mod integrations;
 pub mod jobs;
 pub mod listen;

@@ -18,6 +18,34 @@ use super::error::{ApiError, ErrorBody};
 use crate::crypto::Column;
 use crate::db::integrations;
 
+/// How a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    /// It works.
+    Active,
+    /// It works, but its grant ends soon (at `reconnect_by`): the provider should reconnect
+    /// before then (a Google app in testing; a Microsoft or Zoom connection meetingd could not renew).
+    Expiring,
+    /// The platform refused it (revoked, expired): the provider must reconnect.
+    NeedsReconnect,
+}
+
+impl ConnectionStatus {
+    pub fn of(summary: &integrations::Summary) -> ConnectionStatus {
+        match (summary.active, summary.expiring) {
+            (false, _) => ConnectionStatus::NeedsReconnect,
+            (true, true) => ConnectionStatus::Expiring,
+            (true, false) => ConnectionStatus::Active,
+        }
+    }
+
+    /// When an expiring connection stops working.
+    pub fn reconnect_by(summary: &integrations::Summary) -> Option<DateTime<Utc>> {
+        summary.ends_at.filter(|_| ConnectionStatus::of(summary) == ConnectionStatus::Expiring)
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct IntegrationView {
     /// `google_meet`, `zoom`, `teams`.
@@ -26,9 +54,9 @@ pub struct IntegrationView {
     /// The connected account's e-mail address, when known.
     #[schema(example = "dana@example.com")]
     pub account_email: Option<String>,
-    /// `active`, or `needs_reconnect` after the platform revoked access.
-    #[schema(example = "active")]
-    pub status: String,
+    pub status: ConnectionStatus,
+    /// When an `expiring` connection stops working unless reconnected; `null` otherwise.
+    pub reconnect_by: Option<DateTime<Utc>>,
     pub connected_since: Option<DateTime<Utc>>,
 }
 
@@ -46,13 +74,14 @@ pub struct IntegrationView {
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<IntegrationView>>, ApiError> {
     caller.require_provider()?;
     let client = state.pool.get().await?;
-    let rows = integrations::of_user(client.sql(), caller.user_id).await?;
+    let rows = integrations::of_user(client.sql(), caller.user_id, &state.lifetimes()).await?;
     Ok(Json(
         rows.into_iter()
             .map(|r| IntegrationView {
+                status: ConnectionStatus::of(&r),
+                reconnect_by: ConnectionStatus::reconnect_by(&r),
                 platform: r.platform,
                 account_email: r.email,
-                status: if r.active { "active" } else { "needs_reconnect" }.into(),
                 connected_since: r.created_at,
             })
             .collect(),

@@ -84,6 +84,11 @@ impl AppState {
         self
     }
 
+    /// The platforms' grant lifetimes, for the connections' status (`expiring`).
+    pub fn lifetimes(&self) -> crate::db::health::LifetimeParams {
+        crate::monitor::Lifetimes::new(&self.connectors, &self.config.monitor).params()
+    }
+
     /// The provider of `platform` when this server offers it: meetings are made on it, and a
     /// platform with accounts can have them connected here.
     pub fn offered(&self, platform: Platform) -> Option<&Arc<dyn MeetingProvider>> {
@@ -100,7 +105,7 @@ impl AppState {
         openapi_json
     ),
     components(schemas(
-        error::ErrorBody, error::ErrorDetail, connect::ConnectResponse, platforms::PlatformView, services::ServiceMeetingView, services::ServiceMeetingUpdate, integrations::IntegrationView,
+        error::ErrorBody, error::ErrorDetail, connect::ConnectResponse, platforms::PlatformView, services::ServiceMeetingView, services::ServiceMeetingUpdate, integrations::IntegrationView, integrations::ConnectionStatus,
         meetings::CreateRequest, meetings::UpdateRequest, meetings::MeetingView, webhooks::UrlValidationResponse
     )),
     modifiers(&BearerAuth),

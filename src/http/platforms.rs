@@ -8,12 +8,14 @@
 
 use axum::Json;
 use axum::extract::State;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
+use super::integrations::ConnectionStatus;
 use crate::config::Fallback;
 use crate::db::integrations;
 use crate::providers::{Platform, auth};
@@ -29,10 +31,12 @@ pub struct PlatformView {
     pub needs_account: bool,
     /// Whether the caller has connected it (a platform without accounts: always `true`).
     pub connected: bool,
-    /// The caller's connection: `active`, or `needs_reconnect` after the platform refused it;
-    /// `null` when not connected or when the platform needs no account.
-    #[schema(example = "active")]
-    pub status: Option<String>,
+    /// The caller's connection: `active`, `expiring` (it works, but ends at `reconnect_by`),
+    /// or `needs_reconnect` after the platform refused it; `null` when not connected or when
+    /// the platform needs no account.
+    pub status: Option<ConnectionStatus>,
+    /// When an `expiring` connection stops working unless reconnected; `null` otherwise.
+    pub reconnect_by: Option<DateTime<Utc>>,
     /// Where the provider's browser starts connecting it (`POST`), for platforms with accounts.
     #[schema(example = "/api/auth/zoom/connect")]
     pub connect_path: Option<String>,
@@ -62,7 +66,7 @@ pub struct PlatformView {
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<PlatformView>>, ApiError> {
     let connected = if caller.is_provider {
         let client = state.pool.get().await?;
-        integrations::of_user(client.sql(), caller.user_id).await?
+        integrations::of_user(client.sql(), caller.user_id, &state.lifetimes()).await?
     } else {
         Vec::new()
     };
@@ -83,7 +87,8 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
                 display_name: platform.display_name().into(),
                 needs_account: platform.needs_account(),
                 connected: !platform.needs_account() || mine.is_some_and(|c| c.active),
-                status: mine.map(|c| if c.active { "active" } else { "needs_reconnect" }.to_string()),
+                status: mine.map(ConnectionStatus::of),
+                reconnect_by: mine.and_then(ConnectionStatus::reconnect_by),
                 connect_path: spec.map(|s| format!("/api/auth/{}/connect", s.path_segment)),
                 options: provider.supported_options().iter().map(|o| o.as_str().to_string()).collect(),
                 fallback: fallback == Some(platform),

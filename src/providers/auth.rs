@@ -34,6 +34,35 @@ pub struct OAuthSpec {
     /// narrowest first, then broader ones that include it). A consent screen lets the user untick
     /// scopes, so the callback checks the granted ones against this before storing anything.
     pub required_scopes: &'static [&'static [&'static str]],
+    /// How long a refresh token lives when the platform says so; `None`: until revoked.
+    pub refresh_lifetime: Option<Lifetime>,
+}
+
+/// When a platform's grant dies without a reconnect: `days` after its [`Anchor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    pub anchor: Anchor,
+    pub days: u32,
+}
+
+/// What a grant's lifetime counts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anchor {
+    /// The consent: refreshes do not extend it (Google's apps in "Testing").
+    Consent,
+    /// The last successful refresh, which starts it again (Microsoft's idle limit; Zoom's new
+    /// refresh token with every refresh).
+    Refresh,
+}
+
+impl Anchor {
+    /// Its name in `db::health::LifetimeParams`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Anchor::Consent => "consent",
+            Anchor::Refresh => "refresh",
+        }
+    }
 }
 
 impl OAuthSpec {
@@ -115,6 +144,9 @@ pub(super) async fn who_am_i<T: serde::de::DeserializeOwned>(
         .await
         .map_err(|e| ProviderError::Transient(format!("connection to {vendor} failed: {}", e.without_url())))?;
     let status = response.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return Err(ProviderError::Unauthorized);
+    }
     if !status.is_success() {
         return Err(ProviderError::Transient(format!("{vendor} answered HTTP {status} for the connected user")));
     }
@@ -142,6 +174,11 @@ pub trait PlatformAuth: Send + Sync {
     /// decided from who it is; nothing is stored then. By default every account is accepted.
     fn refusal(&self, _identity: &Identity) -> Option<&'static str> {
         None
+    }
+    /// How long a grant lives here: the platform's fact ([`OAuthSpec::refresh_lifetime`]) unless
+    /// the configuration changes it (a Google app in "Testing").
+    fn grant_lifetime(&self) -> Option<Lifetime> {
+        self.spec().refresh_lifetime
     }
 
     /// The consent-screen URL for `state`, sending the browser back to `redirect_url`.

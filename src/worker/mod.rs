@@ -99,6 +99,11 @@ impl Worker {
         self
     }
 
+    /// The rate limits its platform calls keep, to share with the connection monitor.
+    pub fn budgets(&self) -> Budgets {
+        self.budgets.clone()
+    }
+
     /// The loop beats here (for the systemd watchdog).
     pub fn with_liveness(mut self, liveness: Arc<crate::systemd::Liveness>) -> Worker {
         self.liveness = Some(liveness);

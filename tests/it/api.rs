@@ -955,6 +955,12 @@ async fn openapi_document_validates_and_lists_every_endpoint() {
         let name = &rest[..rest.find('"').unwrap()];
         assert!(schemas.contains_key(name), "$ref to missing schema {name}");
     }
+    // A connection's status is one of three values, in both listings.
+    assert_eq!(schemas["ConnectionStatus"]["enum"], json!(["active", "expiring", "needs_reconnect"]));
+    for view in ["IntegrationView", "PlatformView"] {
+        assert!(schemas[view]["properties"]["status"].to_string().contains("ConnectionStatus"), "{view}");
+        assert!(schemas[view]["properties"].get("reconnect_by").is_some(), "{view}");
+    }
     api.stop().await;
 }
 

@@ -9,6 +9,7 @@ mod jwt;
 mod leftovers;
 mod maintenance;
 mod migrations;
+mod monitor;
 mod moved_tokens;
 mod odd_rows;
 mod ops;

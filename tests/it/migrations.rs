@@ -1,12 +1,6 @@
 //! Migrations: onto a populated marketplace, twice in a row, concurrently, and what `status` says.
 
-use meetingd::db::migrate;
-
-/// How many migrations this binary carries (their numbers need not be contiguous: each line of
-/// work has its own).
-fn embedded() -> usize {
-    migrate::migrations::runner().get_migrations().len()
-}
+use meetingd::db::migrate::{self, embedded_count};
 use meetingd_testkit::db::{TestDb, connect};
 use meetingd_testkit::market;
 
@@ -36,7 +30,7 @@ async fn migrate_onto_populated_database_keeps_rows_and_second_run_is_noop() {
     assert!(status.explain().contains("meetingd migrate"), "{}", status.explain());
 
     let first = migrate::migrate(&mut client).await.unwrap();
-    assert_eq!(first.applied.len(), embedded(), "{:?}", first.applied);
+    assert_eq!(first.applied.len(), embedded_count(), "{:?}", first.applied);
     let second = migrate::migrate(&mut client).await.unwrap();
     assert!(second.applied.is_empty(), "second run applied {:?}", second.applied);
     assert!(migrate::status(meetingd::db::Sql::new(&client, meetingd::db::Mode::DIRECT)).await.unwrap().is_current());
@@ -86,7 +80,7 @@ async fn migrate_onto_populated_database_keeps_rows_and_second_run_is_noop() {
         ]
     );
     // The history lives in meetingd's own schema.
-    assert_eq!(market::count(&c, "SELECT count(*) FROM meetingd.schema_history").await, embedded() as i64);
+    assert_eq!(market::count(&c, "SELECT count(*) FROM meetingd.schema_history").await, embedded_count() as i64);
 }
 
 #[tokio::test]
@@ -101,7 +95,7 @@ async fn concurrent_migrations_serialise_on_the_advisory_lock() {
     });
     let applied: Vec<usize> =
         futures_util::future::join_all(runs).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
-    assert_eq!(applied.iter().sum::<usize>(), embedded(), "each migration applied once: {applied:?}");
+    assert_eq!(applied.iter().sum::<usize>(), embedded_count(), "each migration applied once: {applied:?}");
 }
 
 #[tokio::test]

@@ -76,6 +76,8 @@ impl DaemonCommand {
             .env("MEETINGD_ENCRYPTION__KEY", key.expose_secret())
             .env("MEETINGD_HTTP__LISTEN", "")
             .env("MEETINGD_HTTP__METRICS_LISTEN", "")
+            // As in `TestDb::config`: no connection monitor calling the fakes at start.
+            .env("MEETINGD_MONITOR__ENABLED", "false")
             .stdin(Stdio::null());
         DaemonCommand { command }
     }

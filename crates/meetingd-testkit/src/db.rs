@@ -72,6 +72,9 @@ impl TestDb {
         c.encryption.key = meetingd::crypto::Keyring::generate_key();
         c.http.listen = String::new();
         c.http.metrics_listen = String::new();
+        // The connection monitor would call the fakes at every daemon's start; its tests drive
+        // `Monitor::run_once` instead.
+        c.monitor.enabled = false;
         c
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::super::auth::{Identity, OAuthSpec, PlatformAuth};
+use super::super::auth::{Anchor, Identity, Lifetime, OAuthSpec, PlatformAuth};
 use super::super::{Platform, ProviderError};
 use super::account_email;
 use crate::config::GoogleConfig;
@@ -26,7 +26,13 @@ pub static OAUTH: OAuthSpec = OAuthSpec {
         "https://www.googleapis.com/auth/calendar.events",
         "https://www.googleapis.com/auth/calendar",
     ]],
+    // A published app's refresh tokens live until revoked; see `TESTING_LIFETIME`.
+    refresh_lifetime: None,
 };
+
+/// A refresh token of an OAuth app whose publishing status is "Testing" dies 7 days after the
+/// consent, however often it is used (`google.publishing_status = "testing"`).
+pub const TESTING_LIFETIME: Lifetime = Lifetime { anchor: Anchor::Consent, days: 7 };
 
 /// meetingd's OAuth client at Google's token endpoint; `None` when `google.client_id` or the
 /// client secret is not set.
@@ -77,5 +83,9 @@ impl PlatformAuth for GoogleAuth {
     async fn identity(&self, access_token: &SecretString) -> Result<Identity, ProviderError> {
         let email = account_email(&self.config, access_token).await?;
         Ok(Identity { platform_user_id: None, email: Some(email) })
+    }
+
+    fn grant_lifetime(&self) -> Option<Lifetime> {
+        self.config.testing().then_some(TESTING_LIFETIME)
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::super::auth::{Identity, OAuthSpec, PlatformAuth, who_am_i};
+use super::super::auth::{Anchor, Identity, Lifetime, OAuthSpec, PlatformAuth, who_am_i};
 use super::super::{Platform, ProviderError};
 use super::oauth_client;
 use crate::config::TeamsConfig;
@@ -28,6 +28,8 @@ pub static OAUTH: OAuthSpec = OAuthSpec {
         &["https://graph.microsoft.com/OnlineMeetings.ReadWrite", "OnlineMeetings.ReadWrite"],
         &["https://graph.microsoft.com/User.Read", "User.Read"],
     ],
+    // A refresh token unused for 90 days dies (AADSTS700082); every refresh starts it again.
+    refresh_lifetime: Some(Lifetime { anchor: Anchor::Refresh, days: 90 }),
 };
 
 /// The error code in the callback's redirect for a personal Microsoft account.

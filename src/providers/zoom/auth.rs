@@ -7,7 +7,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::super::auth::{Identity, OAuthSpec, PlatformAuth, who_am_i};
+use super::super::auth::{Anchor, Identity, Lifetime, OAuthSpec, PlatformAuth, who_am_i};
 use super::super::{Platform, ProviderError};
 use super::oauth_client;
 use crate::config::ZoomConfig;
@@ -37,6 +37,8 @@ pub static OAUTH: OAuthSpec = OAuthSpec {
         &["meeting:read:list_meetings"],
         &["user:read:user"],
     ],
+    // Each refresh answers a new refresh token that lives 90 days (the old one dies at once).
+    refresh_lifetime: Some(Lifetime { anchor: Anchor::Refresh, days: 90 }),
 };
 
 /// Connecting a Zoom account (see `providers::auth`).
