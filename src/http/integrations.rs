@@ -65,7 +65,10 @@ pub struct IntegrationView {
     get, path = "/api/integrations", tag = "integrations",
     responses(
         (status = 200, body = [IntegrationView], example = json!([
-            {"platform": "zoom", "account_email": "dana@example.com", "status": "active", "connected_since": "2026-11-02T09:30:00Z"}
+            {"platform": "zoom", "account_email": "dana@example.com", "status": "active", "reconnect_by": null,
+             "connected_since": "2026-11-02T09:30:00Z"},
+            {"platform": "teams", "account_email": "dana@contoso.example", "status": "expiring",
+             "reconnect_by": "2026-12-20T08:00:00Z", "connected_since": "2026-08-24T08:00:00Z"}
         ])),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
     ),

@@ -54,10 +54,10 @@ pub struct PlatformView {
     responses(
         (status = 200, body = [PlatformView], example = json!([
             {"platform": "zoom", "display_name": "Zoom", "needs_account": true, "connected": true, "status": "active",
-             "connect_path": "/api/auth/zoom/connect", "options": ["waiting_room", "recording", "passcode", "mute_on_entry"],
-             "fallback": false},
+             "reconnect_by": null, "connect_path": "/api/auth/zoom/connect",
+             "options": ["waiting_room", "recording", "passcode", "mute_on_entry"], "fallback": false},
             {"platform": "jitsi", "display_name": "Jitsi Meet", "needs_account": false, "connected": true, "status": null,
-             "connect_path": null, "options": [], "fallback": true}
+             "reconnect_by": null, "connect_path": null, "options": [], "fallback": true}
         ])),
         (status = 401, body = ErrorBody)
     ),
