@@ -217,8 +217,9 @@ async fn a_google_testing_connection_six_days_old_is_expiring_and_its_provider_i
     assert!(row(&c, Platform::GoogleMeet).await.active, "expiring is not dead");
 }
 
-#[tokio::test]
-async fn an_idle_teams_connection_is_renewed_by_a_refresh_and_stays_active() {
+/// A provider with a Teams connection (a work account at the fake Graph): the database, a
+/// client, the market, the fake, the configuration and the connection's access token.
+async fn teams_connected() -> (TestDb, tokio_postgres::Client, market::Market, FakeGraph, Config, String) {
     let db = TestDb::migrated().await;
     let c = db.client().await;
     let m = market::seed(&c).await;
@@ -236,6 +237,12 @@ async fn an_idle_teams_connection_is_renewed_by_a_refresh_and_stays_active() {
         fake_graph::WORK_EMAIL,
     );
     market::store_connection(&config, new).await;
+    (db, c, m, graph, config, access)
+}
+
+#[tokio::test]
+async fn an_idle_teams_connection_is_renewed_by_a_refresh_and_stays_active() {
+    let (_db, c, m, graph, config, _access) = teams_connected().await;
     // 80 days without a refresh: 10 days before Microsoft's 90-day idle limit, inside the
     // 14-day warning window.
     age(&c, Platform::Teams, 80).await;
@@ -321,23 +328,7 @@ async fn the_daemon_runs_the_monitor_at_start_one_daemon_at_a_time() {
 
 #[tokio::test]
 async fn an_access_token_graph_refuses_is_refreshed_and_the_connection_stays_active() {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let m = market::seed(&c).await;
-    let graph = FakeGraph::start().await;
-    let mut config = db.config();
-    graph.configure(&mut config);
-    let (access, refresh) = graph.issue();
-    let new = market::connection(
-        Platform::Teams,
-        m.provider,
-        &access,
-        &refresh,
-        3600,
-        Some(fake_graph::WORK_USER_ID),
-        fake_graph::WORK_EMAIL,
-    );
-    market::store_connection(&config, new).await;
+    let (_db, c, m, graph, config, access) = teams_connected().await;
     // Valid by its own clock, refused by Graph (401 InvalidAuthenticationToken on GET /me).
     graph.expire_access(&access);
 
