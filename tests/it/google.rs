@@ -7,7 +7,7 @@ use chrono::Utc;
 use meetingd::config::{Config, Fallback};
 use meetingd::providers::{ProviderDeps, Providers};
 use meetingd::worker::Worker;
-use meetingd_testkit::db::TestDb;
+use meetingd_testkit::db::{Seeded, TestDb};
 use meetingd_testkit::fake_google::{Fail, FakeGoogle};
 use meetingd_testkit::market::{self, Market, audit, events, job, make_due, meeting};
 use secrecy::SecretString;
@@ -68,11 +68,8 @@ pub async fn tamper_access_tokens(c: &tokio_postgres::Client) {
 }
 
 pub async fn setup_with(expires_in_secs: i64, adjust: impl FnOnce(&mut Config)) -> G {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let m = market::seed(&c).await;
+    let Seeded { db, c, m, mut config } = TestDb::seeded().await;
     let google = FakeGoogle::start().await;
-    let mut config = db.config();
     google.configure(&mut config);
     adjust(&mut config);
     let service = market::service(&c, m.provider, true, Some("google_meet")).await;

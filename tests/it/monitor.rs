@@ -9,7 +9,7 @@ use meetingd::config::Config;
 use meetingd::monitor::{Monitor, Report};
 use meetingd::providers::auth::Connectors;
 use meetingd::providers::{Platform, ProviderDeps, Providers};
-use meetingd_testkit::db::TestDb;
+use meetingd_testkit::db::{Seeded, TestDb};
 use meetingd_testkit::fake_google::FakeGoogle;
 use meetingd_testkit::fake_graph::{self, FakeGraph};
 use meetingd_testkit::fake_zoom::{self, FakeZoom};
@@ -73,11 +73,8 @@ async fn age(c: &tokio_postgres::Client, platform: Platform, days: i32) {
 
 #[tokio::test]
 async fn a_revoked_grant_is_found_before_any_booking_runs_and_reported_once() {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let m = market::seed(&c).await;
+    let Seeded { db: _db, c, m, mut config } = TestDb::seeded().await;
     let google = FakeGoogle::start().await;
-    let mut config = db.config();
     google.configure(&mut config);
     let (access, refresh) = google.issue();
     connect_google(&config, m.provider, &access, &refresh, 3600).await;
@@ -107,11 +104,8 @@ async fn a_revoked_grant_is_found_before_any_booking_runs_and_reported_once() {
 
 #[tokio::test]
 async fn a_token_endpoint_503_marks_nothing_and_the_next_run_tries_again() {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let m = market::seed(&c).await;
+    let Seeded { db: _db, c, m, mut config } = TestDb::seeded().await;
     let zoom = FakeZoom::start().await;
-    let mut config = db.config();
     zoom.configure(&mut config);
     let (access, refresh) = zoom.issue();
     let new =
@@ -159,11 +153,8 @@ fn google_in(list: &Value) -> Value {
 
 #[tokio::test]
 async fn a_google_testing_connection_six_days_old_is_expiring_and_its_provider_is_told_once() {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let m = market::seed(&c).await;
+    let Seeded { db: _db, c, m, mut config } = TestDb::seeded().await;
     let google = FakeGoogle::start().await;
-    let mut config = db.config();
     google.configure(&mut config);
     config.http.jwt_secret = SecretString::from(JWT_SECRET);
     let (access, refresh) = google.issue();
@@ -220,11 +211,8 @@ async fn a_google_testing_connection_six_days_old_is_expiring_and_its_provider_i
 /// A provider with a Teams connection (a work account at the fake Graph): the database, a
 /// client, the market, the fake, the configuration and the connection's access token.
 async fn teams_connected() -> (TestDb, tokio_postgres::Client, market::Market, FakeGraph, Config, String) {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let m = market::seed(&c).await;
+    let Seeded { db, c, m, mut config } = TestDb::seeded().await;
     let graph = FakeGraph::start().await;
-    let mut config = db.config();
     graph.configure(&mut config);
     let (access, refresh) = graph.issue();
     let new = market::connection(
@@ -269,11 +257,8 @@ async fn an_idle_teams_connection_is_renewed_by_a_refresh_and_stays_active() {
 
 #[tokio::test]
 async fn a_healthy_connection_with_an_expired_access_token_is_refreshed_quietly() {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let m = market::seed(&c).await;
+    let Seeded { db: _db, c, m, mut config } = TestDb::seeded().await;
     let google = FakeGoogle::start().await;
-    let mut config = db.config();
     google.configure(&mut config);
     let (access, refresh) = google.issue();
     connect_google(&config, m.provider, &access, &refresh, -60).await;
@@ -299,11 +284,8 @@ async fn a_healthy_connection_with_an_expired_access_token_is_refreshed_quietly(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_runs_the_monitor_at_start_one_daemon_at_a_time() {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let m = market::seed(&c).await;
+    let Seeded { db: _db, c, m, mut config } = TestDb::seeded().await;
     let google = FakeGoogle::start().await;
-    let mut config = db.config();
     google.configure(&mut config);
     config.monitor.enabled = true;
     let (access, refresh) = google.issue();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use meetingd::config::{Config, Pooler};
 use meetingd::providers::{ProviderDeps, Providers};
 use meetingd_testkit::daemon::InProcess;
-use meetingd_testkit::db::{TestDb, eventually};
+use meetingd_testkit::db::{Seeded, TestDb, eventually};
 use meetingd_testkit::fake_google::{DEFAULT_ACCOUNT, FakeGoogle};
 use meetingd_testkit::market::{self, count};
 use meetingd_testkit::pgbouncer::PgBouncer;
@@ -31,11 +31,8 @@ struct Two {
 }
 
 async fn setup(adjust: impl FnOnce(&mut Config)) -> Two {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let m = market::seed(&c).await;
+    let Seeded { db, c, m, mut config } = TestDb::seeded().await;
     let google = FakeGoogle::start().await;
-    let mut config = db.config();
     google.configure(&mut config);
     config.worker.concurrency = 8;
     config.reconcile.enabled = false;

@@ -8,7 +8,7 @@ use meetingd::config::Config;
 use meetingd::providers::Platform;
 use meetingd::providers::teams::external_id;
 use meetingd::worker::Worker;
-use meetingd_testkit::db::TestDb;
+use meetingd_testkit::db::{Seeded, TestDb};
 use meetingd_testkit::fake_graph::{self, Fail, FakeGraph};
 use meetingd_testkit::market::{self, Market, job, make_due, meeting};
 use secrecy::ExposeSecret;
@@ -34,11 +34,8 @@ async fn connect_teams(config: &Config, user: Uuid, access: &str, refresh: &str,
 }
 
 async fn setup_with(expires_in_secs: i64, adjust: impl FnOnce(&mut Config)) -> T {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let m = market::seed(&c).await;
+    let Seeded { db, c, m, mut config } = TestDb::seeded().await;
     let graph = FakeGraph::start().await;
-    let mut config = db.config();
     graph.configure(&mut config);
     adjust(&mut config);
     let service = market::service(&c, m.provider, true, Some("teams")).await;

@@ -5,7 +5,7 @@ use meetingd::config::Config;
 use meetingd::providers::Platform;
 use meetingd::providers::zoom::{Marks, unsealed_mark};
 use meetingd::worker::Worker;
-use meetingd_testkit::db::TestDb;
+use meetingd_testkit::db::{Seeded, TestDb};
 use meetingd_testkit::fake_zoom::{self, Fail, FakeZoom};
 use meetingd_testkit::market::{self, Market, job, make_due, meeting};
 use secrecy::ExposeSecret;
@@ -38,11 +38,8 @@ async fn connect_zoom(config: &Config, user: Uuid, access: &str, refresh: &str, 
 }
 
 async fn setup_with(expires_in_secs: i64) -> Z {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let m = market::seed(&c).await;
+    let Seeded { db, c, m, mut config } = TestDb::seeded().await;
     let zoom = FakeZoom::start().await;
-    let mut config = db.config();
     zoom.configure(&mut config);
     let service = market::service(&c, m.provider, true, Some("zoom")).await;
     let (access, refresh) = zoom.issue();

@@ -8,7 +8,7 @@ use hmac::Mac;
 use meetingd::config::Config;
 use meetingd::providers::Platform;
 use meetingd::worker::Worker;
-use meetingd_testkit::db::TestDb;
+use meetingd_testkit::db::{Seeded, TestDb};
 use meetingd_testkit::fake_zoom::FakeZoom;
 use meetingd_testkit::market::{self, Market, job, meeting};
 use reqwest::StatusCode;
@@ -52,11 +52,8 @@ async fn serve_api(config: &Config) -> String {
 }
 
 async fn setup_with(adjust: impl FnOnce(&mut Config)) -> W {
-    let db = TestDb::migrated().await;
-    let c = db.client().await;
-    let m = market::seed(&c).await;
+    let Seeded { db, c, m, mut config } = TestDb::seeded().await;
     let zoom = FakeZoom::start().await;
-    let mut config = db.config();
     zoom.configure(&mut config);
     config.zoom.webhook_secret_token = SecretString::from(SECRET);
     config.http.jwt_secret = SecretString::from("app-signing-secret-for-tests-0123456789");

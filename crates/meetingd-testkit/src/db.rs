@@ -20,6 +20,26 @@ pub struct TestDb {
     pub url: String,
 }
 
+/// A migrated test database with the reference market seeded (`market::seed`): the database
+/// (keep it: dropping it ends the test's database), a client, the market and the test
+/// configuration, for a test to point at its fakes.
+pub struct Seeded {
+    pub db: TestDb,
+    pub c: Client,
+    pub m: crate::market::Market,
+    pub config: Config,
+}
+
+impl TestDb {
+    pub async fn seeded() -> Seeded {
+        let db = TestDb::migrated().await;
+        let c = db.client().await;
+        let m = crate::market::seed(&c).await;
+        let config = db.config();
+        Seeded { db, c, m, config }
+    }
+}
+
 pub async fn connect(url: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect to test database");
     tokio::spawn(connection);
