@@ -185,13 +185,7 @@ async fn an_app_role_with_the_documented_grants_alone_sets_a_services_platform_b
     assert!(denied(app.query_one(set, &[&m.online]).await.unwrap_err()), "EXECUTE is not PUBLIC's");
 
     role.grant(&db, &readme_app_grants(&role.name)).await;
-    let offered: Vec<String> = app
-        .query("SELECT platform FROM meetingd.offered_platforms", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let offered = market::strings(&app, "SELECT platform FROM meetingd.offered_platforms").await;
     assert_eq!(offered, ["jitsi"]);
     let refusal = app
         .query_one(

@@ -218,6 +218,11 @@ pub async fn events(db: &Client, booking: Uuid) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The first column of every row `sql` answers, as text.
+pub async fn strings(db: &Client, sql: &str) -> Vec<String> {
+    db.query(sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
+}
+
 pub async fn count(db: &Client, sql: &str) -> i64 {
     db.query_one(sql, &[]).await.unwrap().get(0)
 }

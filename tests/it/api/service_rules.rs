@@ -192,13 +192,7 @@ async fn what_the_daemon_publishes_is_what_each_provider_honours() {
     let names: Vec<&str> = published.iter().map(|p| p.0.as_str()).collect();
     assert_eq!(names, ["google_meet", "jitsi", "teams", "zoom"], "every known platform; one no longer known is gone");
     assert!(published.iter().all(|p| p.1), "all four configured: {published:?}");
-    let offered: Vec<String> = c
-        .query("SELECT platform FROM meetingd.offered_platforms WHERE fallback", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let offered = market::strings(&c, "SELECT platform FROM meetingd.offered_platforms WHERE fallback").await;
     assert_eq!(offered, ["jitsi"]);
 
     // Each option and value, alone, on each platform: refused by the database exactly when the
