@@ -58,26 +58,25 @@ impl Worker {
         let hold = Hold { claim: claim.clone(), intent, integration };
         let held = if self.active.load(Ordering::Relaxed) <= 1 {
             // Nothing to group it with.
-            None
+            self.hold_alone(&hold).await?
         } else {
-            match self.holder.submit(hold.clone()).await {
-                Submitted::Done(held) => Some(held),
-                Submitted::Alone(_) => None,
+            match self.holder.submit(hold).await {
+                Submitted::Done(held) => held,
+                Submitted::Alone(hold) => self.hold_alone(&hold).await?,
                 // Shutting down: the job runs again when its lease expires.
                 Submitted::Lost => return Ok(false),
-            }
-        };
-        let held = match held {
-            Some(held) => held,
-            None => {
-                let client = self.pool.get().await?;
-                let mut held = jobs::hold_claims(client.sql(), std::slice::from_ref(&hold), RowLocks::Wait).await?;
-                held.pop().unwrap_or(Held { held: Some(false), integration: None })
             }
         };
         if let Some(row) = held.integration {
             self.providers.prime(row);
         }
         Ok(held.held.unwrap_or(false))
+    }
+
+    /// One hold in a statement of its own, which waits for the job row's lock.
+    async fn hold_alone(&self, hold: &Hold) -> Result<Held, DbError> {
+        let client = self.pool.get().await?;
+        let mut held = jobs::hold_claims(client.sql(), std::slice::from_ref(hold), RowLocks::Wait).await?;
+        Ok(held.pop().unwrap_or(Held { held: Some(false), integration: None }))
     }
 }
