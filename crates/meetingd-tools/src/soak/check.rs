@@ -82,6 +82,17 @@ struct LiveZoom {
 
 /// The fake Zoom's live meetings, by the booking whose marker they carry (every booking meetingd
 /// has a job or the marketplace a row for, every generation meetingd may have used).
+/// Every booking meetingd knows of: those with a job, and those still in `bookings`.
+async fn known_bookings(db: &mut Db) -> Result<HashSet<Uuid>> {
+    Ok(db
+        .query("SELECT booking_id FROM meetingd.jobs UNION SELECT id FROM bookings", &[])
+        .await
+        .context("reading the booking ids")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 struct ZoomMeetings {
     by_booking: HashMap<Uuid, Vec<LiveZoom>>,
     /// Live meetings whose agenda carries no marker of a known booking.
@@ -90,14 +101,8 @@ struct ZoomMeetings {
 }
 
 impl ZoomMeetings {
-    async fn read(db: &mut Db, zoom: &FakeZoom, marks: &Marks) -> Result<ZoomMeetings> {
-        let ids: HashSet<Uuid> = db
-            .query("SELECT booking_id FROM meetingd.jobs UNION SELECT id FROM bookings", &[])
-            .await
-            .context("reading the booking ids")?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+    /// `ids`: the bookings meetingd knows of ([`known_bookings`]).
+    fn read(ids: &HashSet<Uuid>, zoom: &FakeZoom, marks: &Marks) -> Result<ZoomMeetings> {
         let live = zoom.live_meetings();
         let mut meetings = ZoomMeetings { by_booking: HashMap::new(), unknown: Vec::new(), live: live.len() };
         for m in &live {
@@ -180,14 +185,8 @@ struct TeamsMeetings {
 }
 
 impl TeamsMeetings {
-    async fn read(db: &mut Db, graph: &FakeGraph) -> Result<TeamsMeetings> {
-        let ids: HashSet<Uuid> = db
-            .query("SELECT booking_id FROM meetingd.jobs UNION SELECT id FROM bookings", &[])
-            .await
-            .context("reading the booking ids")?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+    /// `ids`: the bookings meetingd knows of ([`known_bookings`]).
+    fn read(ids: &HashSet<Uuid>, graph: &FakeGraph) -> Result<TeamsMeetings> {
         let live = graph.live_meetings();
         let mut meetings = TeamsMeetings { by_booking: HashMap::new(), unknown: Vec::new(), live: live.len() };
         for m in &live {
@@ -338,8 +337,9 @@ impl Check {
         let bookings = read_bookings(db).await?;
         let meetings = read_meetings(db).await?;
         let reconnects = Reconnects::read(db).await?;
-        let mut zoom = ZoomMeetings::read(db, fakes.zoom, fakes.marks).await?;
-        let mut teams = TeamsMeetings::read(db, fakes.graph).await?;
+        let known = known_bookings(db).await?;
+        let mut zoom = ZoomMeetings::read(&known, fakes.zoom, fakes.marks)?;
+        let mut teams = TeamsMeetings::read(&known, fakes.graph)?;
         let mut events: HashMap<String, Vec<LiveEvent>> = HashMap::new();
         let live = fakes.google.live_events();
         for e in &live {
