@@ -54,6 +54,19 @@ impl T {
         market::book(&self.c, self.service, self.m.customer, "confirmed").await
     }
 
+    /// Gives the service `settings`, books and runs: the booking, linked, and its meeting at Graph.
+    async fn linked_with(&self, settings: serde_json::Value) -> (Uuid, fake_graph::StoredMeeting) {
+        self.c
+            .execute("UPDATE services SET meeting_settings = $2 WHERE id = $1", &[&self.service, &settings])
+            .await
+            .unwrap();
+        let b = self.book().await;
+        self.run().await;
+        let state = meeting(&self.c, b).await;
+        assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
+        (b, self.graph.meeting(state.meeting_id.as_deref().unwrap()).unwrap())
+    }
+
     async fn run(&self) {
         self.worker.run_once().await.unwrap();
     }
@@ -261,20 +274,11 @@ async fn an_account_without_teams_fails_with_a_sentence() {
 #[tokio::test]
 async fn options_are_applied_and_what_teams_cannot_do_is_reported() {
     let t = setup().await;
-    t.c.execute(
-        "UPDATE services SET meeting_settings = $2 WHERE id = $1",
-        &[
-            &t.service,
-            &serde_json::json!({"waiting_room": true, "recording": "cloud", "passcode": true, "mute_on_entry": true}),
-        ],
-    )
-    .await
-    .unwrap();
-    let b = t.book().await;
-    t.run().await;
-    let state = meeting(&t.c, b).await;
-    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
-    let stored = t.graph.meeting(state.meeting_id.as_deref().unwrap()).unwrap();
+    let (b, stored) = t
+        .linked_with(
+            serde_json::json!({"waiting_room": true, "recording": "cloud", "passcode": true, "mute_on_entry": true}),
+        )
+        .await;
     assert_eq!(stored.body["lobbyBypassSettings"]["scope"], "organizer");
     assert_eq!(stored.body["recordAutomatically"], true);
     assert_eq!(stored.body["joinMeetingIdSettings"]["isPasscodeRequired"], true);
@@ -347,17 +351,7 @@ async fn no_log_line_or_row_ever_contains_a_token() {
 #[tokio::test]
 async fn local_recording_is_reported_as_not_applied() {
     let t = setup().await;
-    t.c.execute(
-        "UPDATE services SET meeting_settings = $2 WHERE id = $1",
-        &[&t.service, &serde_json::json!({"recording": "local", "waiting_room": false})],
-    )
-    .await
-    .unwrap();
-    let b = t.book().await;
-    t.run().await;
-    let state = meeting(&t.c, b).await;
-    assert_eq!(state.status.as_deref(), Some("ready"), "{state:?}");
-    let stored = t.graph.meeting(state.meeting_id.as_deref().unwrap()).unwrap();
+    let (b, stored) = t.linked_with(serde_json::json!({"recording": "local", "waiting_room": false})).await;
     assert_eq!(stored.body["recordAutomatically"], false);
     let details = market::audit_details(&t.c, b, "meeting.create").await;
     let detail = details.join("; ");
