@@ -46,6 +46,14 @@ pub struct Claim {
     /// The rate-limited platform whose token the claim took for this run's first call there
     /// (`ratelimit.rs`); `None`: none taken.
     pub rate_paid: Option<String>,
+    /// The create intent this claim recorded itself (`db/jobs/claim.sql`), for the common case of
+    /// a booking that needs a new meeting; no create has been attempted for it yet. A run whose
+    /// plan makes exactly this create needs no hold; one that does not use it has its write-back
+    /// clear it.
+    pub claimed: Option<Intent>,
+    /// The claim committed synchronously (it may lead to a call on a platform that keeps
+    /// meetings): it is durable, so no claim confirmation is needed before such a call.
+    pub durable: bool,
 }
 
 /// A create recorded before its platform call (`meetingd.jobs.intent_*`).

@@ -27,12 +27,15 @@ pub use write_back::{RowLocks, write_back};
 /// Claims up to `limit` due jobs for `owner`, with a lease on the database clock, and reads the
 /// booking and meeting behind each: one statement, one round trip.
 ///
-/// The claim commits before any platform is called, asynchronously (`synchronous_commit = off`):
-/// it promises only a lease. Before its first call to a platform that keeps meetings, the worker
-/// confirms the claim with a synchronous, fenced write ([`hold_claims`], with the create intent if any),
-/// which makes it durable; a Jitsi room exists nowhere, so it needs none. A claim that a server
-/// crash loses is claimed again, under a new [`Claim::token`], and the lost one can no longer
-/// record anything.
+/// The claim commits before any platform is called. A claim of jobs that call no platform keeping
+/// meetings (Jitsi) commits asynchronously (`synchronous_commit = off`): it promises only a
+/// lease, and a Jitsi room exists nowhere. A claim in which a job's first call is on one of
+/// `calls.keeping` commits synchronously ([`Claim::durable`]), and records, for a booking that
+/// needs a new meeting on one of `calls.intents`, its create intent ([`Claim::claimed`]). Before
+/// a call the claim did not foresee, the worker confirms the claim with a synchronous, fenced
+/// write ([`hold_claims`], with the create intent if any), which makes it durable. A claim that a
+/// server crash loses is claimed again, under a new [`Claim::token`], and the lost one can no
+/// longer record anything.
 ///
 /// No claim pays for planning: the statement runs on its generic plan, kept per connection (and
 /// remade only when the tables' statistics change). That plan is made from the statistics of the
@@ -51,8 +54,9 @@ pub async fn claim(
     limit: usize,
     lease: Duration,
     budgets: &Budgets,
+    calls: &ClaimCalls,
 ) -> Result<Claimed, DbError> {
-    let params: [&dyn Param; 8] = [
+    let params: [&dyn Param; 10] = [
         &(limit as i64),
         &owner,
         &lease.as_secs_f64(),
@@ -61,6 +65,8 @@ pub async fn claim(
         &budgets.account_span,
         &budgets.platform_every,
         &budgets.platform_span,
+        &calls.keeping,
+        &calls.intents,
     ];
     let rows = client.sql().in_own_transaction(CLAIM_SETTINGS, &CLAIM, &params).await?;
     let held_back = rows.first().map_or(0, |r| r.get::<_, i64>("held_back")) as usize;
@@ -68,8 +74,20 @@ pub async fn claim(
         .first()
         .and_then(|r| r.get::<_, Option<f64>>("held_back_secs"))
         .map(|secs| Duration::from_secs_f64(secs.max(0.0)));
-    let snapshots = rows.iter().filter(|r| r.get::<_, Option<i64>>("job_id").is_some()).map(snapshot_of).collect();
-    Ok(Claimed { snapshots, held_back, next_turn })
+    let claimed: Vec<_> = rows.iter().filter(|r| r.get::<_, Option<i64>>("job_id").is_some()).collect();
+    let integrations = claimed.iter().filter_map(|r| claimed_integration(r)).collect();
+    let snapshots = claimed.into_iter().map(snapshot_of).collect();
+    Ok(Claimed { snapshots, held_back, next_turn, integrations })
+}
+
+/// The platforms whose calls a claim prepares for: those that keep meetings (a claim that may
+/// lead to a call on one commits synchronously) and, among them, those that take create intents
+/// (a claim records the create intent of a booking that needs a new meeting there). Empty by
+/// default: the claim then prepares nothing, and the worker holds each claim itself.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimCalls {
+    pub keeping: Vec<String>,
+    pub intents: Vec<String>,
 }
 
 /// What one claim took.
@@ -81,10 +99,15 @@ pub struct Claimed {
     /// When a claim that met rate-limited jobs should look again: how soon the next job falls
     /// due (a turn it or another daemon kept).
     pub next_turn: Option<Duration>,
+    /// The integration rows read along for the claimed jobs' first platform calls.
+    pub integrations: Vec<IntegrationRow>,
 }
 
 /// The claim statement (`db/jobs/claim.sql`, whose header says what it does and why).
-static CLAIM: LazyLock<String> = LazyLock::new(|| statement(include_str!("jobs/claim.sql")));
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    statement(include_str!("jobs/claim.sql"))
+        .replace("{integration}", &integrations::select_current("v.provider_id", "v.meeting_platform"))
+});
 
 /// A statement file's text as sent: its leading `--` header is for readers, not the server.
 fn statement(file: &str) -> String {
@@ -115,6 +138,8 @@ fn snapshot_of(r: &tokio_postgres::Row) -> Snapshot {
         intended_generation: intent_generation.unwrap_or(0),
         write_failures: r.get("write_failures"),
         rate_paid: r.try_get("rate_paid").ok().flatten(),
+        claimed: claimed_intent(r),
+        durable: r.get("durable"),
     };
     let meeting = r.get::<_, Option<String>>("m_platform").map(|platform| {
         let account = r
@@ -133,6 +158,27 @@ fn snapshot_of(r: &tokio_postgres::Row) -> Snapshot {
         }
     });
     Snapshot { claim, booking: booking_of(r), meeting }
+}
+
+/// The create intent the claim recorded itself, as it wrote it: the service's platform, the next
+/// generation, the provider and the account the claim read.
+fn claimed_intent(r: &tokio_postgres::Row) -> Option<Intent> {
+    let platform: String = r.get::<_, Option<String>>("claimed_platform")?;
+    let generation: i32 = r.get::<_, Option<i32>>("claimed_generation")?;
+    let owner: Option<Uuid> = r.try_get("provider_id").ok().flatten();
+    let account =
+        owner.zip(r.try_get::<_, Option<Uuid>>("integration_id").ok().flatten()).map(|(user_id, integration_id)| {
+            Account { user_id, integration_id, identity: r.try_get("integration_identity").ok().flatten() }
+        });
+    Some(Intent { platform, generation, owner, account })
+}
+
+/// The integration row a claim row carries for the token store (the columns after `token_row`),
+/// if there is one.
+pub fn claimed_integration(r: &tokio_postgres::Row) -> Option<IntegrationRow> {
+    let at = r.columns().iter().position(|c| c.name() == "token_row")? + 1;
+    r.get::<_, Option<Uuid>>(at)?;
+    Some(integration_row_at(r, at))
 }
 
 /// The booking part of a [`CLAIM`] row; `None` when the booking (or its service) is gone.
@@ -398,7 +444,9 @@ pub async fn give_up(
                 UPDATE meetingd.jobs
                    SET state = 'failed', last_error = $4 || COALESCE(' Last error: ' || last_error, ''),
                        lease_owner = NULL, lease_until = NULL, lease_token = NULL,
-                       completed_at = clock_timestamp(), updated_at = now()
+                       completed_at = clock_timestamp(), updated_at = now(),
+                       -- the create intent the claim recorded: nothing was called for it
+                       intent_platform = CASE WHEN $8 THEN NULL ELSE intent_platform END
                  WHERE id = $1 AND claim_seq = $2 AND lease_token = $3
              RETURNING booking_id, last_error
              ), audited AS (
@@ -409,8 +457,16 @@ pub async fn give_up(
                 SELECT 'meeting_failed', $6, booking_id, last_error FROM j
              )
              SELECT count(*) FROM j";
-    let params: [&dyn Param; 7] =
-        [&claim.job_id, &claim.claim_seq, &claim.token, &error, &actor, &user, &claim.attempt];
+    let params: [&dyn Param; 8] = [
+        &claim.job_id,
+        &claim.claim_seq,
+        &claim.token,
+        &error,
+        &actor,
+        &user,
+        &claim.attempt,
+        &claim.claimed.is_some(),
+    ];
     Ok(db.query_one(sql, &params).await?.get::<_, i64>(0) == 1)
 }
 

@@ -140,7 +140,7 @@ impl Worker {
             let free = concurrency - inflight.len();
             if wakeups.claim_now && !shutdown.is_cancelled() && (free >= batch || inflight.is_empty()) && free > 0 {
                 match self.claim(free).await {
-                    Ok(jobs::Claimed { snapshots, held_back, next_turn }) => {
+                    Ok(jobs::Claimed { snapshots, held_back, next_turn, .. }) => {
                         // Jobs held back for their rate-limit turn moved out of the way: the due
                         // jobs behind them (other providers') are claimed at once.
                         let (claimed, full) = (snapshots.len(), snapshots.len() + held_back >= free);

@@ -61,7 +61,13 @@ pub(super) async fn execute(worker: &Worker, s: &Snapshot) -> Executed {
         worker,
         s,
         audit: Vec::new(),
-        intents: Intents { current: s.claim.intent.clone(), discarded: None, held: false, removed: false },
+        intents: Intents {
+            current: s.claim.intent.clone(),
+            discarded: None,
+            claimed: s.claim.claimed.clone().filter(|_| s.claim.durable),
+            held: s.claim.durable,
+            removed: false,
+        },
         rate_paid: s.claim.rate_paid.as_deref().and_then(|p| p.parse().ok()),
     };
     let reconciled = AssertUnwindSafe(run.reconcile()).catch_unwind().await;
@@ -296,6 +302,12 @@ impl Run<'_> {
         let account = s.booking.as_ref().and_then(|b| b.integration.clone());
         let intent = Intent { platform: platform.as_str().to_string(), generation, owner, account };
         if self.intents.current.as_ref() == Some(&intent) {
+            return Ok(());
+        }
+        // The claim recorded exactly this intent, durably: the create may go ahead.
+        if self.intents.claimed.as_ref() == Some(&intent) {
+            self.intents.claimed = None;
+            self.intents.current = Some(intent);
             return Ok(());
         }
         let problem = match worker.hold(&s.claim, Some(intent.clone()), owner.map(|o| (o, platform))).await {
@@ -585,6 +597,9 @@ struct Intents {
     current: Option<Intent>,
     /// An intent whose meeting this run deleted.
     discarded: Option<Intent>,
+    /// The intent the claim recorded (durably) while the run has not used it: no create was
+    /// attempted for it, so a run that ends without using it clears it at no platform's expense.
+    claimed: Option<Intent>,
     /// The claim is known to be durable and still this run's (see [`Run::hold_claim`]).
     held: bool,
     /// The run deleted (or gave up as orphaned) the booking's recorded meeting.
@@ -602,7 +617,7 @@ impl Intents {
                 Some(i.clone())
             }
             (Some(_), _) => None,
-            (None, _) => self.discarded.clone(),
+            (None, _) => self.discarded.clone().or_else(|| self.claimed.clone()),
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Worker {
     liveness: Option<Arc<crate::systemd::Liveness>>,
     /// The rate-limited platforms and their buckets (none until [`Worker::with_limits`]).
     budgets: Budgets,
+    /// The platforms a claim prepares calls on (a synchronous commit, a create intent).
+    calls: jobs::ClaimCalls,
     /// Groups the write-backs of jobs finishing together.
     writer: batch::Batcher<crate::job::Finished, WriteBack>,
     /// Groups the create intents and claim confirmations of jobs starting together.
@@ -75,6 +77,7 @@ impl Worker {
         instance: Uuid,
     ) -> Worker {
         let actor = actor(instance);
+        let calls = claim_calls(&providers);
         Worker {
             writer: complete::write_batches(pool.clone(), actor.clone()),
             holder: hold::hold_batches(pool.clone()),
@@ -88,6 +91,7 @@ impl Worker {
             stats: Stats::default(),
             liveness: None,
             budgets: Budgets::default(),
+            calls,
             active: AtomicUsize::new(0),
         }
     }
@@ -125,13 +129,18 @@ impl Worker {
 
     async fn claim(&self, limit: usize) -> Result<jobs::Claimed, DbError> {
         let client = self.pool.get().await?;
-        let claimed = match jobs::claim(&client, self.instance, limit, self.config.lease(), &self.budgets).await {
+        let lease = self.config.lease();
+        let mut claimed = match jobs::claim(&client, self.instance, limit, lease, &self.budgets, &self.calls).await {
             Ok(claimed) => claimed,
             Err(e) => {
                 crate::db::discard_if_read_only(&self.pool, client, &e);
                 return Err(e);
             }
         };
+        // The token reads of the jobs' first platform calls use the rows the claim read.
+        for row in std::mem::take(&mut claimed.integrations) {
+            self.providers.prime(row);
+        }
         metrics::counter!(crate::metrics::JOBS_CLAIMED).increment(claimed.snapshots.len() as u64);
         if claimed.held_back > 0 {
             metrics::counter!(crate::metrics::RATE_LIMITED).increment(claimed.held_back as u64);
@@ -212,6 +221,23 @@ impl Worker {
             self.stats.failed.load(Ordering::Relaxed)
         )
     }
+}
+
+/// What a claim prepares for on `providers`' platforms: a synchronous commit where a call on a
+/// platform that keeps meetings may follow, and the create intent where the platform takes one.
+fn claim_calls(providers: &Providers) -> jobs::ClaimCalls {
+    let mut calls = jobs::ClaimCalls::default();
+    for platform in Platform::ALL {
+        let Some(provider) = providers.get(platform) else { continue };
+        if !provider.keeps_meetings() {
+            continue;
+        }
+        calls.keeping.push(platform.as_str().to_string());
+        if provider.intent_id(Uuid::nil(), 1).is_some() {
+            calls.intents.push(platform.as_str().to_string());
+        }
+    }
+    calls
 }
 
 /// Counts a job as active until dropped (also when its task is aborted at shutdown).

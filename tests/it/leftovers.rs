@@ -304,17 +304,24 @@ async fn reconnect_mid_run(g: &G, when: &str) {
 }
 
 #[tokio::test]
-async fn a_reconnect_between_the_claim_and_the_create_makes_no_meeting_in_an_account_the_intent_does_not_name() {
+async fn a_reconnect_found_by_a_token_read_after_the_claim_makes_no_meeting_in_an_account_the_intent_does_not_name() {
     use meetingd_testkit::fake_google::DEFAULT_ACCOUNT;
-    let g = setup_with(3600, |_| {}).await;
-    // Right after the claim read the booking's account (its lease is written in the same
-    // statement), before the intent is recorded and the create's token read.
+    // The access token the claim reads along is due for a refresh, so the create's token read
+    // does not use it but reads the provider's row again.
+    let g = setup_with(60, |_| {}).await;
+    // Right after the claim read the booking's account and recorded the intent for it (the
+    // swap lands in the claim's transaction, after its snapshot): the row read again names the
+    // new account.
     reconnect_mid_run(&g, "NEW.lease_token IS NOT NULL AND OLD.lease_token IS NULL").await;
     let b = market::book(&g.c, g.service, g.m.customer, "confirmed").await;
     g.worker.run_once().await.unwrap();
     let swapped: bool = g.c.query_one("SELECT used FROM swap", &[]).await.unwrap().get(0);
     assert!(swapped, "the reconnect happened mid-run");
-    assert!(g.google.live_events().is_empty(), "nothing is made in an account the intent does not name");
+    assert!(
+        g.google.live_events().is_empty(),
+        "nothing is made in an account the intent does not name: {:?}",
+        g.google.calls()
+    );
     assert_eq!(job(&g.c, b).await.unwrap().state, "pending", "retried");
 
     market::make_due(&g.c).await;

@@ -1,6 +1,7 @@
 //! Integration tests against real PostgreSQL (see `meetingd_testkit::cluster` for which server).
 
 mod api;
+mod claims;
 mod cli;
 mod daemon;
 mod google;

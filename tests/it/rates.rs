@@ -216,7 +216,8 @@ async fn the_claim_pays_the_first_call_a_further_call_takes_its_own_token_and_id
     let pool = meetingd::db::pool(&config.database, 2).unwrap();
     let client = pool.get().await.unwrap();
 
-    let claimed = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60), &budgets).await.unwrap();
+    let claimed =
+        jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60), &budgets, &Default::default()).await.unwrap();
     assert_eq!((claimed.snapshots.len(), claimed.held_back), (2, 0));
     let paid = |b: Uuid| claimed.snapshots.iter().find(|s| s.claim.booking_id == b).unwrap().claim.rate_paid.clone();
     assert_eq!(paid(google).as_deref(), Some("google_meet"), "the claim took the Google call's token");

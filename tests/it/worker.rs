@@ -366,9 +366,16 @@ async fn a_holder_whose_lease_was_taken_over_does_not_call_the_platform() {
 async fn claim_as_another_daemon(s: &Setup) -> (meetingd::db::Conn, Vec<meetingd::job::Snapshot>) {
     let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
     let client = pool.get().await.unwrap();
-    let claimed = meetingd::db::jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60), &Default::default())
-        .await
-        .unwrap();
+    let claimed = meetingd::db::jobs::claim(
+        &client,
+        Uuid::new_v4(),
+        10,
+        Duration::from_secs(60),
+        &Default::default(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     (client, claimed.snapshots)
 }
 
@@ -388,11 +395,18 @@ async fn claim_lost_with_the_server_then_claimed_again(
     )
     .await
     .unwrap();
-    let next = meetingd::db::jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60), &Default::default())
-        .await
-        .unwrap()
-        .snapshots
-        .remove(0);
+    let next = meetingd::db::jobs::claim(
+        &client,
+        Uuid::new_v4(),
+        10,
+        Duration::from_secs(60),
+        &Default::default(),
+        &Default::default(),
+    )
+    .await
+    .unwrap()
+    .snapshots
+    .remove(0);
     (client, lost, next)
 }
 
@@ -493,7 +507,10 @@ async fn a_claim_leaves_its_connection_as_it_found_it_even_when_it_fails() {
                            || ' ' || current_setting('enable_seqscan')";
     let client = pool.get().await.unwrap();
     let defaults: String = client.query_one(settings, &[]).await.unwrap().get(0);
-    let claimed = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60), &Default::default()).await.unwrap();
+    let claimed =
+        jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60), &Default::default(), &Default::default())
+            .await
+            .unwrap();
     assert_eq!(claimed.snapshots.len(), 1);
     assert!(!in_transaction(&client).await);
     assert_eq!(client.query_one(settings, &[]).await.unwrap().get::<_, String>(0), defaults);
@@ -506,7 +523,9 @@ async fn a_claim_leaves_its_connection_as_it_found_it_even_when_it_fails() {
         .unwrap();
     let before = lease_of(&s.c, b).await;
     let client = pool.get().await.unwrap();
-    let failed = jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60), &Default::default()).await;
+    let failed =
+        jobs::claim(&client, Uuid::new_v4(), 10, Duration::from_secs(60), &Default::default(), &Default::default())
+            .await;
     assert!(failed.unwrap_err().to_string().contains("no_second_claim"));
     assert!(!in_transaction(&client).await, "the connection goes back to the pool outside any transaction");
     assert_eq!(client.query_one(settings, &[]).await.unwrap().get::<_, String>(0), defaults);

@@ -43,6 +43,8 @@ fn snapshot() -> Snapshot {
             requested_at: start() - Duration::days(1),
             intent: None,
             intended_generation: 0,
+            claimed: None,
+            durable: false,
             write_failures: 0,
             rate_paid: None,
         },
