@@ -366,17 +366,15 @@ async fn a_holder_whose_lease_was_taken_over_does_not_call_the_platform() {
 async fn claim_as_another_daemon(s: &Setup) -> (meetingd::db::Conn, Vec<meetingd::job::Snapshot>) {
     let pool = meetingd::db::pool(&s.db.config().database, 2).unwrap();
     let client = pool.get().await.unwrap();
-    let claimed = meetingd::db::jobs::claim(
-        &client,
-        Uuid::new_v4(),
-        10,
-        Duration::from_secs(60),
-        &Default::default(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    (client, claimed.snapshots)
+    let claimed = claim_ten(&client).await;
+    (client, claimed)
+}
+
+/// Up to 10 due jobs, claimed on `client` for a daemon of its own, with no rate limit and no
+/// platform prepared for (so the claim commits asynchronously).
+async fn claim_ten(client: &meetingd::db::Conn) -> Vec<meetingd::job::Snapshot> {
+    let (lease, limits, calls) = (Duration::from_secs(60), Default::default(), Default::default());
+    meetingd::db::jobs::claim(client, Uuid::new_v4(), 10, lease, &limits, &calls).await.unwrap().snapshots
 }
 
 /// Claims `b`'s job; the claim (committed asynchronously) is lost in a server crash, which
@@ -395,18 +393,7 @@ async fn claim_lost_with_the_server_then_claimed_again(
     )
     .await
     .unwrap();
-    let next = meetingd::db::jobs::claim(
-        &client,
-        Uuid::new_v4(),
-        10,
-        Duration::from_secs(60),
-        &Default::default(),
-        &Default::default(),
-    )
-    .await
-    .unwrap()
-    .snapshots
-    .remove(0);
+    let next = claim_ten(&client).await.remove(0);
     (client, lost, next)
 }
 
