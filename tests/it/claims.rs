@@ -75,35 +75,54 @@ async fn a_google_bookings_claim_records_its_create_intent_durably_and_a_jitsi_c
     assert_eq!(intent_of(&g.c, b).await.0, None);
 }
 
-#[tokio::test]
-async fn a_google_meeting_is_made_between_the_claim_and_the_write_back_with_no_write_in_between() {
-    let g = setup_with(3600, |_| {}).await;
-    let b = market::book(&g.c, g.service, g.m.customer, "confirmed").await;
-    g.c.batch_execute(
-        "CREATE TABLE job_writes (state text, intent text, lease uuid);
-         CREATE FUNCTION count_job_write() RETURNS trigger LANGUAGE plpgsql AS $$
+/// Records every update of a job row (its state, intent platform and whether it holds a lease)
+/// in `job_writes`.
+async fn record_job_writes(c: &tokio_postgres::Client) {
+    c.batch_execute(
+        "CREATE TABLE job_writes (n serial, state text, intent text, lease boolean);
+         CREATE FUNCTION record_job_write() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
-           INSERT INTO job_writes VALUES (NEW.state, NEW.intent_platform, NEW.lease_token);
+           INSERT INTO job_writes (state, intent, lease) VALUES (NEW.state, NEW.intent_platform, NEW.lease_token IS NOT NULL);
            RETURN NEW;
          END $$;
-         CREATE TRIGGER count_job_write AFTER UPDATE ON meetingd.jobs FOR EACH ROW EXECUTE FUNCTION count_job_write();",
+         CREATE TRIGGER record_job_write AFTER UPDATE ON meetingd.jobs FOR EACH ROW EXECUTE FUNCTION record_job_write();",
     )
     .await
     .unwrap();
+}
+
+/// The job-row writes recorded so far, in order, and forgets them.
+async fn job_writes(c: &tokio_postgres::Client) -> Vec<(String, Option<String>, bool)> {
+    let rows = c.query("DELETE FROM job_writes RETURNING n, state, intent, lease", &[]).await.unwrap();
+    let mut writes: Vec<_> = rows.iter().map(|r| (r.get::<_, i32>(0), r.get(1), r.get(2), r.get(3))).collect();
+    writes.sort_by_key(|w| w.0);
+    writes.into_iter().map(|(_, state, intent, lease)| (state, intent, lease)).collect()
+}
+
+#[tokio::test]
+async fn a_google_meeting_is_made_and_moved_between_the_claim_and_the_write_back_with_no_write_in_between() {
+    let g = setup_with(3600, |_| {}).await;
+    let b = market::book(&g.c, g.service, g.m.customer, "confirmed").await;
+    record_job_writes(&g.c).await;
     g.worker.run_once().await.unwrap();
     assert_eq!(meeting(&g.c, b).await.status.as_deref(), Some("ready"));
     assert_eq!(g.google.live_events().len(), 1);
-    let writes: Vec<(String, Option<String>, bool)> =
-        g.c.query("SELECT state, intent, lease IS NOT NULL FROM job_writes", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect();
     assert_eq!(
-        writes,
+        job_writes(&g.c).await,
         [("pending".to_string(), Some("google_meet".to_string()), true), ("done".to_string(), None, false)],
         "the claim (with the intent), then the write-back (which settles it)"
+    );
+
+    // A reschedule: the claim foresees the call on the meeting's platform and is durable, so
+    // the move needs no claim confirmation of its own either.
+    market::reschedule_hours(&g.c, b, 2).await;
+    job_writes(&g.c).await;
+    g.worker.run_once().await.unwrap();
+    assert_eq!(g.google.calls().iter().filter(|c| c.starts_with("patch")).count(), 1, "{:?}", g.google.calls());
+    assert_eq!(
+        job_writes(&g.c).await,
+        [("pending".to_string(), None, true), ("done".to_string(), None, false)],
+        "the claim, then the write-back"
     );
 }
 
