@@ -294,8 +294,9 @@ pub struct Held {
 /// round trip and one synchronous commit. Says, per hold, whether its claim still held (`false`:
 /// the lease was lost, or a server crash lost the claim; the platform call must not be made), or,
 /// with [`RowLocks::Skip`], `None` for a job row someone else holds locked right now (a batch
-/// never waits for one job: that hold is written on its own).
-pub async fn hold_claims(db: Sql<'_>, holds: &[Hold], locks: RowLocks) -> Result<Vec<Held>, DbError> {
+/// never waits for one job: that hold is written on its own). Takes a connection of its own (not
+/// a transaction): the hold is its own transaction, on its generic plan like the claim's.
+pub async fn hold_claims(client: &Conn, holds: &[Hold], locks: RowLocks) -> Result<Vec<Held>, DbError> {
     let ids: Vec<i64> = holds.iter().map(|h| h.claim.job_id).collect();
     let seqs: Vec<i64> = holds.iter().map(|h| h.claim.claim_seq).collect();
     let tokens: Vec<Uuid> = holds.iter().map(|h| h.claim.token).collect();
@@ -331,7 +332,8 @@ pub async fn hold_claims(db: Sql<'_>, holds: &[Hold], locks: RowLocks) -> Result
         RowLocks::Wait => &*HOLD_WAITING,
         RowLocks::Skip => &*HOLD_SKIPPING,
     };
-    let rows = db.query(sql, &params).await?;
+    // On its generic plan, like the claim: left to choose, the server plans it anew each time.
+    let rows = client.sql().in_own_transaction(PLAN_SETTINGS, sql, &params).await?;
     let mut answers = std::collections::HashMap::with_capacity(rows.len());
     for row in rows {
         let (id, held, fenced): (i64, bool, bool) = (row.get(0), row.get(1), row.get(2));

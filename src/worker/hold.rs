@@ -27,7 +27,7 @@ pub(super) fn hold_batches(pool: Pool) -> Batcher<Hold, Held> {
         Box::pin(async move {
             let held = async {
                 let client = pool.get().await?;
-                jobs::hold_claims(client.sql(), &holds, RowLocks::Skip).await
+                jobs::hold_claims(&client, &holds, RowLocks::Skip).await
             }
             .await;
             let results = match held {
@@ -76,7 +76,7 @@ impl Worker {
     /// One hold in a statement of its own, which waits for the job row's lock.
     async fn hold_alone(&self, hold: &Hold) -> Result<Held, DbError> {
         let client = self.pool.get().await?;
-        let mut held = jobs::hold_claims(client.sql(), std::slice::from_ref(hold), RowLocks::Wait).await?;
+        let mut held = jobs::hold_claims(&client, std::slice::from_ref(hold), RowLocks::Wait).await?;
         Ok(held.pop().unwrap_or(Held { held: Some(false), integration: None }))
     }
 }

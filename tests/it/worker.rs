@@ -409,7 +409,7 @@ async fn a_claim_lost_with_the_server_cannot_pass_for_the_next_claim_of_its_numb
     // The lost claim's holder can record neither a create intent nor an outcome.
     let intent = meetingd::job::Intent { platform: "google_meet".into(), generation: 1, owner: None, account: None };
     let hold = jobs::Hold { claim: lost.claim.clone(), intent: Some(intent), integration: None };
-    let held = jobs::hold_claims(client.sql(), &[hold], jobs::RowLocks::Wait).await.unwrap();
+    let held = jobs::hold_claims(&client, &[hold], jobs::RowLocks::Wait).await.unwrap();
     assert_eq!(held.iter().map(|h| h.held).collect::<Vec<_>>(), [Some(false)]);
     assert_eq!(s.worker.process(lost).await, Processed::Recorded(WriteBack::LeaseLost));
     assert_eq!(s.worker.process(next).await, Processed::Recorded(WriteBack::Done));
@@ -781,7 +781,7 @@ async fn holds_batched_together_skip_a_job_row_locked_elsewhere_and_read_the_int
             integration: Some((s.m.provider, "google_meet".into())),
         })
         .collect();
-    let held = jobs::hold_claims(client.sql(), &holds, RowLocks::Skip).await.unwrap();
+    let held = jobs::hold_claims(&client, &holds, RowLocks::Skip).await.unwrap();
     assert_eq!(
         held.iter().map(|h| h.held).collect::<Vec<_>>(),
         [None, Some(true), Some(false)],
@@ -804,7 +804,7 @@ async fn holds_batched_together_skip_a_job_row_locked_elsewhere_and_read_the_int
     assert_eq!(intents(bookings[0]).await, None, "the skipped one was not written");
 
     // On its own, the skipped hold waits for the row and is written.
-    let alone = jobs::hold_claims(client.sql(), &holds[..1], RowLocks::Wait).await.unwrap();
+    let alone = jobs::hold_claims(&client, &holds[..1], RowLocks::Wait).await.unwrap();
     assert_eq!(alone[0].held, Some(true));
     assert_eq!(intents(bookings[0]).await.as_deref(), Some("google_meet"));
 }
