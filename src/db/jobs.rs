@@ -119,6 +119,7 @@ fn statement(file: &str) -> String {
 /// control: they are read with `try_get`, and what cannot be read becomes
 /// [`BookingView::unreadable`], a sentence that fails that one job.
 fn snapshot_of(r: &tokio_postgres::Row) -> Snapshot {
+    let booking = booking_of(r);
     let intent_generation: Option<i32> = r.get("intent_generation");
     let claim = Claim {
         job_id: r.get("job_id"),
@@ -138,7 +139,7 @@ fn snapshot_of(r: &tokio_postgres::Row) -> Snapshot {
         intended_generation: intent_generation.unwrap_or(0),
         write_failures: r.get("write_failures"),
         rate_paid: r.try_get("rate_paid").ok().flatten(),
-        claimed: claimed_intent(r),
+        claimed: claimed_intent(r, booking.as_ref()),
         durable: r.get("durable"),
     };
     let meeting = r.get::<_, Option<String>>("m_platform").map(|platform| {
@@ -157,25 +158,23 @@ fn snapshot_of(r: &tokio_postgres::Row) -> Snapshot {
             owner: r.get("m_owner_id"),
         }
     });
-    Snapshot { claim, booking: booking_of(r), meeting }
+    Snapshot { claim, booking, meeting }
 }
 
-/// The create intent the claim recorded itself, as it wrote it: the service's platform, the next
-/// generation, the provider and the account the claim read.
-fn claimed_intent(r: &tokio_postgres::Row) -> Option<Intent> {
+/// The create intent the claim recorded itself: the service's platform and the next generation,
+/// in the account of the booking's provider that the claim read (`booking`'s `provider_id` and
+/// `integration`, the very columns it wrote into the intent).
+fn claimed_intent(r: &tokio_postgres::Row, booking: Option<&BookingView>) -> Option<Intent> {
     let platform: String = r.get::<_, Option<String>>("claimed_platform")?;
     let generation: i32 = r.get::<_, Option<i32>>("claimed_generation")?;
-    let owner: Option<Uuid> = r.try_get("provider_id").ok().flatten();
-    let account =
-        owner.zip(r.try_get::<_, Option<Uuid>>("integration_id").ok().flatten()).map(|(user_id, integration_id)| {
-            Account { user_id, integration_id, identity: r.try_get("integration_identity").ok().flatten() }
-        });
+    let owner = booking.and_then(|b| b.provider_id);
+    let account = booking.and_then(|b| b.integration.clone());
     Some(Intent { platform, generation, owner, account })
 }
 
 /// The integration row a claim row carries for the token store (the columns after `token_row`),
 /// if there is one.
-pub fn claimed_integration(r: &tokio_postgres::Row) -> Option<IntegrationRow> {
+fn claimed_integration(r: &tokio_postgres::Row) -> Option<IntegrationRow> {
     let at = r.columns().iter().position(|c| c.name() == "token_row")? + 1;
     r.get::<_, Option<Uuid>>(at)?;
     Some(integration_row_at(r, at))
