@@ -23,19 +23,60 @@ pub enum RowLocks {
     Skip,
 }
 
-/// `write_back.sql` as written, with its two placeholders (see the file's header).
+/// `write_back.sql` as written, with its placeholders (see the file's header).
 const WRITE_BACK: &str = include_str!("write_back.sql");
 
-/// The variant for one job recorded on its own: waits for the booking's lock, and fences a job
-/// whose booking is gone.
-static WRITE_BACK_WAITING: LazyLock<String> = LazyLock::new(|| write_back_sql("FOR NO KEY UPDATE", "LEFT JOIN"));
+/// What a batch's entries write besides the fence, the audit and the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcomes {
+    /// Only meetings that exist (linked, unchanged or deferred entries): the statement without
+    /// the `other_outcomes` CTEs.
+    Linking,
+    /// Anything, unlinked, retrying and failed entries and removed meetings included.
+    Any,
+}
 
-/// The variant for a batch: skips a booking the app holds, and leaves its job out.
+/// The variants, by [`RowLocks`] and [`Outcomes`]. Waiting: one job recorded on its own, which
+/// waits for the booking's lock and fences a job whose booking is gone. Skipping: a batch, which
+/// skips a booking the app holds and leaves its job out.
+static WRITE_BACK_WAITING: LazyLock<String> =
+    LazyLock::new(|| write_back_sql("FOR NO KEY UPDATE", "LEFT JOIN", Outcomes::Any));
 static WRITE_BACK_SKIPPING: LazyLock<String> =
-    LazyLock::new(|| write_back_sql("FOR NO KEY UPDATE SKIP LOCKED", "JOIN"));
+    LazyLock::new(|| write_back_sql("FOR NO KEY UPDATE SKIP LOCKED", "JOIN", Outcomes::Any));
+static LINKING_WAITING: LazyLock<String> =
+    LazyLock::new(|| write_back_sql("FOR NO KEY UPDATE", "LEFT JOIN", Outcomes::Linking));
+static LINKING_SKIPPING: LazyLock<String> =
+    LazyLock::new(|| write_back_sql("FOR NO KEY UPDATE SKIP LOCKED", "JOIN", Outcomes::Linking));
 
-fn write_back_sql(booking_lock: &str, booking_join: &str) -> String {
-    super::statement(WRITE_BACK).replace("{{booking_lock}}", booking_lock).replace("{{booking_join}}", booking_join)
+const OTHER_OUTCOMES_BEGIN: &str = "-- {{other_outcomes:begin}}\n";
+const OTHER_OUTCOMES_END: &str = "-- {{other_outcomes:end}}\n";
+
+/// What stands for the `other_outcomes` CTEs in the [`Outcomes::Linking`] variant: their
+/// parameters typed as there, in a CTE nobody reads, which the server does not plan.
+const OTHER_OUTCOMES_UNSENT: &str =
+    "), unsent AS (\n    SELECT $24::bigint[], $25::bigint[], $26::bool[], $27::bigint[], $28::bigint[], $29::text[]\n";
+
+fn write_back_sql(booking_lock: &str, booking_join: &str, outcomes: Outcomes) -> String {
+    let sql = super::statement(WRITE_BACK)
+        .replace("{{booking_lock}}", booking_lock)
+        .replace("{{booking_join}}", booking_join);
+    let (Some(begin), Some(end)) = (sql.find(OTHER_OUTCOMES_BEGIN), sql.find(OTHER_OUTCOMES_END)) else {
+        unreachable!("write_back.sql marks its other_outcomes CTEs");
+    };
+    let others = match outcomes {
+        Outcomes::Any => &sql[begin + OTHER_OUTCOMES_BEGIN.len()..end],
+        Outcomes::Linking => OTHER_OUTCOMES_UNSENT,
+    };
+    format!("{}{others}{}", &sql[..begin], &sql[end + OTHER_OUTCOMES_END.len()..])
+}
+
+fn write_back_of(locks: RowLocks, outcomes: Outcomes) -> &'static str {
+    match (locks, outcomes) {
+        (RowLocks::Wait, Outcomes::Any) => &WRITE_BACK_WAITING,
+        (RowLocks::Skip, Outcomes::Any) => &WRITE_BACK_SKIPPING,
+        (RowLocks::Wait, Outcomes::Linking) => &LINKING_WAITING,
+        (RowLocks::Skip, Outcomes::Linking) => &LINKING_SKIPPING,
+    }
 }
 
 /// Records the outcomes of finished jobs, each fenced on its claim: only the lease holder's result
@@ -60,10 +101,7 @@ pub async fn write_back(
     for (entry, f) in (1..).zip(batch) {
         w.add(entry, f);
     }
-    let sql: &str = match locks {
-        RowLocks::Wait => &WRITE_BACK_WAITING,
-        RowLocks::Skip => &WRITE_BACK_SKIPPING,
-    };
+    let sql = write_back_of(locks, w.outcomes());
     let rows = client.sql().in_own_transaction(PLAN_SETTINGS, sql, &w.params()).await?;
     // By entry (1-based); an entry whose booking was not locked has no row.
     let mut results = vec![None; batch.len()];
@@ -264,6 +302,15 @@ impl<'a> Writes<'a> {
         }
     }
 
+    /// Which variant of the statement the batch needs.
+    fn outcomes(&self) -> Outcomes {
+        let others = !self.removed.is_empty()
+            || !self.unlinked.entry.is_empty()
+            || !self.retrying.is_empty()
+            || !self.failures.entry.is_empty();
+        if others { Outcomes::Any } else { Outcomes::Linking }
+    }
+
     /// In the order of the statement's `$n` (each group's struct says which it fills).
     fn params(&self) -> [&dyn Param; 43] {
         let (f, m, u, x, a, e) =
@@ -327,27 +374,54 @@ impl<'a> Writes<'a> {
 
 #[cfg(test)]
 mod tests {
-    /// Every `$n` the parameters fill is used by the statement, and no other.
-    #[test]
-    fn the_statement_uses_exactly_the_parameters_filled() {
-        let mut used: Vec<usize> = crate::db::jobs::statement(super::WRITE_BACK)
-            .split('$')
-            .skip(1)
-            .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
-            .collect();
-        used.sort_unstable();
-        used.dedup();
-        let filled = super::Writes::default().params().len();
-        assert_eq!(used, (1..=filled).collect::<Vec<_>>());
+    use super::{LINKING_SKIPPING, LINKING_WAITING, Outcomes, WRITE_BACK_SKIPPING, WRITE_BACK_WAITING, Writes};
+
+    fn variants() -> [&'static str; 4] {
+        [&WRITE_BACK_WAITING, &WRITE_BACK_SKIPPING, &LINKING_WAITING, &LINKING_SKIPPING]
     }
 
-    /// Both variants are the file with its placeholders filled in, and nothing left over.
+    /// Every `$n` the parameters fill is used by each variant of the statement, and no other.
     #[test]
-    fn both_variants_fill_every_placeholder() {
-        for sql in [&*super::WRITE_BACK_WAITING, &*super::WRITE_BACK_SKIPPING] {
+    fn the_statement_uses_exactly_the_parameters_filled() {
+        let filled = Writes::default().params().len();
+        for sql in variants() {
+            let mut used: Vec<usize> = sql
+                .split('$')
+                .skip(1)
+                .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+                .collect();
+            used.sort_unstable();
+            used.dedup();
+            assert_eq!(used, (1..=filled).collect::<Vec<_>>(), "{sql}");
+        }
+    }
+
+    /// The variants are the file with its placeholders filled in, and nothing left over.
+    #[test]
+    fn every_variant_fills_every_placeholder() {
+        for sql in variants() {
             assert!(!sql.contains("{{"), "{sql}");
         }
-        assert!(super::WRITE_BACK_SKIPPING.contains("ORDER BY b.id FOR NO KEY UPDATE SKIP LOCKED\n"));
-        assert!(super::WRITE_BACK_WAITING.contains("FROM f LEFT JOIN locked l ON l.id = f.booking_id"));
+        assert!(WRITE_BACK_SKIPPING.contains("ORDER BY b.id FOR NO KEY UPDATE SKIP LOCKED\n"));
+        assert!(WRITE_BACK_WAITING.contains("FROM f LEFT JOIN locked l ON l.id = f.booking_id"));
+        for (any, linking) in [(&*WRITE_BACK_WAITING, &*LINKING_WAITING), (&*WRITE_BACK_SKIPPING, &*LINKING_SKIPPING)] {
+            assert_eq!(any.matches("UPDATE bookings").count(), 4, "shown, cleared, retrying, failed");
+            assert_eq!(linking.matches("UPDATE bookings").count(), 1, "shown only");
+            assert!(!linking.contains("unlinked") && !linking.contains("UPDATE meetingd.meetings"), "{linking}");
+            assert!(linking.contains("), unsent AS (") && !any.contains("unsent"));
+        }
+    }
+
+    /// Only a batch that writes nothing the `other_outcomes` CTEs write goes without them.
+    #[test]
+    fn a_batch_goes_without_the_other_outcomes_only_when_it_has_none() {
+        assert_eq!(Writes::default().outcomes(), Outcomes::Linking);
+        let others: [fn(&mut Writes); 4] =
+            [|w| w.removed.push(1), |w| w.unlinked.entry.push(1), |w| w.retrying.push(1), |w| w.failures.entry.push(1)];
+        for add in others {
+            let mut w = Writes::default();
+            add(&mut w);
+            assert_eq!(w.outcomes(), Outcomes::Any);
+        }
     }
 }

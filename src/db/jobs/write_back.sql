@@ -13,11 +13,15 @@
 -- It returns one row per entry it took: `entry`, and `current` (NULL: the lease was lost).
 --
 -- Two placeholders (each name in double braces) are substituted once, at first use, for the
--- two variants; this header is dropped then too:
+-- variants; this header is dropped then too:
 --   booking_lock  how the bookings are locked: `FOR NO KEY UPDATE` (waiting, a job recorded
 --                 on its own) or `FOR NO KEY UPDATE SKIP LOCKED` (a batch, which never waits)
 --   booking_join  whether a job whose booking was not locked is still fenced (`LEFT JOIN`:
 --                 only a deleted booking can be missing) or left out (`JOIN`)
+-- The CTEs between the `other_outcomes` markers write what only unlinked, retrying and failed
+-- entries and removed meetings need ($24–$29). A batch with none of those (every entry linked,
+-- unchanged or deferred) is sent without them, $24–$29 only typed: the server starts no plan
+-- nodes for them, a quarter of the statement's cost for a job recorded on its own.
 --
 -- `fenced` ends the claims that still hold (a claim is spent by its write-back) and says which
 -- are current (the booking is still at the version the job read). What exists at the platform
@@ -86,6 +90,7 @@ WITH f AS (
      WHERE b.id = ANY (ARRAY(SELECT booking_id FROM linked WHERE current)) AND b.id = x.booking_id AND x.current
        AND b.meeting_status IS DISTINCT FROM 'manual'
        AND (COALESCE(b.meeting_link::text, '') = x.join_url OR meetingd.link_is_ours(b.id, b.meeting_link::text))
+-- {{other_outcomes:begin}}
 ), unlinked AS (
     SELECT fd.booking_id, fd.current, x.deleted
       FROM unnest($25::bigint[], $26::bool[]) AS x(entry, deleted)
@@ -139,6 +144,7 @@ WITH f AS (
       FROM failing x
      WHERE b.id = ANY (ARRAY(SELECT booking_id FROM failing)) AND b.id = x.booking_id
        AND b.meeting_status IS DISTINCT FROM 'manual'
+-- {{other_outcomes:end}}
 ), audited AS (
     -- In the order given, so a booking's trail reads in the order things happened.
     INSERT INTO meetingd.audit_log (actor, action, booking_id, user_id, platform, outcome, attempt, duration_ms, detail)
