@@ -27,8 +27,11 @@
 //!   against the bound `worker.concurrency / latency`.
 //!
 //! With `--peer DIR` (the peer harness, `../shared/bench-peer/`), each run also runs
-//! graphile-worker doing the same Google job (a burst of G and T one at a time), and the bench
-//! prints meetingd's figures as ratios to the peer's: only ratios measured in one run compare.
+//! graphile-worker doing the same Google job, a burst of G right after meetingd's Google burst and
+//! T one at a time right after meetingd's (meetingd's daemon idle meanwhile), and the bench prints
+//! meetingd's figures as ratios to the peer's: only ratios measured in one run compare, and the
+//! two sides of each ratio are measured within a minute of each other, as the machine's speed
+//! drifts.
 //!
 //! Before the burst, the idle daemon's CPU use is sampled from /proc for a few seconds.
 //!
@@ -120,8 +123,9 @@ struct Args {
     /// The gap between two one-at-a-time Google Meet confirmations (the peer harness's is 10 ms).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     trickle_gap_ms: u64,
-    /// Run the peer harness in this folder (`../shared/bench-peer`) after each run, with the same
-    /// Google workload, and print meetingd's figures as ratios to the peer's.
+    /// Run the peer harness in this folder (`../shared/bench-peer`) with the same Google
+    /// workload, each of its phases right after meetingd's, and print meetingd's figures as
+    /// ratios to the peer's.
     #[arg(long)]
     peer: Option<PathBuf>,
     /// Google Meet bookings confirmed at once against the slow fake platform (0 skips that phase).
@@ -175,13 +179,8 @@ async fn bench(args: &Args) -> Result<bool> {
 
     let mut runs = Vec::new();
     for run in 1..=args.runs {
-        let mut figures =
+        let figures =
             scratch_run(&admin, &server_url, &daemon_bin, args).await.with_context(|| format!("run {run}"))?;
-        if let Some(dir) = &args.peer {
-            let n = args.google_bookings.max(1);
-            let m = args.google_trickle.max(1);
-            figures.peer = Some(peer::run(dir, &server_url, n, m, args.concurrency).await.context("the peer")?);
-        }
         figures.print(run);
         runs.push(figures);
     }
@@ -250,7 +249,7 @@ async fn scratch_run(admin: &Client, server_url: &str, daemon_bin: &Path, args: 
     admin.batch_execute(&format!("CREATE DATABASE {dbname}")).await.context("creating the scratch database")?;
     let url = with_dbname(server_url, &dbname);
     let result = tokio::select! {
-        r = measure(&url, daemon_bin, args) => r,
+        r = measure(server_url, &url, daemon_bin, args) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
     if args.keep {
@@ -295,7 +294,7 @@ struct Jitsi {
     settled: Latency,
 }
 
-async fn measure(url: &str, daemon_bin: &Path, args: &Args) -> Result<RunFigures> {
+async fn measure(server_url: &str, url: &str, daemon_bin: &Path, args: &Args) -> Result<RunFigures> {
     let mut db = connect(url).await?;
     eprintln!("· loading the marketplace schema, migrating, seeding");
     prepare_schema(&mut db).await?;
@@ -309,6 +308,10 @@ async fn measure(url: &str, daemon_bin: &Path, args: &Args) -> Result<RunFigures
     ];
     seed_google(&mut db, &google, &key, &google_phases).await?;
 
+    let harness = match &args.peer {
+        Some(dir) => Some(peer::Harness::new(dir, server_url, args.concurrency)?),
+        None => None,
+    };
     let started = Instant::now();
     let mut daemon = Daemon::start(daemon_bin, url, args, &key, &google)?;
     daemon.wait_listening(&db).await?;
@@ -342,6 +345,10 @@ async fn measure(url: &str, daemon_bin: &Path, args: &Args) -> Result<RunFigures
     } else {
         None
     };
+    let peer_burst = match &harness {
+        Some(h) => Some(h.burst(args.google_bookings.max(1)).await.context("the peer's burst")?),
+        None => None,
+    };
     let google_trickle = if args.google_trickle > 0 {
         db.batch_execute("VACUUM ANALYZE").await.context("vacuuming the scratch database")?;
         let ids = booking_ids(&db, GOOGLE_TRICKLE_TAG).await?;
@@ -350,6 +357,13 @@ async fn measure(url: &str, daemon_bin: &Path, args: &Args) -> Result<RunFigures
         Some(run_trickle(&db, &mut daemon, GOOGLE_TRICKLE_TAG, &ids, gap).await?)
     } else {
         None
+    };
+    let peer = match (&harness, peer_burst) {
+        (Some(h), Some(burst)) => Some(peer::Peer {
+            burst,
+            trickle: h.trickle(args.google_trickle.max(1)).await.context("the peer's trickle")?,
+        }),
+        _ => None,
     };
     let peak_rss_kb = daemon.proc_status_kb("VmHWM")?.max(daemon.max_rss_kb);
     let slow = if args.slow_bookings > 0 {
@@ -374,7 +388,7 @@ async fn measure(url: &str, daemon_bin: &Path, args: &Args) -> Result<RunFigures
         jitsi,
         google_burst,
         google_trickle,
-        peer: None,
+        peer,
         slow,
         idle_cpu_pct,
         idle_rss_kb,

@@ -2,7 +2,7 @@
 //! against its own zero-latency fake Google), run beside meetingd in the same session so the two
 //! can be compared as ratios. The bench only runs it and reads the two lines it prints.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -16,24 +16,40 @@ pub struct PeerRun {
     pub peak_rss_kb: u64,
 }
 
-/// The peer's burst of `n` and its one-at-a-time run of `m` (10 ms apart).
+/// The peer's burst of `n` and its one-at-a-time run of `m` (10 ms apart), each run right after
+/// meetingd's phase of the same workload, so that the two see the machine in the same state.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub burst: PeerRun,
     pub trickle: PeerRun,
 }
 
-/// Runs the peer harness in `dir` twice (burst, then `MODE=trickle`) against the server of
-/// `server_url` (its own database, `peerbench`), with `concurrency` workers.
-pub async fn run(dir: &Path, server_url: &str, n: u32, m: u32, concurrency: u32) -> Result<Peer> {
-    let script = dir.join("run.sh");
-    ensure!(script.is_file(), "{} not found (--peer names the peer harness's folder)", script.display());
-    let pgurl = server_root(server_url);
-    eprintln!("· peer: graphile-worker burst of {n}");
-    let burst = run_once(&script, &pgurl, "burst", n, concurrency).await?;
-    eprintln!("· peer: graphile-worker, {m} bookings one at a time");
-    let trickle = run_once(&script, &pgurl, "trickle", m, concurrency).await?;
-    Ok(Peer { burst, trickle })
+/// The peer harness in `dir` (`run.sh`), run against the server of `server_url` (its own
+/// database, `peerbench`) with `concurrency` workers.
+pub struct Harness {
+    script: PathBuf,
+    pgurl: String,
+    concurrency: u32,
+}
+
+impl Harness {
+    pub fn new(dir: &Path, server_url: &str, concurrency: u32) -> Result<Harness> {
+        let script = dir.join("run.sh");
+        ensure!(script.is_file(), "{} not found (--peer names the peer harness's folder)", script.display());
+        Ok(Harness { script, pgurl: server_root(server_url), concurrency })
+    }
+
+    /// A burst of `n` confirmed by one statement.
+    pub async fn burst(&self, n: u32) -> Result<PeerRun> {
+        eprintln!("· peer: graphile-worker burst of {n}");
+        run_once(&self.script, &self.pgurl, "burst", n, self.concurrency).await
+    }
+
+    /// `m` bookings confirmed one at a time, 10 ms apart (`MODE=trickle`).
+    pub async fn trickle(&self, m: u32) -> Result<PeerRun> {
+        eprintln!("· peer: graphile-worker, {m} bookings one at a time");
+        run_once(&self.script, &self.pgurl, "trickle", m, self.concurrency).await
+    }
 }
 
 async fn run_once(script: &Path, pgurl: &str, mode: &str, n: u32, concurrency: u32) -> Result<PeerRun> {
