@@ -82,14 +82,15 @@ WITH f AS (
     -- Only over a link meetingd wrote (or none): a link the app or the provider set meanwhile
     -- is theirs, and the next run treats the booking as manual. The recorded meeting is read by
     -- `meetingd.link_is_ours` and correlated subqueries: index lookups in any plan, like every
-    -- `= ANY` here.
+    -- `= ANY` here. A booking showing no link, or this one, needs no look-up: the server plans
+    -- `link_is_ours` (a SQL function it cannot inline) anew in every statement that calls it.
     UPDATE bookings b
        SET meeting_link = x.join_url, meeting_id = x.external_id, meeting_platform = x.platform,
            meeting_settings = x.settings, meeting_status = 'ready', meeting_error = NULL
       FROM linked x
      WHERE b.id = ANY (ARRAY(SELECT booking_id FROM linked WHERE current)) AND b.id = x.booking_id AND x.current
        AND b.meeting_status IS DISTINCT FROM 'manual'
-       AND (COALESCE(b.meeting_link::text, '') = x.join_url OR meetingd.link_is_ours(b.id, b.meeting_link::text))
+       AND (COALESCE(b.meeting_link::text, '') IN ('', x.join_url) OR meetingd.link_is_ours(b.id, b.meeting_link::text))
 -- {{other_outcomes:begin}}
 ), unlinked AS (
     SELECT fd.booking_id, fd.current, x.deleted
