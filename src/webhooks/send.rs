@@ -89,8 +89,7 @@ impl Sender {
             .then(|| response.headers().get(reqwest::header::RETRY_AFTER))
             .flatten()
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(crate::providers::parse_retry_after);
         Answer::Failed { status: Some(status.as_u16()), error: format!("answered {status}"), retry_after }
     }
 }

@@ -185,6 +185,31 @@ async fn a_failing_receiver_gets_the_same_message_again_after_the_back_off() {
     assert_eq!(delivery(&c, event).await, Some(("delivered".into(), 2)));
 }
 
+/// A receiver that is busy may say until when as an HTTP date (RFC 9110 allows either form): the
+/// next attempt waits for it, beyond the back-off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_given_as_an_http_date_is_a_floor_for_the_next_attempt() {
+    let db = TestDb::migrated().await;
+    let c = db.client().await;
+    let receiver = Receiver::start().await;
+    receiver.answer(&[503]);
+    let mut config = config(&db, &receiver);
+    config.webhooks.retry_max_ms = 10_000;
+    let daemon = Daemon::start(config, &c, 1).await;
+    // In whole seconds, so at least 3 s after the answer that follows at once, against a
+    // back-off of 200 to 400 ms.
+    let until = chrono::Utc::now() + chrono::Duration::seconds(4);
+    receiver.retry_after(&until.format("%a, %d %b %Y %H:%M:%S GMT").to_string());
+    let event = events(&c, 1).await[0];
+    wait_state(&c, event, "delivered").await;
+    daemon.stop().await;
+
+    let received = receiver.received();
+    assert_eq!(received.iter().map(|r| r.answered).collect::<Vec<_>>(), [503, 200], "{received:?}");
+    let waited = received[1].at - received[0].at;
+    assert!(waited >= Duration::from_millis(2500), "the date was a floor: tried again after {waited:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_delivery_is_sent_by_the_next_daemon_after_a_restart() {
     let db = TestDb::migrated().await;

@@ -1,5 +1,6 @@
 //! An in-process webhook receiver (axum on 127.0.0.1): records every request it gets (headers,
-//! raw body, when) and answers with the statuses it was told to, then 200.
+//! raw body, when) and answers with the statuses it was told to, then 200, with a `Retry-After`
+//! on a 429 or 503 when told one.
 //!
 //! It verifies nothing itself: tests check the signatures with `standardwebhooks`.
 
@@ -43,6 +44,8 @@ struct Inner {
     script: VecDeque<u16>,
     /// Answered when the script is used up (200 unless set).
     otherwise: Option<u16>,
+    /// The `Retry-After` header of every 429 and 503 answer.
+    retry_after: Option<String>,
 }
 
 #[derive(Clone)]
@@ -75,15 +78,24 @@ impl Receiver {
         self.inner.lock().unwrap().otherwise = Some(status);
     }
 
+    /// Send this `Retry-After` (seconds or an HTTP date) with every 429 and 503 answer.
+    pub fn retry_after(&self, value: &str) {
+        self.inner.lock().unwrap().retry_after = Some(value.to_string());
+    }
+
     /// Every request so far.
     pub fn received(&self) -> Vec<Received> {
         self.inner.lock().unwrap().received.clone()
     }
 }
 
-async fn receive(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> (StatusCode, HeaderMap) {
     let mut inner = inner.lock().unwrap();
     let status = inner.script.pop_front().or(inner.otherwise).unwrap_or(200);
     inner.received.push(Received { headers, body, at: Instant::now(), answered: status });
-    StatusCode::from_u16(status).unwrap()
+    let mut answer = HeaderMap::new();
+    if let (429 | 503, Some(value)) = (status, &inner.retry_after) {
+        answer.insert(axum::http::header::RETRY_AFTER, value.parse().unwrap());
+    }
+    (StatusCode::from_u16(status).unwrap(), answer)
 }
