@@ -36,17 +36,11 @@ enum Outcomes {
     Any,
 }
 
-/// The variants, by [`RowLocks`] and [`Outcomes`]. Waiting: one job recorded on its own, which
-/// waits for the booking's lock and fences a job whose booking is gone. Skipping: a batch, which
-/// skips a booking the app holds and leaves its job out.
-static WRITE_BACK_WAITING: LazyLock<String> =
-    LazyLock::new(|| write_back_sql("FOR NO KEY UPDATE", "LEFT JOIN", Outcomes::Any));
-static WRITE_BACK_SKIPPING: LazyLock<String> =
-    LazyLock::new(|| write_back_sql("FOR NO KEY UPDATE SKIP LOCKED", "JOIN", Outcomes::Any));
-static LINKING_WAITING: LazyLock<String> =
-    LazyLock::new(|| write_back_sql("FOR NO KEY UPDATE", "LEFT JOIN", Outcomes::Linking));
-static LINKING_SKIPPING: LazyLock<String> =
-    LazyLock::new(|| write_back_sql("FOR NO KEY UPDATE SKIP LOCKED", "JOIN", Outcomes::Linking));
+/// The variants, by [`RowLocks`] and [`Outcomes`], each made once at first use.
+static WRITE_BACK_WAITING: LazyLock<String> = LazyLock::new(|| write_back_sql(RowLocks::Wait, Outcomes::Any));
+static WRITE_BACK_SKIPPING: LazyLock<String> = LazyLock::new(|| write_back_sql(RowLocks::Skip, Outcomes::Any));
+static LINKING_WAITING: LazyLock<String> = LazyLock::new(|| write_back_sql(RowLocks::Wait, Outcomes::Linking));
+static LINKING_SKIPPING: LazyLock<String> = LazyLock::new(|| write_back_sql(RowLocks::Skip, Outcomes::Linking));
 
 const OTHER_OUTCOMES_BEGIN: &str = "-- {{other_outcomes:begin}}\n";
 const OTHER_OUTCOMES_END: &str = "-- {{other_outcomes:end}}\n";
@@ -56,7 +50,14 @@ const OTHER_OUTCOMES_END: &str = "-- {{other_outcomes:end}}\n";
 const OTHER_OUTCOMES_UNSENT: &str =
     "), unsent AS (\n    SELECT $24::bigint[], $25::bigint[], $26::bool[], $27::bigint[], $28::bigint[], $29::text[]\n";
 
-fn write_back_sql(booking_lock: &str, booking_join: &str, outcomes: Outcomes) -> String {
+fn write_back_sql(locks: RowLocks, outcomes: Outcomes) -> String {
+    let (booking_lock, booking_join) = match locks {
+        // One job recorded on its own waits for the booking's lock, and fences a job whose
+        // booking is gone.
+        RowLocks::Wait => ("FOR NO KEY UPDATE", "LEFT JOIN"),
+        // A batch skips a booking the app holds, and leaves its job out.
+        RowLocks::Skip => ("FOR NO KEY UPDATE SKIP LOCKED", "JOIN"),
+    };
     let sql = super::statement(WRITE_BACK)
         .replace("{{booking_lock}}", booking_lock)
         .replace("{{booking_join}}", booking_join);
